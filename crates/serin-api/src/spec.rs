@@ -1,0 +1,372 @@
+//! The desired state an operator writes: what to run, how to shift traffic, how to judge it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::core::Duration;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::schema;
+use crate::status::CanaryStatus;
+
+/// A positive Go-style duration such as `30s`, `2m` or `1h30m`. The regular
+/// expression runs first so a malformed value gets this message, not a CEL error.
+const POSITIVE_DURATION: &str =
+    "self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') && duration(self) > duration('0s')";
+const POSITIVE_DURATION_MESSAGE: &str =
+    "must be a positive duration such as 30s, 2m or 1h30m (units ns, us, ms, s, m, h)";
+
+/// Every `{{` in a query must open one of the known template variables.
+const KNOWN_VARIABLES: &str = "self.findAll('[{][{][^}]*([}][}])?').all(v, v.matches('^[{][{] *(namespace|name|revision|replicaset|pods|service|interval|elapsed) *[}][}]$'))";
+const KNOWN_VARIABLES_MESSAGE: &str = "'has an unknown or unclosed template variable ' + self.findAll('[{][{][^}]*([}][}])?').filter(v, !v.matches('^[{][{] *(namespace|name|revision|replicaset|pods|service|interval|elapsed) *[}][}]$'))[0] + '; the variables are {{namespace}}, {{name}}, {{revision}}, {{replicaset}}, {{pods}}, {{service}}, {{interval}} and {{elapsed}}'";
+
+/// A progressive rollout of one workload: Serin runs a new pod template beside the
+/// stable one, shifts traffic to it step by step while judging it against stable,
+/// and promotes it or rolls it back on its own.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "serin.dev",
+    version = "v1alpha1",
+    kind = "Canary",
+    namespaced,
+    status = "CanaryStatus",
+    derive = "PartialEq",
+    shortname = "cn",
+    category = "serin",
+    doc = "A progressive rollout: Serin runs a new pod template beside the stable one, shifts traffic to it step by step while judging it against stable from Prometheus metrics, and promotes it or rolls it back on its own.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Where the rollout is"),
+    printcolumn(name = "Weight", type_ = "integer", json_path = ".status.weight", description = "Percent of traffic on the canary"),
+    printcolumn(name = "Stable", type_ = "string", json_path = ".status.stableRevision", description = "Revision serving as stable"),
+    printcolumn(name = "Canary", type_ = "string", json_path = ".status.canaryRevision", description = "Revision being rolled out"),
+    printcolumn(name = "Step", type_ = "integer", json_path = ".status.step", description = "Current step, from 1; 0 before the first"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 52 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS label of at most 52 characters that starts with a letter: Serin names Services <name>-stable and <name>-canary and ReplicaSets <name>-<revision>")
+        .field_path(".metadata.name"),
+)]
+#[x_kube(
+    validation = Rule::new("self.selector.matchLabels.all(k, has(self.template.metadata.labels) && k in self.template.metadata.labels && self.template.metadata.labels[k] == self.selector.matchLabels[k])")
+        .message("spec.selector.matchLabels must all appear, with the same values, in spec.template.metadata.labels")
+        .field_path(".selector"),
+    validation = Rule::new("!has(self.traffic) || has(self.service)")
+        .message("a traffic router shifts weight between Services: set spec.service, or remove spec.traffic to weight by replica counts")
+        .field_path(".traffic"),
+    validation = Rule::new("!self.progressDeadline.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || !self.stepDuration.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') || duration(self.progressDeadline) > duration(self.stepDuration)")
+        .message("spec.progressDeadline must be longer than spec.stepDuration, or no step could ever finish in time")
+        .field_path(".progressDeadline"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CanarySpec {
+    /// Number of pods the workload runs when fully promoted. The scale subresource
+    /// points here, so a HorizontalPodAutoscaler can target the Canary. Default 1.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+
+    /// Labels that select the workload's pods. They must all appear in
+    /// `template.metadata.labels`. Serin adds `serin.dev/revision` to tell the two
+    /// revisions apart.
+    pub selector: WorkloadSelector,
+
+    /// The pod template to run. Editing it starts a rollout of a new revision; the
+    /// revision is a hash of this template.
+    #[schemars(schema_with = "schema::pod_template")]
+    pub template: PodTemplate,
+
+    /// The Services Serin owns: `<name>` selects both revisions, `<name>-stable` and
+    /// `<name>-canary` one each. Absent: Serin creates no Services (for workloads that
+    /// take no requests) and weights by replica counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServicePorts>,
+
+    /// How a weight is applied to requests. Absent: by replica counts, the pods of
+    /// each revision behind the `<name>` Service carry the weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Traffic>,
+
+    /// Canary weights in percent, strictly increasing, each from 1 to 99. After the
+    /// last step the canary is promoted to 100%. Default `[10, 25, 50]`.
+    #[serde(default = "default_steps")]
+    #[schemars(length(min = 1, max = 20))]
+    #[x_kube(
+        validation = Rule::new("self.all(w, w >= 1 && w <= 99)")
+            .message("each step is a canary weight in percent from 1 to 99; promotion to 100 follows the last step"),
+        validation = Rule::new("self.isSorted() && self.all(w, self.indexOf(w) == self.lastIndexOf(w))")
+            .message("steps must be strictly increasing, for example [1, 5, 25, 50]"),
+    )]
+    pub steps: Vec<i32>,
+
+    /// Least time spent at each step, analysing, before it may advance. Default `1m`.
+    #[serde(default = "default_step_duration")]
+    #[x_kube(validation = Rule::new(POSITIVE_DURATION).message(POSITIVE_DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub step_duration: Duration,
+
+    /// A step that has not finished this long after it began (pods not available,
+    /// analysis inconclusive) aborts the rollout. Must exceed `stepDuration`. Default `10m`.
+    #[serde(default = "default_progress_deadline")]
+    #[x_kube(validation = Rule::new(POSITIVE_DURATION).message(POSITIVE_DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub progress_deadline: Duration,
+
+    /// Scale a ReplicaSet that no longer receives traffic down only after this long, so
+    /// in-flight requests drain and a quick return is cheap. Default `30s`.
+    #[serde(default = "default_scale_down_delay")]
+    #[x_kube(validation = Rule::new(POSITIVE_DURATION).message(POSITIVE_DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub scale_down_delay: Duration,
+
+    /// How many old, scaled-down ReplicaSets to keep for a quick rollback. Default 2.
+    #[serde(default = "default_revision_history_limit")]
+    #[schemars(range(min = 0, max = 50))]
+    pub revision_history_limit: i32,
+
+    /// While true, a rollout holds at its current step (traffic and analysis stay as
+    /// they are) until set back to false. `kubectl patch` or `kubectl serin pause`.
+    #[serde(default)]
+    pub paused: bool,
+
+    /// How the canary is judged against stable. Absent: no analysis, steps advance on
+    /// `stepDuration` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
+}
+
+/// The pod template of the workload (`spec.template` of a Deployment).
+pub type PodTemplate = PodTemplateSpec;
+
+/// The workload's pod labels. Only `matchLabels`: a selector Serin can extend with its
+/// revision label and check against the template without surprises.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    /// Labels every pod of the workload carries, for example `{app: podinfo}`.
+    #[x_kube(validation = Rule::new("size(self) > 0")
+        .message("must hold at least one label, for example {app: podinfo}: an empty selector would select every pod in the namespace"))]
+    #[schemars(extend("maxProperties" = 32))]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// Ports of the Services Serin owns.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePorts {
+    /// Port the Services expose.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Container port (number or name) the Services send to. Default: `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<IntOrString>,
+}
+
+/// The router that applies weights. Exactly one may be named.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.gatewayAPI)")
+    .message("spec.traffic must name a router, for example gatewayAPI: {httpRoutes: [podinfo]}; remove spec.traffic to weight by replica counts"))]
+pub struct Traffic {
+    /// Weights set on Gateway API HTTPRoutes.
+    #[serde(
+        rename = "gatewayAPI",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gateway_api: Option<GatewayApiRouter>,
+}
+
+/// Gateway API: Serin sets the weights of the backendRefs to `<name>-stable` and
+/// `<name>-canary` in each route and leaves every other field as the user wrote it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayApiRouter {
+    /// Names of existing HTTPRoutes in the Canary's namespace, each named once.
+    #[schemars(length(min = 1, max = 8), extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new("self.all(r, size(r) <= 253 && r.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$'))")
+        .message("each entry is the name of an HTTPRoute: lower-case letters, digits, '-' and '.'"))]
+    pub http_routes: Vec<String>,
+}
+
+/// How the canary is judged against stable.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Analysis {
+    /// Time between two analyses of a step. Default `15s`.
+    #[serde(default = "default_interval")]
+    #[x_kube(validation = Rule::new(POSITIVE_DURATION).message(POSITIVE_DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub interval: Duration,
+
+    /// Where the metrics are. Default: the controller's `--prometheus-address` flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSource>,
+
+    /// Chance that a healthy canary is not rolled back by an error-rate metric, even
+    /// though the judge looks at every interval. Between 0 and 1, exclusive. Default 0.95.
+    #[serde(default = "default_confidence")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self < 1.0")
+        .message("must be between 0 and 1, exclusive, for example 0.95"))]
+    pub confidence: f64,
+
+    /// The metrics, each judged every interval; any failing metric rolls the canary back.
+    #[schemars(length(min = 1, max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub metrics: Vec<Metric>,
+}
+
+/// A Prometheus server and how to reach it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusSource {
+    /// Base URL of the Prometheus HTTP API, for example `http://prometheus.monitoring:9090`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('http://') || self.startsWith('https://'))")
+        .message("must be an http:// or https:// URL, for example http://prometheus.monitoring:9090"))]
+    pub address: Option<String>,
+
+    /// A Secret in the Canary's namespace with credentials: `token` (a bearer token), or
+    /// `username` and `password` (basic auth); and optionally `ca.crt` to trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretReference>,
+}
+
+/// A Secret in the Canary's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SecretReference {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// One metric: a threshold on a query (`query` with `min`/`max`), or an error rate
+/// judged canary against stable (`errorRate`). Exactly one of the two.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.query) != has(self.errorRate)")
+        .message("set exactly one of query (a threshold metric, with min and/or max) or errorRate (canary against stable error counts)"),
+    validation = Rule::new("!has(self.query) || has(self.min) || has(self.max)")
+        .message("a query metric needs min, max or both: the bounds each arm's value must stay within")
+        .field_path(".query"),
+    validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max")
+        .message("min must not exceed max")
+        .field_path(".min"),
+    validation = Rule::new("!has(self.errorRate) || (!has(self.min) && !has(self.max) && !has(self.failureLimit))")
+        .message("min, max and failureLimit belong to query metrics; an errorRate metric is bounded by errorRate.maxRatio and errorRate.maxRate")
+        .field_path(".errorRate"),
+)]
+pub struct Metric {
+    /// Name of the metric, shown in status and events. Unique within the analysis.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// A PromQL query that returns one number, run once per arm (canary and stable)
+    /// with `{{pods}}` and the other template variables filled in for that arm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new(KNOWN_VARIABLES).message(Message::Expression(KNOWN_VARIABLES_MESSAGE.into())))]
+    pub query: Option<String>,
+
+    /// Lowest acceptable value of `query` for the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+
+    /// Highest acceptable value of `query` for the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+
+    /// Number of intervals out of bounds, in one rollout, that fail the metric. Query
+    /// metrics only. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_limit: Option<i32>,
+
+    /// Judge the canary's error rate against stable's from request and error counts,
+    /// with a sequential test that stays valid however often it looks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<ErrorRateMetric>,
+}
+
+/// Request and error counts of one arm, and the tolerances of the comparison.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorRateMetric {
+    /// PromQL for the number of requests an arm served since the step's analysis began,
+    /// for example `sum(increase(http_requests_total{pod=~"{{pods}}"}[{{elapsed}}]))`.
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new(KNOWN_VARIABLES).message(Message::Expression(KNOWN_VARIABLES_MESSAGE.into())))]
+    pub requests: String,
+
+    /// PromQL for the number of those requests that failed, in the same window.
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new(KNOWN_VARIABLES).message(Message::Expression(KNOWN_VARIABLES_MESSAGE.into())))]
+    pub errors: String,
+
+    /// Tolerated ratio of the canary's error rate to stable's; at least 1. Default 1.0.
+    #[serde(default = "default_max_ratio")]
+    #[x_kube(validation = Rule::new("self >= 1.0 && self <= 1000.0")
+        .message("must be from 1 to 1000: the canary's error rate may be at most this many times stable's"))]
+    pub max_ratio: f64,
+
+    /// Absolute guard rail: the canary fails once its error rate is clearly above this
+    /// fraction, whatever stable does. Between 0 and 1. Default: no guard rail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0")
+        .message("is a fraction of requests, above 0 and at most 1, for example 0.05 for 5%"))]
+    pub max_rate: Option<f64>,
+}
+
+impl Metric {
+    /// Failed intervals that fail a threshold metric, with its default applied.
+    pub fn failure_limit(&self) -> i32 {
+        self.failure_limit.unwrap_or(1)
+    }
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+fn default_steps() -> Vec<i32> {
+    vec![10, 25, 50]
+}
+
+fn seconds(secs: u64) -> Duration {
+    Duration::from(std::time::Duration::from_secs(secs))
+}
+
+fn default_step_duration() -> Duration {
+    seconds(60)
+}
+
+fn default_progress_deadline() -> Duration {
+    seconds(600)
+}
+
+fn default_scale_down_delay() -> Duration {
+    seconds(30)
+}
+
+fn default_revision_history_limit() -> i32 {
+    2
+}
+
+fn default_interval() -> Duration {
+    seconds(15)
+}
+
+fn default_confidence() -> f64 {
+    0.95
+}
+
+fn default_max_ratio() -> f64 {
+    1.0
+}

@@ -1,0 +1,143 @@
+//! What Serin reports: where a rollout is, why, and on what evidence.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Observed state of a Canary, written only by the controller.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    /// Where the rollout is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// Revision (pod template hash) that receives the stable share of traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_revision: Option<String>,
+
+    /// Revision being rolled out, while there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_revision: Option<String>,
+
+    /// Percent of traffic on the canary revision, 0 to 100.
+    #[serde(default)]
+    pub weight: i32,
+
+    /// Current step, counted from 1; 0 before the first step and when no rollout runs.
+    #[serde(default)]
+    pub step: i32,
+
+    /// When the current step began; step time and the progress deadline count from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+
+    /// Pods of the workload, both revisions, for the scale subresource.
+    #[serde(default)]
+    pub replicas: i32,
+
+    /// The pod selector in string form, for the scale subresource (an HPA reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
+    /// `metadata.generation` of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Latest analysis of each metric in the current step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<MetricStatus>,
+
+    /// The last one-shot command run from the `serin.dev/command` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_command: Option<AcknowledgedCommand>,
+
+    /// Standard conditions: `Available`, `Progressing` (its reason says why),
+    /// `Promoted` (true exactly when spec.template is fully serving) and `InvalidSpec`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Where a rollout is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Seen for the first time; the first revision is being created.
+    Initializing,
+    /// One revision serves all traffic and matches the spec.
+    Healthy,
+    /// A canary is stepping through its weights.
+    Progressing,
+    /// A rollout holds at its step because `spec.paused` is true.
+    Paused,
+    /// The canary passed; it is becoming the stable revision.
+    Promoting,
+    /// The canary was rolled back; the spec still names it (retry, or restore stable).
+    Aborted,
+}
+
+/// Analysis of one metric: both arms' values, the evidence, the verdict.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricStatus {
+    /// The metric's name in spec.
+    pub name: String,
+    /// Latest value for the canary arm (an error rate, or the query's value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<f64>,
+    /// Latest value for the stable arm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<f64>,
+    /// Error-rate metrics: evidence against "canary no worse", as an e-value; the
+    /// canary fails when it reaches 1 / (1 - confidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<f64>,
+    /// Error-rate metrics: an interval for the canary/stable error-rate ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<RatioInterval>,
+    /// Threshold metrics: intervals out of bounds so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<i32>,
+    /// The verdict on the latest evidence.
+    pub verdict: Verdict,
+    /// What a person should know about the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// An interval estimate of the canary/stable error-rate ratio.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+pub struct RatioInterval {
+    /// Lower bound.
+    pub lower: f64,
+    /// Upper bound; absent when the data bound it from below only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper: Option<f64>,
+}
+
+/// A metric's verdict.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Verdict {
+    /// No evidence against the canary; the step may advance when its time is up.
+    Pass,
+    /// The canary is worse than allowed; the rollout aborts.
+    Fail,
+    /// Not enough to judge (no data, too little traffic); the step holds.
+    Inconclusive,
+}
+
+/// A one-shot command that was run, so the same nonce never runs twice.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AcknowledgedCommand {
+    /// The command: `promote`, `promote-full`, `abort` or `retry`.
+    pub command: String,
+    /// The nonce it carried.
+    pub nonce: String,
+    /// What it did, or why it did nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// When it was acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Time>,
+}
