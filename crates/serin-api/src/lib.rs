@@ -4,6 +4,11 @@
 //! OpenAPI schema and CEL rules the API server enforces, and the defaults it
 //! fills in. It does no I/O, so every other crate can depend on it.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
+use kube::CustomResourceExt;
+
 mod schema;
 mod spec;
 mod status;
@@ -35,3 +40,47 @@ pub const TEMPLATE_VARIABLES: [&str; 8] = [
     "interval",
     "elapsed",
 ];
+
+/// The Canary CustomResourceDefinition as it is installed.
+///
+/// Doc comments are wrapped at 90 columns in the source; the wrapping is removed
+/// here so `kubectl explain` can reflow the descriptions to the reader's terminal.
+pub fn canary_crd() -> CustomResourceDefinition {
+    let mut crd = Canary::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|validation| validation.open_api_v3_schema.as_mut())
+        {
+            unwrap_descriptions(schema);
+        }
+    }
+    crd
+}
+
+fn unwrap_descriptions(schema: &mut JSONSchemaProps) {
+    if let Some(description) = schema.description.as_mut() {
+        *description = description
+            .split("\n\n")
+            .map(|paragraph| paragraph.split('\n').collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n\n");
+    }
+    let children =
+        schema
+            .properties
+            .iter_mut()
+            .flat_map(|properties| properties.values_mut())
+            .chain(schema.items.iter_mut().filter_map(|items| match items {
+                JSONSchemaPropsOrArray::Schema(item) => Some(item.as_mut()),
+                JSONSchemaPropsOrArray::Schemas(_) => None,
+            }))
+            .chain(schema.additional_properties.iter_mut().filter_map(
+                |additional| match additional {
+                    JSONSchemaPropsOrBool::Schema(item) => Some(item.as_mut()),
+                    JSONSchemaPropsOrBool::Bool(_) => None,
+                },
+            ));
+    children.for_each(unwrap_descriptions);
+}

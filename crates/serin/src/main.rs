@@ -1,8 +1,6 @@
 //! The Serin binary. `serin crds` prints the CustomResourceDefinitions to apply.
 
 use clap::{Parser, Subcommand};
-use kube::CustomResourceExt;
-use serin_api::Canary;
 
 /// Serin: progressive delivery for Kubernetes, judged by statistics.
 #[derive(Parser)]
@@ -27,5 +25,5 @@ fn main() -> anyhow::Result<()> {
 
 /// The CRDs as one YAML stream, the content of `crds/`.
 fn crds_yaml() -> anyhow::Result<String> {
-    Ok(serde_norway::to_string(&Canary::crd())?)
+    Ok(serde_norway::to_string(&serin_api::canary_crd())?)
 }

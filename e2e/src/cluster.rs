@@ -1,0 +1,388 @@
+//! A real Kubernetes control plane on loopback: etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, and kwok running fake nodes whose pods
+//! become Running and Ready. No containers run; everything else is the real thing.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::http;
+use crate::kubectl::Kubectl;
+use crate::process::{Supervised, free_port, wait_until};
+
+/// Where the Kubernetes binaries are: `$SERIN_BIN_DIR`, or `.cache/bin` in the
+/// repository, where `make controlplane` builds them.
+pub fn default_bin_dir() -> PathBuf {
+    std::env::var_os("SERIN_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repository_root().join(".cache/bin"))
+}
+
+/// The repository's root directory.
+pub fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The programs the control plane runs.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    /// etcd, from the `etcd-bin-vendored` crate.
+    pub etcd: PathBuf,
+    /// kube-apiserver, built from k8s.io/kubernetes.
+    pub kube_apiserver: PathBuf,
+    /// kube-controller-manager, built from k8s.io/kubernetes.
+    pub kube_controller_manager: PathBuf,
+    /// kube-scheduler, built from k8s.io/kubernetes.
+    pub kube_scheduler: PathBuf,
+    /// kubectl, built from k8s.io/kubernetes, so client and server match.
+    pub kubectl: PathBuf,
+    /// kwok, built from sigs.k8s.io/kwok.
+    pub kwok: PathBuf,
+}
+
+impl Binaries {
+    /// Finds every binary in `bin_dir`, or says how to build the missing ones.
+    pub fn locate(bin_dir: &Path) -> Result<Self> {
+        let find = |name: &str| -> Result<PathBuf> {
+            let path = bin_dir.join(name);
+            if !path.is_file() {
+                bail!(
+                    "{} is missing: run `make controlplane` to build the Kubernetes binaries (or set SERIN_BIN_DIR)",
+                    path.display()
+                );
+            }
+            Ok(path)
+        };
+        let etcd = etcd_bin_vendored::etcd_bin_path()
+            .context("the etcd-bin-vendored crate has no etcd for this platform")?
+            .to_path_buf();
+        Ok(Self {
+            etcd,
+            kube_apiserver: find("kube-apiserver")?,
+            kube_controller_manager: find("kube-controller-manager")?,
+            kube_scheduler: find("kube-scheduler")?,
+            kubectl: find("kubectl")?,
+            kwok: find("kwok")?,
+        })
+    }
+}
+
+/// How many fake nodes, and how much each can hold.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Directory for the cluster's data, certificates, logs and kubeconfig. Created
+    /// on start and removed on stop.
+    pub dir: PathBuf,
+    /// The programs to run.
+    pub binaries: Binaries,
+    /// Number of fake nodes.
+    pub nodes: usize,
+}
+
+/// A running control plane. Dropping it stops every process and removes its directory.
+pub struct ControlPlane {
+    dir: PathBuf,
+    kubectl: Kubectl,
+    processes: Vec<Supervised>,
+}
+
+impl ControlPlane {
+    /// Starts etcd, the API server, the controller manager, the scheduler and kwok, and
+    /// returns once the fake nodes are Ready and the default ServiceAccount exists.
+    pub fn start(options: &Options) -> Result<Self> {
+        let dir = &options.dir;
+        if dir.exists() && fs::read_dir(dir)?.next().is_some() {
+            bail!(
+                "{} is not empty: is a cluster already running there? (`make cluster-down` stops it)",
+                dir.display()
+            );
+        }
+        fs::create_dir_all(dir.join("pki"))?;
+        let dir = fs::canonicalize(dir)?;
+        let mut plane = Self {
+            kubectl: Kubectl::new(&options.binaries.kubectl, &dir.join("kubeconfig")),
+            dir,
+            processes: Vec::new(),
+        };
+        plane.boot(&options.binaries, options.nodes)?;
+        Ok(plane)
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> &Path {
+        self.kubectl.kubeconfig()
+    }
+
+    /// Fails if any process of the control plane has died.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        ensure_all_running(&mut self.processes)
+    }
+
+    /// Stops every process, newest first, and removes the cluster's directory.
+    pub fn stop(&mut self) {
+        while let Some(mut process) = self.processes.pop() {
+            process.stop(Duration::from_secs(10));
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+
+    fn boot(&mut self, binaries: &Binaries, nodes: usize) -> Result<()> {
+        let dir = self.dir.clone();
+        let kubectl = self.kubectl.clone();
+        let logs = dir.join("logs");
+        let token = random_hex(16)?;
+        fs::write(
+            dir.join("tokens.csv"),
+            format!("{token},serin-e2e-admin,serin-e2e-admin,\"system:masters\"\n"),
+        )?;
+        service_account_keys(&dir)?;
+
+        let etcd_port = free_port()?;
+        let etcd_peer_port = free_port()?;
+        let etcd = Supervised::spawn(
+            "etcd",
+            &binaries.etcd,
+            &[
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer_port}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer_port}"),
+                format!("--initial-cluster=default=http://127.0.0.1:{etcd_peer_port}"),
+                "--unsafe-no-fsync=true".into(),
+                "--log-level=warn".into(),
+            ],
+            &logs,
+        )?;
+        self.processes.push(etcd);
+        wait_until(
+            "etcd",
+            Duration::from_secs(30),
+            || ensure_all_running(&mut self.processes),
+            || {
+                http::get(etcd_port, "/health")
+                    .is_some_and(|(code, body)| code == 200 && body.contains("true"))
+            },
+        )?;
+
+        let api_port = free_port()?;
+        let apiserver = Supervised::spawn(
+            "kube-apiserver",
+            &binaries.kube_apiserver,
+            &[
+                format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={api_port}"),
+                format!("--cert-dir={}", dir.join("pki").display()),
+                format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+                "--authorization-mode=RBAC".into(),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                format!(
+                    "--service-account-key-file={}",
+                    dir.join("sa.pub").display()
+                ),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    dir.join("sa.key").display()
+                ),
+                "--service-cluster-ip-range=10.96.0.0/16".into(),
+                "--allow-privileged=true".into(),
+                "--profiling=false".into(),
+            ],
+            &logs,
+        )?;
+        self.processes.push(apiserver);
+        let ca = dir.join("pki/apiserver.crt");
+        wait_until(
+            "the API server's certificate",
+            Duration::from_secs(30),
+            || ensure_all_running(&mut self.processes),
+            || ca.is_file(),
+        )?;
+        fs::write(kubectl.kubeconfig(), kubeconfig(api_port, &ca, &token))?;
+        wait_until(
+            "kube-apiserver",
+            Duration::from_secs(90),
+            || ensure_all_running(&mut self.processes),
+            || kubectl.succeeds(&["get", "--raw", "/readyz"]),
+        )?;
+
+        let kubeconfig_arg = format!("--kubeconfig={}", kubectl.kubeconfig().display());
+        let controller_manager = Supervised::spawn(
+            "kube-controller-manager",
+            &binaries.kube_controller_manager,
+            &[
+                kubeconfig_arg.clone(),
+                "--leader-elect=false".into(),
+                "--secure-port=0".into(),
+                format!(
+                    "--service-account-private-key-file={}",
+                    dir.join("sa.key").display()
+                ),
+                format!("--root-ca-file={}", ca.display()),
+                "--profiling=false".into(),
+            ],
+            &logs,
+        )?;
+        self.processes.push(controller_manager);
+        let scheduler = Supervised::spawn(
+            "kube-scheduler",
+            &binaries.kube_scheduler,
+            &[
+                kubeconfig_arg.clone(),
+                "--leader-elect=false".into(),
+                "--secure-port=0".into(),
+                "--profiling=false".into(),
+            ],
+            &logs,
+        )?;
+        self.processes.push(scheduler);
+
+        let kwok_config = dir.join("kwok.yaml");
+        fs::write(&kwok_config, "")?;
+        let kwok = Supervised::spawn(
+            "kwok",
+            &binaries.kwok,
+            &[
+                kubeconfig_arg,
+                format!("--config={}", kwok_config.display()),
+                "--manage-all-nodes=true".into(),
+                "--cidr=10.244.0.1/16".into(),
+                "--node-ip=127.0.0.1".into(),
+            ],
+            &logs,
+        )?;
+        self.processes.push(kwok);
+
+        kubectl.run_with_input(&["apply", "-f", "-"], Some(&fake_nodes(nodes)))?;
+        wait_until(
+            "the fake nodes",
+            Duration::from_secs(60),
+            || ensure_all_running(&mut self.processes),
+            || {
+                kubectl.succeeds(&[
+                    "wait",
+                    "--for=condition=Ready",
+                    "node",
+                    "--all",
+                    "--timeout=2s",
+                ])
+            },
+        )?;
+        wait_until(
+            "the default ServiceAccount (created by the controller manager)",
+            Duration::from_secs(60),
+            || ensure_all_running(&mut self.processes),
+            || kubectl.succeeds(&["get", "serviceaccount", "default", "-n", "default"]),
+        )
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn ensure_all_running(processes: &mut [Supervised]) -> Result<()> {
+    processes
+        .iter_mut()
+        .try_for_each(Supervised::ensure_running)
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buffer = vec![0u8; bytes];
+    fs::File::open("/dev/urandom")?.read_exact(&mut buffer)?;
+    Ok(buffer.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// The key pair the API server signs ServiceAccount tokens with.
+fn service_account_keys(dir: &Path) -> Result<()> {
+    let key = dir.join("sa.key");
+    let run = |args: &[&str]| -> Result<()> {
+        let output = Command::new("openssl")
+            .args(args)
+            .output()
+            .context("running openssl (install it: apt-get install openssl)")?;
+        if !output.status.success() {
+            bail!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    };
+    let key_path = key.to_string_lossy();
+    let pub_path = dir.join("sa.pub");
+    run(&["genrsa", "-out", &key_path, "2048"])?;
+    run(&[
+        "rsa",
+        "-in",
+        &key_path,
+        "-pubout",
+        "-out",
+        &pub_path.to_string_lossy(),
+    ])
+}
+
+fn kubeconfig(port: u16, ca: &Path, token: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: serin-e2e
+  cluster:
+    server: https://127.0.0.1:{port}
+    certificate-authority: {ca}
+users:
+- name: serin-e2e-admin
+  user:
+    token: {token}
+contexts:
+- name: serin-e2e
+  context:
+    cluster: serin-e2e
+    user: serin-e2e-admin
+    namespace: default
+current-context: serin-e2e
+",
+        ca = ca.display()
+    )
+}
+
+/// Nodes that kwok manages: Ready, with room for many pods, and no taint, so plain
+/// workloads schedule on them.
+fn fake_nodes(count: usize) -> String {
+    (0..count)
+        .map(|index| {
+            format!(
+                "apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-{index}
+  annotations:
+    node.alpha.kubernetes.io/ttl: \"0\"
+    kwok.x-k8s.io/node: fake
+  labels:
+    kubernetes.io/hostname: kwok-node-{index}
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+status:
+  allocatable: {{cpu: \"64\", memory: 256Gi, pods: \"1000\"}}
+  capacity: {{cpu: \"64\", memory: 256Gi, pods: \"1000\"}}
+"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}

@@ -1,0 +1,10 @@
+//! The end-to-end harness: a real Kubernetes control plane and a real Prometheus on
+//! loopback, started for the tests and the demo and always stopped after them, and
+//! kubectl to drive them as a user does.
+
+pub mod cluster;
+pub mod harness;
+mod http;
+pub mod kubectl;
+pub mod process;
+pub mod prometheus;

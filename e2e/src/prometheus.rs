@@ -1,0 +1,116 @@
+//! A real Prometheus server (Debian's `prometheus` package) on a free loopback port,
+//! scraping the targets a test names, stopped and wiped when dropped.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tempfile::TempDir;
+
+use crate::http;
+use crate::process::{Supervised, free_port, wait_until};
+
+/// One scrape job: a name and the `host:port` addresses it scrapes at `/metrics`.
+#[derive(Clone, Debug)]
+pub struct ScrapeJob {
+    /// The `job` label of the scraped series.
+    pub name: String,
+    /// `host:port` of each target.
+    pub targets: Vec<String>,
+}
+
+/// A running Prometheus. Dropping it stops the server and deletes its data.
+pub struct Prometheus {
+    process: Supervised,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `jobs` every `scrape_interval`, and returns once it
+    /// answers `/-/ready`. The binary is `$SERIN_PROMETHEUS` or `prometheus` on PATH.
+    pub fn start(jobs: &[ScrapeJob], scrape_interval: Duration) -> Result<Self> {
+        let program = std::env::var_os("SERIN_PROMETHEUS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("prometheus"));
+        let dir = tempfile::Builder::new()
+            .prefix("serin-prometheus-")
+            .tempdir()?;
+        let config = dir.path().join("prometheus.yml");
+        fs::write(&config, scrape_config(jobs, scrape_interval))?;
+        let port = free_port()?;
+        let mut process = Supervised::spawn(
+            "prometheus",
+            &program,
+            &[
+                format!("--config.file={}", config.display()),
+                format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+                "--log.level=warn".into(),
+            ],
+            dir.path(),
+        )
+        .context("starting prometheus (install it: apt-get install prometheus)")?;
+        wait_until(
+            "prometheus",
+            Duration::from_secs(30),
+            || process.ensure_running(),
+            || http::get(port, "/-/ready").is_some_and(|(code, _)| code == 200),
+        )?;
+        Ok(Self {
+            process,
+            port,
+            _dir: dir,
+        })
+    }
+
+    /// Base URL of the HTTP API, for example `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs an instant query and returns the `data.result` array.
+    pub fn query(&mut self, promql: &str) -> Result<serde_json::Value> {
+        self.process.ensure_running()?;
+        let path = format!("/api/v1/query?query={}", percent_encode(promql));
+        let Some((code, body)) = http::get(self.port, &path) else {
+            bail!("prometheus did not answer {path}");
+        };
+        let mut reply: serde_json::Value = serde_json::from_str(&body)
+            .with_context(|| format!("prometheus answered {code} with: {body}"))?;
+        if reply["status"] != "success" {
+            bail!("query {promql} failed: {body}");
+        }
+        Ok(reply["data"]["result"].take())
+    }
+}
+
+fn scrape_config(jobs: &[ScrapeJob], interval: Duration) -> String {
+    let seconds = interval.as_secs_f64();
+    let mut config = format!(
+        "global:\n  scrape_interval: {seconds}s\n  evaluation_interval: {seconds}s\nscrape_configs:\n"
+    );
+    for job in jobs {
+        let targets: Vec<String> = job.targets.iter().map(|t| format!("'{t}'")).collect();
+        let _ = write!(
+            config,
+            "- job_name: '{}'\n  static_configs:\n  - targets: [{}]\n",
+            job.name,
+            targets.join(", ")
+        );
+    }
+    config
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests against the real local control plane, acting as a user would:
+//! kubectl apply, kubectl wait, kubectl get -o json. One control plane serves every
+//! test in this binary; each test works in a namespace of its own.
+
+mod canary_api;
+mod control_plane;
+
+use serin_e2e::harness::Cluster;
+
+/// The cluster of this test run.
+fn cluster() -> &'static Cluster {
+    Cluster::shared(env!("CARGO_BIN_EXE_serin-cluster"))
+}
