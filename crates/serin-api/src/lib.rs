@@ -13,6 +13,8 @@ mod schema;
 mod spec;
 mod status;
 
+/// A Go-style duration as written in the spec (`30s`, `2m`).
+pub use kube::core::Duration;
 pub use spec::{
     Analysis, Canary, CanarySpec, ErrorRateMetric, GatewayApiRouter, Metric, PodTemplate,
     PrometheusSource, SecretReference, ServicePorts, Traffic, WorkloadSelector,

@@ -28,9 +28,14 @@ pub struct CanaryStatus {
     #[serde(default)]
     pub step: i32,
 
-    /// When the current step began; step time and the progress deadline count from here.
+    /// When the current step began; the progress deadline counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started_at: Option<Time>,
+
+    /// When the current step's weight took effect; step time and the analysis
+    /// window (`{{elapsed}}`) count from here. Absent while the canary's pods start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_started_at: Option<Time>,
 
     /// Pods of the workload, both revisions, for the scale subresource.
     #[serde(default)]

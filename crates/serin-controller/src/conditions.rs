@@ -1,0 +1,56 @@
+//! Standard Kubernetes conditions, with transition times that change only when the
+//! status does, so `kubectl wait` and people see when something really happened.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// `Available`: the revision serving as stable has all its pods available.
+pub const AVAILABLE: &str = "Available";
+/// `Progressing`: a rollout is under way; the reason says at what point.
+pub const PROGRESSING: &str = "Progressing";
+/// `Promoted`: the template in spec is the one fully serving.
+pub const PROMOTED: &str = "Promoted";
+/// `InvalidSpec`: the spec is wrong in a way only the controller can see.
+pub const INVALID_SPEC: &str = "InvalidSpec";
+
+/// Sets condition `kind` to `status` with `reason` and `message`, keeping its
+/// transition time when the status does not change.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    kind: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    now: &Time,
+    generation: i64,
+) {
+    let status = if status { "True" } else { "False" };
+    let fresh = Condition {
+        type_: kind.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time: now.clone(),
+        observed_generation: Some(generation),
+    };
+    match conditions.iter_mut().find(|c| c.type_ == kind) {
+        Some(existing) => {
+            let since = if existing.status == status {
+                existing.last_transition_time.clone()
+            } else {
+                now.clone()
+            };
+            *existing = Condition {
+                last_transition_time: since,
+                ..fresh
+            };
+        }
+        None => conditions.push(fresh),
+    }
+}
+
+/// The status of condition `kind`, if set.
+pub fn is_true(conditions: &[Condition], kind: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == kind && c.status == "True")
+}

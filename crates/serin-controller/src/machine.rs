@@ -1,0 +1,814 @@
+//! The rollout state machine: a snapshot of what is observed in, a plan out.
+//!
+//! Everything is derived from the Canary's spec and status and the ReplicaSets as
+//! they are, so a controller killed at any moment and started again continues the
+//! same rollout. Each plan repeats the whole desired state (it is applied with
+//! server-side apply, so repeating costs nothing), and a step only moves on once
+//! what it waits for is observed.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use serin_api::{AcknowledgedCommand, CanarySpec, CanaryStatus, Duration as SpecDuration, Phase};
+
+use crate::command::{self, Command, CommandKind};
+use crate::conditions::{self, AVAILABLE, INVALID_SPEC, PROGRESSING, PROMOTED};
+use crate::replicas::{self, Split};
+
+/// How long to wait before looking again when nothing else sets a time: the
+/// watches on ReplicaSets and the Canary wake the controller sooner on any change.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// A ReplicaSet of the Canary as observed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedReplicaSet {
+    /// The revision it runs.
+    pub revision: String,
+    /// Pods it is asked to run.
+    pub replicas: i32,
+    /// Pods available for `minReadySeconds`, that may receive traffic.
+    pub available: i32,
+    /// When it was created; the oldest are pruned first.
+    pub created: Timestamp,
+    /// When Serin scales it to zero, once it receives no traffic.
+    pub scale_down_at: Option<Timestamp>,
+}
+
+/// The analysis of the current step, from the judges.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepVerdict {
+    /// No metric fails; the step may advance when its time is up.
+    Pass,
+    /// A metric fails; the reason carries the metric and the evidence.
+    Fail(String),
+    /// Not enough data to judge; the step holds until its deadline.
+    Inconclusive(String),
+}
+
+/// Everything the state machine looks at.
+#[derive(Clone, Debug)]
+pub struct Snapshot<'a> {
+    /// The Canary's spec.
+    pub spec: &'a CanarySpec,
+    /// `metadata.generation` of that spec.
+    pub generation: i64,
+    /// The status as last written (default on first sight).
+    pub status: CanaryStatus,
+    /// The `serin.dev/command` annotation, if set.
+    pub command: Option<String>,
+    /// The revision of `spec.template`.
+    pub revision: String,
+    /// The Canary's ReplicaSets.
+    pub replica_sets: Vec<ObservedReplicaSet>,
+    /// A spec error only the controller can see (a missing HTTPRoute, say).
+    pub invalid: Option<String>,
+    /// The verdict on the current step; None when the spec has no analysis.
+    pub analysis: Option<StepVerdict>,
+    /// The current time.
+    pub now: Timestamp,
+}
+
+/// Where traffic goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routing {
+    /// The revision behind `<name>-stable`.
+    pub stable: String,
+    /// The revision behind `<name>-canary`, while there is one.
+    pub canary: Option<String>,
+    /// Percent of requests to the canary.
+    pub weight: i32,
+}
+
+/// A change to make in the cluster, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Create the ReplicaSet of the spec's revision, or resize an existing one.
+    Scale {
+        /// Revision of the ReplicaSet.
+        revision: String,
+        /// Pods it should run.
+        replicas: i32,
+    },
+    /// Point the Services and the router at the revisions, with this weight.
+    Route(Routing),
+    /// Record when a ReplicaSet that no longer receives traffic is scaled down.
+    ScaleDownAt {
+        /// Revision of the ReplicaSet.
+        revision: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// Delete an old, scaled-down ReplicaSet beyond the history limit.
+    Delete {
+        /// Revision of the ReplicaSet.
+        revision: String,
+    },
+}
+
+/// Something worth an Event: a transition, with a reason a person can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Warning (something went wrong) or Normal.
+    pub warning: bool,
+    /// CamelCase reason, as in `kubectl get events`.
+    pub reason: &'static str,
+    /// What happened, for people.
+    pub note: String,
+}
+
+/// What the reconciler is to do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Changes to apply, in order; stop at the first that fails.
+    pub actions: Vec<Action>,
+    /// The status to write once the actions are applied.
+    pub status: CanaryStatus,
+    /// Events to record.
+    pub events: Vec<Event>,
+    /// When to look again if nothing changes before.
+    pub requeue_after: Duration,
+}
+
+/// Why a rollout was rolled back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AbortReason {
+    AnalysisFailed,
+    ProgressDeadlineExceeded,
+    AbortedByUser,
+}
+
+impl AbortReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::AnalysisFailed => "AnalysisFailed",
+            Self::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
+            Self::AbortedByUser => "AbortedByUser",
+        }
+    }
+}
+
+/// Decides what to do about one Canary.
+pub fn plan(snapshot: &Snapshot) -> Plan {
+    let mut planner = Planner::new(snapshot);
+    planner.run();
+    planner.finish()
+}
+
+struct Planner<'s, 'a> {
+    snap: &'s Snapshot<'a>,
+    now: Time,
+    status: CanaryStatus,
+    actions: Vec<Action>,
+    events: Vec<Event>,
+    wake: Duration,
+    command: Option<Command>,
+}
+
+impl<'s, 'a> Planner<'s, 'a> {
+    fn new(snap: &'s Snapshot<'a>) -> Self {
+        let mut status = snap.status.clone();
+        status.observed_generation = Some(snap.generation);
+        status.selector = Some(selector_string(snap.spec));
+        status.replicas = snap.replica_sets.iter().map(|rs| rs.replicas).sum();
+        Self {
+            snap,
+            now: Time(snap.now),
+            status,
+            actions: Vec::new(),
+            events: Vec::new(),
+            wake: RESYNC,
+            command: None,
+        }
+    }
+
+    fn finish(self) -> Plan {
+        Plan {
+            actions: self.actions,
+            status: self.status,
+            events: self.events,
+            requeue_after: self.wake,
+        }
+    }
+
+    fn run(&mut self) {
+        if let Some(reason) = &self.snap.invalid {
+            self.condition(INVALID_SPEC, true, "InvalidSpec", reason.clone());
+            self.event(true, "InvalidSpec", reason.clone());
+            self.wake = Duration::from_secs(30);
+            return;
+        }
+        self.condition(INVALID_SPEC, false, "Valid", String::new());
+        self.take_command();
+
+        let target = self.snap.revision.clone();
+        let Some(stable) = self.status.stable_revision.clone() else {
+            self.first_revision(&target);
+            return;
+        };
+        if target == stable {
+            self.steady(&stable);
+        } else {
+            self.rollout(&stable, &target);
+        }
+        self.retire_unused(&stable);
+    }
+
+    /// The first revision ever: one ReplicaSet at full size, all traffic to it.
+    fn first_revision(&mut self, target: &str) {
+        self.status.stable_revision = Some(target.to_owned());
+        self.status.phase = Some(Phase::Initializing);
+        self.event(false, "Initializing", format!("first revision {target}"));
+        self.steady(target);
+    }
+
+    /// No rollout: the stable revision serves everything at the spec's size.
+    fn steady(&mut self, stable: &str) {
+        let replicas = self.snap.spec.replicas;
+        if let Some(canary) = self.status.canary_revision.take() {
+            self.event(
+                false,
+                "StableRestored",
+                format!("spec.template is revision {stable} again; rollout of {canary} dropped"),
+            );
+        }
+        self.actions.push(Action::Scale {
+            revision: stable.to_owned(),
+            replicas,
+        });
+        self.route(stable, None, 0);
+        self.status.step = 0;
+        self.status.step_started_at = None;
+        self.status.analysis_started_at = None;
+        self.status.analysis.clear();
+
+        let available = self.available(stable);
+        let ready = available >= replicas;
+        self.availability(stable);
+        let was = self.status.phase;
+        if ready {
+            self.status.phase = Some(Phase::Healthy);
+            self.condition(
+                PROGRESSING,
+                false,
+                "Promoted",
+                format!("revision {stable} serves all traffic"),
+            );
+            self.condition(
+                PROMOTED,
+                true,
+                "Promoted",
+                format!("revision {stable} is fully available"),
+            );
+            if was != Some(Phase::Healthy) {
+                self.event(
+                    false,
+                    "Healthy",
+                    format!("revision {stable} is fully available"),
+                );
+            }
+        } else {
+            if was != Some(Phase::Initializing) {
+                self.status.phase = Some(Phase::Healthy);
+            }
+            self.condition(
+                PROGRESSING,
+                true,
+                "WaitingForPods",
+                format!("revision {stable}: {available} of {replicas} pods available"),
+            );
+            self.condition(
+                PROMOTED,
+                false,
+                "WaitingForPods",
+                format!("revision {stable}: {available} of {replicas} pods available"),
+            );
+        }
+        if let Some(command) = self.command.take() {
+            self.acknowledge(&command, "no rollout in progress; nothing to do");
+        }
+    }
+
+    /// A template that differs from stable: start, continue, hold or finish a rollout.
+    fn rollout(&mut self, stable: &str, target: &str) {
+        if self.status.canary_revision.as_deref() != Some(target) {
+            self.start_rollout(stable, target);
+        }
+        if self.status.phase == Some(Phase::Aborted)
+            && let Some(command) = self.take(CommandKind::Retry)
+        {
+            self.acknowledge(&command, "rollout starts again from step 1");
+            self.begin_step(1);
+            self.status.phase = Some(Phase::Progressing);
+            self.event(
+                false,
+                "Retried",
+                format!("rollout of {target} starts again from step 1"),
+            );
+        }
+        match self.status.phase {
+            Some(Phase::Aborted) => self.aborted(stable, target),
+            Some(Phase::Promoting) => self.promoting(stable, target),
+            _ => self.progress(stable, target),
+        }
+        if let Some(command) = self.command.take() {
+            let phase = self
+                .status
+                .phase
+                .map(|p| format!("{p:?}"))
+                .unwrap_or_default();
+            self.acknowledge(&command, &format!("not applicable while {phase}"));
+        }
+    }
+
+    fn start_rollout(&mut self, stable: &str, target: &str) {
+        if let Some(previous) = self.status.canary_revision.replace(target.to_owned()) {
+            self.event(
+                false,
+                "RolloutRestarted",
+                format!(
+                    "spec.template changed to revision {target}; rollout of {previous} dropped"
+                ),
+            );
+        } else {
+            self.event(
+                false,
+                "RolloutStarted",
+                format!("rolling out revision {target} beside stable {stable}"),
+            );
+        }
+        self.status.phase = Some(Phase::Progressing);
+        self.condition(
+            PROMOTED,
+            false,
+            "RolloutInProgress",
+            format!("revision {target} is being rolled out"),
+        );
+        self.begin_step(1);
+    }
+
+    fn begin_step(&mut self, step: i32) {
+        self.status.step = step;
+        self.status.step_started_at = Some(self.now.clone());
+        self.status.analysis_started_at = None;
+        self.status.analysis.clear();
+    }
+
+    /// Progressing or Paused at a step.
+    fn progress(&mut self, stable: &str, target: &str) {
+        let spec = self.snap.spec;
+        if let Some(command) = self.take(CommandKind::Abort) {
+            self.acknowledge(&command, "rollout aborted");
+            return self.abort(
+                stable,
+                target,
+                AbortReason::AbortedByUser,
+                "aborted by a person".into(),
+            );
+        }
+        if let Some(command) = self.take(CommandKind::PromoteFull) {
+            self.acknowledge(&command, "skipping the remaining steps");
+            return self.start_promotion(stable, target);
+        }
+
+        let step = self.status.step.clamp(1, steps(spec));
+        self.status.step = step;
+        let weight = spec.steps[usize::try_from(step - 1).unwrap_or(0)];
+        let split = self.split(weight);
+        self.actions.push(Action::Scale {
+            revision: stable.to_owned(),
+            replicas: split.stable,
+        });
+        self.actions.push(Action::Scale {
+            revision: target.to_owned(),
+            replicas: split.canary,
+        });
+        self.availability(stable);
+
+        if spec.paused {
+            if self.status.phase != Some(Phase::Paused) {
+                self.event(
+                    false,
+                    "Paused",
+                    format!("rollout of {target} paused at step {step}"),
+                );
+            }
+            self.status.phase = Some(Phase::Paused);
+            self.keep_current_weight(stable, target);
+            self.condition(
+                PROGRESSING,
+                false,
+                "Paused",
+                format!("paused at step {step} (weight {}%)", self.status.weight),
+            );
+            return;
+        }
+        if self.status.phase == Some(Phase::Paused) {
+            self.event(
+                false,
+                "Resumed",
+                format!("rollout of {target} resumed at step {step}"),
+            );
+            self.begin_step(step);
+        }
+        self.status.phase = Some(Phase::Progressing);
+        let step_started = self
+            .status
+            .step_started_at
+            .clone()
+            .unwrap_or_else(|| self.now.clone());
+        let deadline = duration(spec.progress_deadline);
+        let since_step = self.since(&step_started);
+
+        let canary_available = self.available(target);
+        if canary_available < split.canary {
+            self.keep_current_weight(stable, target);
+            let waiting = format!(
+                "step {step}: {canary_available} of {} canary pods available",
+                split.canary
+            );
+            if since_step >= deadline {
+                return self.abort(
+                    stable,
+                    target,
+                    AbortReason::ProgressDeadlineExceeded,
+                    waiting,
+                );
+            }
+            self.condition(PROGRESSING, true, "WaitingForPods", waiting);
+            self.wake_in(deadline.saturating_sub(since_step));
+            return;
+        }
+
+        let analysis_started = match self.status.analysis_started_at.clone() {
+            Some(at) => at,
+            None => {
+                self.status.analysis_started_at = Some(self.now.clone());
+                self.now.clone()
+            }
+        };
+        self.route(stable, Some(target), split.weight);
+
+        if let Some(command) = self.take(CommandKind::Promote) {
+            self.acknowledge(&command, &format!("step {step} finished early"));
+            return self.advance(stable, target, step, "promoted by a person".into());
+        }
+        let at_weight = self.since(&analysis_started);
+        let step_duration = duration(spec.step_duration);
+        match self.snap.analysis.clone().unwrap_or(StepVerdict::Pass) {
+            StepVerdict::Fail(evidence) => {
+                self.abort(stable, target, AbortReason::AnalysisFailed, evidence)
+            }
+            StepVerdict::Inconclusive(why) => {
+                if since_step >= deadline {
+                    return self.abort(
+                        stable,
+                        target,
+                        AbortReason::ProgressDeadlineExceeded,
+                        format!("step {step} inconclusive until its deadline: {why}"),
+                    );
+                }
+                self.condition(
+                    PROGRESSING,
+                    true,
+                    "Inconclusive",
+                    format!("step {step} at {}%: {why}", split.weight),
+                );
+                self.wake_in(
+                    self.analysis_interval()
+                        .min(deadline.saturating_sub(since_step)),
+                );
+            }
+            StepVerdict::Pass if at_weight >= step_duration => {
+                self.advance(stable, target, step, format!("step {step} passed"));
+            }
+            StepVerdict::Pass => {
+                self.condition(
+                    PROGRESSING,
+                    true,
+                    "StepInProgress",
+                    format!("step {step} of {} at {}%", steps(spec), split.weight),
+                );
+                self.wake_in(
+                    self.analysis_interval()
+                        .min(step_duration.saturating_sub(at_weight)),
+                );
+            }
+        }
+    }
+
+    fn advance(&mut self, stable: &str, target: &str, step: i32, why: String) {
+        if step >= steps(self.snap.spec) {
+            self.event(
+                false,
+                "StepAdvanced",
+                format!("{why}; last step done, promoting {target}"),
+            );
+            return self.start_promotion(stable, target);
+        }
+        self.begin_step(step + 1);
+        let weight = self.snap.spec.steps[usize::try_from(step).unwrap_or(0)];
+        self.event(
+            false,
+            "StepAdvanced",
+            format!("{why}; step {} at {weight}%", step + 1),
+        );
+        self.condition(
+            PROGRESSING,
+            true,
+            "StepAdvanced",
+            format!("step {} at {weight}%", step + 1),
+        );
+        self.wake = Duration::ZERO;
+    }
+
+    fn start_promotion(&mut self, stable: &str, target: &str) {
+        self.status.phase = Some(Phase::Promoting);
+        self.event(
+            false,
+            "Promoting",
+            format!("scaling revision {target} to full size"),
+        );
+        self.promoting(stable, target);
+    }
+
+    /// The canary passed: scale it to full size, then make it stable.
+    fn promoting(&mut self, stable: &str, target: &str) {
+        let replicas = self.snap.spec.replicas;
+        self.actions.push(Action::Scale {
+            revision: target.to_owned(),
+            replicas,
+        });
+        let available = self.available(target);
+        if available < replicas {
+            self.keep_current_weight(stable, target);
+            self.availability(stable);
+            self.condition(
+                PROGRESSING,
+                true,
+                "Promoting",
+                format!("revision {target}: {available} of {replicas} pods available"),
+            );
+            return;
+        }
+        self.status.stable_revision = Some(target.to_owned());
+        self.status.canary_revision = None;
+        self.status.phase = Some(Phase::Healthy);
+        self.event(
+            false,
+            "Promoted",
+            format!("revision {target} is now stable; {stable} retires"),
+        );
+        self.steady(target);
+    }
+
+    /// Roll back: all traffic to stable first, then the canary is scaled down.
+    fn abort(&mut self, stable: &str, target: &str, reason: AbortReason, why: String) {
+        self.status.phase = Some(Phase::Aborted);
+        let message = format!(
+            "rollout of {target} aborted at step {}: {why}",
+            self.status.step
+        );
+        self.event(true, reason.as_str(), message.clone());
+        self.condition(PROGRESSING, false, reason.as_str(), message.clone());
+        self.condition(PROMOTED, false, reason.as_str(), message);
+        self.aborted(stable, target);
+    }
+
+    /// Aborted: stable at full size with all traffic until a retry or a new template.
+    fn aborted(&mut self, stable: &str, _target: &str) {
+        self.actions.push(Action::Scale {
+            revision: stable.to_owned(),
+            replicas: self.snap.spec.replicas,
+        });
+        self.route(stable, None, 0);
+        self.status.analysis_started_at = None;
+        self.availability(stable);
+    }
+
+    /// Revisions that no longer receive traffic are scaled down after the delay,
+    /// and the oldest beyond the history limit are deleted.
+    fn retire_unused(&mut self, stable: &str) {
+        let active_canary = match self.status.phase {
+            Some(Phase::Progressing | Phase::Paused | Phase::Promoting) => {
+                self.status.canary_revision.clone()
+            }
+            _ => None,
+        };
+        let in_use =
+            |revision: &str| revision == stable || active_canary.as_deref() == Some(revision);
+        let delay = duration(self.snap.spec.scale_down_delay);
+        let mut idle = Vec::new();
+        for rs in &self.snap.replica_sets {
+            if in_use(&rs.revision) {
+                continue;
+            }
+            if rs.replicas == 0 {
+                idle.push(rs);
+                continue;
+            }
+            match rs.scale_down_at {
+                Some(at) if at <= self.snap.now => self.actions.push(Action::Scale {
+                    revision: rs.revision.clone(),
+                    replicas: 0,
+                }),
+                Some(at) => self.wake_in(until(self.snap.now, at)),
+                None => {
+                    let at = self.snap.now + SignedDuration::try_from(delay).unwrap_or_default();
+                    self.actions.push(Action::ScaleDownAt {
+                        revision: rs.revision.clone(),
+                        at,
+                    });
+                    self.wake_in(delay);
+                }
+            }
+        }
+        idle.sort_by_key(|rs| std::cmp::Reverse(rs.created));
+        let keep = usize::try_from(self.snap.spec.revision_history_limit).unwrap_or(0);
+        for rs in idle.into_iter().skip(keep) {
+            self.actions.push(Action::Delete {
+                revision: rs.revision.clone(),
+            });
+        }
+    }
+
+    /// Replicas for a step's weight, by the router or by pod counts.
+    fn split(&self, weight: i32) -> Split {
+        if self.snap.spec.traffic.is_some() {
+            replicas::routed(self.snap.spec.replicas, weight)
+        } else {
+            replicas::by_pod_count(self.snap.spec.replicas, weight)
+        }
+    }
+
+    /// Keeps the weight already applied while a step waits, but never on a canary
+    /// without an available pod.
+    fn keep_current_weight(&mut self, stable: &str, target: &str) {
+        let weight = if self.available(target) > 0 {
+            self.status.weight
+        } else {
+            0
+        };
+        let canary = (weight > 0).then_some(target);
+        self.route(stable, canary, weight);
+    }
+
+    fn route(&mut self, stable: &str, canary: Option<&str>, weight: i32) {
+        self.status.weight = weight;
+        self.actions.push(Action::Route(Routing {
+            stable: stable.to_owned(),
+            canary: canary.map(str::to_owned),
+            weight,
+        }));
+    }
+
+    fn availability(&mut self, stable: &str) {
+        let available = self.available(stable);
+        let wanted = self
+            .actions
+            .iter()
+            .rev()
+            .find_map(|action| match action {
+                Action::Scale { revision, replicas } if revision == stable => Some(*replicas),
+                _ => None,
+            })
+            .unwrap_or(self.snap.spec.replicas);
+        let (ok, reason) = if available >= wanted && (available > 0 || wanted == 0) {
+            (true, "StableAvailable")
+        } else {
+            (false, "StableUnavailable")
+        };
+        self.condition(
+            AVAILABLE,
+            ok,
+            reason,
+            format!("revision {stable}: {available} of {wanted} pods available"),
+        );
+    }
+
+    fn available(&self, revision: &str) -> i32 {
+        self.snap
+            .replica_sets
+            .iter()
+            .find(|rs| rs.revision == revision)
+            .map_or(0, |rs| rs.available)
+    }
+
+    fn analysis_interval(&self) -> Duration {
+        self.snap
+            .spec
+            .analysis
+            .as_ref()
+            .map_or(Duration::from_secs(5), |analysis| {
+                duration(analysis.interval)
+            })
+    }
+
+    fn take_command(&mut self) {
+        let Some(text) = &self.snap.command else {
+            return;
+        };
+        match command::parse(text) {
+            Ok(command) => {
+                let done = self
+                    .status
+                    .last_command
+                    .as_ref()
+                    .map(|last| last.nonce.as_str());
+                if done != Some(command.nonce.as_str()) {
+                    self.command = Some(command);
+                }
+            }
+            Err(problem) => {
+                let seen = self
+                    .status
+                    .last_command
+                    .as_ref()
+                    .is_some_and(|last| last.command == *text);
+                if !seen {
+                    self.status.last_command = Some(AcknowledgedCommand {
+                        command: text.clone(),
+                        nonce: String::new(),
+                        outcome: Some(problem.clone()),
+                        at: Some(self.now.clone()),
+                    });
+                    self.event(true, "InvalidCommand", problem);
+                }
+            }
+        }
+    }
+
+    /// The pending command, if it is of `kind`.
+    fn take(&mut self, kind: CommandKind) -> Option<Command> {
+        if self.command.as_ref().is_some_and(|c| c.kind == kind) {
+            self.command.take()
+        } else {
+            None
+        }
+    }
+
+    fn acknowledge(&mut self, command: &Command, outcome: &str) {
+        self.status.last_command = Some(AcknowledgedCommand {
+            command: command.kind.as_str().to_owned(),
+            nonce: command.nonce.clone(),
+            outcome: Some(outcome.to_owned()),
+            at: Some(self.now.clone()),
+        });
+        self.event(
+            false,
+            "CommandAcknowledged",
+            format!("{}: {outcome}", command.kind),
+        );
+    }
+
+    fn condition(&mut self, kind: &str, status: bool, reason: &str, message: String) {
+        conditions::set(
+            &mut self.status.conditions,
+            kind,
+            status,
+            reason,
+            message,
+            &self.now,
+            self.snap.generation,
+        );
+    }
+
+    fn event(&mut self, warning: bool, reason: &'static str, note: String) {
+        self.events.push(Event {
+            warning,
+            reason,
+            note,
+        });
+    }
+
+    fn since(&self, then: &Time) -> Duration {
+        until(then.0, self.snap.now)
+    }
+
+    fn wake_in(&mut self, after: Duration) {
+        self.wake = self.wake.min(after.max(Duration::from_secs(1)));
+    }
+}
+
+fn steps(spec: &CanarySpec) -> i32 {
+    i32::try_from(spec.steps.len()).unwrap_or(i32::MAX)
+}
+
+fn duration(value: SpecDuration) -> Duration {
+    Duration::from(value)
+}
+
+/// Time from `from` to `to`, zero when `to` is earlier.
+fn until(from: Timestamp, to: Timestamp) -> Duration {
+    Duration::try_from(to.duration_since(from)).unwrap_or_default()
+}
+
+/// The workload's selector in the string form the scale subresource reports.
+fn selector_string(spec: &CanarySpec) -> String {
+    spec.selector
+        .match_labels
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,665 @@
+//! The state machine, phase by phase and event by event, against a small model of
+//! the cluster: ReplicaSets that the plans scale, and whose pods become available
+//! when the test says so.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use serin_api::{Canary, CanarySpec, CanaryStatus, Phase};
+use serin_controller::conditions;
+use serin_controller::machine::{
+    Action, ObservedReplicaSet, Plan, Routing, Snapshot, StepVerdict, plan,
+};
+
+const STABLE: &str = "aaaaaaaaaa";
+const CANARY: &str = "bbbbbbbbbb";
+const THIRD: &str = "cccccccccc";
+
+fn spec(yaml_extra: &str) -> CanarySpec {
+    let yaml = format!(
+        "apiVersion: serin.dev/v1alpha1
+kind: Canary
+metadata: {{name: web}}
+spec:
+  replicas: 4
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec: {{containers: [{{name: web, image: 'web:1'}}]}}
+  steps: [25, 50]
+  stepDuration: 1m
+  progressDeadline: 5m
+  scaleDownDelay: 30s
+{yaml_extra}"
+    );
+    let canary: Canary = serde_norway::from_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    canary.spec
+}
+
+/// The cluster as the state machine sees it, and a clock.
+struct World {
+    spec: CanarySpec,
+    generation: i64,
+    status: CanaryStatus,
+    revision: String,
+    replica_sets: Vec<ObservedReplicaSet>,
+    command: Option<String>,
+    analysis: Option<StepVerdict>,
+    invalid: Option<String>,
+    now: Timestamp,
+    /// Pods become available as soon as they are asked for.
+    instant_pods: bool,
+    /// Every Route action applied, in order.
+    routes: Vec<Routing>,
+    /// Events of the last `reconcile`.
+    events: Vec<&'static str>,
+    /// What the last plan asked to wait for.
+    last_wait: Duration,
+}
+
+impl World {
+    fn new(spec: CanarySpec) -> Self {
+        Self {
+            spec,
+            generation: 1,
+            status: CanaryStatus::default(),
+            revision: STABLE.into(),
+            replica_sets: Vec::new(),
+            command: None,
+            analysis: None,
+            invalid: None,
+            now: Timestamp::from_second(1_800_000_000).unwrap_or_else(|e| panic!("{e}")),
+            instant_pods: true,
+            routes: Vec::new(),
+            events: Vec::new(),
+            last_wait: Duration::ZERO,
+        }
+    }
+
+    /// A world where the first revision is already Healthy.
+    fn healthy(spec: CanarySpec) -> Self {
+        let mut world = Self::new(spec);
+        world.reconcile();
+        assert_eq!(world.phase(), Phase::Healthy);
+        world
+    }
+
+    /// One reconcile, then more while the plan changed the ReplicaSets: the
+    /// controller's watch on them triggers those.
+    /// Returns the first plan, the answer to what the test changed.
+    fn reconcile(&mut self) -> Plan {
+        self.events.clear();
+        let mut first = None;
+        for _ in 0..5 {
+            let before = self.replica_sets.clone();
+            let plan = self.reconcile_once();
+            self.events
+                .extend(plan.events.iter().map(|event| event.reason));
+            first.get_or_insert(plan);
+            if self.replica_sets == before {
+                break;
+            }
+        }
+        first.unwrap_or_else(|| unreachable!())
+    }
+
+    fn reconcile_once(&mut self) -> Plan {
+        let snapshot = Snapshot {
+            spec: &self.spec,
+            generation: self.generation,
+            status: self.status.clone(),
+            command: self.command.clone(),
+            revision: self.revision.clone(),
+            replica_sets: self.replica_sets.clone(),
+            invalid: self.invalid.clone(),
+            analysis: self.analysis.clone(),
+            now: self.now,
+        };
+        let plan = plan(&snapshot);
+        for action in &plan.actions {
+            self.apply(action);
+        }
+        self.status = plan.status.clone();
+        self.last_wait = plan.requeue_after;
+        plan
+    }
+
+    /// Reconciles until the plan asks to wait, as the controller's requeues would.
+    fn settle(&mut self) {
+        for _ in 0..20 {
+            self.reconcile();
+            if self.last_wait > Duration::ZERO {
+                return;
+            }
+        }
+        panic!("the state machine did not settle");
+    }
+
+    fn apply(&mut self, action: &Action) {
+        match action {
+            Action::Scale { revision, replicas } => {
+                let available = if self.instant_pods { *replicas } else { 0 };
+                match self
+                    .replica_sets
+                    .iter_mut()
+                    .find(|rs| &rs.revision == revision)
+                {
+                    Some(rs) => {
+                        rs.replicas = *replicas;
+                        rs.available = if self.instant_pods {
+                            *replicas
+                        } else {
+                            rs.available.min(*replicas)
+                        };
+                        if *replicas > 0 {
+                            rs.scale_down_at = None;
+                        }
+                    }
+                    None => {
+                        assert_eq!(
+                            revision, &self.revision,
+                            "only the spec's revision can be created"
+                        );
+                        self.replica_sets.push(ObservedReplicaSet {
+                            revision: revision.clone(),
+                            replicas: *replicas,
+                            available,
+                            created: self.now,
+                            scale_down_at: None,
+                        });
+                    }
+                }
+            }
+            Action::Route(routing) => {
+                if routing.weight > 0 {
+                    let canary = routing
+                        .canary
+                        .as_deref()
+                        .unwrap_or_else(|| panic!("weight without a canary"));
+                    assert!(
+                        self.available(canary) > 0,
+                        "weight {}% on {canary} with no available pod",
+                        routing.weight
+                    );
+                }
+                assert!(
+                    self.available(&routing.stable) > 0
+                        || self.routes.is_empty()
+                        || !self.instant_pods,
+                    "traffic on stable {} with no available pod",
+                    routing.stable
+                );
+                self.routes.push(routing.clone());
+            }
+            Action::ScaleDownAt { revision, at } => {
+                if let Some(rs) = self
+                    .replica_sets
+                    .iter_mut()
+                    .find(|rs| &rs.revision == revision)
+                {
+                    rs.scale_down_at = Some(*at);
+                }
+            }
+            Action::Delete { revision } => self.replica_sets.retain(|rs| &rs.revision != revision),
+        }
+    }
+
+    fn available(&self, revision: &str) -> i32 {
+        self.replica_sets
+            .iter()
+            .find(|rs| rs.revision == revision)
+            .map_or(0, |rs| rs.available)
+    }
+
+    fn replicas(&self, revision: &str) -> i32 {
+        self.replica_sets
+            .iter()
+            .find(|rs| rs.revision == revision)
+            .map_or(0, |rs| rs.replicas)
+    }
+
+    fn make_available(&mut self, revision: &str) {
+        for rs in self
+            .replica_sets
+            .iter_mut()
+            .filter(|rs| rs.revision == revision)
+        {
+            rs.available = rs.replicas;
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += SignedDuration::try_from(by).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn new_template(&mut self, revision: &str) {
+        self.revision = revision.into();
+        self.generation += 1;
+    }
+
+    fn phase(&self) -> Phase {
+        self.status.phase.unwrap_or_else(|| panic!("no phase"))
+    }
+
+    fn weight(&self) -> i32 {
+        self.routes.last().map_or(0, |route| route.weight)
+    }
+
+    fn reason(&self, kind: &str) -> String {
+        self.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == kind)
+            .map(|c| c.reason.clone())
+            .unwrap_or_default()
+    }
+
+    fn events(&self) -> Vec<&'static str> {
+        self.events.clone()
+    }
+
+    fn promoted(&self) -> bool {
+        conditions::is_true(&self.status.conditions, conditions::PROMOTED)
+    }
+}
+
+#[test]
+fn first_apply_runs_one_replica_set_and_becomes_healthy_and_promoted() {
+    let mut world = World::new(spec(""));
+    world.instant_pods = false;
+    world.reconcile();
+    assert_eq!(world.phase(), Phase::Initializing);
+    assert_eq!(world.replicas(STABLE), 4);
+    assert!(!world.promoted());
+    assert_eq!(world.status.stable_revision.as_deref(), Some(STABLE));
+
+    world.make_available(STABLE);
+    world.reconcile();
+    assert_eq!(world.phase(), Phase::Healthy);
+    assert!(world.promoted());
+    assert_eq!(world.weight(), 0);
+    assert!(world.events().contains(&"Healthy"));
+    assert_eq!(world.status.observed_generation, Some(1));
+    assert_eq!(world.status.selector.as_deref(), Some("app=web"));
+}
+
+#[test]
+fn a_new_revision_walks_every_step_then_is_promoted_and_the_old_one_retires() {
+    let mut world = World::healthy(spec(""));
+    world.new_template(CANARY);
+    world.reconcile();
+    assert_eq!(world.phase(), Phase::Progressing);
+    assert_eq!(world.status.step, 1);
+    assert_eq!(world.status.canary_revision.as_deref(), Some(CANARY));
+    assert!(!world.promoted());
+    // No router: the pods carry the weight, 25% of 4 is one canary pod.
+    assert_eq!((world.replicas(STABLE), world.replicas(CANARY)), (3, 1));
+    assert_eq!(world.weight(), 25);
+
+    world.advance(Duration::from_secs(59));
+    world.reconcile();
+    assert_eq!(world.status.step, 1, "a step lasts stepDuration");
+
+    world.advance(Duration::from_secs(1));
+    world.settle();
+    assert_eq!(world.status.step, 2);
+    assert_eq!((world.replicas(STABLE), world.replicas(CANARY)), (2, 2));
+    assert_eq!(world.weight(), 50);
+
+    world.advance(Duration::from_secs(60));
+    world.settle();
+    assert_eq!(world.phase(), Phase::Healthy);
+    assert!(world.promoted());
+    assert_eq!(world.status.stable_revision.as_deref(), Some(CANARY));
+    assert_eq!(world.status.canary_revision, None);
+    assert_eq!(world.replicas(CANARY), 4);
+    assert_eq!(world.routes.last().map(|r| r.stable.as_str()), Some(CANARY));
+
+    // The old revision keeps its pods for scaleDownDelay, then scales to zero.
+    assert!(world.replicas(STABLE) > 0);
+    world.advance(Duration::from_secs(30));
+    world.reconcile();
+    assert_eq!(world.replicas(STABLE), 0);
+}
+
+#[test]
+fn with_a_router_stable_stays_full_and_the_canary_runs_its_share() {
+    let mut world = World::healthy(spec(
+        "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n",
+    ));
+    world.new_template(CANARY);
+    world.reconcile();
+    assert_eq!((world.replicas(STABLE), world.replicas(CANARY)), (4, 1));
+    assert_eq!(world.weight(), 25);
+    world.advance(Duration::from_secs(60));
+    world.settle();
+    assert_eq!((world.replicas(STABLE), world.replicas(CANARY)), (4, 2));
+    assert_eq!(world.weight(), 50);
+}
+
+#[test]
+fn no_weight_goes_to_the_canary_before_its_pods_are_available() {
+    let mut world = World::healthy(spec(
+        "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n",
+    ));
+    world.instant_pods = false;
+    world.new_template(CANARY);
+    world.reconcile();
+    assert_eq!(world.weight(), 0);
+    assert_eq!(world.reason(conditions::PROGRESSING), "WaitingForPods");
+    world.advance(Duration::from_secs(120));
+    world.reconcile();
+    assert_eq!(world.weight(), 0, "waiting does not count as step time");
+
+    world.make_available(CANARY);
+    world.reconcile();
+    assert_eq!(world.weight(), 25);
+    assert_eq!(world.status.step, 1);
+    world.advance(Duration::from_secs(59));
+    world.reconcile();
+    assert_eq!(
+        world.status.step, 1,
+        "step time counts from the weight, not the step's start"
+    );
+}
+
+#[test]
+fn pods_that_never_become_available_abort_at_the_progress_deadline() {
+    let mut world = World::healthy(spec(""));
+    world.instant_pods = false;
+    world.new_template(CANARY);
+    world.reconcile();
+    world.advance(Duration::from_secs(299));
+    world.reconcile();
+    assert_eq!(world.phase(), Phase::Progressing);
+    world.advance(Duration::from_secs(1));
+    world.reconcile();
+    assert_eq!(world.phase(), Phase::Aborted);
+    assert_eq!(
+        world.reason(conditions::PROGRESSING),
+        "ProgressDeadlineExceeded"
+    );
+    assert!(world.events().contains(&"ProgressDeadlineExceeded"));
+    assert_eq!(world.weight(), 0);
+}
+
+#[test]
+fn a_failing_analysis_aborts_with_all_traffic_on_stable_before_the_canary_scales_down() {
+    let mut world = World::healthy(spec(""));
+    world.new_template(CANARY);
+    world.reconcile();
+    world.analysis = Some(StepVerdict::Fail(
+        "errors: canary 4.1% vs stable 1.0%".into(),
+    ));
+    world.advance(Duration::from_secs(15));
+    let plan = world.reconcile();
+    assert_eq!(world.phase(), Phase::Aborted);
+    let message = world
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::PROGRESSING)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("canary 4.1%"), "{message}");
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.warning && e.reason == "AnalysisFailed")
+    );
+
+    // Traffic goes back first; stable is full; the canary keeps its pods until the delay.
+    let route = plan
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::Route(r) if r.weight == 0 && r.canary.is_none()));
+    let stable_full = plan
+        .actions
+        .iter()
+        .position(|a| matches!(a, Action::Scale { revision, replicas: 4 } if revision == STABLE));
+    assert!(stable_full.is_some() && route.is_some());
+    assert!(world.replicas(CANARY) > 0);
+    world.advance(Duration::from_secs(30));
+    world.reconcile();
+    assert_eq!(world.replicas(CANARY), 0);
+    assert_eq!(world.phase(), Phase::Aborted, "aborted stays aborted");
+}
+
+#[test]
+fn inconclusive_analysis_holds_the_step_until_the_deadline() {
+    let mut world = World::healthy(spec(""));
+    world.new_template(CANARY);
+    world.analysis = Some(StepVerdict::Inconclusive("no canary traffic".into()));
+    world.reconcile();
+    world.advance(Duration::from_secs(120));
+    world.reconcile();
+    assert_eq!(world.status.step, 1, "inconclusive is not a pass");
+    assert_eq!(world.reason(conditions::PROGRESSING), "Inconclusive");
+    world.advance(Duration::from_secs(180));
+    world.reconcile();
+    assert_eq!(world.phase(), Phase::Aborted);
+    assert_eq!(
+        world.reason(conditions::PROGRESSING),
+        "ProgressDeadlineExceeded"
+    );
+}
+
+#[test]
+fn pause_holds_the_step_and_resume_continues_it() {
+    let mut world = World::healthy(spec(""));
+    world.new_template(CANARY);
+    world.reconcile();
+    world.spec.paused = true;
+    world.advance(Duration::from_secs(600));
+    world.reconcile();
+    assert_eq!(world.phase(), Phase::Paused);
+    assert_eq!(world.status.step, 1);
+    assert_eq!(world.weight(), 25, "a paused step keeps its weight");
+    assert_eq!(world.reason(conditions::PROGRESSING), "Paused");
+
+    world.spec.paused = false;
+    world.reconcile();
+    assert_eq!(world.phase(), Phase::Progressing);
+    assert!(world.events().contains(&"Resumed"));
+    world.advance(Duration::from_secs(60));
+    world.settle();
+    assert_eq!(world.status.step, 2);
+}
+
+#[test]
+fn commands_run_once_per_nonce_and_are_acknowledged() {
+    let mut world = World::healthy(spec(""));
+    world.new_template(CANARY);
+    world.reconcile();
+
+    world.command = Some("promote/1".into());
+    world.settle();
+    assert_eq!(world.status.step, 2, "promote finishes the current step");
+    let ack = world
+        .status
+        .last_command
+        .clone()
+        .unwrap_or_else(|| panic!("no acknowledgement"));
+    assert_eq!((ack.command.as_str(), ack.nonce.as_str()), ("promote", "1"));
+    world.reconcile();
+    assert_eq!(world.status.step, 2, "the same nonce does not run again");
+
+    world.command = Some("abort/2".into());
+    world.reconcile();
+    assert_eq!(world.phase(), Phase::Aborted);
+    assert_eq!(world.reason(conditions::PROGRESSING), "AbortedByUser");
+
+    world.command = Some("retry/3".into());
+    world.reconcile();
+    assert_eq!(world.phase(), Phase::Progressing);
+    assert_eq!(world.status.step, 1);
+
+    world.command = Some("promote-full/4".into());
+    world.settle();
+    assert_eq!(world.phase(), Phase::Healthy);
+    assert_eq!(world.status.stable_revision.as_deref(), Some(CANARY));
+}
+
+#[test]
+fn a_command_that_does_not_apply_is_acknowledged_without_effect() {
+    let mut world = World::healthy(spec(""));
+    world.command = Some("abort/9".into());
+    world.reconcile();
+    assert_eq!(world.phase(), Phase::Healthy);
+    let ack = world
+        .status
+        .last_command
+        .clone()
+        .unwrap_or_else(|| panic!("no acknowledgement"));
+    assert_eq!(ack.nonce, "9");
+    assert!(ack.outcome.unwrap_or_default().contains("nothing to do"));
+}
+
+#[test]
+fn an_invalid_command_is_reported_once() {
+    let mut world = World::healthy(spec(""));
+    world.command = Some("rollback/1".into());
+    world.reconcile();
+    assert!(world.events().contains(&"InvalidCommand"));
+    world.reconcile();
+    assert!(!world.events().contains(&"InvalidCommand"));
+    assert_eq!(world.phase(), Phase::Healthy);
+}
+
+#[test]
+fn a_new_revision_mid_rollout_starts_over_without_the_old_canary() {
+    let mut world = World::healthy(spec(""));
+    world.new_template(CANARY);
+    world.reconcile();
+    world.advance(Duration::from_secs(60));
+    world.settle();
+    assert_eq!(world.status.step, 2);
+
+    world.new_template(THIRD);
+    world.reconcile();
+    assert_eq!(world.status.step, 1);
+    assert_eq!(world.status.canary_revision.as_deref(), Some(THIRD));
+    assert!(world.events().contains(&"RolloutRestarted"));
+    assert_eq!(
+        world.routes.last().and_then(|r| r.canary.as_deref()),
+        Some(THIRD)
+    );
+    world.advance(Duration::from_secs(30));
+    world.reconcile();
+    assert_eq!(
+        world.replicas(CANARY),
+        0,
+        "the dropped canary scales down after the delay"
+    );
+}
+
+#[test]
+fn restoring_the_stable_template_returns_to_healthy_at_once() {
+    for abort_first in [false, true] {
+        let mut world = World::healthy(spec(""));
+        world.new_template(CANARY);
+        world.reconcile();
+        if abort_first {
+            world.command = Some("abort/1".into());
+            world.reconcile();
+        }
+        world.new_template(STABLE);
+        world.reconcile();
+        assert_eq!(world.phase(), Phase::Healthy);
+        assert!(world.promoted());
+        assert_eq!(world.status.canary_revision, None);
+        assert_eq!(world.replicas(STABLE), 4);
+        assert_eq!(world.weight(), 0);
+    }
+}
+
+#[test]
+fn a_restarted_controller_continues_the_same_rollout() {
+    let mut world = World::healthy(spec(""));
+    world.new_template(CANARY);
+    world.reconcile();
+    world.advance(Duration::from_secs(30));
+    let before = world.reconcile();
+    // A new controller has no memory: only the status and the cluster. Planning again
+    // from them changes nothing and creates no second canary.
+    let again = world.reconcile();
+    assert_eq!(before.actions, again.actions);
+    assert_eq!(world.replica_sets.len(), 2);
+    world.advance(Duration::from_secs(30));
+    world.settle();
+    assert_eq!(world.status.step, 2);
+}
+
+#[test]
+fn an_invalid_spec_changes_nothing() {
+    let mut world = World::healthy(spec(""));
+    world.new_template(CANARY);
+    world.invalid = Some("HTTPRoute web not found".into());
+    let plan = world.reconcile();
+    assert!(plan.actions.is_empty());
+    assert!(conditions::is_true(
+        &world.status.conditions,
+        conditions::INVALID_SPEC
+    ));
+    assert_eq!(world.phase(), Phase::Healthy);
+    assert_eq!(world.replicas(CANARY), 0);
+
+    world.invalid = None;
+    world.reconcile();
+    assert!(!conditions::is_true(
+        &world.status.conditions,
+        conditions::INVALID_SPEC
+    ));
+    assert_eq!(world.phase(), Phase::Progressing);
+}
+
+#[test]
+fn old_replica_sets_are_pruned_to_the_history_limit() {
+    let mut world = World::healthy(spec("  revisionHistoryLimit: 1\n"));
+    for revision in [CANARY, THIRD, "dddddddddd"] {
+        world.new_template(revision);
+        world.command = Some(format!("promote-full/{revision}"));
+        world.settle();
+        world.advance(Duration::from_secs(31));
+        world.reconcile();
+        world.advance(Duration::from_secs(1));
+        world.reconcile();
+    }
+    let idle: Vec<_> = world
+        .replica_sets
+        .iter()
+        .filter(|rs| rs.replicas == 0)
+        .collect();
+    assert_eq!(idle.len(), 1, "{:?}", world.replica_sets);
+    assert_eq!(world.replica_sets.len(), 2);
+}
+
+#[test]
+fn scaling_the_canary_resource_resizes_the_stable_revision() {
+    let mut world = World::healthy(spec(""));
+    world.spec.replicas = 6;
+    world.generation += 1;
+    world.reconcile();
+    assert_eq!(world.replicas(STABLE), 6);
+    assert_eq!(world.status.observed_generation, Some(2));
+}
+
+#[test]
+fn transition_times_change_only_with_the_condition() {
+    let mut world = World::healthy(spec(""));
+    let since = |world: &World| {
+        world
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::PROMOTED)
+            .map(|c| c.last_transition_time.clone())
+    };
+    let first = since(&world);
+    world.advance(Duration::from_secs(10));
+    world.reconcile();
+    assert_eq!(since(&world), first);
+    world.new_template(CANARY);
+    world.reconcile();
+    assert_ne!(since(&world), first);
+}
