@@ -257,6 +257,10 @@ impl ControlPlane {
                 "--manage-all-nodes=true".into(),
                 "--cidr=10.244.0.1/16".into(),
                 "--node-ip=127.0.0.1".into(),
+                // Leases every 40s keep the nodes Ready; without them kwok's default
+                // stages update node status so rarely that the node lifecycle
+                // controller marks the nodes NotReady within a minute.
+                "--node-lease-duration-seconds=40".into(),
             ],
             &logs,
         )?;

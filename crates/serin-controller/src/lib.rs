@@ -7,5 +7,6 @@
 pub mod command;
 pub mod conditions;
 pub mod machine;
+pub mod reconciler;
 pub mod replicas;
 pub mod revision;

@@ -1,0 +1,276 @@
+//! How a canary weight reaches requests.
+//!
+//! Serin owns three Services per Canary: `<name>-stable` and `<name>-canary`
+//! select one revision each, `<name>` selects the workload. Without a router the
+//! pods carry the weight: `<name>` selects both revisions while a canary has
+//! weight, and only stable otherwise. A router (Gateway API, in its own module)
+//! sets weights between `<name>-stable` and `<name>-canary`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serin_api::{REVISION_LABEL, ServicePorts};
+
+/// Field manager of every object Serin writes.
+pub const FIELD_MANAGER: &str = "serin";
+
+/// Errors while applying traffic.
+#[derive(Debug, thiserror::Error)]
+pub enum TrafficError {
+    /// The API server refused or failed a write.
+    #[error("writing Service {name}: {source}")]
+    Service {
+        /// The Service.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// The workload whose traffic is shaped.
+#[derive(Clone, Debug)]
+pub struct Workload<'a> {
+    /// Namespace of the Canary.
+    pub namespace: &'a str,
+    /// Name of the Canary, and of its main Service.
+    pub name: &'a str,
+    /// The workload's pod labels (`spec.selector.matchLabels`).
+    pub labels: &'a BTreeMap<String, String>,
+    /// Ports of the Services; None: no Services.
+    pub ports: Option<&'a ServicePorts>,
+    /// True when a router sets the weights, false when pod counts carry them.
+    pub routed: bool,
+    /// Owner reference to the Canary, so deleting it deletes the Services.
+    pub owner: OwnerReference,
+}
+
+/// Where traffic goes: which revision is stable, which is the canary, and the
+/// canary's percent of requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Weights<'a> {
+    /// The stable revision.
+    pub stable: &'a str,
+    /// The canary revision, while there is one.
+    pub canary: Option<&'a str>,
+    /// Percent of requests to the canary.
+    pub weight: i32,
+}
+
+/// The Services for `weights`, as Serin wants them.
+pub fn services(workload: &Workload, weights: Weights) -> Vec<Service> {
+    let Some(ports) = workload.ports else {
+        return Vec::new();
+    };
+    let with_revision = |revision: &str| {
+        let mut selector = workload.labels.clone();
+        selector.insert(REVISION_LABEL.to_owned(), revision.to_owned());
+        selector
+    };
+    let canary_has_traffic = weights.canary.is_some() && weights.weight > 0;
+    let main_selector = if workload.routed || canary_has_traffic {
+        workload.labels.clone()
+    } else {
+        with_revision(weights.stable)
+    };
+    let canary = weights.canary.unwrap_or(weights.stable);
+    [
+        (workload.name.to_owned(), main_selector),
+        (
+            format!("{}-stable", workload.name),
+            with_revision(weights.stable),
+        ),
+        (format!("{}-canary", workload.name), with_revision(canary)),
+    ]
+    .into_iter()
+    .map(|(name, selector)| service(workload, ports, name, selector))
+    .collect()
+}
+
+fn service(
+    workload: &Workload,
+    ports: &ServicePorts,
+    name: String,
+    selector: BTreeMap<String, String>,
+) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(workload.namespace.to_owned()),
+            labels: Some(BTreeMap::from([(
+                "serin.dev/canary".to_owned(),
+                workload.name.to_owned(),
+            )])),
+            owner_references: Some(vec![workload.owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: ports.port,
+                target_port: Some(
+                    ports
+                        .target_port
+                        .clone()
+                        .unwrap_or(IntOrString::Int(ports.port)),
+                ),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Applies the Services for `weights` with server-side apply.
+pub async fn apply(
+    client: &Client,
+    workload: &Workload<'_>,
+    weights: Weights<'_>,
+) -> Result<(), TrafficError> {
+    let api: Api<Service> = Api::namespaced(client.clone(), workload.namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for mut service in services(workload, weights) {
+        let name = service.metadata.name.clone().unwrap_or_default();
+        service.metadata.managed_fields = None;
+        let body = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": service.metadata,
+            "spec": service.spec,
+        });
+        api.patch(&name, &params, &Patch::Apply(body))
+            .await
+            .map_err(|source| TrafficError::Service { name, source })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload<'a>(
+        labels: &'a BTreeMap<String, String>,
+        ports: &'a ServicePorts,
+        routed: bool,
+    ) -> Workload<'a> {
+        Workload {
+            namespace: "demo",
+            name: "web",
+            labels,
+            ports: Some(ports),
+            routed,
+            owner: OwnerReference::default(),
+        }
+    }
+
+    fn selector(service: &Service) -> BTreeMap<String, String> {
+        service
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.selector.clone())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn by_pod_count_the_main_service_selects_both_revisions_only_while_the_canary_has_weight() {
+        let labels = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
+        let ports = ServicePorts {
+            port: 80,
+            target_port: None,
+        };
+        let workload = workload(&labels, &ports, false);
+        let steady = services(
+            &workload,
+            Weights {
+                stable: "a",
+                canary: None,
+                weight: 0,
+            },
+        );
+        assert_eq!(
+            selector(&steady[0]).get(REVISION_LABEL).map(String::as_str),
+            Some("a")
+        );
+        let rolling = services(
+            &workload,
+            Weights {
+                stable: "a",
+                canary: Some("b"),
+                weight: 25,
+            },
+        );
+        assert_eq!(selector(&rolling[0]), labels);
+        assert_eq!(
+            selector(&rolling[1])
+                .get(REVISION_LABEL)
+                .map(String::as_str),
+            Some("a")
+        );
+        assert_eq!(
+            selector(&rolling[2])
+                .get(REVISION_LABEL)
+                .map(String::as_str),
+            Some("b")
+        );
+        let names: Vec<_> = rolling
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect();
+        assert_eq!(names, ["web", "web-stable", "web-canary"]);
+    }
+
+    #[test]
+    fn target_port_defaults_to_the_port() {
+        let labels = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
+        let ports = ServicePorts {
+            port: 8080,
+            target_port: None,
+        };
+        let made = services(
+            &workload(&labels, &ports, true),
+            Weights {
+                stable: "a",
+                canary: None,
+                weight: 0,
+            },
+        );
+        let port = made[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default();
+        assert_eq!(port[0].target_port, Some(IntOrString::Int(8080)));
+    }
+
+    #[test]
+    fn no_ports_no_services() {
+        let labels = BTreeMap::new();
+        let mut workload = workload(
+            &labels,
+            &ServicePorts {
+                port: 80,
+                target_port: None,
+            },
+            false,
+        );
+        workload.ports = None;
+        assert!(
+            services(
+                &workload,
+                Weights {
+                    stable: "a",
+                    canary: None,
+                    weight: 0
+                }
+            )
+            .is_empty()
+        );
+    }
+}
