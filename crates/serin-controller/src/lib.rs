@@ -6,7 +6,10 @@
 
 pub mod command;
 pub mod conditions;
+pub mod http;
 pub mod machine;
+pub mod metrics;
 pub mod reconciler;
 pub mod replicas;
 pub mod revision;
+pub mod run;

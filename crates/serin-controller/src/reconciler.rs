@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
@@ -20,6 +20,7 @@ use serin_traffic::{FIELD_MANAGER, Weights, Workload};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::machine::{self, Action, ObservedReplicaSet, Snapshot};
+use crate::metrics::Metrics;
 use crate::revision::revision_of;
 
 /// Label on everything Serin creates for a Canary: the Canary's name.
@@ -56,6 +57,7 @@ fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileE
 pub struct Context {
     client: Client,
     recorder: Recorder,
+    metrics: Arc<Metrics>,
 }
 
 /// Where the controller looks, and how hard it works.
@@ -67,8 +69,13 @@ pub struct Settings {
     pub concurrency: u16,
 }
 
-/// Runs the controller until a shutdown signal.
-pub async fn run(client: Client, settings: Settings) {
+/// Reconciles every Canary in scope until `stop` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let (canaries, replica_sets, services) = match &settings.namespace {
         Some(namespace) => (
             Api::<Canary>::namespaced(client.clone(), namespace),
@@ -91,12 +98,13 @@ pub async fn run(client: Client, settings: Settings) {
             },
         ),
         client,
+        metrics,
     });
     Controller::new(canaries, watcher::Config::default())
         .owns(replica_sets, owned.clone())
         .owns(services, owned)
         .with_config(Config::default().concurrency(settings.concurrency))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(error) = result {
@@ -114,9 +122,14 @@ async fn reconcile(canary: Arc<Canary>, context: Arc<Context>) -> Result<Requeue
     let namespace = canary.namespace().ok_or(ReconcileError::NoNamespace)?;
     let name = canary.name_any();
     let span = info_span!("reconcile", canary = %format!("{namespace}/{name}"));
-    reconcile_one(&canary, &namespace, &name, &context)
+    let started = Instant::now();
+    let result = reconcile_one(&canary, &namespace, &name, &context)
         .instrument(span)
-        .await
+        .await;
+    context
+        .metrics
+        .reconciled(started.elapsed(), result.is_err());
+    result
 }
 
 async fn reconcile_one(
@@ -126,6 +139,7 @@ async fn reconcile_one(
     context: &Context,
 ) -> Result<Requeue, ReconcileError> {
     if canary.metadata.deletion_timestamp.is_some() {
+        context.metrics.forget(namespace, name);
         return Ok(Requeue::await_change());
     }
     let client = &context.client;
@@ -241,6 +255,10 @@ async fn reconcile_one(
         )
         .await
         .map_err(kube_error("writing status"))?;
+
+    context
+        .metrics
+        .canary(namespace, name, plan.status.phase, plan.status.weight);
 
     let reference = canary.object_ref(&());
     for event in &plan.events {

@@ -1,9 +1,12 @@
 //! The Serin binary: `serin controller` runs the controller, `serin crds` prints
 //! the CustomResourceDefinitions to apply.
 
+use std::net::SocketAddr;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use serin_controller::reconciler::{self, Settings};
+use serin_controller::reconciler::Settings;
+use serin_controller::run::{self, Options};
 
 /// Serin: progressive delivery for Kubernetes, judged by statistics.
 #[derive(Parser)]
@@ -16,49 +19,71 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller with the credentials of the current kubeconfig or ServiceAccount.
-    Controller {
-        /// Namespace to watch; every namespace when absent.
-        #[arg(long, env = "SERIN_NAMESPACE")]
-        namespace: Option<String>,
-        /// Canaries reconciled at once.
-        #[arg(long, default_value_t = 4)]
-        concurrency: u16,
-    },
+    Controller(ControllerArgs),
     /// Print the CustomResourceDefinition YAML (`serin crds | kubectl apply -f -`).
     Crds,
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// Namespace to watch; every namespace when absent.
+    #[arg(long, env = "SERIN_NAMESPACE")]
+    namespace: Option<String>,
+    /// Canaries reconciled at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: u16,
+    /// Address of `/metrics`.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    metrics_address: SocketAddr,
+    /// Address of `/healthz` and `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    health_address: SocketAddr,
+    /// Compete for a Lease so that of several replicas only one acts.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "SERIN_LEASE_NAMESPACE", default_value = "serin-system")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds => print!("{}", crds_yaml()?),
-        Command::Controller {
-            namespace,
-            concurrency,
-        } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .init();
-            let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(async {
-                let client = kube::Client::try_default()
-                    .await
-                    .context("no Kubernetes credentials: set KUBECONFIG or run in a pod")?;
-                reconciler::run(
-                    client,
-                    Settings {
-                        namespace,
-                        concurrency,
-                    },
-                )
-                .await;
-                anyhow::Ok(())
-            })?;
-        }
+        Command::Controller(args) => controller(args)?,
     }
     Ok(())
+}
+
+fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let identity = args
+        .identity
+        .unwrap_or_else(|| format!("serin-{}", std::process::id()));
+    let options = Options {
+        settings: Settings {
+            namespace: args.namespace,
+            concurrency: args.concurrency,
+        },
+        metrics_address: args.metrics_address,
+        health_address: args.health_address,
+        leader_election: args.leader_election,
+        lease_namespace: args.lease_namespace,
+        identity,
+    };
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("no Kubernetes credentials: set KUBECONFIG or run in a pod")?;
+        run::run(client, options).await?;
+        anyhow::Ok(())
+    })
 }
 
 /// The CRDs as one YAML stream, the content of `crds/`.

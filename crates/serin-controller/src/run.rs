@@ -1,0 +1,185 @@
+//! The controller process: endpoints, leader election, and the reconcile loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hyper::StatusCode;
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::http::{self, Handler};
+use crate::metrics::Metrics;
+use crate::reconciler::{self, Settings};
+
+/// Name of the Lease the replicas compete for.
+pub const LEASE_NAME: &str = "serin-controller";
+
+/// How the controller process runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// What to reconcile, and how many at once.
+    pub settings: Settings,
+    /// Where `/metrics` is served.
+    pub metrics_address: SocketAddr,
+    /// Where `/healthz` and `/readyz` are served.
+    pub health_address: SocketAddr,
+    /// Compete for a Lease so that only one replica acts.
+    pub leader_election: bool,
+    /// Namespace of the Lease.
+    pub lease_namespace: String,
+    /// This replica's name in the Lease.
+    pub identity: String,
+}
+
+/// Why the controller could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// An endpoint's address could not be bound.
+    #[error("binding {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API server did not answer.
+    #[error("reaching the Kubernetes API: {0}")]
+    Api(#[source] kube::Error),
+    /// Leader election failed.
+    #[error("leader election on Lease {LEASE_NAME}: {0}")]
+    Lease(#[source] kube_lease_manager::LeaseManagerError),
+}
+
+/// Runs until SIGTERM or Ctrl-C: serves the endpoints, and reconciles while this
+/// replica leads (always, without leader election).
+pub async fn run(client: Client, options: Options) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics_handler: Handler = {
+        let metrics = Arc::clone(&metrics);
+        Arc::new(move |path| match path {
+            "/metrics" => (StatusCode::OK, metrics.encode()),
+            _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+        })
+    };
+    let health_handler: Handler = {
+        let ready = Arc::clone(&ready);
+        Arc::new(move |path| match path {
+            "/healthz" => (StatusCode::OK, "ok\n".into()),
+            "/readyz" if ready.load(Ordering::Relaxed) => (StatusCode::OK, "ok\n".into()),
+            "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
+            _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+        })
+    };
+    for (address, handler) in [
+        (options.metrics_address, metrics_handler),
+        (options.health_address, health_handler),
+    ] {
+        let bound = http::serve(address, handler)
+            .await
+            .map_err(|source| RunError::Bind { address, source })?;
+        info!(%bound, "serving");
+    }
+    client.apiserver_version().await.map_err(RunError::Api)?;
+    ready.store(true, Ordering::Relaxed);
+
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+
+    if !options.leader_election {
+        metrics.set_leader(true);
+        reconciler::run(client, options.settings, metrics, stopped(stop)).await;
+        return Ok(());
+    }
+
+    let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+        .with_namespace(&options.lease_namespace)
+        .with_identity(&options.identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .map_err(RunError::Lease)?;
+    let (mut leading, lease_task) = manager.watch().await;
+    loop {
+        let mut stop_waiting = stop.clone();
+        tokio::select! {
+            _ = wait_for(&mut leading, true) => {}
+            _ = stopped(stop_waiting.clone()) => break,
+        }
+        if *stop_waiting.borrow_and_update() {
+            break;
+        }
+        info!(identity = %options.identity, "leading: reconciling");
+        metrics.set_leader(true);
+        let mut lost = leading.clone();
+        let lost = async move { wait_for(&mut lost, false).await };
+        let stop_or_lost = {
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = stopped(stop) => {}
+                    _ = lost => warn!("lost the Lease: standing by"),
+                }
+            }
+        };
+        reconciler::run(
+            client.clone(),
+            options.settings.clone(),
+            Arc::clone(&metrics),
+            stop_or_lost,
+        )
+        .await;
+        metrics.set_leader(false);
+        if *stop.borrow() {
+            break;
+        }
+    }
+    drop(leading);
+    match lease_task.await {
+        Ok(Ok(_)) => info!("released the Lease"),
+        Ok(Err(error)) => warn!(%error, "releasing the Lease"),
+        Err(error) => warn!(%error, "the Lease task ended abnormally"),
+    }
+    Ok(())
+}
+
+/// Resolves once `receiver` holds `value` (or its sender is gone).
+async fn wait_for(receiver: &mut watch::Receiver<bool>, value: bool) {
+    while *receiver.borrow_and_update() != value {
+        if receiver.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Resolves once a stop is requested.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    wait_for(&mut stop, true).await;
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
