@@ -3,8 +3,9 @@
 //! kubectl to drive them as a user does.
 
 pub mod cluster;
+pub mod controller;
 pub mod harness;
-mod http;
+pub mod http;
 pub mod kubectl;
 pub mod process;
 pub mod prometheus;

@@ -1,5 +1,6 @@
 //! Child processes that never outlive the test run that started them.
 
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
 use std::net::TcpListener;
@@ -45,12 +46,24 @@ impl Supervised {
     /// Starts `program` with `args`, output to `<log_dir>/<name>.log`; the process is
     /// killed if this thread's process dies.
     pub fn spawn(name: &str, program: &Path, args: &[String], log_dir: &Path) -> Result<Self> {
+        Self::spawn_with_env(name, program, args, &[], log_dir)
+    }
+
+    /// Like [`Supervised::spawn`], with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &OsStr)],
+        log_dir: &Path,
+    ) -> Result<Self> {
         fs::create_dir_all(log_dir)?;
         let log = log_dir.join(format!("{name}.log"));
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut command = Command::new(program);
         command
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
@@ -92,6 +105,12 @@ impl Supervised {
             );
         }
         Ok(())
+    }
+
+    /// Kills the process at once, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Asks the process to stop with SIGTERM, then kills it after `grace`.

@@ -1,0 +1,162 @@
+//! Serin installed as a user installs it (`kubectl apply -f crds/ -f deploy/`) and
+//! the controller run as a local process under the `serin` ServiceAccount's
+//! permissions, so every test proves the ClusterRole is enough.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tempfile::TempDir;
+
+use crate::cluster::repository_root;
+use crate::harness::Cluster;
+use crate::process::{Supervised, free_port, wait_until};
+
+/// Installs the CRDs and `deploy/` once per test run, and returns a kubeconfig with
+/// the `serin` ServiceAccount's token.
+pub fn install(cluster: &Cluster) -> Result<&'static Path> {
+    static INSTALLED: OnceLock<Result<(TempDir, PathBuf), String>> = OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| install_once(cluster).map_err(|e| format!("{e:#}")));
+    match installed {
+        Ok((_, kubeconfig)) => Ok(kubeconfig),
+        Err(error) => bail!("installing Serin: {error}"),
+    }
+}
+
+fn install_once(cluster: &Cluster) -> Result<(TempDir, PathBuf)> {
+    let kubectl = &cluster.kubectl;
+    let root = repository_root();
+    let path = |dir: &str| root.join(dir).to_string_lossy().into_owned();
+    kubectl.run(&["apply", "-f", &path("crds")])?;
+    kubectl.run(&["apply", "-f", &path("deploy/namespace.yaml")])?;
+    kubectl.run(&["apply", "-f", &path("deploy")])?;
+    kubectl.run(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/canaries.serin.dev",
+        "--timeout=30s",
+    ])?;
+    let token = kubectl.run(&[
+        "create",
+        "token",
+        "serin",
+        "-n",
+        "serin-system",
+        "--duration=24h",
+    ])?;
+    let view = |path: &str| {
+        kubectl.run(&[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ])
+    };
+    let server = view(".clusters[0].cluster.server")?;
+    let ca = view(".clusters[0].cluster.certificate-authority")?;
+    let dir = tempfile::Builder::new().prefix("serin-e2e-sa-").tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters: [{{name: e2e, cluster: {{server: '{server}', certificate-authority: '{ca}'}}}}]
+users: [{{name: serin, user: {{token: '{}'}}}}]
+contexts: [{{name: serin, context: {{cluster: e2e, user: serin}}}}]
+current-context: serin
+",
+            token.trim()
+        ),
+    )?;
+    Ok((dir, kubeconfig))
+}
+
+/// A running `serin controller`.
+pub struct Controller {
+    process: Supervised,
+    /// Port of `/metrics`.
+    pub metrics_port: u16,
+    /// Port of `/healthz` and `/readyz`.
+    pub health_port: u16,
+    _logs: TempDir,
+}
+
+impl Controller {
+    /// Starts the controller watching `namespace`, its leader Lease in the same
+    /// namespace, and waits until it is ready.
+    pub fn start(cluster: &Cluster, namespace: &str) -> Result<Self> {
+        let kubeconfig = install(cluster)?;
+        let binary = serin_binary()?;
+        let logs = tempfile::Builder::new()
+            .prefix("serin-e2e-controller-")
+            .tempdir()?;
+        let metrics_port = free_port()?;
+        let health_port = free_port()?;
+        let mut process = Supervised::spawn_with_env(
+            "serin-controller",
+            &binary,
+            &[
+                "controller".into(),
+                format!("--namespace={namespace}"),
+                format!("--lease-namespace={namespace}"),
+                format!("--metrics-address=127.0.0.1:{metrics_port}"),
+                format!("--health-address=127.0.0.1:{health_port}"),
+            ],
+            &[
+                ("KUBECONFIG", kubeconfig.as_os_str()),
+                ("RUST_LOG", "info".as_ref()),
+            ],
+            logs.path(),
+        )?;
+        wait_until(
+            "the controller",
+            Duration::from_secs(30),
+            || process.ensure_running(),
+            || crate::http::get(health_port, "/readyz").is_some_and(|(code, _)| code == 200),
+        )?;
+        Ok(Self {
+            process,
+            metrics_port,
+            health_port,
+            _logs: logs,
+        })
+    }
+
+    /// Kills the controller at once (SIGKILL), as a crash would.
+    pub fn kill(mut self) {
+        self.process.kill();
+    }
+
+    /// The controller's `/metrics`.
+    pub fn metrics(&self) -> Result<String> {
+        crate::http::get(self.metrics_port, "/metrics")
+            .map(|(_, body)| body)
+            .context("the controller's /metrics did not answer")
+    }
+
+    /// The controller's output so far, to explain a failure.
+    pub fn log(&self) -> String {
+        self.process.log_tail(200)
+    }
+}
+
+/// `target/<profile>/serin`, built by `cargo test --workspace` (or `cargo build -p serin`).
+fn serin_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("locating the target directory")?;
+    let binary = dir.join("serin");
+    if !binary.is_file() {
+        bail!(
+            "{} is missing: build it with `cargo build -p serin` (make test does)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}

@@ -1,0 +1,499 @@
+//! Rollouts on the local control plane, driven through kubectl as a person would,
+//! with the controller running under its ServiceAccount's permissions.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde_json::Value;
+use serin_e2e::controller::Controller;
+use serin_e2e::kubectl::Kubectl;
+
+use crate::cluster;
+
+/// One test's namespace, controller and Canary.
+struct Rollout {
+    kubectl: Kubectl,
+    namespace: String,
+    name: String,
+    controller: Option<Controller>,
+}
+
+impl Rollout {
+    /// A namespace with its own controller and a Canary named `name` at `image`.
+    fn start(test: &str, name: &str, image: &str, extra: &str) -> Result<Self> {
+        let cluster = cluster();
+        let namespace = cluster.namespace(test)?;
+        let controller = Controller::start(cluster, &namespace)?;
+        let rollout = Self {
+            kubectl: cluster.kubectl.clone(),
+            namespace,
+            name: name.to_owned(),
+            controller: Some(controller),
+        };
+        rollout.apply(image, extra)?;
+        Ok(rollout)
+    }
+
+    fn apply(&self, image: &str, extra: &str) -> Result<()> {
+        let manifest = format!(
+            "apiVersion: serin.dev/v1alpha1
+kind: Canary
+metadata: {{name: {name}}}
+spec:
+  replicas: 4
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec: {{containers: [{{name: app, image: '{image}'}}]}}
+  service: {{port: 80, targetPort: 8080}}
+{extra}",
+            name = self.name
+        );
+        self.kubectl.run_with_input(
+            &["apply", "-n", &self.namespace, "-f", "-"],
+            Some(&manifest),
+        )?;
+        Ok(())
+    }
+
+    fn set_image(&self, image: &str) -> Result<()> {
+        let patch = format!(
+            r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"{image}"}}]"#
+        );
+        self.kubectl.run(&[
+            "patch",
+            "-n",
+            &self.namespace,
+            "canary",
+            &self.name,
+            "--type=json",
+            "-p",
+            &patch,
+        ])?;
+        Ok(())
+    }
+
+    fn annotate(&self, command: &str) -> Result<()> {
+        self.kubectl.run(&[
+            "annotate",
+            "-n",
+            &self.namespace,
+            "canary",
+            &self.name,
+            "--overwrite",
+            &format!("serin.dev/command={command}"),
+        ])?;
+        Ok(())
+    }
+
+    fn canary(&self) -> Result<Value> {
+        self.kubectl
+            .get_json(&["canary", &self.name, "-n", &self.namespace])
+    }
+
+    /// Replicas and available pods of the ReplicaSet of `revision`.
+    fn replica_set(&self, revision: &str) -> Result<(i64, i64)> {
+        let rs = self.kubectl.get_json(&[
+            "replicaset",
+            &format!("{}-{revision}", self.name),
+            "-n",
+            &self.namespace,
+        ])?;
+        Ok((
+            rs["spec"]["replicas"].as_i64().unwrap_or(0),
+            rs["status"]["availableReplicas"].as_i64().unwrap_or(0),
+        ))
+    }
+
+    fn replica_set_count(&self) -> Result<usize> {
+        let list = self.kubectl.get_json(&[
+            "replicasets",
+            "-n",
+            &self.namespace,
+            "-l",
+            &format!("serin.dev/canary={}", self.name),
+        ])?;
+        Ok(list["items"].as_array().map_or(0, Vec::len))
+    }
+
+    fn service_selector(&self, service: &str) -> Result<Value> {
+        let svc = self
+            .kubectl
+            .get_json(&["service", service, "-n", &self.namespace])?;
+        Ok(svc["spec"]["selector"].clone())
+    }
+
+    /// Polls the Canary until `done` holds, or fails after `limit` with its status.
+    fn wait(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut done: impl FnMut(&Value) -> bool,
+    ) -> Result<Value> {
+        let until = Instant::now() + limit;
+        loop {
+            let canary = self.canary()?;
+            if done(&canary) {
+                return Ok(canary);
+            }
+            if Instant::now() > until {
+                let log = self
+                    .controller
+                    .as_ref()
+                    .map(Controller::log)
+                    .unwrap_or_default();
+                bail!(
+                    "{what} within {limit:?}; status: {:#}\ncontroller log:\n{log}",
+                    canary["status"]
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn wait_promoted(&self, limit: Duration) -> Result<()> {
+        self.kubectl.run(&[
+            "wait",
+            "-n",
+            &self.namespace,
+            &format!("canary/{}", self.name),
+            "--for=condition=Promoted",
+            &format!("--timeout={}s", limit.as_secs()),
+        ])?;
+        Ok(())
+    }
+
+    fn events(&self) -> Result<Vec<String>> {
+        let events = self.kubectl.get_json(&[
+            "events",
+            "-n",
+            &self.namespace,
+            "--field-selector",
+            &format!(
+                "involvedObject.kind=Canary,involvedObject.name={}",
+                self.name
+            ),
+        ])?;
+        Ok(events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|event| event["reason"].as_str().map(str::to_owned))
+            .collect())
+    }
+}
+
+fn phase(canary: &Value) -> &str {
+    canary["status"]["phase"].as_str().unwrap_or_default()
+}
+
+fn revisions(canary: &Value) -> (String, String) {
+    let status = &canary["status"];
+    (
+        status["stableRevision"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        status["canaryRevision"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+const FAST_STEPS: &str = "  steps: [25, 50]\n  stepDuration: 3s\n  scaleDownDelay: 3s\n";
+const LONG_STEPS: &str =
+    "  steps: [25, 50]\n  stepDuration: 1h\n  progressDeadline: 2h\n  scaleDownDelay: 5s\n";
+
+#[test]
+fn first_apply_becomes_healthy_and_promoted() -> Result<()> {
+    let rollout = Rollout::start("first", "web", "web:1", FAST_STEPS)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    let canary = rollout.canary()?;
+    assert_eq!(phase(&canary), "Healthy");
+    let (stable, canary_revision) = revisions(&canary);
+    assert!(canary_revision.is_empty());
+    assert_eq!(rollout.replica_set(&stable)?, (4, 4));
+    assert_eq!(rollout.replica_set_count()?, 1);
+    assert_eq!(
+        rollout.service_selector("web")?["serin.dev/revision"],
+        stable.as_str()
+    );
+    assert_eq!(
+        rollout.service_selector("web-stable")?["serin.dev/revision"],
+        stable.as_str()
+    );
+    assert!(rollout.events()?.contains(&"Healthy".to_owned()));
+    Ok(())
+}
+
+#[test]
+fn a_new_image_walks_every_step_and_is_promoted_then_the_old_revision_scales_down() -> Result<()> {
+    let rollout = Rollout::start("steps", "web", "web:1", FAST_STEPS)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    let (old, _) = revisions(&rollout.canary()?);
+    rollout.set_image("web:2")?;
+
+    let mut seen = Vec::new();
+    let promoted = rollout.wait(
+        "the new revision promoted",
+        Duration::from_secs(90),
+        |canary| {
+            let (stable, canary_revision) = revisions(canary);
+            let step = canary["status"]["step"].as_i64().unwrap_or(0);
+            let weight = canary["status"]["weight"].as_i64().unwrap_or(0);
+            if !canary_revision.is_empty() && weight > 0 {
+                let counts = (
+                    rollout.replica_set(&stable),
+                    rollout.replica_set(&canary_revision),
+                );
+                if let (Ok(stable_rs), Ok(canary_rs)) = counts {
+                    seen.push((step, weight, stable_rs.0, canary_rs.0, canary_rs.1));
+                }
+            }
+            phase(canary) == "Healthy" && stable != old
+        },
+    )?;
+    assert!(
+        seen.iter().any(
+            |&(step, weight, stable, canary, _)| (step, weight, stable, canary) == (1, 25, 3, 1)
+        ),
+        "step 1 runs 3 stable and 1 canary pod at 25%: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(
+            |&(step, weight, stable, canary, _)| (step, weight, stable, canary) == (2, 50, 2, 2)
+        ),
+        "step 2 runs 2 and 2 at 50%: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|&(_, _, _, _, available)| available > 0),
+        "weight only with available canary pods: {seen:?}"
+    );
+    rollout.wait_promoted(Duration::from_secs(10))?;
+    let (new, _) = revisions(&promoted);
+    assert_eq!(rollout.replica_set(&new)?.0, 4);
+
+    let until = Instant::now() + Duration::from_secs(30);
+    while rollout.replica_set(&old)?.0 > 0 {
+        assert!(
+            Instant::now() < until,
+            "the old revision was not scaled down"
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+    let events = rollout.events()?;
+    for reason in ["RolloutStarted", "StepAdvanced", "Promoted"] {
+        assert!(
+            events.iter().any(|e| e == reason),
+            "no {reason} event in {events:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn abort_puts_all_traffic_on_stable_before_the_canary_scales_down() -> Result<()> {
+    let rollout = Rollout::start("abort", "web", "web:1", LONG_STEPS)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    rollout.set_image("web:2")?;
+    let canary = rollout.wait("step 1 at 25%", Duration::from_secs(30), |c| {
+        c["status"]["weight"].as_i64() == Some(25)
+    })?;
+    let (stable, canary_revision) = revisions(&canary);
+    assert_eq!(
+        rollout.service_selector("web")?.get("serin.dev/revision"),
+        None,
+        "both revisions serve"
+    );
+
+    rollout.annotate("abort/e2e-1")?;
+    let aborted = rollout.wait("aborted", Duration::from_secs(30), |c| {
+        phase(c) == "Aborted"
+    })?;
+    assert_eq!(
+        rollout.service_selector("web")?["serin.dev/revision"],
+        stable.as_str()
+    );
+    assert!(
+        rollout.replica_set(&canary_revision)?.0 > 0,
+        "the canary scales down only after the traffic moved"
+    );
+    assert_eq!(aborted["status"]["lastCommand"]["nonce"], "e2e-1");
+    let progressing = aborted["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Progressing")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(progressing["reason"], "AbortedByUser");
+
+    let until = Instant::now() + Duration::from_secs(30);
+    while rollout.replica_set(&canary_revision)?.0 > 0 {
+        assert!(
+            Instant::now() < until,
+            "the aborted canary was not scaled down"
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(rollout.replica_set(&stable)?.0, 4);
+    assert!(rollout.events()?.contains(&"AbortedByUser".to_owned()));
+    Ok(())
+}
+
+#[test]
+fn pause_holds_the_step_and_resume_continues() -> Result<()> {
+    let rollout = Rollout::start(
+        "pause",
+        "web",
+        "web:1",
+        "  steps: [25, 50]\n  stepDuration: 4s\n",
+    )?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    rollout.kubectl.run(&[
+        "patch",
+        "-n",
+        &rollout.namespace,
+        "canary",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"paused":true}}"#,
+    ])?;
+    rollout.set_image("web:2")?;
+    rollout.wait("paused", Duration::from_secs(30), |c| phase(c) == "Paused")?;
+    thread::sleep(Duration::from_secs(6));
+    let held = rollout.canary()?;
+    assert_eq!(phase(&held), "Paused");
+    assert_eq!(
+        held["status"]["step"], 1,
+        "a paused rollout does not advance"
+    );
+
+    rollout.kubectl.run(&[
+        "patch",
+        "-n",
+        &rollout.namespace,
+        "canary",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"paused":false}}"#,
+    ])?;
+    rollout.wait("promoted after resume", Duration::from_secs(60), |c| {
+        phase(c) == "Healthy" && revisions(c).1.is_empty()
+    })?;
+    assert!(rollout.events()?.contains(&"Resumed".to_owned()));
+    Ok(())
+}
+
+#[test]
+fn a_new_revision_mid_rollout_starts_over() -> Result<()> {
+    let rollout = Rollout::start("restart", "web", "web:1", LONG_STEPS)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    rollout.set_image("web:2")?;
+    let second = rollout.wait("step 1 of web:2", Duration::from_secs(30), |c| {
+        c["status"]["weight"].as_i64() == Some(25)
+    })?;
+    let (_, dropped) = revisions(&second);
+    rollout.set_image("web:3")?;
+    let third = rollout.wait("step 1 of web:3", Duration::from_secs(30), |c| {
+        let (_, canary) = revisions(c);
+        !canary.is_empty() && canary != dropped && c["status"]["weight"].as_i64() == Some(25)
+    })?;
+    assert_eq!(third["status"]["step"], 1);
+    let until = Instant::now() + Duration::from_secs(30);
+    while rollout.replica_set(&dropped)?.0 > 0 {
+        assert!(
+            Instant::now() < until,
+            "the dropped canary was not scaled down"
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(rollout.replica_set_count()?, 3);
+    Ok(())
+}
+
+#[test]
+fn restoring_the_stable_template_returns_to_healthy_at_once() -> Result<()> {
+    let rollout = Rollout::start("restore", "web", "web:1", LONG_STEPS)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    let (stable, _) = revisions(&rollout.canary()?);
+    rollout.set_image("web:2")?;
+    rollout.wait("step 1", Duration::from_secs(30), |c| {
+        c["status"]["weight"].as_i64() == Some(25)
+    })?;
+    rollout.set_image("web:1")?;
+    let healthy = rollout.wait("healthy again", Duration::from_secs(15), |c| {
+        phase(c) == "Healthy"
+    })?;
+    assert_eq!(revisions(&healthy), (stable.clone(), String::new()));
+    rollout.wait_promoted(Duration::from_secs(15))?;
+    assert_eq!(
+        rollout.service_selector("web")?["serin.dev/revision"],
+        stable.as_str()
+    );
+    assert_eq!(healthy["status"]["step"], 0);
+    Ok(())
+}
+
+#[test]
+fn a_killed_controller_restarted_finishes_the_same_rollout() -> Result<()> {
+    let mut rollout = Rollout::start(
+        "killed",
+        "web",
+        "web:1",
+        "  steps: [25, 50]\n  stepDuration: 4s\n",
+    )?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    rollout.set_image("web:2")?;
+    let started = rollout.wait("step 1", Duration::from_secs(30), |c| {
+        c["status"]["weight"].as_i64() == Some(25)
+    })?;
+    let (_, canary_revision) = revisions(&started);
+
+    if let Some(controller) = rollout.controller.take() {
+        controller.kill();
+    }
+    thread::sleep(Duration::from_secs(2));
+    rollout.controller = Some(Controller::start(cluster(), &rollout.namespace)?);
+    let done = rollout.wait(
+        "promoted by the new controller",
+        Duration::from_secs(60),
+        |c| phase(c) == "Healthy" && revisions(c).1.is_empty(),
+    )?;
+    assert_eq!(
+        revisions(&done).0,
+        canary_revision,
+        "the same revision was promoted"
+    );
+    assert_eq!(rollout.replica_set_count()?, 2, "no second canary");
+    Ok(())
+}
+
+#[test]
+fn the_controller_reports_its_metrics_and_holds_the_lease() -> Result<()> {
+    let rollout = Rollout::start("metrics", "web", "web:1", FAST_STEPS)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    let metrics = rollout
+        .controller
+        .as_ref()
+        .map(Controller::metrics)
+        .transpose()?
+        .unwrap_or_default();
+    assert!(metrics.contains("serin_reconciles_total"), "{metrics}");
+    assert!(metrics.contains("serin_leader 1"), "{metrics}");
+    let healthy = format!(
+        r#"serin_canary_phase{{namespace="{}",canary="web",phase="Healthy"}} 1"#,
+        rollout.namespace
+    );
+    assert!(metrics.contains(&healthy), "{metrics}");
+    let lease =
+        rollout
+            .kubectl
+            .get_json(&["lease", "serin-controller", "-n", &rollout.namespace])?;
+    assert!(lease["spec"]["holderIdentity"].is_string(), "{lease:#}");
+    Ok(())
+}
