@@ -390,3 +390,29 @@ status:
         .collect::<Vec<_>>()
         .join("---\n")
 }
+
+/// The Gateway API release whose standard CRDs the tests install.
+pub const GATEWAY_API_VERSION: &str = "v1.3.0";
+
+/// The standard-channel Gateway API CRDs, from the `sigs.k8s.io/gateway-api` Go
+/// module (downloaded through the module proxy into the module cache, not committed).
+pub fn gateway_api_crds() -> Result<PathBuf> {
+    let module = format!("sigs.k8s.io/gateway-api@{GATEWAY_API_VERSION}");
+    let output = Command::new("go")
+        .args(["mod", "download", "-json", &module])
+        .current_dir(std::env::temp_dir())
+        .env("GO111MODULE", "on")
+        .output()
+        .context("running go mod download (is Go installed?)")?;
+    if !output.status.success() {
+        bail!(
+            "go mod download {module} failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    let info: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let dir = info["Dir"]
+        .as_str()
+        .with_context(|| format!("go mod download {module} printed no Dir"))?;
+    Ok(Path::new(dir).join("config/crd/standard"))
+}

@@ -16,7 +16,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serin_api::{COMMAND_ANNOTATION, Canary, REVISION_LABEL};
-use serin_traffic::{FIELD_MANAGER, Weights, Workload};
+use serin_traffic::{FIELD_MANAGER, Router, WeightRouter, Weights, Workload};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::machine::{self, Action, ObservedReplicaSet, Snapshot};
@@ -150,6 +150,23 @@ async fn reconcile_one(
         .map_err(kube_error("listing ReplicaSets"))?;
     let observed: Vec<ObservedReplicaSet> = owned.items.iter().filter_map(observe).collect();
     let revision = revision_of(&canary.spec.template);
+    let owner = canary.controller_owner_ref(&()).unwrap_or_default();
+    let workload = Workload {
+        namespace,
+        name,
+        labels: &canary.spec.selector.match_labels,
+        ports: canary.spec.service.as_ref(),
+        routed: canary.spec.traffic.is_some(),
+        owner: owner.clone(),
+    };
+    let router = Router::new(client, workload, canary.spec.traffic.as_ref());
+    let invalid = match router.check().await {
+        Ok(()) => None,
+        Err(error) => match error.spec_problem() {
+            Some(problem) => Some(problem),
+            None => return Err(error.into()),
+        },
+    };
     let snapshot = Snapshot {
         spec: &canary.spec,
         generation: canary.metadata.generation.unwrap_or_default(),
@@ -157,7 +174,7 @@ async fn reconcile_one(
         command: canary.annotations().get(COMMAND_ANNOTATION).cloned(),
         revision: revision.clone(),
         replica_sets: observed,
-        invalid: None,
+        invalid,
         analysis: None,
         now: Timestamp::now(),
     };
@@ -201,20 +218,12 @@ async fn reconcile_one(
                 }
             }
             Action::Route(routing) => {
-                let workload = Workload {
-                    namespace,
-                    name,
-                    labels: &canary.spec.selector.match_labels,
-                    ports: canary.spec.service.as_ref(),
-                    routed: canary.spec.traffic.is_some(),
-                    owner: owner.clone(),
-                };
                 let weights = Weights {
                     stable: &routing.stable,
                     canary: routing.canary.as_deref(),
                     weight: routing.weight,
                 };
-                serin_traffic::apply(client, &workload, weights).await?;
+                router.apply(weights).await?;
             }
             Action::ScaleDownAt {
                 revision: rs_revision,

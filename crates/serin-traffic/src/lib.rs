@@ -6,6 +6,8 @@
 //! weight, and only stable otherwise. A router (Gateway API, in its own module)
 //! sets weights between `<name>-stable` and `<name>-canary`.
 
+pub mod gateway;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -30,6 +32,113 @@ pub enum TrafficError {
         #[source]
         source: kube::Error,
     },
+    /// A route could not be read or written.
+    #[error(transparent)]
+    Route(#[from] gateway::RouteError),
+}
+
+impl TrafficError {
+    /// The spec problem behind this error, if it is one a person must fix (as
+    /// opposed to a failure worth retrying).
+    pub fn spec_problem(&self) -> Option<String> {
+        match self {
+            Self::Route(gateway::RouteError::Invalid(problem)) => Some(problem.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// Something that sends a share of requests to the canary revision.
+pub trait WeightRouter {
+    /// Checks that the router can carry weights; a spec problem is reported with
+    /// [`TrafficError::spec_problem`] and nothing is changed.
+    fn check(&self) -> impl Future<Output = Result<(), TrafficError>> + Send;
+    /// Sends `weights.weight` percent of requests to the canary, the rest to stable.
+    fn apply(&self, weights: Weights<'_>) -> impl Future<Output = Result<(), TrafficError>> + Send;
+}
+
+/// The router a Canary's spec names: pod counts when it names none.
+pub enum Router<'a> {
+    /// The pods carry the weight; only the Services change.
+    PodCount {
+        /// API client.
+        client: &'a Client,
+        /// The workload.
+        workload: Workload<'a>,
+    },
+    /// Weights on Gateway API HTTPRoutes, between `<name>-stable` and `<name>-canary`.
+    GatewayApi {
+        /// API client.
+        client: &'a Client,
+        /// The workload.
+        workload: Workload<'a>,
+        /// The HTTPRoutes.
+        routes: &'a [String],
+    },
+}
+
+impl<'a> Router<'a> {
+    /// The router for `workload`, from the Canary's `spec.traffic`.
+    pub fn new(
+        client: &'a Client,
+        workload: Workload<'a>,
+        traffic: Option<&'a serin_api::Traffic>,
+    ) -> Self {
+        match traffic.and_then(|traffic| traffic.gateway_api.as_ref()) {
+            Some(gateway) => Self::GatewayApi {
+                client,
+                workload,
+                routes: &gateway.http_routes,
+            },
+            None => Self::PodCount { client, workload },
+        }
+    }
+}
+
+impl WeightRouter for Router<'_> {
+    async fn check(&self) -> Result<(), TrafficError> {
+        match self {
+            Self::PodCount { .. } => Ok(()),
+            Self::GatewayApi {
+                client,
+                workload,
+                routes,
+            } => {
+                let (stable, canary) = service_names(workload.name);
+                gateway::check(client, workload.namespace, routes, &stable, &canary).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn apply(&self, weights: Weights<'_>) -> Result<(), TrafficError> {
+        match self {
+            Self::PodCount { client, workload } => apply_services(client, workload, weights).await,
+            Self::GatewayApi {
+                client,
+                workload,
+                routes,
+            } => {
+                apply_services(client, workload, weights).await?;
+                let (stable, canary) = service_names(workload.name);
+                gateway::apply(
+                    client,
+                    workload.namespace,
+                    routes,
+                    &stable,
+                    &canary,
+                    weights.weight,
+                )
+                .await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `<name>-stable` and `<name>-canary`.
+pub fn service_names(name: &str) -> (String, String) {
+    (format!("{name}-stable"), format!("{name}-canary"))
 }
 
 /// The workload whose traffic is shaped.
@@ -128,7 +237,7 @@ fn service(
 }
 
 /// Applies the Services for `weights` with server-side apply.
-pub async fn apply(
+async fn apply_services(
     client: &Client,
     workload: &Workload<'_>,
     weights: Weights<'_>,

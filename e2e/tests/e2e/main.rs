@@ -4,6 +4,7 @@
 
 mod canary_api;
 mod control_plane;
+mod gateway;
 mod rollout;
 
 use serin_e2e::harness::Cluster;

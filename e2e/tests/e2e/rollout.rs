@@ -12,30 +12,35 @@ use serin_e2e::kubectl::Kubectl;
 use crate::cluster;
 
 /// One test's namespace, controller and Canary.
-struct Rollout {
-    kubectl: Kubectl,
-    namespace: String,
+pub(crate) struct Rollout {
+    pub(crate) kubectl: Kubectl,
+    pub(crate) namespace: String,
     name: String,
     controller: Option<Controller>,
 }
 
 impl Rollout {
     /// A namespace with its own controller and a Canary named `name` at `image`.
-    fn start(test: &str, name: &str, image: &str, extra: &str) -> Result<Self> {
-        let cluster = cluster();
-        let namespace = cluster.namespace(test)?;
-        let controller = Controller::start(cluster, &namespace)?;
-        let rollout = Self {
-            kubectl: cluster.kubectl.clone(),
-            namespace,
-            name: name.to_owned(),
-            controller: Some(controller),
-        };
+    pub(crate) fn start(test: &str, name: &str, image: &str, extra: &str) -> Result<Self> {
+        let rollout = Self::prepare(test, name)?;
         rollout.apply(image, extra)?;
         Ok(rollout)
     }
 
-    fn apply(&self, image: &str, extra: &str) -> Result<()> {
+    /// A namespace with its own controller, and no Canary yet.
+    pub(crate) fn prepare(test: &str, name: &str) -> Result<Self> {
+        let cluster = cluster();
+        let namespace = cluster.namespace(test)?;
+        let controller = Controller::start(cluster, &namespace)?;
+        Ok(Self {
+            kubectl: cluster.kubectl.clone(),
+            namespace,
+            name: name.to_owned(),
+            controller: Some(controller),
+        })
+    }
+
+    pub(crate) fn apply(&self, image: &str, extra: &str) -> Result<()> {
         let manifest = format!(
             "apiVersion: serin.dev/v1alpha1
 kind: Canary
@@ -57,7 +62,7 @@ spec:
         Ok(())
     }
 
-    fn set_image(&self, image: &str) -> Result<()> {
+    pub(crate) fn set_image(&self, image: &str) -> Result<()> {
         let patch = format!(
             r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"{image}"}}]"#
         );
@@ -74,7 +79,7 @@ spec:
         Ok(())
     }
 
-    fn annotate(&self, command: &str) -> Result<()> {
+    pub(crate) fn annotate(&self, command: &str) -> Result<()> {
         self.kubectl.run(&[
             "annotate",
             "-n",
@@ -87,13 +92,13 @@ spec:
         Ok(())
     }
 
-    fn canary(&self) -> Result<Value> {
+    pub(crate) fn canary(&self) -> Result<Value> {
         self.kubectl
             .get_json(&["canary", &self.name, "-n", &self.namespace])
     }
 
     /// Replicas and available pods of the ReplicaSet of `revision`.
-    fn replica_set(&self, revision: &str) -> Result<(i64, i64)> {
+    pub(crate) fn replica_set(&self, revision: &str) -> Result<(i64, i64)> {
         let rs = self.kubectl.get_json(&[
             "replicaset",
             &format!("{}-{revision}", self.name),
@@ -106,7 +111,7 @@ spec:
         ))
     }
 
-    fn replica_set_count(&self) -> Result<usize> {
+    pub(crate) fn replica_set_count(&self) -> Result<usize> {
         let list = self.kubectl.get_json(&[
             "replicasets",
             "-n",
@@ -117,7 +122,7 @@ spec:
         Ok(list["items"].as_array().map_or(0, Vec::len))
     }
 
-    fn service_selector(&self, service: &str) -> Result<Value> {
+    pub(crate) fn service_selector(&self, service: &str) -> Result<Value> {
         let svc = self
             .kubectl
             .get_json(&["service", service, "-n", &self.namespace])?;
@@ -125,7 +130,7 @@ spec:
     }
 
     /// Polls the Canary until `done` holds, or fails after `limit` with its status.
-    fn wait(
+    pub(crate) fn wait(
         &self,
         what: &str,
         limit: Duration,
@@ -152,7 +157,7 @@ spec:
         }
     }
 
-    fn wait_promoted(&self, limit: Duration) -> Result<()> {
+    pub(crate) fn wait_promoted(&self, limit: Duration) -> Result<()> {
         self.kubectl.run(&[
             "wait",
             "-n",
@@ -164,7 +169,7 @@ spec:
         Ok(())
     }
 
-    fn events(&self) -> Result<Vec<String>> {
+    pub(crate) fn events(&self) -> Result<Vec<String>> {
         let events = self.kubectl.get_json(&[
             "events",
             "-n",
@@ -184,11 +189,11 @@ spec:
     }
 }
 
-fn phase(canary: &Value) -> &str {
+pub(crate) fn phase(canary: &Value) -> &str {
     canary["status"]["phase"].as_str().unwrap_or_default()
 }
 
-fn revisions(canary: &Value) -> (String, String) {
+pub(crate) fn revisions(canary: &Value) -> (String, String) {
     let status = &canary["status"];
     (
         status["stableRevision"]

@@ -1,0 +1,289 @@
+//! Gateway API: Serin sets the weights of the backendRefs that point at
+//! `<name>-stable` and `<name>-canary` in the user's HTTPRoutes, and leaves every
+//! other field as the user wrote it.
+//!
+//! The route is read and written whole as JSON, so fields Serin does not know
+//! (new Gateway API releases, filters, extensions) are kept byte for byte; the
+//! write carries the resourceVersion it read, so a concurrent edit is never
+//! overwritten (the write fails and the next reconcile starts from the new route).
+
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+/// Why a route cannot carry the weights.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteProblem {
+    /// The route does not exist.
+    #[error(
+        "HTTPRoute {route} not found in namespace {namespace}: create it, or fix spec.traffic.gatewayAPI.httpRoutes"
+    )]
+    Missing {
+        /// Route name.
+        route: String,
+        /// Namespace.
+        namespace: String,
+    },
+    /// No rule of the route sends to the Canary's Services.
+    #[error(
+        "HTTPRoute {route} has no rule with a backendRef to Service {stable} or {canary}: point a rule's backendRefs at {stable}"
+    )]
+    NoBackendRef {
+        /// Route name.
+        route: String,
+        /// `<name>-stable`.
+        stable: String,
+        /// `<name>-canary`.
+        canary: String,
+    },
+}
+
+/// Errors talking to the API server about routes.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The route is not usable as it is.
+    #[error(transparent)]
+    Invalid(#[from] RouteProblem),
+    /// The API server refused or failed.
+    #[error("HTTPRoute {route}: {source}")]
+    Api {
+        /// Route name.
+        route: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// The route could not be read or written as JSON.
+    #[error("HTTPRoute {route}: {source}")]
+    Json {
+        /// Route name.
+        route: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn http_routes(client: &Client, namespace: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+    Api::namespaced_with(client.clone(), namespace, &ApiResource::from_gvk(&gvk))
+}
+
+/// Sets the weights in one route's JSON: in every rule with a backendRef to
+/// `stable` or `canary`, the stable ref gets `100 - weight` and the canary ref
+/// `weight`; a missing one of the two is added after the other, copying its port.
+/// Returns whether anything changed.
+pub fn set_weights(
+    route: &mut Value,
+    name: &str,
+    stable: &str,
+    canary: &str,
+    weight: i32,
+) -> Result<bool, RouteProblem> {
+    let problem = || RouteProblem::NoBackendRef {
+        route: name.to_owned(),
+        stable: stable.to_owned(),
+        canary: canary.to_owned(),
+    };
+    let rules = route
+        .pointer_mut("/spec/rules")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(problem)?;
+    let is_service = |backend: &Value, service: &str| {
+        backend["name"] == service
+            && backend.get("kind").is_none_or(|kind| kind == "Service")
+            && backend.get("group").is_none_or(|group| group == "")
+    };
+    let mut owned = false;
+    let mut changed = false;
+    for rule in rules.iter_mut() {
+        let Some(backends) = rule.get_mut("backendRefs").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        let stable_at = backends.iter().position(|b| is_service(b, stable));
+        let canary_at = backends.iter().position(|b| is_service(b, canary));
+        let template = match (stable_at, canary_at) {
+            (None, None) => continue,
+            (Some(at), _) | (None, Some(at)) => backends[at].clone(),
+        };
+        owned = true;
+        for (service, at, share) in [
+            (stable, stable_at, 100 - weight),
+            (canary, canary_at, weight),
+        ] {
+            match at {
+                Some(index) => {
+                    if backends[index]["weight"] != json!(share) {
+                        backends[index]["weight"] = json!(share);
+                        changed = true;
+                    }
+                }
+                None => {
+                    let mut added = template.clone();
+                    added["name"] = json!(service);
+                    added["weight"] = json!(share);
+                    backends.push(added);
+                    changed = true;
+                }
+            }
+        }
+    }
+    if owned { Ok(changed) } else { Err(problem()) }
+}
+
+/// Checks that each route exists and has a rule Serin can set weights on.
+pub async fn check(
+    client: &Client,
+    namespace: &str,
+    routes: &[String],
+    stable: &str,
+    canary: &str,
+) -> Result<(), RouteError> {
+    let api = http_routes(client, namespace);
+    for route in routes {
+        let mut value = read(&api, namespace, route).await?;
+        set_weights(&mut value, route, stable, canary, 0)?;
+    }
+    Ok(())
+}
+
+/// Sets `weight` percent on the canary Service in each route, writing only routes
+/// whose weights differ.
+pub async fn apply(
+    client: &Client,
+    namespace: &str,
+    routes: &[String],
+    stable: &str,
+    canary: &str,
+    weight: i32,
+) -> Result<(), RouteError> {
+    let api = http_routes(client, namespace);
+    for route in routes {
+        let mut value = read(&api, namespace, route).await?;
+        if !set_weights(&mut value, route, stable, canary, weight)? {
+            continue;
+        }
+        let object: DynamicObject =
+            serde_json::from_value(value).map_err(|source| RouteError::Json {
+                route: route.clone(),
+                source,
+            })?;
+        api.replace(
+            route,
+            &PostParams {
+                field_manager: Some(crate::FIELD_MANAGER.into()),
+                ..PostParams::default()
+            },
+            &object,
+        )
+        .await
+        .map_err(|source| RouteError::Api {
+            route: route.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+async fn read(api: &Api<DynamicObject>, namespace: &str, route: &str) -> Result<Value, RouteError> {
+    let object = api
+        .get_opt(route)
+        .await
+        .map_err(|source| RouteError::Api {
+            route: route.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| RouteProblem::Missing {
+            route: route.to_owned(),
+            namespace: namespace.to_owned(),
+        })?;
+    serde_json::to_value(object).map_err(|source| RouteError::Json {
+        route: route.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(backends: Value) -> Value {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "web", "resourceVersion": "7"},
+            "spec": {
+                "parentRefs": [{"name": "edge"}],
+                "hostnames": ["web.example"],
+                "rules": [
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/static"}}],
+                     "backendRefs": [{"name": "cdn", "port": 80}]},
+                    {"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "x", "value": "y"}]}}],
+                     "backendRefs": backends}
+                ],
+                "futureField": {"kept": true}
+            }
+        })
+    }
+
+    #[test]
+    fn adds_the_canary_ref_and_sets_both_weights() {
+        let mut value = route(json!([{"name": "web-stable", "port": 80}]));
+        assert_eq!(
+            set_weights(&mut value, "web", "web-stable", "web-canary", 25),
+            Ok(true)
+        );
+        let backends = &value["spec"]["rules"][1]["backendRefs"];
+        assert_eq!(
+            backends,
+            &json!([
+                {"name": "web-stable", "port": 80, "weight": 75},
+                {"name": "web-canary", "port": 80, "weight": 25}
+            ])
+        );
+    }
+
+    #[test]
+    fn leaves_every_other_field_as_written() {
+        let mut value = route(json!([{"name": "web-stable", "port": 80}]));
+        let before = value.clone();
+        set_weights(&mut value, "web", "web-stable", "web-canary", 50).ok();
+        assert_eq!(value["spec"]["rules"][0], before["spec"]["rules"][0]);
+        assert_eq!(
+            value["spec"]["rules"][1]["filters"],
+            before["spec"]["rules"][1]["filters"]
+        );
+        assert_eq!(value["spec"]["futureField"], before["spec"]["futureField"]);
+        assert_eq!(value["spec"]["hostnames"], before["spec"]["hostnames"]);
+        assert_eq!(value["metadata"], before["metadata"]);
+    }
+
+    #[test]
+    fn reports_no_change_when_weights_are_already_set() {
+        let mut value = route(json!([
+            {"name": "web-stable", "port": 80, "weight": 100},
+            {"name": "web-canary", "port": 80, "weight": 0}
+        ]));
+        assert_eq!(
+            set_weights(&mut value, "web", "web-stable", "web-canary", 0),
+            Ok(false)
+        );
+    }
+
+    #[test]
+    fn a_route_without_the_services_is_a_problem() {
+        let mut value = route(json!([{"name": "other", "port": 80}]));
+        assert!(matches!(
+            set_weights(&mut value, "web", "web-stable", "web-canary", 10),
+            Err(RouteProblem::NoBackendRef { .. })
+        ));
+    }
+
+    #[test]
+    fn a_backend_of_another_kind_with_the_same_name_is_not_ours() {
+        let mut value = route(
+            json!([{"name": "web-stable", "kind": "ServiceImport", "group": "multicluster.x-k8s.io"}]),
+        );
+        assert!(set_weights(&mut value, "web", "web-stable", "web-canary", 10).is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! The Gateway API router against the upstream standard CRDs, so the real schema
+//! validates every write Serin makes to an HTTPRoute.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+use serin_e2e::cluster::gateway_api_crds;
+
+use crate::cluster;
+use crate::rollout::{Rollout, phase, revisions};
+
+fn install_gateway_api() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let crds = gateway_api_crds().unwrap_or_else(|e| panic!("Gateway API CRDs: {e:#}"));
+        let kubectl = &cluster().kubectl;
+        let applied = kubectl.run(&["apply", "--server-side", "-f", &crds.to_string_lossy()]);
+        assert!(applied.is_ok(), "{applied:?}");
+        let established = kubectl.run(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/httproutes.gateway.networking.k8s.io",
+            "--timeout=30s",
+        ]);
+        assert!(established.is_ok(), "{established:?}");
+    });
+}
+
+/// A route with a rule Serin must leave alone and a rule to `web-stable`.
+const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web}
+spec:
+  parentRefs: [{name: edge}]
+  hostnames: [web.example]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /static}}]
+    backendRefs: [{name: cdn, port: 80}]
+  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {add: [{name: x-served-by, value: serin}]}
+    backendRefs: [{name: web-stable, port: 80}]
+";
+
+const ROUTED: &str = "  steps: [25, 50]\n  stepDuration: 3s\n  scaleDownDelay: 3s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
+
+fn route(rollout: &Rollout) -> Result<Value> {
+    rollout
+        .kubectl
+        .get_json(&["httproute", "web", "-n", &rollout.namespace])
+}
+
+/// (stable weight, canary weight) of the rule Serin owns.
+fn weights(route: &Value) -> (Option<i64>, Option<i64>) {
+    let backends = route["spec"]["rules"][1]["backendRefs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let weight = |name: &str| {
+        backends
+            .iter()
+            .find(|b| b["name"] == name)
+            .and_then(|b| b["weight"].as_i64())
+    };
+    (weight("web-stable"), weight("web-canary"))
+}
+
+#[test]
+fn route_weights_follow_every_step_and_the_rest_of_the_route_is_untouched() -> Result<()> {
+    install_gateway_api();
+    let rollout = Rollout::prepare("gateway", "web")?;
+    rollout
+        .kubectl
+        .run_with_input(&["apply", "-n", &rollout.namespace, "-f", "-"], Some(ROUTE))?;
+    let written = route(&rollout)?;
+    rollout.apply("web:1", ROUTED)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    assert_eq!(weights(&route(&rollout)?), (Some(100), Some(0)));
+    let (old, _) = revisions(&rollout.canary()?);
+
+    rollout.set_image("web:2")?;
+    let mut seen = Vec::new();
+    rollout.wait(
+        "promoted through the route",
+        Duration::from_secs(90),
+        |canary| {
+            let (stable, canary_revision) = revisions(canary);
+            if let (Ok(route), false) = (route(&rollout), canary_revision.is_empty()) {
+                let (_, canary_weight) = weights(&route);
+                let stable_rs = rollout.replica_set(&stable).unwrap_or_default();
+                let canary_rs = rollout.replica_set(&canary_revision).unwrap_or_default();
+                seen.push((
+                    canary_weight.unwrap_or(0),
+                    stable_rs.0,
+                    canary_rs.0,
+                    canary_rs.1,
+                ));
+            }
+            phase(canary) == "Healthy" && stable != old
+        },
+    )?;
+    assert!(
+        seen.iter().any(|&(w, s, c, _)| (w, s, c) == (25, 4, 1)),
+        "25%: stable full, 1 canary pod: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|&(w, s, c, _)| (w, s, c) == (50, 4, 2)),
+        "50%: stable full, 2 canary pods: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|&(weight, _, _, available)| weight == 0 || available > 0),
+        "weight on a canary without available pods: {seen:?}"
+    );
+    let last = route(&rollout)?;
+    assert_eq!(weights(&last), (Some(100), Some(0)));
+    assert_eq!(
+        last["spec"]["rules"][0], written["spec"]["rules"][0],
+        "another rule changed"
+    );
+    assert_eq!(
+        last["spec"]["rules"][1]["filters"],
+        written["spec"]["rules"][1]["filters"]
+    );
+    assert_eq!(last["spec"]["hostnames"], json!(["web.example"]));
+    Ok(())
+}
+
+#[test]
+fn a_missing_route_is_an_invalid_spec_and_nothing_is_changed() -> Result<()> {
+    install_gateway_api();
+    let rollout = Rollout::prepare("noroute", "web")?;
+    rollout.apply("web:1", ROUTED)?;
+    let invalid = rollout.wait("InvalidSpec", Duration::from_secs(30), |canary| {
+        canary["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "InvalidSpec" && c["status"] == "True")
+    })?;
+    let message = invalid["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "InvalidSpec")
+        .and_then(|c| c["message"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    assert!(message.contains("HTTPRoute web not found"), "{message}");
+    assert_eq!(
+        rollout.replica_set_count()?,
+        0,
+        "nothing created for an invalid spec"
+    );
+    assert!(
+        !rollout
+            .kubectl
+            .succeeds(&["get", "service", "web-stable", "-n", &rollout.namespace])
+    );
+    assert!(rollout.events()?.contains(&"InvalidSpec".to_owned()));
+
+    rollout
+        .kubectl
+        .run_with_input(&["apply", "-n", &rollout.namespace, "-f", "-"], Some(ROUTE))?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    Ok(())
+}
