@@ -36,7 +36,7 @@ unit:
 	cargo test --workspace --locked --exclude serin-e2e
 
 e2e: controlplane
-	cargo build --locked -p serin
+	cargo build --locked -p serin -p kubectl-serin
 	cargo test --locked -p serin-e2e
 
 crds:

@@ -38,6 +38,17 @@ impl Kubectl {
         command
     }
 
+    /// A command for a kubectl plugin (`kubectl serin ...`): kubectl takes no flag
+    /// before a plugin's name, so the kubeconfig goes in `KUBECONFIG`.
+    pub fn plugin(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.program);
+        command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    }
+
     /// Runs kubectl, feeding `input` on standard input, and returns what it printed
     /// whether it succeeded or not.
     pub fn output(&self, args: &[&str], input: Option<&str>) -> Result<Output> {

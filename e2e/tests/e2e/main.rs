@@ -5,6 +5,7 @@
 mod canary_api;
 mod control_plane;
 mod gateway;
+mod plugin;
 mod rollout;
 
 use serin_e2e::harness::Cluster;

@@ -1,0 +1,189 @@
+//! What `kubectl serin get` shows, as a pure function of what was read.
+
+use std::fmt::Write as _;
+
+use comfy_table::presets::UTF8_BORDERS_ONLY;
+use comfy_table::{Cell, Table};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use serin_api::{Canary, REVISION_LABEL};
+
+/// One event line: when, type, reason, message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventLine {
+    /// How long ago, already formatted (`12s`).
+    pub age: String,
+    /// Normal or Warning.
+    pub kind: String,
+    /// The reason.
+    pub reason: String,
+    /// The message.
+    pub note: String,
+}
+
+/// A bar of `width` cells, filled in proportion to `percent`.
+pub fn bar(percent: i32, width: usize) -> String {
+    let percent = usize::try_from(percent.clamp(0, 100)).unwrap_or(0);
+    let filled = (percent * width + 50) / 100;
+    format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
+}
+
+/// The whole view of one Canary.
+pub fn render(canary: &Canary, replica_sets: &[ReplicaSet], events: &[EventLine]) -> String {
+    let status = canary.status.clone().unwrap_or_default();
+    let name = canary.metadata.name.clone().unwrap_or_default();
+    let namespace = canary.metadata.namespace.clone().unwrap_or_default();
+    let phase = status
+        .phase
+        .map(|p| format!("{p:?}"))
+        .unwrap_or_else(|| "Pending".into());
+    let steps = canary.spec.steps.len();
+    let mut out = String::new();
+    let _ = writeln!(out, "Canary {namespace}/{name}   {phase}");
+    let step = if status.step > 0 {
+        format!("{}/{steps}", status.step)
+    } else {
+        format!("-/{steps}")
+    };
+    let _ = writeln!(
+        out,
+        "Step   {step}   steps {:?}{}",
+        canary.spec.steps,
+        if canary.spec.paused {
+            "   (paused)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "Weight {} {:>3}% canary",
+        bar(status.weight, 30),
+        status.weight
+    );
+    for condition in &status.conditions {
+        if condition.type_ == "Progressing"
+            || (condition.type_ == "InvalidSpec" && condition.status == "True")
+        {
+            let _ = writeln!(
+                out,
+                "{}: {} {}",
+                condition.type_, condition.reason, condition.message
+            );
+        }
+    }
+    if let Some(command) = &status.last_command {
+        let _ = writeln!(
+            out,
+            "Last command: {} ({}) {}",
+            command.command,
+            command.nonce,
+            command.outcome.clone().unwrap_or_default()
+        );
+    }
+
+    let mut revisions = Table::new();
+    revisions
+        .load_style(UTF8_BORDERS_ONLY)
+        .set_header(["ROLE", "REVISION", "PODS", "AVAILABLE"]);
+    for (role, revision) in [
+        ("stable", &status.stable_revision),
+        ("canary", &status.canary_revision),
+    ] {
+        let Some(revision) = revision else { continue };
+        let rs = replica_sets.iter().find(|rs| {
+            rs.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(REVISION_LABEL))
+                == Some(revision)
+        });
+        let desired = rs.and_then(|rs| rs.spec.as_ref()?.replicas).unwrap_or(0);
+        let available = rs
+            .and_then(|rs| rs.status.as_ref()?.available_replicas)
+            .unwrap_or(0);
+        revisions.add_row([
+            Cell::new(role),
+            Cell::new(revision),
+            Cell::new(desired),
+            Cell::new(available),
+        ]);
+    }
+    let _ = writeln!(out, "{revisions}");
+
+    if !status.analysis.is_empty() {
+        let mut analysis = Table::new();
+        analysis
+            .load_style(UTF8_BORDERS_ONLY)
+            .set_header(["METRIC", "CANARY", "STABLE", "EVIDENCE", "VERDICT"]);
+        for metric in &status.analysis {
+            let number = |value: Option<f64>| value.map_or("-".to_owned(), |v| format!("{v:.4}"));
+            analysis.add_row([
+                metric.name.clone(),
+                number(metric.canary),
+                number(metric.stable),
+                number(metric.evidence),
+                format!("{:?}", metric.verdict),
+            ]);
+        }
+        let _ = writeln!(out, "{analysis}");
+    }
+
+    if !events.is_empty() {
+        let mut table = Table::new();
+        table
+            .load_style(UTF8_BORDERS_ONLY)
+            .set_header(["AGE", "TYPE", "REASON", "MESSAGE"]);
+        for event in events {
+            table.add_row([&event.age, &event.kind, &event.reason, &event.note]);
+        }
+        let _ = writeln!(out, "{table}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bar_fills_in_proportion() {
+        assert_eq!(bar(0, 10), "░░░░░░░░░░");
+        assert_eq!(bar(25, 4), "█░░░");
+        assert_eq!(bar(100, 4), "████");
+        assert_eq!(bar(150, 4), "████");
+    }
+
+    #[test]
+    fn renders_phase_step_weight_revisions_and_events() {
+        let canary: Canary = serde_json::from_value(serde_json::json!({
+            "apiVersion": "serin.dev/v1alpha1", "kind": "Canary",
+            "metadata": {"name": "web", "namespace": "demo"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "web:2"}]}},
+                "steps": [25, 50]
+            },
+            "status": {"phase": "Progressing", "step": 1, "weight": 25,
+                       "stableRevision": "aaaaaaaaaa", "canaryRevision": "bbbbbbbbbb"}
+        }))
+        .unwrap();
+        let rs: ReplicaSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-bbbbbbbbbb", "labels": {"serin.dev/revision": "bbbbbbbbbb"}},
+            "spec": {"replicas": 1, "selector": {}},
+            "status": {"replicas": 1, "availableReplicas": 1}
+        }))
+        .unwrap();
+        let events = [EventLine {
+            age: "3s".into(),
+            kind: "Normal".into(),
+            reason: "RolloutStarted".into(),
+            note: "rolling out revision bbbbbbbbbb".into(),
+        }];
+        let text = render(&canary, &[rs], &events);
+        assert!(text.contains("Canary demo/web   Progressing"), "{text}");
+        assert!(text.contains("Step   1/2"), "{text}");
+        assert!(text.contains(" 25% canary"), "{text}");
+        assert!(text.contains("bbbbbbbbbb"), "{text}");
+        assert!(text.contains("RolloutStarted"), "{text}");
+    }
+}
