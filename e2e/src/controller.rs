@@ -144,19 +144,21 @@ impl Controller {
     }
 }
 
-/// `target/<profile>/serin`, built by `cargo test --workspace` (or `cargo build -p serin`).
-fn serin_binary() -> Result<PathBuf> {
+/// `target/<profile>/serin`, beside the running binary or one level up from a
+/// test binary in `deps/`; built by `cargo test --workspace` or `cargo build -p serin`.
+pub fn serin_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("locating the target directory")?;
-    let binary = dir.join("serin");
-    if !binary.is_file() {
-        bail!(
-            "{} is missing: build it with `cargo build -p serin` (make test does)",
-            binary.display()
-        );
-    }
-    Ok(binary)
+    let dir = exe.parent().context("locating the target directory")?;
+    let candidates = [Some(dir), dir.parent()];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|dir| dir.join("serin"))
+        .find(|binary| binary.is_file())
+        .with_context(|| {
+            format!(
+                "no serin binary beside {}: build it with `cargo build -p serin` (make test does)",
+                exe.display()
+            )
+        })
 }

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Config, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serin_api::{COMMAND_ANNOTATION, Canary, REVISION_LABEL};
@@ -56,7 +57,8 @@ fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileE
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
-    recorder: Recorder,
+    /// Who records the Events: the pod name in a cluster.
+    instance: String,
     metrics: Arc<Metrics>,
 }
 
@@ -90,13 +92,8 @@ pub async fn run(
     };
     let owned = watcher::Config::default().labels(CANARY_LABEL);
     let context = Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "serin".into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
+        instance: std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("serin-{}", std::process::id())),
         client,
         metrics,
     });
@@ -269,31 +266,43 @@ async fn reconcile_one(
         .metrics
         .canary(namespace, name, plan.status.phase, plan.status.weight);
 
-    let reference = canary.object_ref(&());
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
     for event in &plan.events {
         info!(reason = event.reason, note = %event.note, "transition");
-        let published = context
-            .recorder
-            .publish(
-                &KubeEvent {
-                    type_: if event.warning {
-                        EventType::Warning
-                    } else {
-                        EventType::Normal
-                    },
-                    reason: event.reason.to_owned(),
-                    note: Some(event.note.clone()),
-                    action: "Rollout".into(),
-                    secondary: None,
-                },
-                &reference,
-            )
-            .await;
-        if let Err(error) = published {
-            warn!(%error, "recording event");
+        let record = transition_event(canary, namespace, event, &context.instance);
+        if let Err(error) = events.create(&PostParams::default(), &record).await {
+            warn!(%error, reason = event.reason, "recording event");
         }
     }
     Ok(Requeue::requeue(plan.requeue_after))
+}
+
+/// One Event per transition. Each is its own object: the client-side series of
+/// kube's Recorder would fold two transitions with one reason into one Event that
+/// keeps the first message, which hides what happened the second time.
+fn transition_event(
+    canary: &Canary,
+    namespace: &str,
+    event: &machine::Event,
+    instance: &str,
+) -> Event {
+    let name = canary.name_any();
+    Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}-")),
+            namespace: Some(namespace.to_owned()),
+            ..ObjectMeta::default()
+        },
+        event_time: Some(MicroTime(Timestamp::now())),
+        type_: Some(if event.warning { "Warning" } else { "Normal" }.to_owned()),
+        reason: Some(event.reason.to_owned()),
+        note: Some(event.note.chars().take(1000).collect()),
+        action: Some("Rollout".to_owned()),
+        reporting_controller: Some("serin.dev/controller".to_owned()),
+        reporting_instance: Some(instance.to_owned()),
+        regarding: Some(canary.object_ref(&())),
+        ..Event::default()
+    }
 }
 
 fn revision_label(rs: &ReplicaSet) -> Option<&String> {

@@ -1,0 +1,150 @@
+//! `make demo`: a local control plane, Serin installed as a user installs it, and
+//! two rollouts shown live with `kubectl serin get --watch`: one promoted, one
+//! aborted by hand. Everything is stopped and removed at the end.
+
+use std::process::{Child, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serin_e2e::cluster::{Binaries, ControlPlane, Options, default_bin_dir, repository_root};
+use serin_e2e::controller::Controller;
+use serin_e2e::harness::Cluster;
+use serin_e2e::kubectl::Kubectl;
+
+const NAME: &str = "podinfo";
+
+fn main() -> Result<()> {
+    let binaries = Binaries::locate(&default_bin_dir())?;
+    let dir = tempfile::Builder::new().prefix("serin-demo-").tempdir()?;
+    say(
+        "starting a local Kubernetes control plane (etcd, API server, controller manager, scheduler, kwok nodes)",
+    );
+    let started = Instant::now();
+    let plane = ControlPlane::start(&Options {
+        dir: dir.path().join("cluster"),
+        binaries: binaries.clone(),
+        nodes: 3,
+    })?;
+    say(&format!(
+        "control plane ready in {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+    let cluster = Cluster {
+        kubectl: Kubectl::new(&binaries.kubectl, plane.kubeconfig()),
+    };
+    let kubectl = &cluster.kubectl;
+    kubectl.run(&["create", "namespace", "demo"])?;
+    say("installing Serin: kubectl apply -f crds/ -f deploy/, controller under its ServiceAccount");
+    let controller = Controller::start(&cluster, "demo")?;
+
+    let example = repository_root().join("docs/examples/demo.yaml");
+    kubectl.run(&["apply", "-n", "demo", "-f", &example.to_string_lossy()])?;
+    wait_promoted(kubectl)?;
+    say("revision 1 is Healthy and Promoted; rolling out podinfo:6.7.1 in 3 seconds");
+    thread::sleep(Duration::from_secs(3));
+
+    let mut watch = watch(kubectl)?;
+    set_image(kubectl, "ghcr.io/stefanprodan/podinfo:6.7.1")?;
+    wait_promoted(kubectl)?;
+    thread::sleep(Duration::from_secs(4));
+    set_image(kubectl, "ghcr.io/stefanprodan/podinfo:6.8.0-rc1")?;
+    wait_for(kubectl, "step 2", |canary| canary["status"]["step"] == 2)?;
+    thread::sleep(Duration::from_secs(3));
+    let aborted = plugin(kubectl, &["abort", NAME])?;
+    thread::sleep(Duration::from_secs(8));
+    stop(&mut watch);
+
+    let canary = kubectl.get_json(&["canary", NAME, "-n", "demo"])?;
+    let status = &canary["status"];
+    println!();
+    say(&format!("kubectl serin abort: {}", aborted.trim()));
+    say(&format!(
+        "final: phase {}, stable revision {}, canary weight {}%",
+        status["phase"], status["stableRevision"], status["weight"]
+    ));
+    drop(controller);
+    drop(plane);
+    say("control plane stopped and removed");
+    Ok(())
+}
+
+fn say(text: &str) {
+    println!("\x1b[1m==> {text}\x1b[0m");
+}
+
+fn set_image(kubectl: &Kubectl, image: &str) -> Result<()> {
+    let patch = format!(
+        r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"{image}"}}]"#
+    );
+    kubectl.run(&[
+        "patch",
+        "-n",
+        "demo",
+        "canary",
+        NAME,
+        "--type=json",
+        "-p",
+        &patch,
+    ])?;
+    Ok(())
+}
+
+fn wait_promoted(kubectl: &Kubectl) -> Result<()> {
+    kubectl.run(&[
+        "wait",
+        "-n",
+        "demo",
+        &format!("canary/{NAME}"),
+        "--for=condition=Promoted",
+        "--timeout=120s",
+    ])?;
+    Ok(())
+}
+
+fn wait_for(
+    kubectl: &Kubectl,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Result<()> {
+    let until = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < until {
+        if done(&kubectl.get_json(&["canary", NAME, "-n", "demo"])?) {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    bail!("{what} not reached within 120s")
+}
+
+fn plugin_path() -> Result<String> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("locating the plugin")?;
+    Ok(format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    ))
+}
+
+/// `kubectl serin get --watch`, drawing on this terminal.
+fn watch(kubectl: &Kubectl) -> Result<Child> {
+    Ok(kubectl
+        .plugin(&["serin", "-n", "demo", "get", NAME, "--watch"])
+        .env("PATH", plugin_path()?)
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()?)
+}
+
+fn plugin(kubectl: &Kubectl, args: &[&str]) -> Result<String> {
+    let mut all = vec!["serin", "-n", "demo"];
+    all.extend_from_slice(args);
+    let output = kubectl.plugin(&all).env("PATH", plugin_path()?).output()?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
