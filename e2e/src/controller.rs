@@ -131,6 +131,11 @@ impl Controller {
         self.process.kill();
     }
 
+    /// The controller's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
     /// The controller's `/metrics`.
     pub fn metrics(&self) -> Result<String> {
         crate::http::get(self.metrics_port, "/metrics")
