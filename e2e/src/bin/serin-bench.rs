@@ -95,7 +95,8 @@ fn reaction_times(kubectl: &Kubectl) -> Result<()> {
     let (mut baseline, mut first_step, mut abort) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=RUNS {
         let started = Instant::now();
-        let label = format!("bench-run={run}");
+        let value = run.to_string();
+        let label = format!("bench-run={value}");
         kubectl.run(&[
             "label",
             "-n",
@@ -107,7 +108,7 @@ fn reaction_times(kubectl: &Kubectl) -> Result<()> {
         ])?;
         wait_for(|| {
             let route = kubectl.get_json(&["httproute", "web", "-n", "bench"])?;
-            Ok(route["metadata"]["labels"]["bench-run"] == run.to_string())
+            Ok(route["metadata"]["labels"]["bench-run"].as_str() == Some(value.as_str()))
         })?;
         baseline.push(started.elapsed());
 
