@@ -11,7 +11,7 @@ use serin_e2e::cluster::gateway_api_crds;
 use crate::cluster;
 use crate::rollout::{Rollout, phase, revisions};
 
-fn install_gateway_api() {
+pub(crate) fn install_gateway_api() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let crds = gateway_api_crds().unwrap_or_else(|e| panic!("Gateway API CRDs: {e:#}"));
@@ -29,7 +29,7 @@ fn install_gateway_api() {
 }
 
 /// A route with a rule Serin must leave alone and a rule to `web-stable`.
-const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
+pub(crate) const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: web}
 spec:
@@ -46,14 +46,14 @@ spec:
 
 const ROUTED: &str = "  steps: [25, 50]\n  stepDuration: 3s\n  scaleDownDelay: 3s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
 
-fn route(rollout: &Rollout) -> Result<Value> {
+pub(crate) fn route(rollout: &Rollout) -> Result<Value> {
     rollout
         .kubectl
         .get_json(&["httproute", "web", "-n", &rollout.namespace])
 }
 
 /// (stable weight, canary weight) of the rule Serin owns.
-fn weights(route: &Value) -> (Option<i64>, Option<i64>) {
+pub(crate) fn weights(route: &Value) -> (Option<i64>, Option<i64>) {
     let backends = route["spec"]["rules"][1]["backendRefs"]
         .as_array()
         .cloned()

@@ -10,6 +10,7 @@ use serin_e2e::controller::Controller;
 use serin_e2e::kubectl::Kubectl;
 
 use crate::cluster;
+use crate::gateway::{ROUTE, install_gateway_api, route, weights};
 
 /// One test's namespace, controller and Canary.
 pub(crate) struct Rollout {
@@ -446,12 +447,14 @@ fn restoring_the_stable_template_returns_to_healthy_at_once() -> Result<()> {
 
 #[test]
 fn a_killed_controller_restarted_finishes_the_same_rollout() -> Result<()> {
-    let mut rollout = Rollout::start(
-        "killed",
-        "web",
-        "web:1",
-        "  steps: [25, 50]\n  stepDuration: 4s\n",
-    )?;
+    install_gateway_api();
+    let mut rollout = Rollout::prepare("killed", "web")?;
+    rollout
+        .kubectl
+        .run_with_input(&["apply", "-n", &rollout.namespace, "-f", "-"], Some(ROUTE))?;
+    let routed =
+        "  steps: [25, 50]\n  stepDuration: 4s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
+    rollout.apply("web:1", routed)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
     rollout.set_image("web:2")?;
     let started = rollout.wait("step 1", Duration::from_secs(30), |c| {
@@ -464,18 +467,113 @@ fn a_killed_controller_restarted_finishes_the_same_rollout() -> Result<()> {
     }
     thread::sleep(Duration::from_secs(2));
     rollout.controller = Some(Controller::start(cluster(), &rollout.namespace)?);
+    let mut violations = Vec::new();
     let done = rollout.wait(
         "promoted by the new controller",
         Duration::from_secs(60),
-        |c| phase(c) == "Healthy" && revisions(c).1.is_empty(),
+        |c| {
+            let (stable, canary) = revisions(c);
+            if let (Ok(route), false) = (route(&rollout), canary.is_empty()) {
+                let weight = weights(&route).1.unwrap_or(0);
+                let available = rollout.replica_set(&canary).map(|rs| rs.1).unwrap_or(0);
+                if weight > 0 && available == 0 {
+                    violations.push((weight, canary.clone()));
+                }
+            }
+            phase(c) == "Healthy" && canary.is_empty() && !stable.is_empty()
+        },
     )?;
+    assert!(
+        violations.is_empty(),
+        "weight on a canary with no available pod: {violations:?}"
+    );
     assert_eq!(
         revisions(&done).0,
         canary_revision,
         "the same revision was promoted"
     );
     assert_eq!(rollout.replica_set_count()?, 2, "no second canary");
+    assert_eq!(weights(&route(&rollout)?), (Some(100), Some(0)));
     Ok(())
+}
+
+#[test]
+fn two_controllers_one_leader_and_the_standby_takes_over() -> Result<()> {
+    let mut rollout = Rollout::start(
+        "leader",
+        "web",
+        "web:1",
+        "  steps: [25, 50]\n  stepDuration: 3s\n",
+    )?;
+    let standby = Controller::start(cluster(), &rollout.namespace)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    let leading = |controller: &Controller| {
+        controller
+            .metrics()
+            .is_ok_and(|metrics| metrics.lines().any(|line| line == "serin_leader 1"))
+    };
+    let first = rollout.controller.take().unwrap_or_else(|| unreachable!());
+    assert!(
+        leading(&first) != leading(&standby),
+        "exactly one of two replicas leads:\n{}\n---\n{}",
+        first.metrics().unwrap_or_default(),
+        standby.metrics().unwrap_or_default()
+    );
+    let (leader, standby) = if leading(&first) {
+        (first, standby)
+    } else {
+        (standby, first)
+    };
+
+    leader.kill();
+    rollout.set_image("web:2")?;
+    let promoted = rollout.wait(
+        "promoted by the former standby",
+        Duration::from_secs(90),
+        |c| {
+            phase(c) == "Healthy"
+                && revisions(c).1.is_empty()
+                && c["status"]["observedGeneration"] == c["metadata"]["generation"]
+        },
+    )?;
+    assert!(leading(&standby), "the standby holds the Lease");
+    assert_eq!(promoted["status"]["step"], 0);
+    rollout.controller = Some(standby);
+    Ok(())
+}
+
+#[test]
+fn deleting_a_canary_deletes_what_it_owns() -> Result<()> {
+    let rollout = Rollout::start("delete", "web", "web:1", FAST_STEPS)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    rollout.kubectl.run(&[
+        "delete",
+        "-n",
+        &rollout.namespace,
+        "canary",
+        "web",
+        "--wait=true",
+    ])?;
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = rollout.replica_set_count()?;
+        let services = rollout.kubectl.get_json(&[
+            "services",
+            "-n",
+            &rollout.namespace,
+            "-l",
+            "serin.dev/canary=web",
+        ])?;
+        let services = services["items"].as_array().map_or(0, Vec::len);
+        if left == 0 && services == 0 {
+            return Ok(());
+        }
+        assert!(
+            Instant::now() < until,
+            "{left} ReplicaSets and {services} Services outlived their Canary"
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
 }
 
 #[test]
@@ -488,8 +586,16 @@ fn the_controller_reports_its_metrics_and_holds_the_lease() -> Result<()> {
         .map(Controller::metrics)
         .transpose()?
         .unwrap_or_default();
-    assert!(metrics.contains("serin_reconciles_total"), "{metrics}");
-    assert!(metrics.contains("serin_leader 1"), "{metrics}");
+    let reconciles = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("serin_reconciles_total "))
+        .and_then(|value| value.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(reconciles > 0.0, "{metrics}");
+    assert!(
+        metrics.lines().any(|line| line == "serin_leader 1"),
+        "{metrics}"
+    );
     let healthy = format!(
         r#"serin_canary_phase{{namespace="{}",canary="web",phase="Healthy"}} 1"#,
         rollout.namespace
