@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use serin_e2e::cluster::gateway_api_crds;
 
 use crate::cluster;
-use crate::rollout::{Rollout, phase, revisions};
+use crate::rollout::{Rollout, condition, phase, revisions};
 
 pub(crate) fn install_gateway_api() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
@@ -134,19 +134,12 @@ fn a_missing_route_is_an_invalid_spec_and_nothing_is_changed() -> Result<()> {
     let rollout = Rollout::prepare("noroute", "web")?;
     rollout.apply("web:1", ROUTED)?;
     let invalid = rollout.wait("InvalidSpec", Duration::from_secs(30), |canary| {
-        canary["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "InvalidSpec" && c["status"] == "True")
+        condition(canary, "InvalidSpec")["status"] == "True"
     })?;
-    let message = invalid["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == "InvalidSpec")
-        .and_then(|c| c["message"].as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let message = condition(&invalid, "InvalidSpec")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(message.contains("HTTPRoute web not found"), "{message}");
     assert_eq!(
         rollout.replica_set_count()?,

@@ -158,6 +158,18 @@ spec:
         }
     }
 
+    /// Waits until the ReplicaSet of `revision` is scaled to zero.
+    pub(crate) fn wait_scaled_down(&self, what: &str, revision: &str) -> Result<()> {
+        let until = Instant::now() + Duration::from_secs(30);
+        while self.replica_set(revision)?.0 > 0 {
+            if Instant::now() > until {
+                bail!("{what} ({revision}) was not scaled down within 30s");
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+        Ok(())
+    }
+
     pub(crate) fn wait_promoted(&self, limit: Duration) -> Result<()> {
         self.kubectl.run(&[
             "wait",
@@ -188,6 +200,17 @@ spec:
             .filter_map(|event| event["reason"].as_str().map(str::to_owned))
             .collect())
     }
+}
+
+/// The condition of type `kind` (Null when absent).
+pub(crate) fn condition(canary: &Value, kind: &str) -> Value {
+    canary["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kind)
+        .cloned()
+        .unwrap_or_default()
 }
 
 pub(crate) fn phase(canary: &Value) -> &str {
@@ -281,14 +304,7 @@ fn a_new_image_walks_every_step_and_is_promoted_then_the_old_revision_scales_dow
     let (new, _) = revisions(&promoted);
     assert_eq!(rollout.replica_set(&new)?.0, 4);
 
-    let until = Instant::now() + Duration::from_secs(30);
-    while rollout.replica_set(&old)?.0 > 0 {
-        assert!(
-            Instant::now() < until,
-            "the old revision was not scaled down"
-        );
-        thread::sleep(Duration::from_millis(250));
-    }
+    rollout.wait_scaled_down("the old revision", &old)?;
     let events = rollout.events()?;
     for reason in ["RolloutStarted", "StepAdvanced", "Promoted"] {
         assert!(
@@ -327,23 +343,12 @@ fn abort_puts_all_traffic_on_stable_before_the_canary_scales_down() -> Result<()
         "the canary scales down only after the traffic moved"
     );
     assert_eq!(aborted["status"]["lastCommand"]["nonce"], "e2e-1");
-    let progressing = aborted["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == "Progressing")
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(progressing["reason"], "AbortedByUser");
+    assert_eq!(
+        condition(&aborted, "Progressing")["reason"],
+        "AbortedByUser"
+    );
 
-    let until = Instant::now() + Duration::from_secs(30);
-    while rollout.replica_set(&canary_revision)?.0 > 0 {
-        assert!(
-            Instant::now() < until,
-            "the aborted canary was not scaled down"
-        );
-        thread::sleep(Duration::from_millis(250));
-    }
+    rollout.wait_scaled_down("the aborted canary", &canary_revision)?;
     assert_eq!(rollout.replica_set(&stable)?.0, 4);
     assert!(rollout.events()?.contains(&"AbortedByUser".to_owned()));
     Ok(())
@@ -410,14 +415,7 @@ fn a_new_revision_mid_rollout_starts_over() -> Result<()> {
         !canary.is_empty() && canary != dropped && c["status"]["weight"].as_i64() == Some(25)
     })?;
     assert_eq!(third["status"]["step"], 1);
-    let until = Instant::now() + Duration::from_secs(30);
-    while rollout.replica_set(&dropped)?.0 > 0 {
-        assert!(
-            Instant::now() < until,
-            "the dropped canary was not scaled down"
-        );
-        thread::sleep(Duration::from_millis(250));
-    }
+    rollout.wait_scaled_down("the dropped canary", &dropped)?;
     assert_eq!(rollout.replica_set_count()?, 3);
     Ok(())
 }
