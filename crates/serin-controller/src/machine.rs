@@ -193,8 +193,15 @@ impl<'s, 'a> Planner<'s, 'a> {
 
     fn run(&mut self) {
         if let Some(reason) = &self.snap.invalid {
+            let reported = self
+                .status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == INVALID_SPEC && c.status == "True" && c.message == *reason);
             self.condition(INVALID_SPEC, true, "InvalidSpec", reason.clone());
-            self.event(true, "InvalidSpec", reason.clone());
+            if !reported {
+                self.event(true, "InvalidSpec", reason.clone());
+            }
             self.wake = Duration::from_secs(30);
             return;
         }
