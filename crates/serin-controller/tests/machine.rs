@@ -605,7 +605,10 @@ fn an_invalid_spec_changes_nothing() {
     assert_eq!(world.replicas(CANARY), 0);
     assert!(world.events().contains(&"InvalidSpec"));
     world.reconcile();
-    assert!(!world.events().contains(&"InvalidSpec"), "the same problem is reported once");
+    assert!(
+        !world.events().contains(&"InvalidSpec"),
+        "the same problem is reported once"
+    );
 
     world.invalid = None;
     world.reconcile();
