@@ -40,13 +40,14 @@ bench-rollout: controlplane
 	target/release/serin-bench
 
 test: controlplane
+	cargo build --workspace --locked --bins
 	cargo test --workspace --locked
 
 unit:
 	cargo test --workspace --locked --exclude serin-e2e
 
 e2e: controlplane
-	cargo build --locked -p serin -p kubectl-serin
+	cargo build --workspace --locked --bins
 	cargo test --locked -p serin-e2e
 
 crds:
