@@ -202,6 +202,17 @@ impl<'s, 'a> Planner<'s, 'a> {
             if !reported {
                 self.event(true, "InvalidSpec", reason.clone());
             }
+            if self.status.stable_revision.as_deref() != Some(self.snap.revision.as_str()) {
+                self.condition(
+                    PROMOTED,
+                    false,
+                    "InvalidSpec",
+                    format!(
+                        "revision {} is not rolled out: {reason}",
+                        self.snap.revision
+                    ),
+                );
+            }
             self.wake = Duration::from_secs(30);
             return;
         }

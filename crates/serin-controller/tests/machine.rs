@@ -669,3 +669,95 @@ fn transition_times_change_only_with_the_condition() {
     world.reconcile();
     assert_ne!(since(&world), first);
 }
+
+mod random_walks {
+    //! Every phase meets every event: random sequences of what can happen to a
+    //! Canary, with the invariants checked after each reconcile.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Happening {
+        Wait(u64),
+        NewTemplate(usize),
+        PodsStall,
+        PodsReady,
+        Pause(bool),
+        Command(&'static str),
+        Analysis(Option<StepVerdict>),
+        Invalid(bool),
+    }
+
+    fn happening() -> impl Strategy<Value = Happening> {
+        prop_oneof![
+            (1..120u64).prop_map(Happening::Wait),
+            (0..3usize).prop_map(Happening::NewTemplate),
+            Just(Happening::PodsStall),
+            Just(Happening::PodsReady),
+            any::<bool>().prop_map(Happening::Pause),
+            prop_oneof![
+                Just("promote"),
+                Just("promote-full"),
+                Just("abort"),
+                Just("retry"),
+                Just("bogus")
+            ]
+            .prop_map(Happening::Command),
+            prop_oneof![
+                Just(None),
+                Just(Some(StepVerdict::Pass)),
+                Just(Some(StepVerdict::Fail("errors".into()))),
+                Just(Some(StepVerdict::Inconclusive("no data".into()))),
+            ]
+            .prop_map(Happening::Analysis),
+            any::<bool>().prop_map(Happening::Invalid),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn invariants_hold_whatever_happens(routed in any::<bool>(), happenings in prop::collection::vec(happening(), 1..40)) {
+            let extra = if routed { "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n" } else { "" };
+            let mut world = World::healthy(spec(extra));
+            let templates = [STABLE, CANARY, THIRD];
+            for (index, happened) in happenings.into_iter().enumerate() {
+                match happened {
+                    Happening::Wait(seconds) => world.advance(Duration::from_secs(seconds)),
+                    Happening::NewTemplate(which) => world.new_template(templates[which]),
+                    Happening::PodsStall => world.instant_pods = false,
+                    Happening::PodsReady => {
+                        world.instant_pods = true;
+                        let revisions: Vec<String> = world.replica_sets.iter().map(|rs| rs.revision.clone()).collect();
+                        revisions.iter().for_each(|revision| world.make_available(revision));
+                    }
+                    Happening::Pause(paused) => world.spec.paused = paused,
+                    Happening::Command(command) => world.command = Some(format!("{command}/{index}")),
+                    Happening::Analysis(verdict) => world.analysis = verdict,
+                    Happening::Invalid(invalid) => world.invalid = invalid.then(|| "route missing".to_owned()),
+                }
+                // World::apply asserts that no weight lands on a canary without an
+                // available pod, and that only the spec's revision is ever created.
+                world.reconcile();
+                let status = &world.status;
+                prop_assert!((0..=100).contains(&status.weight));
+                prop_assert!(status.stable_revision.is_some());
+                prop_assert_ne!(status.canary_revision.as_ref(), status.stable_revision.as_ref());
+                if world.promoted() {
+                    prop_assert_eq!(status.stable_revision.as_deref(), Some(world.revision.as_str()));
+                    prop_assert_eq!(status.phase, Some(Phase::Healthy));
+                    prop_assert_eq!(world.weight(), 0);
+                }
+                if status.phase == Some(Phase::Aborted) {
+                    prop_assert_eq!(world.weight(), 0);
+                }
+                let live = world.replica_sets.iter().filter(|rs| rs.replicas > 0).count();
+                prop_assert!(live <= 3, "at most stable, canary and one retiring: {:?}", world.replica_sets);
+                let distinct: std::collections::BTreeSet<_> = world.replica_sets.iter().map(|rs| &rs.revision).collect();
+                prop_assert_eq!(distinct.len(), world.replica_sets.len(), "one ReplicaSet per revision");
+            }
+        }
+    }
+}
