@@ -80,6 +80,22 @@ spec:
         Ok(())
     }
 
+    /// Sets `image` and waits until its revision is the canary at step 1's 25%.
+    pub(crate) fn roll_out(&self, image: &str) -> Result<Value> {
+        let (_, previous) = revisions(&self.canary()?);
+        self.set_image(image)?;
+        self.wait(
+            &format!("{image} at step 1, 25%"),
+            Duration::from_secs(30),
+            |c| {
+                let (_, canary) = revisions(c);
+                !canary.is_empty()
+                    && canary != previous
+                    && c["status"]["weight"].as_i64() == Some(25)
+            },
+        )
+    }
+
     pub(crate) fn annotate(&self, command: &str) -> Result<()> {
         self.kubectl.run(&[
             "annotate",
@@ -319,10 +335,7 @@ fn a_new_image_walks_every_step_and_is_promoted_then_the_old_revision_scales_dow
 fn abort_puts_all_traffic_on_stable_before_the_canary_scales_down() -> Result<()> {
     let rollout = Rollout::start("abort", "web", "web:1", LONG_STEPS)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
-    rollout.set_image("web:2")?;
-    let canary = rollout.wait("step 1 at 25%", Duration::from_secs(30), |c| {
-        c["status"]["weight"].as_i64() == Some(25)
-    })?;
+    let canary = rollout.roll_out("web:2")?;
     let (stable, canary_revision) = revisions(&canary);
     assert_eq!(
         rollout.service_selector("web")?.get("serin.dev/revision"),
@@ -404,16 +417,9 @@ fn pause_holds_the_step_and_resume_continues() -> Result<()> {
 fn a_new_revision_mid_rollout_starts_over() -> Result<()> {
     let rollout = Rollout::start("restart", "web", "web:1", LONG_STEPS)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
-    rollout.set_image("web:2")?;
-    let second = rollout.wait("step 1 of web:2", Duration::from_secs(30), |c| {
-        c["status"]["weight"].as_i64() == Some(25)
-    })?;
+    let second = rollout.roll_out("web:2")?;
     let (_, dropped) = revisions(&second);
-    rollout.set_image("web:3")?;
-    let third = rollout.wait("step 1 of web:3", Duration::from_secs(30), |c| {
-        let (_, canary) = revisions(c);
-        !canary.is_empty() && canary != dropped && c["status"]["weight"].as_i64() == Some(25)
-    })?;
+    let third = rollout.roll_out("web:3")?;
     assert_eq!(third["status"]["step"], 1);
     rollout.wait_scaled_down("the dropped canary", &dropped)?;
     assert_eq!(rollout.replica_set_count()?, 3);
@@ -425,10 +431,7 @@ fn restoring_the_stable_template_returns_to_healthy_at_once() -> Result<()> {
     let rollout = Rollout::start("restore", "web", "web:1", LONG_STEPS)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
     let (stable, _) = revisions(&rollout.canary()?);
-    rollout.set_image("web:2")?;
-    rollout.wait("step 1", Duration::from_secs(30), |c| {
-        c["status"]["weight"].as_i64() == Some(25)
-    })?;
+    rollout.roll_out("web:2")?;
     rollout.set_image("web:1")?;
     let healthy = rollout.wait("healthy again", Duration::from_secs(15), |c| {
         phase(c) == "Healthy"
@@ -454,10 +457,7 @@ fn a_killed_controller_restarted_finishes_the_same_rollout() -> Result<()> {
         "  steps: [25, 50]\n  stepDuration: 4s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
     rollout.apply("web:1", routed)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
-    rollout.set_image("web:2")?;
-    let started = rollout.wait("step 1", Duration::from_secs(30), |c| {
-        c["status"]["weight"].as_i64() == Some(25)
-    })?;
+    let started = rollout.roll_out("web:2")?;
     let (_, canary_revision) = revisions(&started);
 
     if let Some(controller) = rollout.controller.take() {
