@@ -90,7 +90,7 @@ impl Controller {
     /// namespace, and waits until it is ready.
     pub fn start(cluster: &Cluster, namespace: &str) -> Result<Self> {
         let kubeconfig = install(cluster)?;
-        let binary = serin_binary()?;
+        let binary = binary_dir()?.join("serin");
         let logs = tempfile::Builder::new()
             .prefix("serin-e2e-controller-")
             .tempdir()?;
@@ -149,21 +149,30 @@ impl Controller {
     }
 }
 
-/// `target/<profile>/serin`, beside the running binary or one level up from a
-/// test binary in `deps/`; built by `cargo test --workspace` or `cargo build -p serin`.
-pub fn serin_binary() -> Result<PathBuf> {
+/// The directory holding this build's binaries (`target/<profile>`): the running
+/// binary's own, or one level up from a test binary in `deps/`. Found by where
+/// `serin` is, which `cargo build --workspace --bins` (make test) puts there.
+pub fn binary_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("locating the target directory")?;
-    let candidates = [Some(dir), dir.parent()];
-    candidates
+    [Some(dir), dir.parent()]
         .into_iter()
         .flatten()
-        .map(|dir| dir.join("serin"))
-        .find(|binary| binary.is_file())
+        .find(|dir| dir.join("serin").is_file())
+        .map(Path::to_path_buf)
         .with_context(|| {
             format!(
-                "no serin binary beside {}: build it with `cargo build -p serin` (make test does)",
+                "no serin binary beside {}: build it with `cargo build --workspace --bins` (make test does)",
                 exe.display()
             )
         })
+}
+
+/// PATH with [`binary_dir`] first, so kubectl finds the `kubectl-serin` plugin.
+pub fn path_with_plugin() -> Result<String> {
+    Ok(format!(
+        "{}:{}",
+        binary_dir()?.display(),
+        std::env::var("PATH").unwrap_or_default()
+    ))
 }

@@ -6,9 +6,9 @@ use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serin_e2e::cluster::{Binaries, ControlPlane, Options, default_bin_dir, repository_root};
-use serin_e2e::controller::Controller;
+use serin_e2e::controller::{Controller, path_with_plugin};
 use serin_e2e::harness::Cluster;
 use serin_e2e::kubectl::Kubectl;
 
@@ -117,21 +117,11 @@ fn wait_for(
     bail!("{what} not reached within 120s")
 }
 
-fn plugin_path() -> Result<String> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("locating the plugin")?;
-    Ok(format!(
-        "{}:{}",
-        dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    ))
-}
-
 /// `kubectl serin get --watch`, drawing on this terminal.
 fn watch(kubectl: &Kubectl) -> Result<Child> {
     Ok(kubectl
         .plugin(&["serin", "-n", "demo", "get", NAME, "--watch"])
-        .env("PATH", plugin_path()?)
+        .env("PATH", path_with_plugin()?)
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()?)
@@ -140,7 +130,10 @@ fn watch(kubectl: &Kubectl) -> Result<Child> {
 fn plugin(kubectl: &Kubectl, args: &[&str]) -> Result<String> {
     let mut all = vec!["serin", "-n", "demo"];
     all.extend_from_slice(args);
-    let output = kubectl.plugin(&all).env("PATH", plugin_path()?).output()?;
+    let output = kubectl
+        .plugin(&all)
+        .env("PATH", path_with_plugin()?)
+        .output()?;
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 

@@ -1,26 +1,16 @@
 //! The `kubectl serin` plugin, found by kubectl on PATH as a user installs it.
 
-use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use serin_e2e::controller::path_with_plugin;
 
 use crate::rollout::{Rollout, phase};
 
 /// Runs `kubectl serin <args>` in the rollout's namespace, with the built plugin on PATH.
 fn serin(rollout: &Rollout, args: &[&str]) -> Result<Output> {
-    let exe = std::env::current_exe()?;
-    let target: PathBuf = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("locating the target directory")?
-        .to_path_buf();
-    let path = format!(
-        "{}:{}",
-        target.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = path_with_plugin()?;
     let mut all = vec!["serin", "-n", rollout.namespace.as_str()];
     all.extend_from_slice(args);
     let output = rollout.kubectl.plugin(&all).env("PATH", path).output()?;
