@@ -19,7 +19,9 @@ pub use spec::{
     Analysis, Canary, CanarySpec, ErrorRateMetric, GatewayApiRouter, Metric, PodTemplate,
     PrometheusSource, SecretReference, ServicePorts, Traffic, WorkloadSelector,
 };
-pub use status::{AcknowledgedCommand, CanaryStatus, MetricStatus, Phase, RatioInterval, Verdict};
+pub use status::{
+    AcknowledgedCommand, CanaryStatus, ErrorCounts, MetricStatus, Phase, RatioInterval, Verdict,
+};
 
 /// API group of every Serin resource.
 pub const GROUP: &str = "serin.dev";

@@ -93,10 +93,18 @@ pub struct MetricStatus {
     /// Latest value for the stable arm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable: Option<f64>,
-    /// Error-rate metrics: evidence against "canary no worse", as an e-value; the
-    /// canary fails when it reaches 1 / (1 - confidence).
+    /// Error-rate metrics: the request and error counts of both arms in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<ErrorCounts>,
+    /// Error-rate metrics: evidence against "canary no worse", as an e-value over the
+    /// whole rollout; the canary fails when it reaches 1 / (1 - confidence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<f64>,
+    /// Error-rate metrics: log-likelihood ratios of the earlier windows of this
+    /// rollout, one per alternative the judge weighs. Kept in status so that evidence
+    /// survives a new step and a restarted controller; not meant for people.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carried: Vec<f64>,
     /// Error-rate metrics: an interval for the canary/stable error-rate ratio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratio: Option<RatioInterval>,
@@ -105,9 +113,30 @@ pub struct MetricStatus {
     pub failures: Option<i32>,
     /// The verdict on the latest evidence.
     pub verdict: Verdict,
+    /// Start of the analysis window the values cover (the step's weight took effect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// When the values were measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Time>,
     /// What a person should know about the verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// Requests and errors of both arms in one analysis window, as Prometheus counted
+/// them (possibly fractional: `increase()` extrapolates).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorCounts {
+    /// Requests the canary served.
+    pub canary_requests: f64,
+    /// Of those, errors.
+    pub canary_errors: f64,
+    /// Requests stable served.
+    pub stable_requests: f64,
+    /// Of those, errors.
+    pub stable_errors: f64,
 }
 
 /// An interval estimate of the canary/stable error-rate ratio.

@@ -1,0 +1,361 @@
+//! The detection simulator: how fast a regression of a given size is rolled back, and
+//! how often a healthy canary is, on Poisson traffic with fixed seeds.
+//!
+//! Both methods see the same streams: Serin's judge (an analysis every interval over
+//! the step's window, evidence carried across steps) and a Flagger-style threshold
+//! rule (the canary's error rate over 1-minute windows against an absolute threshold,
+//! rollback at the 5th failed check), whose threshold is set so that its false-rollback
+//! rate matches the one the user allows. Wald's bound is the least expected time any
+//! test with the same error probabilities can take.
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Poisson};
+use serin_api::ErrorCounts;
+
+use crate::error_rate::{Tolerance, error_share};
+
+/// Window of the threshold rule, in seconds.
+pub const RULE_WINDOW_SECONDS: u64 = 60;
+/// Failed checks after which the threshold rule rolls back.
+pub const RULE_FAILED_CHECKS: usize = 5;
+/// Miss probability in Wald's bound.
+pub const WALD_BETA: f64 = 0.1;
+
+/// One rollout to simulate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    /// Requests per second to the workload, both revisions, on average.
+    pub total_rps: f64,
+    /// How far traffic swings around the average, a fraction: the rate follows
+    /// `total_rps × (1 + swing × sin(2πt / 10 min))`. 0 for steady traffic.
+    pub swing: f64,
+    /// Stable's error rate, a fraction.
+    pub stable_error_rate: f64,
+    /// The canary's share of requests at each step, fractions.
+    pub shares: Vec<f64>,
+    /// Time at each step, seconds; the canary is promoted after the last.
+    pub step_seconds: u64,
+    /// Time between two analyses, seconds.
+    pub interval_seconds: u64,
+    /// What the judge tolerates.
+    pub tolerance: Tolerance,
+    /// The false-rollback rate the user allows, 1 − confidence.
+    pub alpha: f64,
+}
+
+/// A method of deciding on a rollback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Serin's sequential judge.
+    Serin,
+    /// The Flagger-style threshold rule, calibrated to the same false-rollback rate.
+    Threshold,
+}
+
+impl Method {
+    /// Name in tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Serin => "serin",
+            Self::Threshold => "threshold",
+        }
+    }
+}
+
+/// Figures for one regression size and one method.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cell {
+    /// The canary/stable error-rate ratio simulated.
+    pub ratio: f64,
+    /// The method.
+    pub method: Method,
+    /// Median time to rollback, seconds; None when fewer than half the runs rolled back.
+    pub median: Option<f64>,
+    /// 90th percentile; None when fewer than 90% rolled back.
+    pub p90: Option<f64>,
+    /// Fraction of runs rolled back before promotion.
+    pub rollback_rate: f64,
+    /// Fraction of runs rolled back at ratio 1, same method and traffic.
+    pub false_rollback_rate: f64,
+    /// Wald's lower bound on the expected time to rollback, at the first step's share.
+    pub wald_bound: Option<f64>,
+}
+
+/// Figures for a scenario at each ratio, both methods.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// One cell per ratio and method, ratio 1 first.
+    pub cells: Vec<Cell>,
+    /// The threshold rule's absolute error-rate threshold after calibration.
+    pub rule_threshold: f64,
+}
+
+/// Counts of one tick: requests and errors of each arm.
+type Tick = ErrorCounts;
+
+impl Scenario {
+    /// Seconds simulated: every step, then promotion.
+    pub fn horizon_seconds(&self) -> u64 {
+        self.step_seconds * self.shares.len() as u64
+    }
+
+    /// Resolution of the streams: every analysis, rule check and step starts on a tick.
+    fn tick_seconds(&self) -> u64 {
+        gcd(
+            gcd(self.interval_seconds.max(1), RULE_WINDOW_SECONDS),
+            self.step_seconds.max(1),
+        )
+    }
+
+    /// One stream of Poisson counts per tick, from a seed.
+    fn stream(&self, ratio: f64, seed: u64) -> Vec<Tick> {
+        let tick = self.tick_seconds() as f64;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let canary_rate = (self.stable_error_rate * ratio).min(1.0);
+        let ticks_per_step = self.step_seconds / self.tick_seconds();
+        let mut draw = |mean: f64| poisson(mean).map_or(0.0, |d| d.sample(&mut rng));
+        let mut stream = Vec::new();
+        for share in &self.shares {
+            for _ in 0..ticks_per_step {
+                let t = stream.len() as f64 * tick;
+                let rps = self.total_rps
+                    * (1.0 + self.swing * (std::f64::consts::TAU * t / 600.0).sin()).max(0.0);
+                let canary = rps * share * tick;
+                let stable = rps * (1.0 - share) * tick;
+                let canary_ok = draw(canary * (1.0 - canary_rate));
+                let canary_errors = draw(canary * canary_rate);
+                let stable_ok = draw(stable * (1.0 - self.stable_error_rate));
+                let stable_errors = draw(stable * self.stable_error_rate);
+                stream.push(Tick {
+                    canary_requests: canary_ok + canary_errors,
+                    canary_errors,
+                    stable_requests: stable_ok + stable_errors,
+                    stable_errors,
+                });
+            }
+        }
+        stream
+    }
+
+    /// When Serin's judge rolls back on this stream, seconds after the first step began.
+    fn judge(&self, stream: &[Tick]) -> Option<f64> {
+        let tick = self.tick_seconds();
+        let ticks_per_step = (self.step_seconds / tick) as usize;
+        let ticks_per_check = (self.interval_seconds.max(1) / tick) as usize;
+        let bar = (1.0 / self.alpha).ln();
+        let mut carried = vec![0.0; self.tolerance.components()];
+        let mut window = ErrorCounts::default();
+        for (i, counts) in stream.iter().enumerate() {
+            add(&mut window, counts);
+            let in_step = i % ticks_per_step + 1;
+            if in_step.is_multiple_of(ticks_per_check) {
+                let mut total = carried.clone();
+                for (sum, ratio) in total
+                    .iter_mut()
+                    .zip(self.tolerance.log_likelihood_ratios(&window))
+                {
+                    *sum += ratio;
+                }
+                if self.tolerance.log_evidence(&total) >= bar {
+                    return Some(((i + 1) as u64 * tick) as f64);
+                }
+            }
+            if in_step == ticks_per_step {
+                for (sum, ratio) in carried
+                    .iter_mut()
+                    .zip(self.tolerance.log_likelihood_ratios(&window))
+                {
+                    *sum += ratio;
+                }
+                window = ErrorCounts::default();
+            }
+        }
+        None
+    }
+
+    /// The canary's error rate in each 1-minute window of the stream (None: no requests).
+    fn rule_windows(&self, stream: &[Tick]) -> Vec<Option<f64>> {
+        let per_window = (RULE_WINDOW_SECONDS / self.tick_seconds()) as usize;
+        stream
+            .chunks(per_window)
+            .filter(|chunk| chunk.len() == per_window)
+            .map(|chunk| {
+                let requests: f64 = chunk.iter().map(|c| c.canary_requests).sum();
+                let errors: f64 = chunk.iter().map(|c| c.canary_errors).sum();
+                (requests > 0.0).then(|| errors / requests)
+            })
+            .collect()
+    }
+
+    /// Simulates `runs` rollouts at each ratio (and at ratio 1) with seeds from `seed`.
+    pub fn evaluate(&self, ratios: &[f64], runs: usize, seed: u64) -> Report {
+        let seeds: Vec<u64> = (0..runs as u64)
+            .map(|i| seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i))
+            .collect();
+        let null_streams: Vec<Vec<Tick>> = seeds.iter().map(|s| self.stream(1.0, *s)).collect();
+        let rule_threshold = calibrate(
+            null_streams.iter().map(|s| self.rule_windows(s)).collect(),
+            self.alpha,
+        );
+        let mut all_ratios = vec![1.0];
+        all_ratios.extend(ratios.iter().copied().filter(|r| *r != 1.0));
+        let mut cells = Vec::new();
+        let mut false_rates = [0.0; 2];
+        for ratio in all_ratios {
+            let streams: Vec<Vec<Tick>> = if ratio == 1.0 {
+                null_streams.clone()
+            } else {
+                seeds.iter().map(|s| self.stream(ratio, *s)).collect()
+            };
+            let wald = self.wald_bound(ratio);
+            for (index, method) in [Method::Serin, Method::Threshold].into_iter().enumerate() {
+                let times: Vec<Option<f64>> = streams
+                    .iter()
+                    .map(|stream| match method {
+                        Method::Serin => self.judge(stream),
+                        Method::Threshold => {
+                            rule_rollback(&self.rule_windows(stream), rule_threshold)
+                        }
+                    })
+                    .collect();
+                let rollback_rate =
+                    times.iter().filter(|t| t.is_some()).count() as f64 / runs.max(1) as f64;
+                if ratio == 1.0 {
+                    false_rates[index] = rollback_rate;
+                }
+                cells.push(Cell {
+                    ratio,
+                    method,
+                    median: quantile(&times, 0.5),
+                    p90: quantile(&times, 0.9),
+                    rollback_rate,
+                    false_rollback_rate: false_rates[index],
+                    wald_bound: wald,
+                });
+            }
+        }
+        Report {
+            cells,
+            rule_threshold,
+        }
+    }
+
+    /// Wald's lower bound on the expected time to reject "no worse" at `ratio`, for any
+    /// test with false-rollback rate α and miss rate β, at the first step's share.
+    pub fn wald_bound(&self, ratio: f64) -> Option<f64> {
+        let share = *self.shares.first()?;
+        let null = error_share(share, self.tolerance.max_ratio);
+        let alternative = error_share(share, ratio);
+        if alternative <= null {
+            return None;
+        }
+        let divergence = alternative * (alternative / null).ln()
+            + (1.0 - alternative) * ((1.0 - alternative) / (1.0 - null)).ln();
+        let errors_per_second =
+            self.total_rps * self.stable_error_rate * (share * ratio + 1.0 - share);
+        let (alpha, beta) = (self.alpha, WALD_BETA);
+        let nats = (1.0 - beta) * ((1.0 - beta) / alpha).ln() + beta * (beta / (1.0 - alpha)).ln();
+        Some(nats / (divergence * errors_per_second))
+    }
+}
+
+/// The smallest threshold at which the rule rolls back at most a share `alpha` of the
+/// healthy streams: the rule fails a stream when its 5th-highest window rate is above.
+fn calibrate(windows: Vec<Vec<Option<f64>>>, alpha: f64) -> f64 {
+    let mut fifth: Vec<f64> = windows
+        .into_iter()
+        .map(|mut rates| {
+            rates.sort_by(|a, b| b.unwrap_or(0.0).total_cmp(&a.unwrap_or(0.0)));
+            rates
+                .get(RULE_FAILED_CHECKS - 1)
+                .copied()
+                .flatten()
+                .unwrap_or(0.0)
+        })
+        .collect();
+    fifth.sort_by(|a, b| b.total_cmp(a));
+    let allowed = (alpha * fifth.len() as f64).floor() as usize;
+    fifth.get(allowed).copied().unwrap_or(0.0)
+}
+
+/// When the threshold rule rolls back: at the end of the window of its 5th failed check.
+fn rule_rollback(windows: &[Option<f64>], threshold: f64) -> Option<f64> {
+    windows
+        .iter()
+        .enumerate()
+        .filter(|(_, rate)| rate.is_some_and(|r| r > threshold))
+        .nth(RULE_FAILED_CHECKS - 1)
+        .map(|(i, _)| ((i as u64 + 1) * RULE_WINDOW_SECONDS) as f64)
+}
+
+/// The `q` quantile of times where a missing time (never rolled back) counts as later
+/// than any; None when the quantile falls on one.
+fn quantile(times: &[Option<f64>], q: f64) -> Option<f64> {
+    let mut sorted: Vec<f64> = times.iter().map(|t| t.unwrap_or(f64::INFINITY)).collect();
+    sorted.sort_by(f64::total_cmp);
+    let index = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+    sorted.get(index).copied().filter(|t| t.is_finite())
+}
+
+fn poisson(mean: f64) -> Option<Poisson<f64>> {
+    (mean > 0.0).then(|| Poisson::new(mean).ok()).flatten()
+}
+
+fn add(sum: &mut ErrorCounts, counts: &ErrorCounts) {
+    sum.canary_requests += counts.canary_requests;
+    sum.canary_errors += counts.canary_errors;
+    sum.stable_requests += counts.stable_requests;
+    sum.stable_errors += counts.stable_errors;
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wald_bound_matches_the_design_example() {
+        let scenario = Scenario {
+            total_rps: 100.0,
+            swing: 0.0,
+            stable_error_rate: 0.01,
+            shares: vec![0.1],
+            step_seconds: 3600,
+            interval_seconds: 15,
+            tolerance: Tolerance {
+                max_ratio: 1.0,
+                max_rate: None,
+            },
+            alpha: 0.05,
+        };
+        let bound = scenario.wald_bound(2.0).expect("a bound");
+        assert!((65.0..75.0).contains(&bound), "{bound}");
+        assert_eq!(scenario.wald_bound(1.0), None);
+    }
+
+    #[test]
+    fn quantiles_treat_misses_as_later_than_any_time() {
+        let times = [Some(3.0), None, Some(1.0), Some(2.0)];
+        assert_eq!(quantile(&times, 0.5), Some(2.0));
+        assert_eq!(quantile(&times, 0.9), None);
+    }
+
+    #[test]
+    fn the_rule_rolls_back_at_its_fifth_failed_window() {
+        let windows = [
+            Some(0.5),
+            None,
+            Some(0.5),
+            Some(0.0),
+            Some(0.5),
+            Some(0.5),
+            Some(0.5),
+        ];
+        assert_eq!(rule_rollback(&windows, 0.1), Some(420.0));
+        assert_eq!(rule_rollback(&windows, 0.6), None);
+    }
+}

@@ -1,0 +1,278 @@
+//! One analysis of one metric, and the verdict over all metrics.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serin_api::{Analysis, ErrorCounts, Metric, MetricStatus, Verdict};
+
+use crate::error_rate::{self, Tolerance};
+
+/// What was measured for one metric in one analysis.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reading {
+    /// An error-rate metric's counts, or why there are none.
+    Counts(Result<ErrorCounts, NoData>),
+    /// A threshold metric's value for each arm, or why there is none.
+    Values {
+        /// The canary's value.
+        canary: Result<f64, NoData>,
+        /// Stable's value, shown beside the canary's.
+        stable: Result<f64, NoData>,
+    },
+}
+
+/// Why a query gave nothing to judge: an empty result, NaN, or a failed query. Never
+/// read as zero.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoData(pub String);
+
+/// The window an analysis covers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Window {
+    /// When the step's weight took effect.
+    pub since: Time,
+    /// When the values were measured.
+    pub at: Time,
+}
+
+/// Share of `1 - confidence` each error-rate metric may spend: the false-rollback
+/// rate the user set holds for all error-rate metrics together.
+pub fn alpha_per_metric(analysis: &Analysis) -> f64 {
+    let judged = analysis
+        .metrics
+        .iter()
+        .filter(|metric| metric.error_rate.is_some())
+        .count()
+        .max(1);
+    (1.0 - analysis.confidence) / judged as f64
+}
+
+/// Judges one metric from its reading and its previous status in this rollout.
+pub fn analyse(
+    metric: &Metric,
+    analysis: &Analysis,
+    previous: Option<&MetricStatus>,
+    window: &Window,
+    reading: Reading,
+) -> MetricStatus {
+    let mut status = MetricStatus {
+        name: metric.name.clone(),
+        canary: None,
+        stable: None,
+        counts: None,
+        evidence: None,
+        carried: Vec::new(),
+        ratio: None,
+        failures: None,
+        verdict: Verdict::Inconclusive,
+        since: Some(window.since.clone()),
+        at: Some(window.at.clone()),
+        message: None,
+    };
+    match (&metric.error_rate, reading) {
+        (Some(spec), Reading::Counts(counts)) => {
+            let tolerance = Tolerance::from(spec);
+            status.carried = carried(&tolerance, previous, &window.since);
+            judge_error_rate(&mut status, &tolerance, analysis, counts);
+        }
+        (None, Reading::Values { canary, stable }) => {
+            status.failures = Some(previous.and_then(|p| p.failures).unwrap_or(0));
+            judge_threshold(&mut status, metric, canary, stable);
+        }
+        _ => {
+            status.message = Some("the reading does not match the kind of metric".into());
+        }
+    }
+    status
+}
+
+/// Evidence of the earlier windows of this rollout: the previous status's carried
+/// ratios, plus its own window's when that window has ended.
+fn carried(tolerance: &Tolerance, previous: Option<&MetricStatus>, since: &Time) -> Vec<f64> {
+    let components = tolerance.components();
+    let mut carried = previous
+        .map(|p| p.carried.clone())
+        .filter(|c| c.len() == components)
+        .unwrap_or_else(|| vec![0.0; components]);
+    if let Some(previous) = previous
+        && previous.since.as_ref() != Some(since)
+        && let Some(counts) = &previous.counts
+    {
+        for (sum, ratio) in carried
+            .iter_mut()
+            .zip(tolerance.log_likelihood_ratios(counts))
+        {
+            *sum += ratio;
+        }
+    }
+    carried
+}
+
+fn judge_error_rate(
+    status: &mut MetricStatus,
+    tolerance: &Tolerance,
+    analysis: &Analysis,
+    counts: Result<ErrorCounts, NoData>,
+) {
+    let alpha = alpha_per_metric(analysis);
+    let bar = (1.0 / alpha).ln();
+    let window = counts.as_ref().map(error_rate::sanitize).ok();
+    let mut log_ratios = status.carried.clone();
+    if let Some(counts) = &window {
+        for (sum, ratio) in log_ratios
+            .iter_mut()
+            .zip(tolerance.log_likelihood_ratios(counts))
+        {
+            *sum += ratio;
+        }
+    }
+    let log_evidence = tolerance.log_evidence(&log_ratios);
+    status.evidence = Some(log_evidence.exp().min(1e300));
+    if let Some(counts) = &window {
+        status.counts = Some(*counts);
+        status.canary = rate(counts.canary_errors, counts.canary_requests);
+        status.stable = rate(counts.stable_errors, counts.stable_requests);
+        status.ratio = error_rate::ratio_interval(counts, analysis.confidence);
+    }
+    let evidence_text = format!(
+        "evidence {:.3} against \"no worse\" (fails at {:.0})",
+        status.evidence.unwrap_or(1.0),
+        1.0 / alpha
+    );
+    let (verdict, message) = if log_evidence >= bar {
+        let against = if tolerance.guard_rail_dominates(&log_ratios) {
+            format!(
+                "canary error rate {} is above maxRate {}",
+                percent(status.canary),
+                percent(tolerance.max_rate)
+            )
+        } else {
+            format!(
+                "canary error rate {} vs stable {} exceeds maxRatio {}{}",
+                percent(status.canary),
+                percent(status.stable),
+                tolerance.max_ratio,
+                status
+                    .ratio
+                    .map(|r| format!(
+                        " (ratio {:.2}–{})",
+                        r.lower,
+                        r.upper.map_or("∞".into(), |u| format!("{u:.2}"))
+                    ))
+                    .unwrap_or_default()
+            )
+        };
+        (Verdict::Fail, format!("{against}; {evidence_text}"))
+    } else {
+        match &window {
+            None => (
+                Verdict::Inconclusive,
+                match counts {
+                    Err(NoData(why)) => format!("no data: {why}"),
+                    Ok(_) => "no data".into(),
+                },
+            ),
+            Some(counts) if counts.canary_requests <= 0.0 => (
+                Verdict::Inconclusive,
+                "too little traffic: no canary requests in the window yet".into(),
+            ),
+            Some(counts) if counts.stable_requests <= 0.0 => (
+                Verdict::Inconclusive,
+                "too little traffic: no stable requests to compare with".into(),
+            ),
+            Some(_) => (
+                Verdict::Pass,
+                format!(
+                    "canary {} vs stable {}; {evidence_text}",
+                    percent(status.canary),
+                    percent(status.stable)
+                ),
+            ),
+        }
+    };
+    status.verdict = verdict;
+    status.message = Some(message);
+}
+
+fn judge_threshold(
+    status: &mut MetricStatus,
+    metric: &Metric,
+    canary: Result<f64, NoData>,
+    stable: Result<f64, NoData>,
+) {
+    status.stable = stable.ok();
+    let failures = status.failures.unwrap_or(0);
+    let limit = metric.failure_limit();
+    let value = match canary {
+        Ok(value) => value,
+        Err(NoData(why)) => {
+            status.verdict = Verdict::Inconclusive;
+            status.message = Some(format!("no data for the canary: {why}"));
+            return;
+        }
+    };
+    status.canary = Some(value);
+    let out_of_bounds = match (metric.min, metric.max) {
+        (Some(min), _) if value < min => Some(format!("{value} is below min {min}")),
+        (_, Some(max)) if value > max => Some(format!("{value} is above max {max}")),
+        _ => None,
+    };
+    let Some(problem) = out_of_bounds else {
+        status.verdict = Verdict::Pass;
+        status.message = Some(format!("canary {value} within bounds"));
+        return;
+    };
+    let failures = failures + 1;
+    status.failures = Some(failures);
+    if failures >= limit {
+        status.verdict = Verdict::Fail;
+        status.message = Some(format!(
+            "canary {problem}; {failures} of failureLimit {limit} intervals out of bounds"
+        ));
+    } else {
+        status.verdict = Verdict::Inconclusive;
+        status.message = Some(format!(
+            "canary {problem}; {failures} of failureLimit {limit} intervals out of bounds, step held"
+        ));
+    }
+}
+
+/// The verdict over all metrics, with the reason a person reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Overall {
+    /// Fail if any metric fails, else Inconclusive if any is, else Pass.
+    pub verdict: Verdict,
+    /// The failing or inconclusive metrics and why.
+    pub reason: String,
+}
+
+/// Combines the metrics' verdicts: a failing metric fails the step, an inconclusive
+/// one holds it.
+pub fn overall(metrics: &[MetricStatus]) -> Overall {
+    let explain = |verdict: Verdict| {
+        metrics
+            .iter()
+            .filter(|m| m.verdict == verdict)
+            .map(|m| format!("{}: {}", m.name, m.message.as_deref().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    for verdict in [Verdict::Fail, Verdict::Inconclusive] {
+        if metrics.iter().any(|m| m.verdict == verdict) {
+            return Overall {
+                verdict,
+                reason: explain(verdict),
+            };
+        }
+    }
+    Overall {
+        verdict: Verdict::Pass,
+        reason: explain(Verdict::Pass),
+    }
+}
+
+fn rate(errors: f64, requests: f64) -> Option<f64> {
+    (requests > 0.0).then(|| errors / requests)
+}
+
+fn percent(value: Option<f64>) -> String {
+    value.map_or("n/a".into(), |v| format!("{:.2}%", v * 100.0))
+}

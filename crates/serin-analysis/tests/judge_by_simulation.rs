@@ -1,0 +1,114 @@
+//! The sequential judge on simulated Poisson traffic with fixed seeds: a healthy
+//! canary is rolled back no more often than 1 − confidence, though the judge looks at
+//! every interval, traffic swings and the canary's share steps up; a regression is
+//! caught, near Wald's bound when traffic allows.
+
+use serin_analysis::Tolerance;
+use serin_analysis::detection::{Cell, Method, Scenario};
+
+const RUNS: usize = 1000;
+
+fn scenario(total_rps: f64, shares: Vec<f64>, step_seconds: u64) -> Scenario {
+    Scenario {
+        total_rps,
+        swing: 0.0,
+        stable_error_rate: 0.01,
+        shares,
+        step_seconds,
+        interval_seconds: 15,
+        tolerance: Tolerance {
+            max_ratio: 1.0,
+            max_rate: None,
+        },
+        alpha: 0.05,
+    }
+}
+
+fn serin(cells: &[Cell], ratio: f64) -> &Cell {
+    cells
+        .iter()
+        .find(|c| c.method == Method::Serin && c.ratio == ratio)
+        .expect("the cell was simulated")
+}
+
+#[test]
+fn healthy_canary_is_rarely_rolled_back_with_steady_traffic() {
+    for total_rps in [1.0, 10.0, 100.0, 1000.0] {
+        let report = scenario(total_rps, vec![0.1], 1800).evaluate(&[], RUNS, 1);
+        let healthy = serin(&report.cells, 1.0);
+        assert!(
+            healthy.rollback_rate <= 0.05,
+            "{total_rps} req/s: {healthy:?}"
+        );
+    }
+}
+
+#[test]
+fn healthy_canary_is_rarely_rolled_back_when_traffic_swings_and_the_share_steps_up() {
+    let mut swinging = scenario(50.0, vec![0.05, 0.25, 0.5], 600);
+    swinging.swing = 0.9;
+    swinging.interval_seconds = 10;
+    let report = swinging.evaluate(&[], RUNS, 2);
+    let healthy = serin(&report.cells, 1.0);
+    assert!(healthy.rollback_rate <= 0.05, "{healthy:?}");
+}
+
+#[test]
+fn canary_exactly_at_max_ratio_is_rarely_rolled_back() {
+    let mut tolerant = scenario(100.0, vec![0.1, 0.5], 900);
+    tolerant.tolerance.max_ratio = 1.5;
+    let report = tolerant.evaluate(&[1.5, 4.0], RUNS, 3);
+    let boundary = serin(&report.cells, 1.5);
+    assert!(boundary.rollback_rate <= 0.05, "{boundary:?}");
+    let bad = serin(&report.cells, 4.0);
+    assert!(bad.rollback_rate >= 0.95, "{bad:?}");
+}
+
+#[test]
+fn canary_exactly_at_the_guard_rail_is_rarely_rolled_back() {
+    let mut railed = scenario(100.0, vec![0.2], 1800);
+    railed.stable_error_rate = 0.02;
+    railed.tolerance.max_ratio = 2.0;
+    railed.tolerance.max_rate = Some(0.04);
+    let report = railed.evaluate(&[2.0], RUNS, 4);
+    let boundary = serin(&report.cells, 2.0);
+    assert!(boundary.rollback_rate <= 0.05, "{boundary:?}");
+}
+
+#[test]
+fn guard_rail_catches_a_canary_as_bad_as_a_bad_stable() {
+    let mut railed = scenario(100.0, vec![0.2], 600);
+    railed.stable_error_rate = 0.1;
+    railed.tolerance.max_rate = Some(0.05);
+    let report = railed.evaluate(&[], 200, 5);
+    let caught = serin(&report.cells, 1.0);
+    assert_eq!(caught.rollback_rate, 1.0, "{caught:?}");
+    assert!(caught.p90.is_some_and(|t| t <= 30.0), "{caught:?}");
+}
+
+#[test]
+fn doubled_error_rate_is_caught_near_walds_bound_and_faster_than_the_threshold_rule() {
+    let report = scenario(100.0, vec![0.1], 3600).evaluate(&[2.0], RUNS, 6);
+    let judge = serin(&report.cells, 2.0);
+    let median = judge.median.expect("most runs roll back");
+    let bound = judge.wald_bound.expect("a bound");
+    assert!(judge.rollback_rate >= 0.99, "{judge:?}");
+    assert!(median <= 2.0 * bound, "{judge:?}");
+    let rule = report
+        .cells
+        .iter()
+        .find(|c| c.method == Method::Threshold && c.ratio == 2.0)
+        .expect("the rule's cell");
+    assert!(rule.false_rollback_rate <= 0.05 + 1e-9, "{rule:?}");
+    assert!(
+        rule.median.is_none_or(|rule| rule >= 3.0 * median),
+        "{rule:?} vs {judge:?}"
+    );
+}
+
+#[test]
+fn a_regression_carried_across_steps_is_caught_at_low_traffic() {
+    let report = scenario(10.0, vec![0.1, 0.25, 0.5], 600).evaluate(&[5.0], 500, 7);
+    let judge = serin(&report.cells, 5.0);
+    assert!(judge.rollback_rate >= 0.9, "{judge:?}");
+}
