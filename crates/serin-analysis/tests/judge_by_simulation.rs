@@ -28,7 +28,7 @@ fn serin(cells: &[Cell], ratio: f64) -> &Cell {
     cells
         .iter()
         .find(|c| c.method == Method::Serin && c.ratio == ratio)
-        .expect("the cell was simulated")
+        .unwrap_or_else(|| panic!("no cell simulated at ratio {ratio}"))
 }
 
 #[test]
