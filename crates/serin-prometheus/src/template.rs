@@ -1,0 +1,174 @@
+//! Query templates: `{{variable}}` filled in per arm, every value escaped for PromQL,
+//! and the result parsed before it is ever sent.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// The variables a query template may use, in the order the docs list them.
+pub const VARIABLES: [&str; 8] = [
+    "namespace",
+    "name",
+    "revision",
+    "replicaset",
+    "pods",
+    "service",
+    "interval",
+    "elapsed",
+];
+
+/// What a template is filled in with for one arm (canary or stable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Variables {
+    /// The Canary's namespace.
+    pub namespace: String,
+    /// The Canary's name.
+    pub name: String,
+    /// The arm's revision (pod template hash).
+    pub revision: String,
+    /// The arm's ReplicaSet, `<name>-<revision>`.
+    pub replicaset: String,
+    /// The arm's Service, `<name>-stable` or `<name>-canary`.
+    pub service: String,
+    /// The analysis interval.
+    pub interval: Duration,
+    /// Time since the step's weight took effect.
+    pub elapsed: Duration,
+}
+
+/// Why a template cannot be used. Reported as a spec error; no query is sent.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum TemplateError {
+    /// `{{…}}` names a variable that does not exist.
+    #[error("unknown variable {{{{{name}}}}}; the variables are {}", known())]
+    UnknownVariable {
+        /// The name as written.
+        name: String,
+    },
+    /// `{{` without a closing `}}`.
+    #[error("{{{{ at byte {at} is not closed with }}}}")]
+    Unclosed {
+        /// Byte offset of the `{{`.
+        at: usize,
+    },
+    /// The filled-in query is not PromQL.
+    #[error("is not valid PromQL once filled in ({query}): {message}")]
+    Parse {
+        /// The query as it would have been sent.
+        query: String,
+        /// The parser's complaint.
+        message: String,
+    },
+}
+
+fn known() -> String {
+    VARIABLES.map(|v| format!("{{{{{v}}}}}")).join(", ")
+}
+
+impl Variables {
+    /// Placeholder values of the right shape, to check a template before a rollout.
+    pub fn example() -> Self {
+        Self {
+            namespace: "default".into(),
+            name: "app".into(),
+            revision: "0123456789".into(),
+            replicaset: "app-0123456789".into(),
+            service: "app-canary".into(),
+            interval: Duration::from_secs(15),
+            elapsed: Duration::from_secs(60),
+        }
+    }
+
+    /// A regex for the arm's pods: the ReplicaSet's name and the 5-character suffix
+    /// the ReplicaSet controller appends.
+    pub fn pods(&self) -> String {
+        format!("{}-[a-z0-9]{{5}}", regex_literal(&self.replicaset))
+    }
+
+    fn value(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "namespace" => string_content(&self.namespace),
+            "name" => string_content(&self.name),
+            "revision" => string_content(&self.revision),
+            "replicaset" => string_content(&self.replicaset),
+            "pods" => string_content(&self.pods()),
+            "service" => string_content(&self.service),
+            "interval" => duration(self.interval),
+            "elapsed" => duration(self.elapsed),
+            _ => return None,
+        })
+    }
+}
+
+/// Fills in a template and checks that the result parses as PromQL.
+pub fn render(template: &str, variables: &Variables) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    let mut offset = 0;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or(TemplateError::Unclosed { at: offset + start })?;
+        let name = after[..end].trim();
+        let value = variables
+            .value(name)
+            .ok_or_else(|| TemplateError::UnknownVariable { name: name.into() })?;
+        out.push_str(&value);
+        let consumed = start + 2 + end + 2;
+        offset += consumed;
+        rest = &rest[consumed..];
+    }
+    out.push_str(rest);
+    promql_parser::parser::parse(&out).map_err(|message| TemplateError::Parse {
+        query: out.clone(),
+        message,
+    })?;
+    Ok(out)
+}
+
+/// Checks a template with placeholder values: unknown variables and PromQL that does
+/// not parse are found before any rollout.
+pub fn check(template: &str) -> Result<(), TemplateError> {
+    render(template, &Variables::example()).map(drop)
+}
+
+/// Escapes a value for the inside of a double-quoted PromQL string (templates put
+/// variables in double quotes): the value can neither end the string nor inject a
+/// matcher.
+pub fn string_content(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes regex metacharacters so that a name matches only itself in `=~`.
+pub fn regex_literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A duration as PromQL writes it: whole seconds, at least one.
+pub fn duration(value: Duration) -> String {
+    format!("{}s", value.as_secs().max(1))
+}

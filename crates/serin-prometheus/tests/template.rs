@@ -1,0 +1,139 @@
+//! Templates: every variable filled in and escaped, unknown variables and bad PromQL
+//! refused before anything is sent, and values that try to break out of a PromQL
+//! string stay inside it.
+
+use std::time::Duration;
+
+use promql_parser::label::MatchOp;
+use promql_parser::parser::{self, Expr};
+use serin_prometheus::{TemplateError, VARIABLES, Variables, check, render};
+
+fn arm() -> Variables {
+    Variables {
+        namespace: "shop".into(),
+        name: "podinfo".into(),
+        revision: "5d9f8c7b6a".into(),
+        replicaset: "podinfo-5d9f8c7b6a".into(),
+        service: "podinfo-canary".into(),
+        interval: Duration::from_secs(15),
+        elapsed: Duration::from_millis(75_900),
+    }
+}
+
+/// The label matchers of the one vector selector a query holds.
+fn matchers(query: &str) -> Vec<(String, MatchOp, String)> {
+    fn find(expr: &Expr) -> Option<Vec<(String, MatchOp, String)>> {
+        match expr {
+            Expr::VectorSelector(selector) => Some(
+                selector
+                    .matchers
+                    .matchers
+                    .iter()
+                    .map(|m| (m.name.clone(), m.op.clone(), m.value.clone()))
+                    .collect(),
+            ),
+            Expr::MatrixSelector(matrix) => find(&Expr::VectorSelector(matrix.vs.clone())),
+            Expr::Call(call) => call.args.args.iter().find_map(|a| find(a)),
+            Expr::Aggregate(aggregate) => find(&aggregate.expr),
+            Expr::Paren(paren) => find(&paren.expr),
+            _ => None,
+        }
+    }
+    find(&parser::parse(query).expect("parses")).expect("a vector selector")
+}
+
+#[test]
+fn every_variable_is_filled_in_for_the_arm() {
+    let query = render(
+        r#"sum(increase(http_requests_total{namespace="{{namespace}}",app="{{name}}",rev="{{revision}}",rs="{{replicaset}}",pod=~"{{pods}}",svc="{{ service }}"}[{{elapsed}}]))"#,
+        &arm(),
+    )
+    .expect("renders");
+    assert!(query.contains("[75s]"), "{query}");
+    let found = matchers(&query);
+    let value = |label: &str| {
+        found
+            .iter()
+            .find(|(name, _, _)| name == label)
+            .map(|(_, _, value)| value.clone())
+            .expect("the label is matched")
+    };
+    assert_eq!(value("namespace"), "shop");
+    assert_eq!(value("app"), "podinfo");
+    assert_eq!(value("rev"), "5d9f8c7b6a");
+    assert_eq!(value("rs"), "podinfo-5d9f8c7b6a");
+    assert_eq!(value("svc"), "podinfo-canary");
+    assert_eq!(value("pod"), "podinfo-5d9f8c7b6a-[a-z0-9]{5}");
+    let interval = render("rate(x[{{interval}}])", &arm()).expect("renders");
+    assert_eq!(interval, "rate(x[15s])");
+}
+
+#[test]
+fn the_pods_regex_matches_only_the_arms_pods() {
+    let mut arm = arm();
+    arm.replicaset = "api.v2-abc".into();
+    assert_eq!(arm.pods(), r"api\.v2-abc-[a-z0-9]{5}");
+}
+
+#[test]
+fn values_that_try_to_break_out_of_the_string_stay_inside_it() {
+    let attacks = [
+        r#"x"} or vector(1) or up{a=""#,
+        r#"x\"} or vector(1) #"#,
+        "x\"}\n or vector(1)",
+        r"trailing\",
+        "\\\\\"",
+        "tab\tand\u{7}bell",
+        "unicode-ünïcode-🦀",
+    ];
+    for attack in attacks {
+        let mut arm = arm();
+        arm.namespace = attack.into();
+        let query = render(r#"sum(up{namespace="{{namespace}}"})"#, &arm)
+            .unwrap_or_else(|e| panic!("{attack:?}: {e}"));
+        assert_eq!(
+            matchers(&query),
+            vec![("namespace".to_owned(), MatchOp::Equal, attack.to_owned())],
+            "{attack:?} became {query}"
+        );
+        let parsed = parser::parse(&query).expect("parses");
+        assert!(matches!(parsed, Expr::Aggregate(_)), "{attack:?}: {query}");
+    }
+}
+
+#[test]
+fn regex_metacharacters_in_names_match_literally() {
+    let mut arm = arm();
+    arm.replicaset = r#"a.b*c"d\e(f)"#.into();
+    let query = render(r#"up{pod=~"{{pods}}"}"#, &arm).expect("renders");
+    let (_, op, value) = matchers(&query).remove(0);
+    assert!(matches!(op, MatchOp::Re(_)));
+    assert_eq!(value, r#"a\.b\*c"d\\e\(f\)-[a-z0-9]{5}"#);
+}
+
+#[test]
+fn an_unknown_variable_is_refused_with_the_list_of_known_ones() {
+    let error = check(r#"up{pod="{{pod}}"}"#).expect_err("unknown variable");
+    assert_eq!(error, TemplateError::UnknownVariable { name: "pod".into() });
+    let text = error.to_string();
+    for variable in VARIABLES {
+        assert!(text.contains(&format!("{{{{{variable}}}}}")), "{text}");
+    }
+}
+
+#[test]
+fn an_unclosed_variable_is_refused() {
+    assert_eq!(
+        check(r#"up{pod="{{pods"}"#),
+        Err(TemplateError::Unclosed { at: 8 })
+    );
+}
+
+#[test]
+fn a_query_that_does_not_parse_is_refused_before_it_is_sent() {
+    let error = check("sum(rate(http_requests_total{pod=~\"{{pods}}\"}[{{interval}}])")
+        .expect_err("unbalanced");
+    assert!(matches!(error, TemplateError::Parse { .. }), "{error}");
+    assert!(error.to_string().contains("app-0123456789"), "{error}");
+    assert!(check("sum(rate(x[{{interval}}])) by (").is_err());
+}
