@@ -39,7 +39,8 @@ fn matchers(query: &str) -> Vec<(String, MatchOp, String)> {
             _ => None,
         }
     }
-    find(&parser::parse(query).expect("parses")).expect("a vector selector")
+    let parsed = parser::parse(query).unwrap_or_else(|e| panic!("{query}: {e}"));
+    find(&parsed).unwrap_or_else(|| panic!("no vector selector in {query}"))
 }
 
 #[test]
