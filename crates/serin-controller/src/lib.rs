@@ -4,6 +4,7 @@
 //! goes in, a plan of actions and the new status comes out, with no client, clock
 //! or randomness of its own. The reconciler observes, asks it, and applies the plan.
 
+pub mod analysis;
 pub mod command;
 pub mod conditions;
 pub mod http;

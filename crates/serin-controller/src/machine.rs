@@ -44,6 +44,8 @@ pub enum StepVerdict {
     Fail(String),
     /// Not enough data to judge; the step holds until its deadline.
     Inconclusive(String),
+    /// No analysis of this step yet; the step holds, as it would for its time anyway.
+    Pending(String),
 }
 
 /// Everything the state machine looks at.
@@ -316,6 +318,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             && let Some(command) = self.take(CommandKind::Retry)
         {
             self.acknowledge(&command, "rollout starts again from step 1");
+            self.status.analysis.clear();
             self.begin_step(1);
             self.status.phase = Some(Phase::Progressing);
             self.event(
@@ -356,6 +359,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             );
         }
         self.status.phase = Some(Phase::Progressing);
+        self.status.analysis.clear();
         self.condition(
             PROMOTED,
             false,
@@ -365,11 +369,12 @@ impl<'s, 'a> Planner<'s, 'a> {
         self.begin_step(1);
     }
 
+    /// A step (re)starts: its clock, and a new analysis window. The analysis of the
+    /// earlier windows stays: the judges carry its evidence into the new one.
     fn begin_step(&mut self, step: i32) {
         self.status.step = step;
         self.status.step_started_at = Some(self.now.clone());
         self.status.analysis_started_at = None;
-        self.status.analysis.clear();
     }
 
     /// Progressing or Paused at a step.
@@ -500,12 +505,20 @@ impl<'s, 'a> Planner<'s, 'a> {
             StepVerdict::Pass if at_weight >= step_duration => {
                 self.advance(stable, target, step, format!("step {step} passed"));
             }
-            StepVerdict::Pass => {
+            StepVerdict::Pass | StepVerdict::Pending(_) => {
+                let waiting = match self.snap.analysis.as_ref() {
+                    Some(StepVerdict::Pending(why)) => format!(": {why}"),
+                    _ => String::new(),
+                };
                 self.condition(
                     PROGRESSING,
                     true,
                     "StepInProgress",
-                    format!("step {step} of {} at {}%", steps(spec), split.weight),
+                    format!(
+                        "step {step} of {} at {}%{waiting}",
+                        steps(spec),
+                        split.weight
+                    ),
                 );
                 self.wake_in(
                     self.analysis_interval()

@@ -20,6 +20,7 @@ use serin_api::{COMMAND_ANNOTATION, Canary, REVISION_LABEL};
 use serin_traffic::{FIELD_MANAGER, Router, WeightRouter, Weights, Workload};
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::analysis::Analyst;
 use crate::machine::{self, Action, ObservedReplicaSet, Snapshot};
 use crate::metrics::Metrics;
 use crate::revision::revision_of;
@@ -57,6 +58,7 @@ fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileE
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
+    analyst: Analyst,
     /// Who records the Events: the pod name in a cluster.
     instance: String,
     metrics: Arc<Metrics>,
@@ -69,6 +71,8 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// Canaries reconciled at once.
     pub concurrency: u16,
+    /// Prometheus for Canaries whose analysis names none.
+    pub prometheus_address: Option<String>,
 }
 
 /// Reconciles every Canary in scope until `stop` resolves.
@@ -95,6 +99,7 @@ pub async fn run(
         instance: std::env::var("POD_NAME")
             .unwrap_or_else(|_| format!("serin-{}", std::process::id())),
         client,
+        analyst: Analyst::new(settings.prometheus_address.clone()),
         metrics,
     });
     Controller::new(canaries, watcher::Config::default())
@@ -163,17 +168,28 @@ async fn reconcile_one(
             Some(problem) => Some(problem),
             None => return Err(error.into()),
         },
+    }
+    .or_else(|| context.analyst.spec_problem(canary.spec.analysis.as_ref()));
+    let now = Timestamp::now();
+    let mut status = canary.status.clone().unwrap_or_default();
+    let analysis = if invalid.is_none() {
+        context
+            .analyst
+            .step_verdict(client, canary, namespace, &revision, &mut status, now)
+            .await
+    } else {
+        None
     };
     let snapshot = Snapshot {
         spec: &canary.spec,
         generation: canary.metadata.generation.unwrap_or_default(),
-        status: canary.status.clone().unwrap_or_default(),
+        status,
         command: canary.annotations().get(COMMAND_ANNOTATION).cloned(),
         revision: revision.clone(),
         replica_sets: observed,
         invalid,
-        analysis: None,
-        now: Timestamp::now(),
+        analysis,
+        now,
     };
     let plan = machine::plan(&snapshot);
 

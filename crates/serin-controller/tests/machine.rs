@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use serin_api::{Canary, CanarySpec, CanaryStatus, Phase};
+use serin_api::{Canary, CanarySpec, CanaryStatus, MetricStatus, Phase, Verdict};
 use serin_controller::conditions;
 use serin_controller::machine::{
     Action, ObservedReplicaSet, Plan, Routing, Snapshot, StepVerdict, plan,
@@ -445,6 +445,86 @@ fn inconclusive_analysis_holds_the_step_until_the_deadline() {
 }
 
 #[test]
+fn a_step_waits_for_its_first_analysis_however_long_its_time() {
+    let mut world = World::healthy(spec(""));
+    world.new_template(CANARY);
+    world.analysis = Some(StepVerdict::Pending("first analysis in 5s".into()));
+    world.reconcile();
+    world.advance(Duration::from_secs(90));
+    world.reconcile();
+    assert_eq!(world.status.step, 1, "no analysis is not a pass");
+    assert_eq!(world.reason(conditions::PROGRESSING), "StepInProgress");
+    world.analysis = Some(StepVerdict::Pass);
+    world.reconcile();
+    assert_eq!(world.status.step, 2);
+}
+
+#[test]
+fn analysis_survives_a_new_step_and_is_cleared_by_a_new_rollout_or_a_retry() {
+    let mut world = World::healthy(spec(""));
+    world.new_template(CANARY);
+    world.analysis = Some(StepVerdict::Pass);
+    world.reconcile();
+    let metric = MetricStatus {
+        name: "errors".into(),
+        canary: Some(0.01),
+        stable: Some(0.01),
+        counts: None,
+        evidence: Some(0.5),
+        carried: vec![-0.1, -0.2],
+        ratio: None,
+        failures: None,
+        verdict: Verdict::Pass,
+        since: world.status.analysis_started_at.clone(),
+        at: None,
+        message: None,
+    };
+    world.status.analysis = vec![metric];
+    world.advance(Duration::from_secs(60));
+    world.reconcile();
+    assert_eq!(world.status.step, 2);
+    assert_eq!(
+        world.status.analysis.len(),
+        1,
+        "evidence carries into step 2"
+    );
+
+    world.analysis = Some(StepVerdict::Fail("errors: worse".into()));
+    world.reconcile();
+    assert_eq!(world.phase(), Phase::Aborted);
+    assert_eq!(
+        world.status.analysis.len(),
+        1,
+        "the evidence of the abort stays"
+    );
+    world.command = Some("retry/1".into());
+    world.analysis = Some(StepVerdict::Pending("first analysis in 15s".into()));
+    world.reconcile();
+    assert!(world.status.analysis.is_empty(), "a retry judges afresh");
+
+    world.status.analysis = vec![MetricStatus {
+        name: "errors".into(),
+        canary: None,
+        stable: None,
+        counts: None,
+        evidence: None,
+        carried: Vec::new(),
+        ratio: None,
+        failures: None,
+        verdict: Verdict::Pass,
+        since: None,
+        at: None,
+        message: None,
+    }];
+    world.new_template(THIRD);
+    world.reconcile();
+    assert!(
+        world.status.analysis.is_empty(),
+        "a new revision judges afresh"
+    );
+}
+
+#[test]
 fn pause_holds_the_step_and_resume_continues_it() {
     let mut world = World::healthy(spec(""));
     world.new_template(CANARY);
@@ -709,6 +789,7 @@ mod random_walks {
                 Just(Some(StepVerdict::Pass)),
                 Just(Some(StepVerdict::Fail("errors".into()))),
                 Just(Some(StepVerdict::Inconclusive("no data".into()))),
+                Just(Some(StepVerdict::Pending("first analysis in 5s".into()))),
             ]
             .prop_map(Happening::Analysis),
             any::<bool>().prop_map(Happening::Invalid),
@@ -724,6 +805,8 @@ mod random_walks {
             let mut world = World::healthy(spec(extra));
             let templates = [STABLE, CANARY, THIRD];
             for (index, happened) in happenings.into_iter().enumerate() {
+                let promoted_by_hand = matches!(happened, Happening::Command("promote" | "promote-full"));
+                let before = (world.status.step, world.status.phase, world.status.canary_revision.clone());
                 match happened {
                     Happening::Wait(seconds) => world.advance(Duration::from_secs(seconds)),
                     Happening::NewTemplate(which) => world.new_template(templates[which]),
@@ -742,6 +825,15 @@ mod random_walks {
                 // available pod, and that only the spec's revision is ever created.
                 world.reconcile();
                 let status = &world.status;
+                let moved_on = status.canary_revision == before.2
+                    && before.1 == Some(Phase::Progressing)
+                    && (status.step > before.0 || status.phase == Some(Phase::Promoting) || status.phase == Some(Phase::Healthy));
+                if moved_on && !promoted_by_hand {
+                    prop_assert!(
+                        matches!(world.analysis, None | Some(StepVerdict::Pass)),
+                        "a step moved on with the verdict {:?}", world.analysis
+                    );
+                }
                 prop_assert!((0..=100).contains(&status.weight));
                 prop_assert!(status.stable_revision.is_some());
                 prop_assert_ne!(status.canary_revision.as_ref(), status.stable_revision.as_ref());

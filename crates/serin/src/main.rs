@@ -47,6 +47,10 @@ struct ControllerArgs {
     /// This replica's identity in the Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Prometheus for Canaries whose spec.analysis.prometheus names no address,
+    /// for example http://prometheus.monitoring:9090.
+    #[arg(long, env = "SERIN_PROMETHEUS_ADDRESS")]
+    prometheus_address: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +67,13 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    // kube and the Prometheus client both use rustls; one provider for the process.
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        anyhow::bail!("a rustls crypto provider was already installed");
+    }
     let identity = args
         .identity
         .unwrap_or_else(|| format!("serin-{}", std::process::id()));
@@ -70,6 +81,7 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         settings: Settings {
             namespace: args.namespace,
             concurrency: args.concurrency,
+            prometheus_address: args.prometheus_address,
         },
         metrics_address: args.metrics_address,
         health_address: args.health_address,

@@ -1,0 +1,302 @@
+//! The shell of the analysis: when a step's analysis is due, fill in the queries for
+//! both arms, read Prometheus, and hand the readings to the judges. Whatever goes
+//! wrong on the way is no data (the step holds), never a pass.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::{Api, Client};
+use serin_analysis::{NoData, Reading, Window};
+use serin_api::{Analysis, Canary, CanaryStatus, ErrorCounts, MetricStatus, Phase, Verdict};
+use serin_prometheus::{Credentials, Prometheus, QueryError, Variables, render};
+
+use crate::machine::StepVerdict;
+
+/// Longest a query may take; shorter when the interval is.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads metrics for every Canary; keeps one client per Prometheus and credentials.
+pub struct Analyst {
+    default_address: Option<String>,
+    clients: Mutex<HashMap<String, Prometheus>>,
+}
+
+impl Analyst {
+    /// An analyst that uses `default_address` when a Canary names no Prometheus.
+    pub fn new(default_address: Option<String>) -> Self {
+        Self {
+            default_address,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Spec errors in the analysis only the controller can see: templates that use an
+    /// unknown variable or do not parse, and no Prometheus to ask. Checked before any
+    /// query is sent.
+    pub fn spec_problem(&self, analysis: Option<&Analysis>) -> Option<String> {
+        let analysis = analysis?;
+        for (index, metric) in analysis.metrics.iter().enumerate() {
+            let mut templates = Vec::new();
+            if let Some(query) = &metric.query {
+                templates.push(("query", query));
+            }
+            if let Some(error_rate) = &metric.error_rate {
+                templates.push(("errorRate.requests", &error_rate.requests));
+                templates.push(("errorRate.errors", &error_rate.errors));
+            }
+            for (field, template) in templates {
+                if let Err(error) = serin_prometheus::check(template) {
+                    return Some(format!(
+                        "spec.analysis.metrics[{index}].{field} (metric {}): {error}",
+                        metric.name
+                    ));
+                }
+            }
+        }
+        if self.address(analysis).is_none() {
+            return Some(
+                "spec.analysis.prometheus.address is required: this controller runs without --prometheus-address".into(),
+            );
+        }
+        None
+    }
+
+    fn address<'a>(&'a self, analysis: &'a Analysis) -> Option<&'a str> {
+        analysis
+            .prometheus
+            .as_ref()
+            .and_then(|p| p.address.as_deref())
+            .or(self.default_address.as_deref())
+    }
+
+    /// The current step's verdict, analysing first when an analysis is due; new
+    /// readings are written into `status.analysis`. None when the spec has no analysis.
+    pub async fn step_verdict(
+        &self,
+        client: &Client,
+        canary: &Canary,
+        namespace: &str,
+        revision: &str,
+        status: &mut CanaryStatus,
+        now: Timestamp,
+    ) -> Option<StepVerdict> {
+        let analysis = canary.spec.analysis.as_ref()?;
+        let running = matches!(status.phase, Some(Phase::Progressing))
+            && status.canary_revision.as_deref() == Some(revision);
+        let since = status.analysis_started_at.clone();
+        let (Some(since), true) = (since, running) else {
+            return Some(StepVerdict::Pending(
+                "the step's weight is not in effect yet".into(),
+            ));
+        };
+        let interval = std_duration(analysis.interval);
+        let current: Vec<&MetricStatus> = status
+            .analysis
+            .iter()
+            .filter(|m| m.since.as_ref() == Some(&since))
+            .collect();
+        let last = current
+            .iter()
+            .filter_map(|m| m.at.as_ref())
+            .map(|t| t.0)
+            .min();
+        let due = last.unwrap_or(since.0) + interval;
+        if now >= due {
+            let metrics = self
+                .analyse(
+                    client, canary, analysis, namespace, revision, status, &since, now,
+                )
+                .await;
+            status.analysis = metrics;
+        } else if current.is_empty() {
+            let seconds = (due - now).get_seconds().max(0);
+            return Some(StepVerdict::Pending(format!(
+                "first analysis of this step in {seconds}s"
+            )));
+        }
+        let current: Vec<MetricStatus> = status
+            .analysis
+            .iter()
+            .filter(|m| m.since.as_ref() == Some(&since))
+            .cloned()
+            .collect();
+        let overall = serin_analysis::overall(&current);
+        Some(match overall.verdict {
+            Verdict::Pass => StepVerdict::Pass,
+            Verdict::Fail => StepVerdict::Fail(overall.reason),
+            Verdict::Inconclusive => StepVerdict::Inconclusive(overall.reason),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn analyse(
+        &self,
+        client: &Client,
+        canary: &Canary,
+        analysis: &Analysis,
+        namespace: &str,
+        revision: &str,
+        status: &CanaryStatus,
+        since: &Time,
+        now: Timestamp,
+    ) -> Vec<MetricStatus> {
+        let window = Window {
+            since: since.clone(),
+            at: Time(now),
+        };
+        let name = canary.metadata.name.clone().unwrap_or_default();
+        let stable_revision = status.stable_revision.clone().unwrap_or_default();
+        let interval = std_duration(analysis.interval);
+        let elapsed = Duration::try_from(now - since.0).unwrap_or_default();
+        let arm = |revision: &str, service: &str| Variables {
+            namespace: namespace.to_owned(),
+            name: name.clone(),
+            revision: revision.to_owned(),
+            replicaset: format!("{name}-{revision}"),
+            service: format!("{name}-{service}"),
+            interval,
+            elapsed,
+        };
+        let canary_arm = arm(revision, "canary");
+        let stable_arm = arm(&stable_revision, "stable");
+        let prometheus = self.client(client, namespace, analysis, interval).await;
+        let readings = join_all(analysis.metrics.iter().map(|metric| {
+            let prometheus = &prometheus;
+            let (canary_arm, stable_arm) = (&canary_arm, &stable_arm);
+            async move {
+                let value = |template: &str, arm: &Variables, what: String| {
+                    let query = render(template, arm);
+                    async move {
+                        let prometheus = prometheus.as_ref().map_err(|e| NoData(e.clone()))?;
+                        let query = query.map_err(|e| NoData(format!("{what}: {e}")))?;
+                        prometheus
+                            .value(&query)
+                            .await
+                            .map_err(|e| NoData(format!("{what}: {}", explain(&e, &what))))
+                    }
+                };
+                if let Some(spec) = &metric.error_rate {
+                    let (cr, ce, sr, se) = futures::join!(
+                        value(&spec.requests, canary_arm, "requests (canary)".into()),
+                        value(&spec.errors, canary_arm, "errors (canary)".into()),
+                        value(&spec.requests, stable_arm, "requests (stable)".into()),
+                        value(&spec.errors, stable_arm, "errors (stable)".into()),
+                    );
+                    Reading::Counts((|| {
+                        Ok(ErrorCounts {
+                            canary_requests: cr?,
+                            canary_errors: ce?,
+                            stable_requests: sr?,
+                            stable_errors: se?,
+                        })
+                    })())
+                } else {
+                    let query = metric.query.clone().unwrap_or_default();
+                    let (canary, stable) = futures::join!(
+                        value(&query, canary_arm, "canary".into()),
+                        value(&query, stable_arm, "stable".into()),
+                    );
+                    Reading::Values { canary, stable }
+                }
+            }
+        }))
+        .await;
+        analysis
+            .metrics
+            .iter()
+            .zip(readings)
+            .map(|(metric, reading)| {
+                let previous = status.analysis.iter().find(|m| m.name == metric.name);
+                serin_analysis::analyse(metric, analysis, previous, &window, reading)
+            })
+            .collect()
+    }
+
+    /// The client for the Canary's Prometheus, with the credentials of its Secret.
+    async fn client(
+        &self,
+        client: &Client,
+        namespace: &str,
+        analysis: &Analysis,
+        interval: Duration,
+    ) -> Result<Prometheus, String> {
+        let address = self
+            .address(analysis)
+            .ok_or("no Prometheus address")?
+            .to_owned();
+        let secret = analysis
+            .prometheus
+            .as_ref()
+            .and_then(|p| p.secret_ref.as_ref());
+        let credentials = match secret {
+            Some(reference) => {
+                let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+                let secret = secrets.get(&reference.name).await.map_err(|e| {
+                    format!(
+                        "reading Secret {namespace}/{} (spec.analysis.prometheus.secretRef): {e}",
+                        reference.name
+                    )
+                })?;
+                let data = secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(key, value)| (key, value.0))
+                    .collect();
+                Some(
+                    Credentials::from_secret(&data)
+                        .map_err(|e| format!("Secret {namespace}/{}: {e}", reference.name))?,
+                )
+            }
+            None => None,
+        };
+        let timeout = interval.min(QUERY_TIMEOUT);
+        let key = format!(
+            "{address}\n{:x}\n{}",
+            hash(&credentials),
+            timeout.as_millis()
+        );
+        if let Ok(clients) = self.clients.lock()
+            && let Some(found) = clients.get(&key)
+        {
+            return Ok(found.clone());
+        }
+        let prometheus =
+            Prometheus::new(&address, credentials.as_ref(), timeout).map_err(|e| e.to_string())?;
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.insert(key, prometheus.clone());
+        }
+        Ok(prometheus)
+    }
+}
+
+/// A hash of the credentials, so a rotated Secret gets a new client.
+fn hash(credentials: &Option<Credentials>) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    if let Some(c) = credentials {
+        c.token.hash(&mut hasher);
+        c.basic.hash(&mut hasher);
+        c.ca.hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// The query error, with a hint where an empty result has a well-known cause.
+fn explain(error: &QueryError, what: &str) -> String {
+    match error {
+        QueryError::Empty if what.starts_with("errors") => format!(
+            "{error}; if no error has happened yet the series may not exist: end the errors query with `or vector(0)`"
+        ),
+        _ => error.to_string(),
+    }
+}
+
+fn std_duration(duration: serin_api::Duration) -> Duration {
+    Duration::from(duration)
+}
