@@ -9,3 +9,4 @@ pub mod http;
 pub mod kubectl;
 pub mod process;
 pub mod prometheus;
+pub mod traffic;

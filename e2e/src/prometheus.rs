@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -23,47 +23,43 @@ pub struct ScrapeJob {
 
 /// A running Prometheus. Dropping it stops the server and deletes its data.
 pub struct Prometheus {
-    process: Supervised,
+    process: Option<Supervised>,
     port: u16,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Prometheus {
     /// Starts Prometheus scraping `jobs` every `scrape_interval`, and returns once it
     /// answers `/-/ready`. The binary is `$SERIN_PROMETHEUS` or `prometheus` on PATH.
     pub fn start(jobs: &[ScrapeJob], scrape_interval: Duration) -> Result<Self> {
-        let program = std::env::var_os("SERIN_PROMETHEUS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("prometheus"));
         let dir = tempfile::Builder::new()
             .prefix("serin-prometheus-")
             .tempdir()?;
-        let config = dir.path().join("prometheus.yml");
-        fs::write(&config, scrape_config(jobs, scrape_interval))?;
-        let port = free_port()?;
-        let mut process = Supervised::spawn(
-            "prometheus",
-            &program,
-            &[
-                format!("--config.file={}", config.display()),
-                format!("--storage.tsdb.path={}", dir.path().join("data").display()),
-                format!("--web.listen-address=127.0.0.1:{port}"),
-                "--log.level=warn".into(),
-            ],
-            dir.path(),
-        )
-        .context("starting prometheus (install it: apt-get install prometheus)")?;
-        wait_until(
-            "prometheus",
-            Duration::from_secs(30),
-            || process.ensure_running(),
-            || http::get(port, "/-/ready").is_some_and(|(code, _)| code == 200),
+        fs::write(
+            dir.path().join("prometheus.yml"),
+            scrape_config(jobs, scrape_interval),
         )?;
+        let port = free_port()?;
+        let process = launch(dir.path(), port)?;
         Ok(Self {
-            process,
+            process: Some(process),
             port,
-            _dir: dir,
+            dir,
         })
+    }
+
+    /// Stops the server, as an outage would; its data stays for [`Self::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop(Duration::from_secs(10));
+        }
+    }
+
+    /// Starts the server again on the same port with the same data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.process = Some(launch(self.dir.path(), self.port)?);
+        Ok(())
     }
 
     /// Base URL of the HTTP API, for example `http://127.0.0.1:40123`.
@@ -73,7 +69,9 @@ impl Prometheus {
 
     /// Runs an instant query and returns the `data.result` array.
     pub fn query(&mut self, promql: &str) -> Result<serde_json::Value> {
-        self.process.ensure_running()?;
+        if let Some(process) = &mut self.process {
+            process.ensure_running()?;
+        }
         let path = format!("/api/v1/query?query={}", percent_encode(promql));
         let Some((code, body)) = http::get(self.port, &path) else {
             bail!("prometheus did not answer {path}");
@@ -85,6 +83,33 @@ impl Prometheus {
         }
         Ok(reply["data"]["result"].take())
     }
+}
+
+/// Runs Prometheus with the config and data in `dir`, until it answers `/-/ready`. The
+/// binary is `$SERIN_PROMETHEUS` or `prometheus` on PATH.
+fn launch(dir: &Path, port: u16) -> Result<Supervised> {
+    let program = std::env::var_os("SERIN_PROMETHEUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("prometheus"));
+    let mut process = Supervised::spawn(
+        "prometheus",
+        &program,
+        &[
+            format!("--config.file={}", dir.join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", dir.join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--log.level=warn".into(),
+        ],
+        dir,
+    )
+    .context("starting prometheus (install it: apt-get install prometheus)")?;
+    wait_until(
+        "prometheus",
+        Duration::from_secs(30),
+        || process.ensure_running(),
+        || http::get(port, "/-/ready").is_some_and(|(code, _)| code == 200),
+    )?;
+    Ok(process)
 }
 
 fn scrape_config(jobs: &[ScrapeJob], interval: Duration) -> String {

@@ -1,0 +1,339 @@
+//! The analysis closes the loop: Serin shifts weight, the traffic simulator shifts
+//! requests, the real Prometheus scrapes them, and Serin judges the canary against
+//! stable and promotes or rolls back by itself.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+use k8s_openapi::jiff::Timestamp;
+use serde_json::Value;
+use serin_e2e::prometheus::{Prometheus, ScrapeJob};
+use serin_e2e::traffic::Traffic;
+
+use crate::rollout::{Rollout, condition, phase, revisions};
+
+/// Seconds between two analyses in these tests.
+const INTERVAL: u64 = 5;
+
+const ERRORS_METRIC: &str = r#"    - name: errors
+      errorRate:
+        requests: sum(increase(http_requests_total{namespace="{{namespace}}",pod=~"{{pods}}"}[{{elapsed}}]))
+        errors: sum(increase(http_requests_total{namespace="{{namespace}}",pod=~"{{pods}}",code="500"}[{{elapsed}}]))
+"#;
+
+/// A namespace with its controller, the simulator's traffic, a Prometheus scraping it,
+/// and a healthy Canary.
+struct Judged {
+    rollout: Rollout,
+    traffic: Traffic,
+    prometheus: Prometheus,
+    name: String,
+    analysis: String,
+}
+
+/// What the pods of a revision do with their requests.
+struct Behaviour {
+    error_rate: f64,
+    latency_ms: u64,
+}
+
+impl Judged {
+    fn start(test: &str, rps: f64, steps: &str, analysis: &str, stable: Behaviour) -> Result<Self> {
+        let name = "web".to_owned();
+        let rollout = Rollout::prepare(test, &name)?;
+        let traffic = Traffic::start(rollout.kubectl.kubeconfig(), &rollout.namespace, &name, rps)?;
+        let prometheus = Prometheus::start(
+            &[ScrapeJob {
+                name: "traffic".into(),
+                targets: vec![traffic.target()],
+            }],
+            Duration::from_secs(1),
+        )?;
+        let judged = Self {
+            analysis: format!(
+                "{steps}
+  analysis:
+    interval: {INTERVAL}s
+    prometheus: {{address: '{}'}}
+{analysis}",
+                prometheus.url()
+            ),
+            rollout,
+            traffic,
+            prometheus,
+            name,
+        };
+        judged.apply("v1", &stable)?;
+        judged.rollout.wait_promoted(Duration::from_secs(60))?;
+        Ok(judged)
+    }
+
+    fn apply(&self, image: &str, pods: &Behaviour) -> Result<()> {
+        let manifest = format!(
+            "apiVersion: serin.dev/v1alpha1
+kind: Canary
+metadata: {{name: {name}}}
+spec:
+  replicas: 4
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: app
+        image: '{image}'
+        env:
+        - {{name: SIM_ERROR_RATE, value: '{error_rate}'}}
+        - {{name: SIM_LATENCY_MS, value: '{latency}'}}
+  service: {{port: 80, targetPort: 8080}}
+{analysis}",
+            name = self.name,
+            error_rate = pods.error_rate,
+            latency = pods.latency_ms,
+            analysis = self.analysis,
+        );
+        self.rollout.kubectl.run_with_input(
+            &["apply", "-n", &self.rollout.namespace, "-f", "-"],
+            Some(&manifest),
+        )?;
+        Ok(())
+    }
+
+    /// Rolls out `image` with `pods` and waits for the rollout to end one way or the
+    /// other; returns the Canary then.
+    fn roll_out_and_wait(&self, image: &str, pods: &Behaviour, limit: Duration) -> Result<Value> {
+        let (stable, _) = revisions(&self.rollout.canary()?);
+        self.apply(image, pods)?;
+        let canary = self.rollout.wait("the rollout ends", limit, |c| {
+            let (now_stable, canary) = revisions(c);
+            phase(c) == "Aborted" || (now_stable != stable && canary.is_empty())
+        });
+        canary.map_err(|e| anyhow::anyhow!("{e}\ntraffic log:\n{}", self.traffic.log()))
+    }
+}
+
+fn metric<'a>(canary: &'a Value, name: &str) -> Result<&'a Value> {
+    canary["status"]["analysis"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == name)
+        .ok_or_else(|| anyhow::anyhow!("no analysis of {name}: {:#}", canary["status"]))
+}
+
+fn timestamp(value: &Value) -> Result<Timestamp> {
+    Ok(value.as_str().unwrap_or_default().parse()?)
+}
+
+#[test]
+fn a_canary_as_good_as_stable_is_promoted_by_the_analysis() -> Result<()> {
+    let good = || Behaviour {
+        error_rate: 0.02,
+        latency_ms: 20,
+    };
+    // confidence 0.999: a healthy canary is rolled back at most 1 time in 1000, so
+    // this test does not flake on the 5% the default allows.
+    let judged = Judged::start(
+        "analysis-good",
+        200.0,
+        "  steps: [25, 50]\n  stepDuration: 20s",
+        &format!("    confidence: 0.999\n    metrics:\n{ERRORS_METRIC}"),
+        good(),
+    )?;
+    let (stable, _) = revisions(&judged.rollout.canary()?);
+    let canary = judged.roll_out_and_wait("v2", &good(), Duration::from_secs(150))?;
+    ensure!(phase(&canary) == "Healthy", "{:#}", canary["status"]);
+    let (promoted, _) = revisions(&canary);
+    ensure!(promoted != stable, "the new revision is stable");
+    let events = judged.rollout.events()?;
+    ensure!(
+        events.iter().filter(|e| *e == "StepAdvanced").count() >= 2,
+        "{events:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn twice_the_stable_error_rate_is_rolled_back_by_the_analysis() -> Result<()> {
+    let judged = Judged::start(
+        "analysis-doubled",
+        300.0,
+        "  steps: [25, 50]\n  stepDuration: 60s",
+        &format!("    metrics:\n{ERRORS_METRIC}"),
+        Behaviour {
+            error_rate: 0.02,
+            latency_ms: 20,
+        },
+    )?;
+    let (stable, _) = revisions(&judged.rollout.canary()?);
+    let bad = Behaviour {
+        error_rate: 0.04,
+        latency_ms: 20,
+    };
+    let canary = judged.roll_out_and_wait("v2", &bad, Duration::from_secs(120))?;
+    ensure!(phase(&canary) == "Aborted", "{:#}", canary["status"]);
+    let progressing = condition(&canary, "Progressing");
+    ensure!(progressing["reason"] == "AnalysisFailed", "{progressing}");
+    let message = progressing["message"].as_str().unwrap_or_default();
+    ensure!(
+        message.contains("errors") && message.contains("evidence") && message.contains("maxRatio"),
+        "{message}"
+    );
+    ensure!(revisions(&canary).0 == stable, "stable is unchanged");
+    ensure!(
+        canary["status"]["weight"] == 0,
+        "all traffic back on stable"
+    );
+    let errors = metric(&canary, "errors")?;
+    ensure!(errors["verdict"] == "Fail", "{errors}");
+    ensure!(
+        errors["counts"]["canaryRequests"].as_f64() > Some(0.0)
+            && errors["ratio"]["lower"].as_f64() > Some(1.0),
+        "{errors}"
+    );
+    ensure!(
+        judged
+            .rollout
+            .events()?
+            .contains(&"AnalysisFailed".to_owned())
+    );
+    Ok(())
+}
+
+#[test]
+fn twenty_percent_errors_are_rolled_back_by_the_guard_rail_within_two_intervals() -> Result<()> {
+    // Stable is already bad (15%): the ratio alone (maxRatio 2) would let 20% pass.
+    let judged = Judged::start(
+        "analysis-guard-rail",
+        200.0,
+        "  steps: [25, 50]\n  stepDuration: 60s",
+        &format!("    metrics:\n{ERRORS_METRIC}        maxRatio: 2\n        maxRate: 0.05\n"),
+        Behaviour {
+            error_rate: 0.15,
+            latency_ms: 20,
+        },
+    )?;
+    let bad = Behaviour {
+        error_rate: 0.2,
+        latency_ms: 20,
+    };
+    let canary = judged.roll_out_and_wait("v2", &bad, Duration::from_secs(90))?;
+    ensure!(phase(&canary) == "Aborted", "{:#}", canary["status"]);
+    let progressing = condition(&canary, "Progressing");
+    let message = progressing["message"].as_str().unwrap_or_default();
+    ensure!(
+        progressing["reason"] == "AnalysisFailed" && message.contains("maxRate"),
+        "{progressing}"
+    );
+    let errors = metric(&canary, "errors")?;
+    let since = timestamp(&errors["since"])?;
+    let aborted = timestamp(&progressing["lastTransitionTime"])?;
+    let took = aborted.duration_since(since).as_secs_f64();
+    // Timestamps have whole seconds; one more for the reconcile itself.
+    ensure!(
+        took <= (2 * INTERVAL + 2) as f64,
+        "aborted {took}s after the weight took effect: {errors}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_latency_regression_is_rolled_back_by_a_threshold_metric() -> Result<()> {
+    let judged = Judged::start(
+        "analysis-latency",
+        200.0,
+        "  steps: [25, 50]\n  stepDuration: 60s",
+        r#"    metrics:
+    - name: p99-latency
+      query: histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{namespace="{{namespace}}",pod=~"{{pods}}"}[{{interval}}])))
+      max: 0.25
+      failureLimit: 2
+"#,
+        Behaviour {
+            error_rate: 0.0,
+            latency_ms: 20,
+        },
+    )?;
+    let slow = Behaviour {
+        error_rate: 0.0,
+        latency_ms: 400,
+    };
+    let canary = judged.roll_out_and_wait("v2", &slow, Duration::from_secs(90))?;
+    ensure!(phase(&canary) == "Aborted", "{:#}", canary["status"]);
+    let latency = metric(&canary, "p99-latency")?;
+    ensure!(
+        latency["verdict"] == "Fail" && latency["failures"] == 2,
+        "{latency}"
+    );
+    ensure!(
+        latency["stable"].as_f64() < Some(0.25) && latency["canary"].as_f64() > Some(0.25),
+        "{latency}"
+    );
+    let message = condition(&canary, "Progressing")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        message.contains("p99-latency") && message.contains("above max"),
+        "{message}"
+    );
+    Ok(())
+}
+
+#[test]
+fn prometheus_down_holds_the_step_and_nothing_is_promoted_until_it_is_back() -> Result<()> {
+    let good = || Behaviour {
+        error_rate: 0.02,
+        latency_ms: 20,
+    };
+    let mut judged = Judged::start(
+        "analysis-prometheus-down",
+        200.0,
+        "  steps: [25, 50]\n  stepDuration: 20s\n  progressDeadline: 5m",
+        &format!("    confidence: 0.999\n    metrics:\n{ERRORS_METRIC}"),
+        good(),
+    )?;
+    let (stable, _) = revisions(&judged.rollout.canary()?);
+    judged.apply("v2", &good())?;
+    judged
+        .rollout
+        .wait("a first passing analysis", Duration::from_secs(60), |c| {
+            c["status"]["step"] == 1 && metric(c, "errors").is_ok_and(|m| m["verdict"] == "Pass")
+        })?;
+    judged.prometheus.stop();
+
+    // Three times the step's time: the step holds, Inconclusive, and nothing is promoted.
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut held = false;
+    while Instant::now() < until {
+        let canary = judged.rollout.canary()?;
+        let (now_stable, _) = revisions(&canary);
+        if now_stable != stable || phase(&canary) == "Promoting" {
+            bail!("promoted while Prometheus was down: {:#}", canary["status"]);
+        }
+        let progressing = condition(&canary, "Progressing");
+        held |= progressing["reason"] == "Inconclusive"
+            && progressing["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Prometheus query failed"));
+        thread::sleep(Duration::from_millis(500));
+    }
+    let canary = judged.rollout.canary()?;
+    ensure!(
+        held,
+        "the step was never held as Inconclusive: {:#}",
+        canary["status"]
+    );
+    ensure!(phase(&canary) == "Progressing", "{:#}", canary["status"]);
+    ensure!(canary["status"]["step"] == 1, "{:#}", canary["status"]);
+
+    judged.prometheus.restart()?;
+    judged.rollout.wait_promoted(Duration::from_secs(120))?;
+    let (promoted, _) = revisions(&judged.rollout.canary()?);
+    ensure!(
+        promoted != stable,
+        "the rollout finished once Prometheus was back"
+    );
+    Ok(())
+}
