@@ -112,17 +112,32 @@ pub fn render(canary: &Canary, replica_sets: &[ReplicaSet], events: &[EventLine]
 
     if !status.analysis.is_empty() {
         let mut analysis = Table::new();
-        analysis
-            .load_style(UTF8_BORDERS_ONLY)
-            .set_header(["METRIC", "CANARY", "STABLE", "EVIDENCE", "VERDICT"]);
+        analysis.load_style(UTF8_BORDERS_ONLY).set_header([
+            "METRIC", "CANARY", "STABLE", "RATIO", "EVIDENCE", "VERDICT", "WHY",
+        ]);
         for metric in &status.analysis {
-            let number = |value: Option<f64>| value.map_or("-".to_owned(), |v| format!("{v:.4}"));
+            let (canary, stable) = match &metric.counts {
+                Some(counts) => (
+                    arm(metric.canary, counts.canary_errors, counts.canary_requests),
+                    arm(metric.stable, counts.stable_errors, counts.stable_requests),
+                ),
+                None => (number(metric.canary), number(metric.stable)),
+            };
+            let ratio = metric.ratio.map_or("-".to_owned(), |r| {
+                format!(
+                    "{:.2}–{}",
+                    r.lower,
+                    r.upper.map_or("∞".to_owned(), |u| format!("{u:.2}"))
+                )
+            });
             analysis.add_row([
                 metric.name.clone(),
-                number(metric.canary),
-                number(metric.stable),
-                number(metric.evidence),
+                canary,
+                stable,
+                ratio,
+                metric.evidence.map_or("-".to_owned(), |e| format!("{e:.3}")),
                 format!("{:?}", metric.verdict),
+                metric.message.clone().unwrap_or_default(),
             ]);
         }
         let _ = writeln!(out, "{analysis}");
@@ -139,6 +154,17 @@ pub fn render(canary: &Canary, replica_sets: &[ReplicaSet], events: &[EventLine]
         let _ = writeln!(out, "{table}");
     }
     out
+}
+
+fn number(value: Option<f64>) -> String {
+    value.map_or("-".to_owned(), |v| format!("{v:.4}"))
+}
+
+/// An arm's error rate with the counts behind it, `2.10% (12/571)`.
+fn arm(rate: Option<f64>, errors: f64, requests: f64) -> String {
+    rate.map_or("-".to_owned(), |r| {
+        format!("{:.2}% ({errors:.0}/{requests:.0})", r * 100.0)
+    })
 }
 
 #[cfg(test)]
@@ -164,7 +190,12 @@ mod tests {
                 "steps": [25, 50]
             },
             "status": {"phase": "Progressing", "step": 1, "weight": 25,
-                       "stableRevision": "aaaaaaaaaa", "canaryRevision": "bbbbbbbbbb"}
+                       "stableRevision": "aaaaaaaaaa", "canaryRevision": "bbbbbbbbbb",
+                       "analysis": [{"name": "errors", "canary": 0.021, "stable": 0.01,
+                                     "counts": {"canaryRequests": 571.0, "canaryErrors": 12.0,
+                                                "stableRequests": 1700.0, "stableErrors": 17.0},
+                                     "ratio": {"lower": 1.2}, "evidence": 3.5,
+                                     "verdict": "Pass", "message": "canary 2.10% vs stable 1.00%"}]}
         }))
         .unwrap();
         let rs: ReplicaSet = serde_json::from_value(serde_json::json!({
@@ -185,5 +216,8 @@ mod tests {
         assert!(text.contains(" 25% canary"), "{text}");
         assert!(text.contains("bbbbbbbbbb"), "{text}");
         assert!(text.contains("RolloutStarted"), "{text}");
+        assert!(text.contains("2.10% (12/571)"), "{text}");
+        assert!(text.contains("1.20–∞"), "{text}");
+        assert!(text.contains("3.500"), "{text}");
     }
 }
