@@ -1,6 +1,7 @@
 # Serin: build, test, and a local Kubernetes control plane for both.
 #
 #   make demo           a local control plane, Serin, and two rollouts shown live (one promoted, one aborted)
+#   make bench          detection: time to roll back and false rollbacks, Serin vs a threshold rule vs Wald's bound
 #   make bench-rollout  reaction times and controller memory on the local control plane
 #   make test           every test: unit, Prometheus, and end-to-end on a local control plane
 #   make cluster-up     start the control plane in the background (make cluster-down stops it)
@@ -13,7 +14,7 @@ GO_BUILD    := go build -trimpath -ldflags="-s -w" -o $(CURDIR)/$(BIN)/
 K8S_BINS    := $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/kube-scheduler $(BIN)/kubectl
 LAUNCHER    := target/debug/serin-cluster
 
-.PHONY: build controlplane demo bench-rollout test unit e2e crds crds-check lint cluster-up cluster-down clean
+.PHONY: build controlplane demo bench bench-rollout test unit e2e crds crds-check lint cluster-up cluster-down clean
 
 build:
 	cargo build --workspace --locked
@@ -34,6 +35,11 @@ $(BIN)/kwok: e2e/kwok/go.mod e2e/kwok/go.sum
 demo: controlplane
 	cargo build --quiet --locked -p serin -p kubectl-serin -p serin-e2e
 	target/debug/serin-demo
+
+## The detection benchmark of record (no cluster needed); figures also in target/bench/detection.json.
+bench:
+	cargo build --quiet --locked --release -p kubectl-serin
+	target/release/kubectl-serin simulate --grid --json target/bench/detection.json
 
 bench-rollout: controlplane
 	cargo build --quiet --locked --release -p serin -p serin-e2e

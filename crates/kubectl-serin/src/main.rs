@@ -4,6 +4,7 @@
 //! carrying a nonce, or `spec.paused`); the plugin adds the view, waits for the
 //! controller's acknowledgement, and reports it.
 
+mod simulate;
 mod view;
 
 use std::io::Write as _;
@@ -38,6 +39,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Cluster(ClusterCommand),
+    /// Simulate a manifest's analysis on Poisson traffic: how fast each regression is
+    /// rolled back, and how often a healthy canary is, beside a threshold rule. No
+    /// cluster needed.
+    Simulate(simulate::SimulateArgs),
+}
+
+/// Commands that read or steer a Canary in the cluster.
+#[derive(Subcommand)]
+enum ClusterCommand {
     /// Show a Canary (or list them): phase, step, weight, revisions, pods, events.
     Get {
         /// The Canary; all Canaries in the namespace when absent.
@@ -87,6 +99,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Simulate(args) => {
+            return match simulate::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Cluster(command) => command,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -94,7 +118,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli.namespace, cli.context, command)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -103,33 +127,34 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
+async fn run(
+    namespace: Option<String>,
+    context: Option<String>,
+    command: ClusterCommand,
+) -> Result<ExitCode> {
     let options = KubeConfigOptions {
-        context: cli.context.clone(),
+        context,
         ..KubeConfigOptions::default()
     };
     let config = Config::from_kubeconfig(&options)
         .await
         .context("reading the kubeconfig")?;
-    let namespace = cli
-        .namespace
-        .clone()
-        .unwrap_or_else(|| config.default_namespace.clone());
+    let namespace = namespace.unwrap_or_else(|| config.default_namespace.clone());
     let client = Client::try_from(config)?;
     let canaries: Api<Canary> = Api::namespaced(client.clone(), &namespace);
-    match cli.command {
-        Command::Get { name, watch } => {
+    match command {
+        ClusterCommand::Get { name, watch } => {
             get(&client, &canaries, &namespace, name.as_deref(), watch).await
         }
-        Command::Promote { name, full } => {
+        ClusterCommand::Promote { name, full } => {
             let command = if full { "promote-full" } else { "promote" };
             send(&canaries, &name, command).await
         }
-        Command::Abort { name } => send(&canaries, &name, "abort").await,
-        Command::Retry { name } => send(&canaries, &name, "retry").await,
-        Command::Pause { name } => set_paused(&canaries, &name, true).await,
-        Command::Resume { name } => set_paused(&canaries, &name, false).await,
-        Command::Wait { name, timeout } => {
+        ClusterCommand::Abort { name } => send(&canaries, &name, "abort").await,
+        ClusterCommand::Retry { name } => send(&canaries, &name, "retry").await,
+        ClusterCommand::Pause { name } => set_paused(&canaries, &name, true).await,
+        ClusterCommand::Resume { name } => set_paused(&canaries, &name, false).await,
+        ClusterCommand::Wait { name, timeout } => {
             wait(&canaries, &name, Duration::from_secs(timeout)).await
         }
     }

@@ -135,7 +135,9 @@ pub fn render(canary: &Canary, replica_sets: &[ReplicaSet], events: &[EventLine]
                 canary,
                 stable,
                 ratio,
-                metric.evidence.map_or("-".to_owned(), |e| format!("{e:.3}")),
+                metric
+                    .evidence
+                    .map_or("-".to_owned(), |e| format!("{e:.3}")),
                 format!("{:?}", metric.verdict),
                 metric.message.clone().unwrap_or_default(),
             ]);

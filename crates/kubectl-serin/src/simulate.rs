@@ -1,0 +1,423 @@
+//! `kubectl serin simulate`: for a manifest's steps, interval and analysis, on the
+//! operator's own traffic, how fast Serin rolls back a regression of each size and
+//! how often it rolls back a healthy canary, beside a Flagger-style threshold rule
+//! and Wald's bound. Needs no cluster. `--grid` runs the benchmark of record.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use comfy_table::Table;
+use comfy_table::presets::UTF8_BORDERS_ONLY;
+use serde_json::json;
+use serin_analysis::detection::{Cell, Method, Report, Scenario};
+use serin_analysis::{Tolerance, alpha_per_metric};
+use serin_api::Canary;
+
+/// Requests per second of the benchmark grid.
+pub const GRID_TRAFFIC: [f64; 4] = [1.0, 10.0, 100.0, 1000.0];
+/// Regressions (canary/stable error-rate ratios) of the benchmark grid.
+pub const GRID_RATIOS: [f64; 3] = [1.5, 2.0, 5.0];
+/// Wald's bound under which the grid expects Serin within 1.5 × the bound.
+const WALD_GOAL_LIMIT: f64 = 1800.0;
+
+/// What to simulate.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// A Canary manifest: its steps, stepDuration, analysis interval, confidence and
+    /// first errorRate metric are simulated.
+    #[arg(short = 'f', long = "filename", required_unless_present = "grid")]
+    pub manifest: Option<PathBuf>,
+    /// Requests per second to the workload, both revisions together.
+    #[arg(long, default_value_t = 100.0)]
+    pub rps: f64,
+    /// Stable's error rate, a fraction (0.01 = 1%).
+    #[arg(long = "error-rate", default_value_t = 0.01)]
+    pub error_rate: f64,
+    /// Regressions to simulate: the canary's error rate as a multiple of stable's.
+    #[arg(long, value_delimiter = ',', default_values_t = GRID_RATIOS)]
+    pub regression: Vec<f64>,
+    /// Simulated rollouts per regression size.
+    #[arg(long, default_value_t = 1000)]
+    pub runs: usize,
+    /// Seed of the first rollout's traffic.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Run the benchmark grid instead: 1, 10, 100 and 1000 req/s, the canary at 10%
+    /// for an hour, stable at 1% errors, ratios 1.5, 2 and 5, confidence 0.95.
+    #[arg(long, conflicts_with = "manifest")]
+    pub grid: bool,
+    /// Analysis interval of the grid, in seconds (a manifest brings its own).
+    #[arg(long, default_value_t = 15, requires = "grid")]
+    pub interval: u64,
+    /// Also write the figures as JSON, one object per cell, to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Runs the simulation and prints the tables.
+pub fn run(args: &SimulateArgs) -> Result<()> {
+    check(args)?;
+    let scenarios: Vec<Scenario> = if args.grid {
+        GRID_TRAFFIC
+            .iter()
+            .map(|rps| grid_scenario(*rps, args.error_rate, args.interval))
+            .collect()
+    } else {
+        let path = args.manifest.as_deref().unwrap_or(Path::new("-"));
+        vec![scenario_from_manifest(path, args.rps, args.error_rate)?]
+    };
+    let reports: Vec<Report> = std::thread::scope(|scope| {
+        let handles: Vec<_> = scenarios
+            .iter()
+            .map(|scenario| {
+                scope.spawn(|| scenario.evaluate(&args.regression, args.runs, args.seed))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut out = String::new();
+    let mut cells = Vec::new();
+    for (scenario, report) in scenarios.iter().zip(&reports) {
+        let _ = writeln!(out, "{}", table(scenario, report, args.runs));
+        for cell in &report.cells {
+            cells.push(json!({
+                "traffic": scenario.total_rps,
+                "ratio": cell.ratio,
+                "method": cell.method.as_str(),
+                "median_s": cell.median,
+                "p90_s": cell.p90,
+                "rollback_rate": cell.rollback_rate,
+                "false_rollback_rate": cell.false_rollback_rate,
+                "wald_bound_s": cell.wald_bound,
+                "threshold": (cell.method == Method::Threshold).then_some(report.rule_threshold),
+            }));
+        }
+    }
+    if args.grid {
+        out.push_str(&goals(&scenarios, &reports));
+    }
+    print!("{out}");
+    if let Some(path) = &args.json {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&cells)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("figures written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn check(args: &SimulateArgs) -> Result<()> {
+    if !(args.rps > 0.0 && args.rps.is_finite()) {
+        bail!("--rps must be a positive number of requests per second, for example --rps 100");
+    }
+    if !(args.error_rate > 0.0 && args.error_rate < 1.0) {
+        bail!(
+            "--error-rate is stable's error rate, a fraction between 0 and 1 exclusive, for example --error-rate 0.01"
+        );
+    }
+    if let Some(bad) = args
+        .regression
+        .iter()
+        .find(|r| !(**r >= 1.0 && r.is_finite()))
+    {
+        bail!(
+            "--regression {bad}: each regression is a ratio of at least 1, for example --regression 1.5,2,5"
+        );
+    }
+    if args.regression.iter().any(|r| r * args.error_rate > 1.0) {
+        bail!(
+            "--regression × --error-rate must stay at most 1 (a canary cannot fail more than every request)"
+        );
+    }
+    if args.runs < 20 {
+        bail!("--runs must be at least 20 for the quantiles to mean anything");
+    }
+    Ok(())
+}
+
+/// The benchmark of record: one step at 10% for an hour.
+fn grid_scenario(total_rps: f64, stable_error_rate: f64, interval_seconds: u64) -> Scenario {
+    Scenario {
+        total_rps,
+        swing: 0.0,
+        stable_error_rate,
+        shares: vec![0.1],
+        step_seconds: 3600,
+        interval_seconds: interval_seconds.max(1),
+        tolerance: Tolerance {
+            max_ratio: 1.0,
+            max_rate: None,
+        },
+        alpha: 0.05,
+    }
+}
+
+/// The manifest's rollout: its steps, times and first error-rate metric.
+fn scenario_from_manifest(path: &Path, total_rps: f64, stable_error_rate: f64) -> Result<Scenario> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("reading the manifest from stdin")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    let canary: Canary = serde_norway::from_str(&text)
+        .with_context(|| format!("{} is not a Canary manifest", path.display()))?;
+    let spec = &canary.spec;
+    let Some(analysis) = &spec.analysis else {
+        bail!(
+            "{}: spec.analysis is missing; simulate judges an errorRate metric, add one under spec.analysis.metrics",
+            path.display()
+        );
+    };
+    let Some(metric) = analysis.metrics.iter().find_map(|m| m.error_rate.as_ref()) else {
+        bail!(
+            "{}: spec.analysis.metrics has no errorRate metric to simulate; add one (see docs/analysis.md)",
+            path.display()
+        );
+    };
+    if spec.steps.is_empty() || spec.steps.iter().any(|w| !(1..=100).contains(w)) {
+        bail!(
+            "{}: spec.steps must be weights from 1 to 100, for example [10, 25, 50]",
+            path.display()
+        );
+    }
+    let seconds = |d: serin_api::Duration| std::time::Duration::from(d).as_secs();
+    let interval = seconds(analysis.interval).max(1);
+    let step = seconds(spec.step_duration).max(interval);
+    Ok(Scenario {
+        total_rps,
+        swing: 0.0,
+        stable_error_rate,
+        shares: spec.steps.iter().map(|w| f64::from(*w) / 100.0).collect(),
+        step_seconds: step.div_ceil(interval) * interval,
+        interval_seconds: interval,
+        tolerance: Tolerance::from(metric),
+        alpha: alpha_per_metric(analysis),
+    })
+}
+
+fn table(scenario: &Scenario, report: &Report, runs: usize) -> String {
+    let shares: Vec<String> = scenario
+        .shares
+        .iter()
+        .map(|s| format!("{}%", s * 100.0))
+        .collect();
+    let mut out = format!(
+        "{} req/s, stable errors {:.2}%, canary at {} for {} each, analysis every {}s, \
+         false-rollback budget {:.1}%, {runs} rollouts per row; threshold rule: canary error \
+         rate over 1m windows above {:.3}%, rollback at the 5th failed check\n",
+        scenario.total_rps,
+        scenario.stable_error_rate * 100.0,
+        shares.join(" → "),
+        seconds(Some(scenario.step_seconds as f64)),
+        scenario.interval_seconds,
+        scenario.alpha * 100.0,
+        report.rule_threshold * 100.0,
+    );
+    let mut table = Table::new();
+    table.load_style(UTF8_BORDERS_ONLY).set_header([
+        "RATIO",
+        "SERIN MEDIAN",
+        "SERIN P90",
+        "SERIN ROLLED BACK",
+        "RULE MEDIAN",
+        "RULE P90",
+        "RULE ROLLED BACK",
+        "WALD BOUND",
+        "SERIN ÷ WALD",
+        "RULE ÷ SERIN",
+    ]);
+    for pair in report.cells.chunks(2) {
+        let [serin, rule] = pair else { continue };
+        table.add_row([
+            if serin.ratio == 1.0 {
+                "1 (healthy)".to_owned()
+            } else {
+                format!("{}", serin.ratio)
+            },
+            seconds(serin.median),
+            seconds(serin.p90),
+            format!("{:.1}%", serin.rollback_rate * 100.0),
+            seconds(rule.median),
+            seconds(rule.p90),
+            format!("{:.1}%", rule.rollback_rate * 100.0),
+            seconds(serin.wald_bound),
+            factor(serin.median, serin.wald_bound),
+            factor(rule.median, serin.median),
+        ]);
+    }
+    let _ = writeln!(out, "{table}");
+    out
+}
+
+/// The grid's goals, cell by cell: met or not, as measured.
+fn goals(scenarios: &[Scenario], reports: &[Report]) -> String {
+    let mut out = String::from("Goals:\n");
+    let mut line = |ok: bool, text: String| {
+        let _ = writeln!(out, "  [{}] {text}", if ok { "met" } else { "NOT met" });
+    };
+    for (scenario, report) in scenarios.iter().zip(reports) {
+        let rps = scenario.total_rps;
+        let serin: Vec<&Cell> = report
+            .cells
+            .iter()
+            .filter(|c| c.method == Method::Serin)
+            .collect();
+        let rule = |ratio: f64| {
+            report
+                .cells
+                .iter()
+                .find(|c| c.method == Method::Threshold && c.ratio == ratio)
+        };
+        if let Some(healthy) = serin.iter().find(|c| c.ratio == 1.0) {
+            line(
+                healthy.rollback_rate <= 0.05,
+                format!(
+                    "{rps} req/s: false rollbacks {:.1}% ≤ 5%",
+                    healthy.rollback_rate * 100.0
+                ),
+            );
+        }
+        for cell in serin.iter().filter(|c| c.ratio > 1.0) {
+            if let Some(bound) = cell.wald_bound.filter(|b| *b < WALD_GOAL_LIMIT) {
+                line(
+                    cell.median.is_some_and(|m| m <= 1.5 * bound),
+                    format!(
+                        "{rps} req/s, ratio {}: median {} ≤ 1.5 × Wald's {} ({})",
+                        cell.ratio,
+                        seconds(cell.median),
+                        seconds(Some(bound)),
+                        factor(cell.median, Some(bound))
+                    ),
+                );
+            }
+            if let Some(rule) = rule(cell.ratio) {
+                let faster = match (cell.median, rule.median) {
+                    (Some(serin), Some(rule)) => rule >= 4.0 * serin,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                if cell.median.is_some() || rule.median.is_some() {
+                    line(
+                        faster,
+                        format!(
+                            "{rps} req/s, ratio {}: rule median {} ≥ 4 × Serin's {} ({})",
+                            cell.ratio,
+                            seconds(rule.median),
+                            seconds(cell.median),
+                            factor(rule.median, cell.median)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+fn seconds(value: Option<f64>) -> String {
+    match value {
+        None => "never".to_owned(),
+        Some(s) if s >= 3600.0 => format!("{:.1}h", s / 3600.0),
+        Some(s) if s >= 120.0 => format!("{:.1}m", s / 60.0),
+        Some(s) => format!("{s:.0}s"),
+    }
+}
+
+fn factor(numerator: Option<f64>, denominator: Option<f64>) -> String {
+    match (numerator, denominator) {
+        (Some(n), Some(d)) if d > 0.0 => format!("{:.2}×", n / d),
+        (None, Some(_)) => "∞".to_owned(),
+        _ => "-".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_gives_its_steps_interval_and_tolerances() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("canary.yaml");
+        std::fs::write(
+            &path,
+            r#"apiVersion: serin.dev/v1alpha1
+kind: Canary
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  template: {metadata: {labels: {app: web}}, spec: {containers: [{name: web, image: web}]}}
+  steps: [5, 50]
+  stepDuration: 2m
+  analysis:
+    interval: 10s
+    confidence: 0.99
+    metrics:
+    - name: errors
+      errorRate: {requests: "a", errors: "b", maxRatio: 1.5, maxRate: 0.1}
+"#,
+        )
+        .unwrap();
+        let scenario = scenario_from_manifest(&path, 50.0, 0.02).unwrap();
+        assert_eq!(scenario.shares, vec![0.05, 0.5]);
+        assert_eq!(scenario.step_seconds, 120);
+        assert_eq!(scenario.interval_seconds, 10);
+        assert!((scenario.alpha - 0.01).abs() < 1e-12);
+        assert_eq!(scenario.tolerance.max_ratio, 1.5);
+        assert_eq!(scenario.tolerance.max_rate, Some(0.1));
+    }
+
+    #[test]
+    fn a_manifest_without_an_error_rate_metric_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("canary.yaml");
+        std::fs::write(
+            &path,
+            "apiVersion: serin.dev/v1alpha1\nkind: Canary\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template: {metadata: {labels: {app: web}}, spec: {containers: [{name: web, image: web}]}}\n",
+        )
+        .unwrap();
+        let error = scenario_from_manifest(&path, 50.0, 0.02).unwrap_err();
+        assert!(error.to_string().contains("spec.analysis"), "{error}");
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_the_fix() {
+        let mut args = SimulateArgs {
+            manifest: None,
+            rps: 100.0,
+            error_rate: 0.01,
+            regression: vec![2.0],
+            runs: 100,
+            seed: 1,
+            grid: true,
+            interval: 15,
+            json: None,
+        };
+        assert!(check(&args).is_ok());
+        args.regression = vec![0.5];
+        assert!(
+            check(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("--regression")
+        );
+        args.regression = vec![2.0];
+        args.error_rate = 1.5;
+        assert!(
+            check(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("--error-rate")
+        );
+    }
+}
