@@ -89,6 +89,11 @@ impl Controller {
     /// Starts the controller watching `namespace`, its leader Lease in the same
     /// namespace, and waits until it is ready.
     pub fn start(cluster: &Cluster, namespace: &str) -> Result<Self> {
+        Self::start_with(cluster, namespace, &[])
+    }
+
+    /// As [`Self::start`], with more flags for `serin controller`.
+    pub fn start_with(cluster: &Cluster, namespace: &str, flags: &[String]) -> Result<Self> {
         let kubeconfig = install(cluster)?;
         let binary = binary_dir()?.join("serin");
         let logs = tempfile::Builder::new()
@@ -105,7 +110,10 @@ impl Controller {
                 format!("--lease-namespace={namespace}"),
                 format!("--metrics-address=127.0.0.1:{metrics_port}"),
                 format!("--health-address=127.0.0.1:{health_port}"),
-            ],
+            ]
+            .into_iter()
+            .chain(flags.iter().cloned())
+            .collect::<Vec<_>>(),
             &[
                 ("KUBECONFIG", kubeconfig.as_os_str()),
                 ("RUST_LOG", "info".as_ref()),

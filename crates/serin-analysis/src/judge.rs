@@ -211,13 +211,13 @@ fn judge_threshold(
     };
     status.canary = Some(value);
     let out_of_bounds = match (metric.min, metric.max) {
-        (Some(min), _) if value < min => Some(format!("{value} is below min {min}")),
-        (_, Some(max)) if value > max => Some(format!("{value} is above max {max}")),
+        (Some(min), _) if value < min => Some(format!("{value:.4} is below min {min}")),
+        (_, Some(max)) if value > max => Some(format!("{value:.4} is above max {max}")),
         _ => None,
     };
     let Some(problem) = out_of_bounds else {
         status.verdict = Verdict::Pass;
-        status.message = Some(format!("canary {value} within bounds"));
+        status.message = Some(format!("canary {value:.4} within bounds"));
         return;
     };
     let failures = failures + 1;

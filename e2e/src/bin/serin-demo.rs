@@ -1,6 +1,7 @@
-//! `make demo`: a local control plane, Serin installed as a user installs it, and
-//! two rollouts shown live with `kubectl serin get --watch`: one promoted, one
-//! aborted by hand. Everything is stopped and removed at the end.
+//! `make demo`: a local control plane, Serin installed as a user installs it, the
+//! traffic simulator and a real Prometheus, and two rollouts shown live with
+//! `kubectl serin get --watch`: a healthy canary promoted and a bad one rolled back,
+//! both by the analysis. Everything is stopped and removed at the end.
 
 use std::process::{Child, Stdio};
 use std::thread;
@@ -11,6 +12,8 @@ use serin_e2e::cluster::{Binaries, ControlPlane, Options, default_bin_dir, repos
 use serin_e2e::controller::{Controller, path_with_plugin};
 use serin_e2e::harness::Cluster;
 use serin_e2e::kubectl::Kubectl;
+use serin_e2e::prometheus::{Prometheus, ScrapeJob};
+use serin_e2e::traffic::Traffic;
 
 const NAME: &str = "podinfo";
 
@@ -35,35 +38,63 @@ fn main() -> Result<()> {
     };
     let kubectl = &cluster.kubectl;
     kubectl.run(&["create", "namespace", "demo"])?;
+    say("starting the traffic simulator (100 req/s to podinfo) and Prometheus scraping it");
+    let traffic = Traffic::start(plane.kubeconfig(), "demo", NAME, 100.0)?;
+    let prometheus = Prometheus::start(
+        &[ScrapeJob {
+            name: "traffic".into(),
+            targets: vec![traffic.target()],
+        }],
+        Duration::from_secs(1),
+    )?;
     say("installing Serin: kubectl apply -f crds/ -f deploy/, controller under its ServiceAccount");
-    let controller = Controller::start(&cluster, "demo")?;
+    let controller = Controller::start_with(
+        &cluster,
+        "demo",
+        &[format!("--prometheus-address={}", prometheus.url())],
+    )?;
 
     let example = repository_root().join("docs/examples/demo.yaml");
     kubectl.run(&["apply", "-n", "demo", "-f", &example.to_string_lossy()])?;
     wait_promoted(kubectl)?;
-    say("revision 1 is Healthy and Promoted; rolling out podinfo:6.7.1 in 3 seconds");
+    say(
+        "revision 1 is Healthy and Promoted; rolling out podinfo:6.7.1 (1% errors, as stable) in 3 seconds",
+    );
     thread::sleep(Duration::from_secs(3));
 
     let mut watch = watch(kubectl)?;
-    set_image(kubectl, "ghcr.io/stefanprodan/podinfo:6.7.1")?;
+    set_release(kubectl, "ghcr.io/stefanprodan/podinfo:6.7.1", "0.01")?;
     wait_promoted(kubectl)?;
     thread::sleep(Duration::from_secs(4));
-    set_image(kubectl, "ghcr.io/stefanprodan/podinfo:6.8.0-rc1")?;
-    wait_for(kubectl, "step 2", |canary| canary["status"]["step"] == 2)?;
-    thread::sleep(Duration::from_secs(3));
-    let aborted = plugin(kubectl, &["abort", NAME])?;
+    set_release(kubectl, "ghcr.io/stefanprodan/podinfo:6.8.0-rc1", "0.05")?;
+    wait_for(kubectl, "the analysis to roll 6.8.0-rc1 back", |canary| {
+        canary["status"]["phase"] == "Aborted"
+    })?;
     thread::sleep(Duration::from_secs(8));
     stop(&mut watch);
 
     let canary = kubectl.get_json(&["canary", NAME, "-n", "demo"])?;
     let status = &canary["status"];
+    let progressing = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Progressing")
+        .cloned()
+        .unwrap_or_default();
     println!();
-    say(&format!("kubectl serin abort: {}", aborted.trim()));
+    say(&format!(
+        "6.8.0-rc1 (5% errors): {} — {}",
+        progressing["reason"].as_str().unwrap_or_default(),
+        progressing["message"].as_str().unwrap_or_default()
+    ));
     say(&format!(
         "final: phase {}, stable revision {}, canary weight {}%",
         status["phase"], status["stableRevision"], status["weight"]
     ));
     drop(controller);
+    drop(prometheus);
+    drop(traffic);
     drop(plane);
     say("control plane stopped and removed");
     Ok(())
@@ -73,9 +104,11 @@ fn say(text: &str) {
     println!("\x1b[1m==> {text}\x1b[0m");
 }
 
-fn set_image(kubectl: &Kubectl, image: &str) -> Result<()> {
+/// A new release: its image, and the error rate the simulator gives its pods.
+fn set_release(kubectl: &Kubectl, image: &str, error_rate: &str) -> Result<()> {
     let patch = format!(
-        r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"{image}"}}]"#
+        r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"{image}"}},
+            {{"op":"replace","path":"/spec/template/spec/containers/0/env/0/value","value":"{error_rate}"}}]"#
     );
     kubectl.run(&[
         "patch",
@@ -125,16 +158,6 @@ fn watch(kubectl: &Kubectl) -> Result<Child> {
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()?)
-}
-
-fn plugin(kubectl: &Kubectl, args: &[&str]) -> Result<String> {
-    let mut all = vec!["serin", "-n", "demo"];
-    all.extend_from_slice(args);
-    let output = kubectl
-        .plugin(&all)
-        .env("PATH", path_with_plugin()?)
-        .output()?;
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 fn stop(child: &mut Child) {
