@@ -1,0 +1,227 @@
+//! One analysis of one metric: verdicts from readings, evidence carried from one
+//! window to the next, threshold failures counted over the rollout, and no data never
+//! read as a pass.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use serin_analysis::{NoData, Reading, Window, analyse, overall};
+use serin_api::{Analysis, ErrorCounts, Metric, Verdict};
+
+fn analysis(yaml: &str) -> Analysis {
+    serde_norway::from_str(yaml).unwrap()
+}
+
+fn errors_analysis() -> Analysis {
+    analysis("metrics: [{name: errors, errorRate: {requests: r, errors: e}}]")
+}
+
+fn window(since: i64, at: i64) -> Window {
+    let time = |s: i64| Time(Timestamp::from_second(s).unwrap());
+    Window {
+        since: time(since),
+        at: time(at),
+    }
+}
+
+fn counts(cr: f64, ce: f64, sr: f64, se: f64) -> Reading {
+    Reading::Counts(Ok(ErrorCounts {
+        canary_requests: cr,
+        canary_errors: ce,
+        stable_requests: sr,
+        stable_errors: se,
+    }))
+}
+
+fn metric(analysis: &Analysis) -> &Metric {
+    &analysis.metrics[0]
+}
+
+#[test]
+fn no_data_is_inconclusive_never_a_pass() {
+    let spec = errors_analysis();
+    let status = analyse(
+        metric(&spec),
+        &spec,
+        None,
+        &window(0, 15),
+        Reading::Counts(Err(NoData(
+            "Prometheus query failed: connection refused".into(),
+        ))),
+    );
+    assert_eq!(status.verdict, Verdict::Inconclusive);
+    assert!(status.message.unwrap().contains("connection refused"));
+}
+
+#[test]
+fn no_canary_traffic_is_inconclusive() {
+    let spec = errors_analysis();
+    let status = analyse(
+        metric(&spec),
+        &spec,
+        None,
+        &window(0, 15),
+        counts(0.0, 0.0, 500.0, 5.0),
+    );
+    assert_eq!(status.verdict, Verdict::Inconclusive);
+    assert!(status.message.unwrap().contains("too little traffic"));
+}
+
+#[test]
+fn equal_rates_pass_and_a_clear_regression_fails_with_the_evidence() {
+    let spec = errors_analysis();
+    let healthy = analyse(
+        metric(&spec),
+        &spec,
+        None,
+        &window(0, 15),
+        counts(1000.0, 10.0, 9000.0, 90.0),
+    );
+    assert_eq!(healthy.verdict, Verdict::Pass);
+    assert!(healthy.evidence.unwrap() < 1.0);
+    let bad = analyse(
+        metric(&spec),
+        &spec,
+        None,
+        &window(0, 15),
+        counts(1000.0, 60.0, 9000.0, 90.0),
+    );
+    assert_eq!(bad.verdict, Verdict::Fail);
+    let message = bad.message.unwrap();
+    assert!(
+        message.contains("maxRatio") && message.contains("evidence"),
+        "{message}"
+    );
+    assert!(bad.ratio.unwrap().lower > 1.0);
+}
+
+#[test]
+fn evidence_of_an_ended_window_is_carried_into_the_next() {
+    let spec = errors_analysis();
+    // Step 1: suspicious but not yet enough.
+    let step1 = analyse(
+        metric(&spec),
+        &spec,
+        None,
+        &window(0, 60),
+        counts(200.0, 6.0, 1800.0, 18.0),
+    );
+    assert_eq!(step1.verdict, Verdict::Pass);
+    assert!(step1.carried.iter().all(|c| *c == 0.0));
+    // Same window, later: the carried evidence is unchanged.
+    let again = analyse(
+        metric(&spec),
+        &spec,
+        Some(&step1),
+        &window(0, 75),
+        counts(250.0, 7.0, 2250.0, 22.0),
+    );
+    assert_eq!(again.carried, step1.carried);
+    // Step 2 starts a new window: step 1's last counts are carried.
+    let step2 = analyse(
+        metric(&spec),
+        &spec,
+        Some(&again),
+        &window(80, 95),
+        counts(100.0, 3.0, 100.0, 1.0),
+    );
+    assert!(
+        step2.carried.iter().any(|c| *c > 0.0),
+        "{:?}",
+        step2.carried
+    );
+    let fresh = analyse(
+        metric(&spec),
+        &spec,
+        None,
+        &window(80, 95),
+        counts(100.0, 3.0, 100.0, 1.0),
+    );
+    assert!(step2.evidence.unwrap() > fresh.evidence.unwrap());
+}
+
+#[test]
+fn threshold_failures_hold_the_step_then_fail_at_the_limit() {
+    let spec = analysis("metrics: [{name: p99, query: q, max: 0.5, failureLimit: 2}]");
+    let values = |canary: f64| Reading::Values {
+        canary: Ok(canary),
+        stable: Ok(0.1),
+    };
+    let first = analyse(metric(&spec), &spec, None, &window(0, 15), values(0.9));
+    assert_eq!(
+        (first.verdict, first.failures),
+        (Verdict::Inconclusive, Some(1))
+    );
+    let fine = analyse(
+        metric(&spec),
+        &spec,
+        Some(&first),
+        &window(0, 30),
+        values(0.2),
+    );
+    assert_eq!((fine.verdict, fine.failures), (Verdict::Pass, Some(1)));
+    let second = analyse(
+        metric(&spec),
+        &spec,
+        Some(&fine),
+        &window(40, 55),
+        values(0.7),
+    );
+    assert_eq!((second.verdict, second.failures), (Verdict::Fail, Some(2)));
+    assert!(second.message.unwrap().contains("above max 0.5"));
+    let missing = analyse(
+        metric(&spec),
+        &spec,
+        Some(&fine),
+        &window(40, 55),
+        Reading::Values {
+            canary: Err(NoData("the query returned no series".into())),
+            stable: Ok(0.1),
+        },
+    );
+    assert_eq!(
+        (missing.verdict, missing.failures),
+        (Verdict::Inconclusive, Some(1))
+    );
+}
+
+#[test]
+fn overall_fails_on_any_failure_and_holds_on_any_inconclusive() {
+    let spec = errors_analysis();
+    let pass = analyse(
+        metric(&spec),
+        &spec,
+        None,
+        &window(0, 15),
+        counts(1000.0, 10.0, 9000.0, 90.0),
+    );
+    let fail = analyse(
+        metric(&spec),
+        &spec,
+        None,
+        &window(0, 15),
+        counts(1000.0, 80.0, 9000.0, 90.0),
+    );
+    let blind = analyse(
+        metric(&spec),
+        &spec,
+        None,
+        &window(0, 15),
+        counts(0.0, 0.0, 9000.0, 90.0),
+    );
+    assert_eq!(overall(&[pass.clone()]).verdict, Verdict::Pass);
+    assert_eq!(
+        overall(&[pass.clone(), blind.clone()]).verdict,
+        Verdict::Inconclusive
+    );
+    let failed = overall(&[pass, blind, fail]);
+    assert_eq!(failed.verdict, Verdict::Fail);
+    assert!(failed.reason.starts_with("errors:"), "{}", failed.reason);
+}
+
+#[test]
+fn the_error_budget_is_split_between_error_rate_metrics() {
+    let two = analysis(
+        "confidence: 0.9\nmetrics: [{name: a, errorRate: {requests: r, errors: e}}, {name: b, errorRate: {requests: r, errors: e}}, {name: c, query: q, max: 1}]",
+    );
+    assert!((serin_analysis::alpha_per_metric(&two) - 0.05).abs() < 1e-12);
+}
