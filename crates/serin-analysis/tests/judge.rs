@@ -8,7 +8,7 @@ use serin_analysis::{NoData, Reading, Window, analyse, overall};
 use serin_api::{Analysis, ErrorCounts, Metric, Verdict};
 
 fn analysis(yaml: &str) -> Analysis {
-    serde_norway::from_str(yaml).unwrap()
+    serde_norway::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))
 }
 
 fn errors_analysis() -> Analysis {
@@ -16,7 +16,8 @@ fn errors_analysis() -> Analysis {
 }
 
 fn window(since: i64, at: i64) -> Window {
-    let time = |s: i64| Time(Timestamp::from_second(s).unwrap());
+    let time =
+        |s: i64| Time(Timestamp::UNIX_EPOCH + k8s_openapi::jiff::SignedDuration::from_secs(s));
     Window {
         since: time(since),
         at: time(at),
@@ -208,7 +209,7 @@ fn overall_fails_on_any_failure_and_holds_on_any_inconclusive() {
         &window(0, 15),
         counts(0.0, 0.0, 9000.0, 90.0),
     );
-    assert_eq!(overall(&[pass.clone()]).verdict, Verdict::Pass);
+    assert_eq!(overall(std::slice::from_ref(&pass)).verdict, Verdict::Pass);
     assert_eq!(
         overall(&[pass.clone(), blind.clone()]).verdict,
         Verdict::Inconclusive
