@@ -1,0 +1,54 @@
+//! Serin's Prometheus client against the real server: one finite number per query,
+//! and an empty result, NaN, several series or an unreachable server each reported
+//! as its own kind of no data, never as zero.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serin_e2e::process::free_port;
+use serin_e2e::prometheus::Prometheus as Server;
+use serin_prometheus::{Prometheus, QueryError};
+
+#[test]
+fn the_client_reads_one_number_and_reports_everything_else_as_no_data() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut server = Server::start(&[], Duration::from_secs(1))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = Prometheus::new(&server.url(), None, Duration::from_secs(5))?;
+    runtime.block_on(async {
+        assert_eq!(client.value("vector(42)").await, Ok(42.0));
+        assert_eq!(client.value("scalar(vector(0.5))").await, Ok(0.5));
+        assert_eq!(
+            client.value("serin_no_such_metric_total").await,
+            Err(QueryError::Empty)
+        );
+        assert!(matches!(
+            client.value("vector(0) / 0").await,
+            Err(QueryError::NotFinite(_))
+        ));
+        assert_eq!(
+            client
+                .value(r#"label_replace(vector(1), "a", "x", "", "") or label_replace(vector(2), "a", "y", "", "")"#)
+                .await,
+            Err(QueryError::Ambiguous(2))
+        );
+        assert!(matches!(
+            client.value("sum(").await,
+            Err(QueryError::Failed(_))
+        ));
+    });
+    server.stop();
+    let down = runtime.block_on(client.value("vector(1)"));
+    assert!(matches!(down, Err(QueryError::Failed(_))), "{down:?}");
+
+    let nothing = Prometheus::new(
+        &format!("http://127.0.0.1:{}", free_port()?),
+        None,
+        Duration::from_secs(2),
+    )?;
+    let refused = runtime.block_on(nothing.value("vector(1)"));
+    assert!(matches!(refused, Err(QueryError::Failed(_))), "{refused:?}");
+    Ok(())
+}
