@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::process::{Supervised, free_port, wait_until};
+use crate::prometheus::{Prometheus, ScrapeJob};
 
 /// Env var of a pod's container: fraction of requests that fail (default 0).
 pub const ERROR_RATE_ENV: &str = "SIM_ERROR_RATE";
@@ -118,6 +119,17 @@ impl Traffic {
     /// `host:port` for a Prometheus scrape job.
     pub fn target(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A real Prometheus scraping the simulator every second.
+    pub fn scraped(&self) -> Result<Prometheus> {
+        Prometheus::start(
+            &[ScrapeJob {
+                name: "traffic".into(),
+                targets: vec![self.target()],
+            }],
+            Duration::from_secs(1),
+        )
     }
 
     /// The simulator's log, for a failing test's message.

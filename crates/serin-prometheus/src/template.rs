@@ -6,17 +6,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-/// The variables a query template may use, in the order the docs list them.
-pub const VARIABLES: [&str; 8] = [
-    "namespace",
-    "name",
-    "revision",
-    "replicaset",
-    "pods",
-    "service",
-    "interval",
-    "elapsed",
-];
+/// The variables a query template may use; the API's list, which its CEL rules check.
+pub use serin_api::TEMPLATE_VARIABLES as VARIABLES;
 
 /// What a template is filled in with for one arm (canary or stable).
 #[derive(Clone, Debug, PartialEq, Eq)]

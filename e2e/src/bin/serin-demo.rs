@@ -12,7 +12,6 @@ use serin_e2e::cluster::{Binaries, ControlPlane, Options, default_bin_dir, repos
 use serin_e2e::controller::{Controller, path_with_plugin};
 use serin_e2e::harness::Cluster;
 use serin_e2e::kubectl::Kubectl;
-use serin_e2e::prometheus::{Prometheus, ScrapeJob};
 use serin_e2e::traffic::Traffic;
 
 const NAME: &str = "podinfo";
@@ -40,13 +39,7 @@ fn main() -> Result<()> {
     kubectl.run(&["create", "namespace", "demo"])?;
     say("starting the traffic simulator (100 req/s to podinfo) and Prometheus scraping it");
     let traffic = Traffic::start(plane.kubeconfig(), "demo", NAME, 100.0)?;
-    let prometheus = Prometheus::start(
-        &[ScrapeJob {
-            name: "traffic".into(),
-            targets: vec![traffic.target()],
-        }],
-        Duration::from_secs(1),
-    )?;
+    let prometheus = traffic.scraped()?;
     say("installing Serin: kubectl apply -f crds/ -f deploy/, controller under its ServiceAccount");
     let controller = Controller::start_with(
         &cluster,

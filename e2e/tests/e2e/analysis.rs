@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
-use serin_e2e::prometheus::{Prometheus, ScrapeJob};
+use serin_e2e::prometheus::Prometheus;
 use serin_e2e::traffic::Traffic;
 
 use crate::rollout::{Rollout, condition, phase, revisions};
@@ -43,13 +43,7 @@ impl Judged {
         let name = "web".to_owned();
         let rollout = Rollout::prepare(test, &name)?;
         let traffic = Traffic::start(rollout.kubectl.kubeconfig(), &rollout.namespace, &name, rps)?;
-        let prometheus = Prometheus::start(
-            &[ScrapeJob {
-                name: "traffic".into(),
-                targets: vec![traffic.target()],
-            }],
-            Duration::from_secs(1),
-        )?;
+        let prometheus = traffic.scraped()?;
         let judged = Self {
             analysis: format!(
                 "{steps}
