@@ -26,6 +26,8 @@ pub struct Prometheus {
     process: Option<Supervised>,
     port: u16,
     dir: TempDir,
+    /// Serving https with basic auth (`start_secured`).
+    secured: bool,
 }
 
 impl Prometheus {
@@ -40,12 +42,97 @@ impl Prometheus {
             scrape_config(jobs, scrape_interval),
         )?;
         let port = free_port()?;
-        let process = launch(dir.path(), port)?;
+        let process = launch(dir.path(), port, false)?;
         Ok(Self {
             process: Some(process),
             port,
             dir,
+            secured: false,
         })
+    }
+
+    /// Starts Prometheus (no scrape jobs) serving https with a certificate of a fresh
+    /// test CA and requiring basic auth as `user`/`password`. Returns the server and
+    /// the CA certificate (PEM) a client must trust. Made with `openssl`.
+    pub fn start_secured(user: &str, password: &str) -> Result<(Self, Vec<u8>)> {
+        let dir = tempfile::Builder::new()
+            .prefix("serin-prometheus-")
+            .tempdir()?;
+        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        fs::write(
+            path("prometheus.yml"),
+            scrape_config(&[], Duration::from_secs(5)),
+        )?;
+        fs::write(
+            path("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )?;
+        let subject_ca = "/CN=serin-test-ca";
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &path("ca.key"),
+            "-out",
+            &path("ca.crt"),
+            "-days",
+            "1",
+            "-subj",
+            subject_ca,
+        ])?;
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &path("server.key"),
+            "-out",
+            &path("server.csr"),
+            "-subj",
+            "/CN=127.0.0.1",
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &path("server.csr"),
+            "-CA",
+            &path("ca.crt"),
+            "-CAkey",
+            &path("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &path("server.crt"),
+            "-days",
+            "1",
+            "-extfile",
+            &path("server.ext"),
+        ])?;
+        let hash = bcrypt::hash(password, 4)?;
+        fs::write(
+            path("web.yml"),
+            format!(
+                "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  {user}: '{hash}'\n",
+                path("server.crt"),
+                path("server.key")
+            ),
+        )?;
+        let ca = fs::read(path("ca.crt"))?;
+        let port = free_port()?;
+        let process = launch(dir.path(), port, true)?;
+        Ok((
+            Self {
+                process: Some(process),
+                port,
+                dir,
+                secured: true,
+            },
+            ca,
+        ))
     }
 
     /// Stops the server, as an outage would; its data stays for [`Self::restart`].
@@ -58,13 +145,14 @@ impl Prometheus {
     /// Starts the server again on the same port with the same data.
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
-        self.process = Some(launch(self.dir.path(), self.port)?);
+        self.process = Some(launch(self.dir.path(), self.port, self.secured)?);
         Ok(())
     }
 
     /// Base URL of the HTTP API, for example `http://127.0.0.1:40123`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.secured { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Runs an instant query and returns the `data.result` array.
@@ -87,29 +175,53 @@ impl Prometheus {
 
 /// Runs Prometheus with the config and data in `dir`, until it answers `/-/ready`. The
 /// binary is `$SERIN_PROMETHEUS` or `prometheus` on PATH.
-fn launch(dir: &Path, port: u16) -> Result<Supervised> {
+fn launch(dir: &Path, port: u16, secured: bool) -> Result<Supervised> {
     let program = std::env::var_os("SERIN_PROMETHEUS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("prometheus"));
-    let mut process = Supervised::spawn(
-        "prometheus",
-        &program,
-        &[
-            format!("--config.file={}", dir.join("prometheus.yml").display()),
-            format!("--storage.tsdb.path={}", dir.join("data").display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
-            "--log.level=warn".into(),
-        ],
-        dir,
-    )
-    .context("starting prometheus (install it: apt-get install prometheus)")?;
+    let mut args = vec![
+        format!("--config.file={}", dir.join("prometheus.yml").display()),
+        format!("--storage.tsdb.path={}", dir.join("data").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        "--log.level=warn".into(),
+    ];
+    if secured {
+        args.push(format!(
+            "--web.config.file={}",
+            dir.join("web.yml").display()
+        ));
+    }
+    let mut process = Supervised::spawn("prometheus", &program, &args, dir)
+        .context("starting prometheus (install it: apt-get install prometheus)")?;
     wait_until(
         "prometheus",
         Duration::from_secs(30),
         || process.ensure_running(),
-        || http::get(port, "/-/ready").is_some_and(|(code, _)| code == 200),
+        || {
+            if secured {
+                // https and auth: the port accepting is all a plain probe can see.
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            } else {
+                http::get(port, "/-/ready").is_some_and(|(code, _)| code == 200)
+            }
+        },
     )?;
     Ok(process)
+}
+
+fn openssl(args: &[&str]) -> Result<()> {
+    let output = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .context("running openssl (install it: apt-get install openssl)")?;
+    if !output.status.success() {
+        bail!(
+            "openssl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
 }
 
 fn scrape_config(jobs: &[ScrapeJob], interval: Duration) -> String {
