@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::http;
 use crate::kubectl::Kubectl;
-use crate::process::{Supervised, free_port, wait_until};
+use crate::process::{Supervised, free_port, openssl, wait_until};
 
 /// Where the Kubernetes binaries are: `$SERIN_BIN_DIR`, or `.cache/bin` in the
 /// repository, where `make controlplane` builds them.
@@ -311,24 +311,10 @@ fn random_hex(bytes: usize) -> Result<String> {
 /// The key pair the API server signs ServiceAccount tokens with.
 fn service_account_keys(dir: &Path) -> Result<()> {
     let key = dir.join("sa.key");
-    let run = |args: &[&str]| -> Result<()> {
-        let output = Command::new("openssl")
-            .args(args)
-            .output()
-            .context("running openssl (install it: apt-get install openssl)")?;
-        if !output.status.success() {
-            bail!(
-                "openssl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
-    };
     let key_path = key.to_string_lossy();
     let pub_path = dir.join("sa.pub");
-    run(&["genrsa", "-out", &key_path, "2048"])?;
-    run(&[
+    openssl(&["genrsa", "-out", &key_path, "2048"])?;
+    openssl(&[
         "rsa",
         "-in",
         &key_path,

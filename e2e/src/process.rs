@@ -165,3 +165,19 @@ pub fn wait_until(
         thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Runs `openssl` with `args` (certificates and keys for the test servers).
+pub fn openssl(args: &[&str]) -> Result<()> {
+    let output = Command::new("openssl")
+        .args(args)
+        .output()
+        .context("running openssl (install it: apt-get install openssl)")?;
+    if !output.status.success() {
+        bail!(
+            "openssl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}

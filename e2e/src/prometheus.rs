@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
 use crate::http;
-use crate::process::{Supervised, free_port, wait_until};
+use crate::process::{Supervised, free_port, openssl, wait_until};
 
 /// One scrape job: a name and the `host:port` addresses it scrapes at `/metrics`.
 #[derive(Clone, Debug)]
@@ -207,21 +207,6 @@ fn launch(dir: &Path, port: u16, secured: bool) -> Result<Supervised> {
         },
     )?;
     Ok(process)
-}
-
-fn openssl(args: &[&str]) -> Result<()> {
-    let output = std::process::Command::new("openssl")
-        .args(args)
-        .output()
-        .context("running openssl (install it: apt-get install openssl)")?;
-    if !output.status.success() {
-        bail!(
-            "openssl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
 }
 
 fn scrape_config(jobs: &[ScrapeJob], interval: Duration) -> String {
