@@ -671,6 +671,33 @@ fn a_restarted_controller_continues_the_same_rollout() {
 }
 
 #[test]
+fn a_promotion_asked_for_behind_an_invalid_spec_runs_once_the_spec_is_valid() {
+    let mut world = World::healthy(spec(""));
+    world.new_template(CANARY);
+    world.reconcile();
+    world.invalid = Some("spec.analysis.metrics[0].query: unknown variable {{pod}}".into());
+    world.analysis = Some(StepVerdict::Fail("errors".into()));
+    world.command = Some("promote-full/1".into());
+    world.reconcile();
+    assert!(
+        world.status.last_command.is_none(),
+        "nothing runs on an invalid spec"
+    );
+    assert_eq!(world.phase(), Phase::Progressing);
+
+    world.invalid = None;
+    world.reconcile();
+    assert_eq!(
+        world.status.last_command.as_ref().map(|c| c.nonce.as_str()),
+        Some("1")
+    );
+    assert!(
+        world.promoted(),
+        "a person's promote-full outranks the analysis"
+    );
+}
+
+#[test]
 fn an_invalid_spec_changes_nothing() {
     let mut world = World::healthy(spec(""));
     world.new_template(CANARY);
@@ -805,8 +832,8 @@ mod random_walks {
             let mut world = World::healthy(spec(extra));
             let templates = [STABLE, CANARY, THIRD];
             for (index, happened) in happenings.into_iter().enumerate() {
-                let promoted_by_hand = matches!(happened, Happening::Command("promote" | "promote-full"));
                 let before = (world.status.step, world.status.phase, world.status.canary_revision.clone());
+                let acknowledged = world.status.last_command.clone();
                 match happened {
                     Happening::Wait(seconds) => world.advance(Duration::from_secs(seconds)),
                     Happening::NewTemplate(which) => world.new_template(templates[which]),
@@ -825,6 +852,10 @@ mod random_walks {
                 // available pod, and that only the spec's revision is ever created.
                 world.reconcile();
                 let status = &world.status;
+                // A promote runs when it is acknowledged, which may be later than it was
+                // set (behind an InvalidSpec, say).
+                let promoted_by_hand = status.last_command != acknowledged
+                    && status.last_command.as_ref().is_some_and(|c| c.command.starts_with("promote"));
                 let moved_on = status.canary_revision == before.2
                     && before.1 == Some(Phase::Progressing)
                     && (status.step > before.0 || status.phase == Some(Phase::Promoting) || status.phase == Some(Phase::Healthy));
