@@ -20,10 +20,13 @@ use crate::machine::StepVerdict;
 /// Longest a query may take; shorter when the interval is.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What makes two Canaries share a client: a rotated Secret gets a new one.
+type ClientKey = (String, Option<Credentials>, Duration);
+
 /// Reads metrics for every Canary; keeps one client per Prometheus and credentials.
 pub struct Analyst {
     default_address: Option<String>,
-    clients: Mutex<HashMap<String, Prometheus>>,
+    clients: Mutex<HashMap<ClientKey, Prometheus>>,
 }
 
 impl Analyst {
@@ -95,13 +98,12 @@ impl Analyst {
             ));
         };
         let interval = std_duration(analysis.interval);
-        let current: Vec<&MetricStatus> = status
+        let this_window = |m: &&MetricStatus| m.since.as_ref() == Some(&since);
+        let analysed = status.analysis.iter().filter(this_window).count() > 0;
+        let last = status
             .analysis
             .iter()
-            .filter(|m| m.since.as_ref() == Some(&since))
-            .collect();
-        let last = current
-            .iter()
+            .filter(this_window)
             .filter_map(|m| m.at.as_ref())
             .map(|t| t.0)
             .min();
@@ -113,7 +115,7 @@ impl Analyst {
                 )
                 .await;
             status.analysis = metrics;
-        } else if current.is_empty() {
+        } else if !analysed {
             let seconds = (due - now).get_seconds().max(0);
             return Some(StepVerdict::Pending(format!(
                 "first analysis of this step in {seconds}s"
@@ -122,7 +124,7 @@ impl Analyst {
         let current: Vec<MetricStatus> = status
             .analysis
             .iter()
-            .filter(|m| m.since.as_ref() == Some(&since))
+            .filter(this_window)
             .cloned()
             .collect();
         let overall = serin_analysis::overall(&current);
@@ -256,35 +258,20 @@ impl Analyst {
             None => None,
         };
         let timeout = interval.min(QUERY_TIMEOUT);
-        let key = format!(
-            "{address}\n{:x}\n{}",
-            hash(&credentials),
-            timeout.as_millis()
-        );
+        let key = (address, credentials, timeout);
+
         if let Ok(clients) = self.clients.lock()
             && let Some(found) = clients.get(&key)
         {
             return Ok(found.clone());
         }
         let prometheus =
-            Prometheus::new(&address, credentials.as_ref(), timeout).map_err(|e| e.to_string())?;
+            Prometheus::new(&key.0, key.1.as_ref(), timeout).map_err(|e| e.to_string())?;
         if let Ok(mut clients) = self.clients.lock() {
             clients.insert(key, prometheus.clone());
         }
         Ok(prometheus)
     }
-}
-
-/// A hash of the credentials, so a rotated Secret gets a new client.
-fn hash(credentials: &Option<Credentials>) -> u64 {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let mut hasher = DefaultHasher::new();
-    if let Some(c) = credentials {
-        c.token.hash(&mut hasher);
-        c.basic.hash(&mut hasher);
-        c.ca.hash(&mut hasher);
-    }
-    hasher.finish()
 }
 
 /// The query error, with a hint where an empty result has a well-known cause.

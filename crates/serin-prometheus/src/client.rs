@@ -20,7 +20,7 @@ pub const PASSWORD_KEY: &str = "password";
 pub const CA_KEY: &str = "ca.crt";
 
 /// How to authenticate to Prometheus, read from the Secret the spec names.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Credentials {
     /// `Authorization: Bearer <token>`.
     pub token: Option<String>,
