@@ -9,10 +9,12 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
+mod decode;
 mod schema;
 mod spec;
 mod status;
 
+pub use decode::{DecodeError, decode};
 /// A Go-style duration as written in the spec (`30s`, `2m`).
 pub use kube::core::Duration;
 pub use spec::{

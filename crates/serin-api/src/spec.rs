@@ -151,7 +151,7 @@ pub struct WorkloadSelector {
     /// Labels every pod of the workload carries, for example `{app: podinfo}`.
     #[x_kube(validation = Rule::new("size(self) > 0")
         .message("must hold at least one label, for example {app: podinfo}: an empty selector would select every pod in the namespace"))]
-    #[schemars(extend("maxProperties" = 32))]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = schema::label_value()))]
     pub match_labels: BTreeMap<String, String>,
 }
 
@@ -164,6 +164,8 @@ pub struct ServicePorts {
     pub port: i32,
     /// Container port (number or name) the Services send to. Default: `port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("type(self) == int ? (self >= 1 && self <= 65535) : (size(self) <= 15 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && self.matches('[a-z]') && !self.contains('--'))")
+        .message("must be a port number from 1 to 65535, or a container port's name (at most 15 lowercase letters, digits and single hyphens, with at least one letter)"))]
     pub target_port: Option<IntOrString>,
 }
 

@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod command;
 pub mod conditions;
+pub mod health;
 pub mod http;
 pub mod machine;
 pub mod metrics;

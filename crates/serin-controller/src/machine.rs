@@ -94,18 +94,39 @@ pub enum Action {
     },
     /// Point the Services and the router at the revisions, with this weight.
     Route(Routing),
-    /// Record when a ReplicaSet that no longer receives traffic is scaled down.
+    /// Record when a ReplicaSet that no longer receives traffic is scaled down, or
+    /// clear that mark on one that serves again (stable or canary), so a stale mark
+    /// can never drain it early the next time it retires.
     ScaleDownAt {
         /// Revision of the ReplicaSet.
         revision: String,
-        /// When.
-        at: Timestamp,
+        /// When; None clears the mark.
+        at: Option<Timestamp>,
     },
     /// Delete an old, scaled-down ReplicaSet beyond the history limit.
     Delete {
         /// Revision of the ReplicaSet.
         revision: String,
     },
+}
+
+impl Action {
+    /// What this action changes on a ReplicaSet as observed: the replica count for
+    /// `Scale`, the scale-down mark for `ScaleDownAt`, nothing else. The reconciler's
+    /// patches write exactly these fields (its tests check the round trip), and the
+    /// model cluster of the state machine's tests applies actions with this function,
+    /// so the two cannot drift apart.
+    pub fn apply_to(&self, rs: &mut ObservedReplicaSet) {
+        match self {
+            Self::Scale { revision, replicas } if *revision == rs.revision => {
+                rs.replicas = *replicas;
+            }
+            Self::ScaleDownAt { revision, at } if *revision == rs.revision => {
+                rs.scale_down_at = *at;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Something worth an Event: a transition, with a reason a person can act on.
@@ -231,6 +252,8 @@ impl<'s, 'a> Planner<'s, 'a> {
         } else {
             self.rollout(&stable, &target);
         }
+        // A promotion in this plan changed which revision is stable.
+        let stable = self.status.stable_revision.clone().unwrap_or(stable);
         self.retire_unused(&stable);
     }
 
@@ -618,7 +641,8 @@ impl<'s, 'a> Planner<'s, 'a> {
     }
 
     /// Revisions that no longer receive traffic are scaled down after the delay,
-    /// and the oldest beyond the history limit are deleted.
+    /// and the oldest beyond the history limit are deleted. A revision in use keeps
+    /// no scale-down mark.
     fn retire_unused(&mut self, stable: &str) {
         let active_canary = match self.status.phase {
             Some(Phase::Progressing | Phase::Paused | Phase::Promoting) => {
@@ -632,6 +656,12 @@ impl<'s, 'a> Planner<'s, 'a> {
         let mut idle = Vec::new();
         for rs in &self.snap.replica_sets {
             if in_use(&rs.revision) {
+                if rs.scale_down_at.is_some() {
+                    self.actions.push(Action::ScaleDownAt {
+                        revision: rs.revision.clone(),
+                        at: None,
+                    });
+                }
                 continue;
             }
             if rs.replicas == 0 {
@@ -648,7 +678,7 @@ impl<'s, 'a> Planner<'s, 'a> {
                     let at = self.snap.now + SignedDuration::try_from(delay).unwrap_or_default();
                     self.actions.push(Action::ScaleDownAt {
                         revision: rs.revision.clone(),
-                        at,
+                        at: Some(at),
                     });
                     self.wake_in(delay);
                 }

@@ -1,5 +1,7 @@
 //! The controller's own figures, served at `/metrics` in the OpenMetrics format.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
@@ -49,6 +51,8 @@ pub struct Metrics {
     weight: Family<CanaryLabels, Gauge<i64, AtomicI64>>,
     phase: Family<PhaseLabels, Gauge<i64, AtomicI64>>,
     leader: Gauge<i64, AtomicI64>,
+    undecodable: Gauge<i64, AtomicI64>,
+    undecodable_canaries: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl Default for Metrics {
@@ -60,6 +64,7 @@ impl Default for Metrics {
         let weight = Family::default();
         let phase = Family::default();
         let leader = Gauge::default();
+        let undecodable = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -86,6 +91,11 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "canaries_undecodable",
+            "Canaries whose stored spec does not decode; each has InvalidSpec naming the field",
+            undecodable.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -94,6 +104,8 @@ impl Default for Metrics {
             weight,
             phase,
             leader,
+            undecodable,
+            undecodable_canaries: Mutex::default(),
         }
     }
 }
@@ -127,8 +139,23 @@ impl Metrics {
         }
     }
 
+    /// Records whether a Canary's stored spec decodes.
+    pub fn undecodable(&self, namespace: &str, canary: &str, undecodable: bool) {
+        if let Ok(mut set) = self.undecodable_canaries.lock() {
+            let key = (namespace.to_owned(), canary.to_owned());
+            if undecodable {
+                set.insert(key);
+            } else {
+                set.remove(&key);
+            }
+            self.undecodable
+                .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Forgets a deleted Canary's series.
     pub fn forget(&self, namespace: &str, canary: &str) {
+        self.undecodable(namespace, canary, false);
         self.weight.remove(&CanaryLabels {
             namespace: namespace.to_owned(),
             canary: canary.to_owned(),
@@ -184,7 +211,13 @@ mod tests {
             text.contains(r#"serin_canary_phase{namespace="demo",canary="web",phase="Healthy"} 0"#),
             "{text}"
         );
+        metrics.undecodable("demo", "web", true);
+        metrics.undecodable("demo", "api", true);
+        metrics.undecodable("demo", "api", false);
+        assert!(metrics.encode().contains("serin_canaries_undecodable 1"));
         metrics.forget("demo", "web");
-        assert!(!metrics.encode().contains(r#"canary="web""#));
+        let text = metrics.encode();
+        assert!(!text.contains(r#"canary="web""#), "{text}");
+        assert!(text.contains("serin_canaries_undecodable 0"), "{text}");
     }
 }

@@ -5,22 +5,28 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
-use k8s_openapi::api::core::v1::{PodTemplateSpec, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, PodTemplateSpec, Service};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    Condition, LabelSelector, MicroTime, ObjectMeta, Time,
+};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Config, Controller};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use serin_api::{COMMAND_ANNOTATION, Canary, REVISION_LABEL};
+use serin_api::{COMMAND_ANNOTATION, Canary, DecodeError, REVISION_LABEL};
 use serin_traffic::{FIELD_MANAGER, Router, WeightRouter, Weights, Workload};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::analysis::Analyst;
+use crate::conditions;
+use crate::health::WatchHealth;
 use crate::machine::{self, Action, ObservedReplicaSet, Snapshot};
 use crate::metrics::Metrics;
 use crate::revision::revision_of;
@@ -58,6 +64,8 @@ fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileE
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
+    /// The Canary resource, for untyped reads and writes.
+    canary_type: ApiResource,
     analyst: Analyst,
     /// Who records the Events: the pod name in a cluster.
     instance: String,
@@ -76,35 +84,54 @@ pub struct Settings {
 }
 
 /// Reconciles every Canary in scope until `stop` resolves.
+///
+/// Canaries are watched as untyped objects and decoded one at a time, so a Canary
+/// whose stored pod spec does not fit the types (the API server stores the pod spec
+/// without a schema) is reported on its own and cannot stop the watch of the others.
 pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
+    health: Arc<WatchHealth>,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let canary_type = ApiResource::erase::<Canary>(&());
     let (canaries, replica_sets, services) = match &settings.namespace {
         Some(namespace) => (
-            Api::<Canary>::namespaced(client.clone(), namespace),
-            Api::<ReplicaSet>::namespaced(client.clone(), namespace),
-            Api::<Service>::namespaced(client.clone(), namespace),
+            Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &canary_type),
+            Api::<PartialObjectMeta<ReplicaSet>>::namespaced(client.clone(), namespace),
+            Api::<PartialObjectMeta<Service>>::namespaced(client.clone(), namespace),
         ),
         None => (
-            Api::<Canary>::all(client.clone()),
-            Api::<ReplicaSet>::all(client.clone()),
-            Api::<Service>::all(client.clone()),
+            Api::<DynamicObject>::all_with(client.clone(), &canary_type),
+            Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
+            Api::<PartialObjectMeta<Service>>::all(client.clone()),
         ),
     };
     let owned = watcher::Config::default().labels(CANARY_LABEL);
+    let writer = reflector::store::Writer::new(canary_type.clone());
+    let store = writer.as_reader();
+    let canary_events = tracked(
+        "canaries",
+        watcher(canaries, watcher::Config::default()),
+        &health,
+    )
+    .reflect(writer)
+    .applied_objects();
+    let replica_set_events =
+        tracked("replicasets", watcher(replica_sets, owned.clone()), &health).touched_objects();
+    let service_events = tracked("services", watcher(services, owned), &health).touched_objects();
     let context = Arc::new(Context {
         instance: std::env::var("POD_NAME")
             .unwrap_or_else(|_| format!("serin-{}", std::process::id())),
         client,
         analyst: Analyst::new(settings.prometheus_address.clone()),
         metrics,
+        canary_type: canary_type.clone(),
     });
-    Controller::new(canaries, watcher::Config::default())
-        .owns(replica_sets, owned.clone())
-        .owns(services, owned)
+    Controller::for_stream_with(canary_events, store, canary_type)
+        .owns_stream(replica_set_events)
+        .owns_stream(service_events)
         .with_config(Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, context)
@@ -114,24 +141,135 @@ pub async fn run(
             }
         })
         .await;
+    health.clear();
 }
 
-fn error_policy(_canary: Arc<Canary>, _error: &ReconcileError, _context: Arc<Context>) -> Requeue {
+/// A watch with back-off whose every outcome is reported to `health`.
+fn tracked<K: Send + 'static>(
+    name: &'static str,
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    health: &Arc<WatchHealth>,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static {
+    health.starting(name);
+    let health = Arc::clone(health);
+    events
+        .default_backoff()
+        .inspect(move |event| health.observe(name, event))
+}
+
+fn error_policy(
+    _canary: Arc<DynamicObject>,
+    _error: &ReconcileError,
+    _context: Arc<Context>,
+) -> Requeue {
     Requeue::requeue(Duration::from_secs(5))
 }
 
-async fn reconcile(canary: Arc<Canary>, context: Arc<Context>) -> Result<Requeue, ReconcileError> {
-    let namespace = canary.namespace().ok_or(ReconcileError::NoNamespace)?;
-    let name = canary.name_any();
+async fn reconcile(
+    object: Arc<DynamicObject>,
+    context: Arc<Context>,
+) -> Result<Requeue, ReconcileError> {
+    let namespace = object.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let name = object.name_any();
     let span = info_span!("reconcile", canary = %format!("{namespace}/{name}"));
     let started = Instant::now();
-    let result = reconcile_one(&canary, &namespace, &name, &context)
-        .instrument(span)
-        .await;
+    let result = async {
+        if object.metadata.deletion_timestamp.is_some() {
+            context.metrics.forget(&namespace, &name);
+            return Ok(Requeue::await_change());
+        }
+        let decoded = serde_json::to_value(object.as_ref())
+            .map_err(|error| DecodeError {
+                field: "(the whole object)".into(),
+                problem: error.to_string(),
+            })
+            .and_then(serin_api::decode);
+        match decoded {
+            Ok(canary) => {
+                context.metrics.undecodable(&namespace, &name, false);
+                reconcile_one(&canary, &namespace, &name, &context).await
+            }
+            Err(error) => {
+                context.metrics.undecodable(&namespace, &name, true);
+                report_undecodable(&object, &namespace, &name, &error, &context).await
+            }
+        }
+    }
+    .instrument(span)
+    .await;
     context
         .metrics
         .reconciled(started.elapsed(), result.is_err());
     result
+}
+
+/// A Canary that does not decode gets `InvalidSpec` (and `Promoted` False) naming
+/// the field, written as a merge patch of the conditions so the rest of its status
+/// (the stable revision above all) survives until the spec is fixed. Nothing else
+/// is touched; the fix is an edit, which the watch sees.
+async fn report_undecodable(
+    object: &DynamicObject,
+    namespace: &str,
+    name: &str,
+    error: &DecodeError,
+    context: &Context,
+) -> Result<Requeue, ReconcileError> {
+    let generation = object.metadata.generation.unwrap_or_default();
+    let mut conditions: Vec<Condition> = object
+        .data
+        .pointer("/status/conditions")
+        .and_then(|value| serde_json::from_value(value.clone()).ok())
+        .unwrap_or_default();
+    let message = format!(
+        "{error}; fix the field (a value in the pod template is checked as a Deployment's would be)"
+    );
+    let reported = conditions
+        .iter()
+        .any(|c| c.type_ == conditions::INVALID_SPEC && c.status == "True" && c.message == message);
+    let now = Time(Timestamp::now());
+    conditions::set(
+        &mut conditions,
+        conditions::INVALID_SPEC,
+        true,
+        "InvalidSpec",
+        message.clone(),
+        &now,
+        generation,
+    );
+    conditions::set(
+        &mut conditions,
+        conditions::PROMOTED,
+        false,
+        "InvalidSpec",
+        format!("the spec cannot be read: {error}"),
+        &now,
+        generation,
+    );
+    let canaries: Api<DynamicObject> =
+        Api::namespaced_with(context.client.clone(), namespace, &context.canary_type);
+    let patch =
+        serde_json::json!({"status": {"observedGeneration": generation, "conditions": conditions}});
+    canaries
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(kube_error("writing status"))?;
+    if !reported {
+        warn!(%error, "the Canary does not decode");
+        let event = machine::Event {
+            warning: true,
+            reason: "InvalidSpec",
+            note: message,
+        };
+        record_events(
+            context,
+            namespace,
+            name,
+            object.object_ref(&context.canary_type),
+            &[event],
+        )
+        .await;
+    }
+    Ok(Requeue::await_change())
 }
 
 async fn reconcile_one(
@@ -140,10 +278,6 @@ async fn reconcile_one(
     name: &str,
     context: &Context,
 ) -> Result<Requeue, ReconcileError> {
-    if canary.metadata.deletion_timestamp.is_some() {
-        context.metrics.forget(namespace, name);
-        return Ok(Requeue::await_change());
-    }
     let client = &context.client;
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
     let owned = replica_sets
@@ -170,6 +304,14 @@ async fn reconcile_one(
         },
     }
     .or_else(|| context.analyst.spec_problem(canary.spec.analysis.as_ref()));
+    let has_replica_set = observed.iter().any(|rs| rs.revision == revision);
+    let invalid = match invalid {
+        None if !has_replica_set => {
+            let rs = replica_set(canary, namespace, name, &revision, 0, owner.clone());
+            template_problem(&replica_sets, &format!("{name}-{revision}"), rs).await?
+        }
+        invalid => invalid,
+    };
     let now = Timestamp::now();
     let mut status = canary.status.clone().unwrap_or_default();
     let analysis = if invalid.is_none() {
@@ -193,28 +335,18 @@ async fn reconcile_one(
     };
     let plan = machine::plan(&snapshot);
 
-    let owner = canary.controller_owner_ref(&()).unwrap_or_default();
     for action in &plan.actions {
         match action {
             Action::Scale {
                 revision: rs_revision,
                 replicas,
-            } => {
-                let exists = owned
-                    .items
-                    .iter()
-                    .any(|rs| revision_label(rs) == Some(rs_revision));
+            } if !owned
+                .items
+                .iter()
+                .any(|rs| revision_label(rs) == Some(rs_revision)) =>
+            {
                 let rs_name = format!("{name}-{rs_revision}");
-                if exists {
-                    replica_sets
-                        .patch(
-                            &rs_name,
-                            &PatchParams::default(),
-                            &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
-                        )
-                        .await
-                        .map_err(kube_error(format!("scaling ReplicaSet {rs_name}")))?;
-                } else if *rs_revision == revision {
+                if *rs_revision == revision {
                     let rs =
                         replica_set(canary, namespace, name, &revision, *replicas, owner.clone());
                     replica_sets
@@ -230,6 +362,15 @@ async fn reconcile_one(
                     warn!(replicaset = %rs_name, "ReplicaSet of an older revision is gone; it cannot be recreated");
                 }
             }
+            Action::Scale { revision, .. } | Action::ScaleDownAt { revision, .. } => {
+                let rs_name = format!("{name}-{revision}");
+                if let Some(patch) = replica_set_patch(action) {
+                    replica_sets
+                        .patch(&rs_name, &PatchParams::default(), &Patch::Merge(patch))
+                        .await
+                        .map_err(kube_error(format!("updating ReplicaSet {rs_name}")))?;
+                }
+            }
             Action::Route(routing) => {
                 let weights = Weights {
                     stable: &routing.stable,
@@ -237,19 +378,6 @@ async fn reconcile_one(
                     weight: routing.weight,
                 };
                 router.apply(weights).await?;
-            }
-            Action::ScaleDownAt {
-                revision: rs_revision,
-                at,
-            } => {
-                let rs_name = format!("{name}-{rs_revision}");
-                let patch = serde_json::json!({"metadata": {"annotations": {SCALE_DOWN_AT_ANNOTATION: at.to_string()}}});
-                replica_sets
-                    .patch(&rs_name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await
-                    .map_err(kube_error(format!(
-                        "marking ReplicaSet {rs_name} for scale-down"
-                    )))?;
             }
             Action::Delete {
                 revision: rs_revision,
@@ -282,27 +410,74 @@ async fn reconcile_one(
         .metrics
         .canary(namespace, name, plan.status.phase, plan.status.weight);
 
-    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
-    for event in &plan.events {
+    record_events(
+        context,
+        namespace,
+        name,
+        canary.object_ref(&()),
+        &plan.events,
+    )
+    .await;
+    Ok(Requeue::requeue(plan.requeue_after))
+}
+
+/// Asks the API server, with a dry run, whether it would create the first
+/// ReplicaSet of a revision: it checks the pod template as it checks a
+/// Deployment's (container names, ports, label keys, probes, ...). Its refusal is a
+/// spec problem with its own message; nothing is created either way.
+async fn template_problem(
+    replica_sets: &Api<ReplicaSet>,
+    rs_name: &str,
+    rs: serde_json::Value,
+) -> Result<Option<String>, ReconcileError> {
+    let dry_run = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+    match replica_sets
+        .patch(rs_name, &dry_run, &Patch::Apply(rs))
+        .await
+    {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
+            Ok(Some(format!(
+                "spec.template is refused by the API server: {}",
+                status.message
+            )))
+        }
+        Err(source) => Err(ReconcileError::Kube {
+            what: format!("checking ReplicaSet {rs_name} with a dry run"),
+            source,
+        }),
+    }
+}
+
+/// Records each transition as an Event on the Canary; a failure to record is
+/// logged, never fatal to the reconcile.
+async fn record_events(
+    context: &Context,
+    namespace: &str,
+    name: &str,
+    regarding: ObjectReference,
+    transitions: &[machine::Event],
+) {
+    let events: Api<Event> = Api::namespaced(context.client.clone(), namespace);
+    for event in transitions {
         info!(reason = event.reason, note = %event.note, "transition");
-        let record = transition_event(canary, namespace, event, &context.instance);
+        let record = transition_event(name, namespace, regarding.clone(), event, &context.instance);
         if let Err(error) = events.create(&PostParams::default(), &record).await {
             warn!(%error, reason = event.reason, "recording event");
         }
     }
-    Ok(Requeue::requeue(plan.requeue_after))
 }
 
 /// One Event per transition. Each is its own object: the client-side series of
 /// kube's Recorder would fold two transitions with one reason into one Event that
 /// keeps the first message, which hides what happened the second time.
 fn transition_event(
-    canary: &Canary,
+    name: &str,
     namespace: &str,
+    regarding: ObjectReference,
     event: &machine::Event,
     instance: &str,
 ) -> Event {
-    let name = canary.name_any();
     Event {
         metadata: ObjectMeta {
             generate_name: Some(format!("{name}-")),
@@ -316,8 +491,21 @@ fn transition_event(
         action: Some("Rollout".to_owned()),
         reporting_controller: Some("serin.dev/controller".to_owned()),
         reporting_instance: Some(instance.to_owned()),
-        regarding: Some(canary.object_ref(&())),
+        regarding: Some(regarding),
         ..Event::default()
+    }
+}
+
+/// The merge patch that makes an existing ReplicaSet what `action` says: its
+/// replica count, or its scale-down mark (`null` removes it). It writes exactly the
+/// fields `Action::apply_to` changes; see the round-trip test below.
+fn replica_set_patch(action: &Action) -> Option<serde_json::Value> {
+    match action {
+        Action::Scale { replicas, .. } => Some(serde_json::json!({"spec": {"replicas": replicas}})),
+        Action::ScaleDownAt { at, .. } => Some(serde_json::json!({"metadata": {"annotations": {
+            SCALE_DOWN_AT_ANNOTATION: at.map(|at| at.to_string()),
+        }}})),
+        Action::Route(_) | Action::Delete { .. } => None,
     }
 }
 
@@ -395,4 +583,86 @@ fn replica_set(
         "metadata": rs.metadata,
         "spec": rs.spec,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::ReplicaSetStatus;
+
+    use super::*;
+
+    fn observed_replica_set(mark: Option<&str>) -> ReplicaSet {
+        let mut annotations = BTreeMap::from([("team".to_owned(), "web".to_owned())]);
+        if let Some(mark) = mark {
+            annotations.insert(SCALE_DOWN_AT_ANNOTATION.to_owned(), mark.to_owned());
+        }
+        ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some("web-aaaa".into()),
+                labels: Some(BTreeMap::from([(
+                    REVISION_LABEL.to_owned(),
+                    "aaaa".to_owned(),
+                )])),
+                annotations: Some(annotations),
+                generation: Some(3),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(4),
+                ..ReplicaSetSpec::default()
+            }),
+            status: Some(ReplicaSetStatus {
+                observed_generation: Some(3),
+                available_replicas: Some(4),
+                ..ReplicaSetStatus::default()
+            }),
+        }
+    }
+
+    /// The patches the reconciler sends change, as the API server merges them,
+    /// exactly what the state machine's model of an action says, and nothing else.
+    #[test]
+    fn replica_set_patches_do_what_the_machine_models() {
+        let at = "2027-01-15T08:00:00Z".parse::<Timestamp>().ok();
+        let actions = [
+            Action::Scale {
+                revision: "aaaa".into(),
+                replicas: 0,
+            },
+            Action::Scale {
+                revision: "aaaa".into(),
+                replicas: 7,
+            },
+            Action::ScaleDownAt {
+                revision: "aaaa".into(),
+                at,
+            },
+            Action::ScaleDownAt {
+                revision: "aaaa".into(),
+                at: None,
+            },
+        ];
+        for mark in [None, Some("2026-01-01T00:00:00Z")] {
+            for action in &actions {
+                let before = observed_replica_set(mark);
+                let mut document = serde_json::to_value(&before).unwrap_or_default();
+                let patch = replica_set_patch(action).unwrap_or_default();
+                json_patch::merge(&mut document, &patch);
+                let after: ReplicaSet =
+                    serde_json::from_value(document).unwrap_or_else(|e| panic!("{e}"));
+                let mut modelled = observe(&before).unwrap_or_else(|| panic!("no revision"));
+                action.apply_to(&mut modelled);
+                assert_eq!(
+                    observe(&after),
+                    Some(modelled),
+                    "{action:?} on mark {mark:?}"
+                );
+                assert_eq!(
+                    after.annotations().get("team").map(String::as_str),
+                    Some("web"),
+                    "other annotations are kept"
+                );
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use hyper::StatusCode;
 use kube::Client;
@@ -10,12 +11,18 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::health::WatchHealth;
 use crate::http::{self, Handler};
 use crate::metrics::Metrics;
 use crate::reconciler::{self, Settings};
 
 /// Name of the Lease the replicas compete for.
 pub const LEASE_NAME: &str = "serin-controller";
+
+/// Longest the process keeps going after SIGTERM: in-flight reconciles finish and
+/// the Lease is released within it, or the process exits anyway (the Lease then
+/// expires for the standby). Below Kubernetes' default 30 s grace period.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How the controller process runs.
 #[derive(Clone, Debug)]
@@ -55,23 +62,65 @@ pub enum RunError {
 }
 
 /// Runs until SIGTERM or Ctrl-C: serves the endpoints, and reconciles while this
-/// replica leads (always, without leader election).
+/// replica leads (always, without leader election). Returns at most
+/// [`SHUTDOWN_GRACE`] after the signal, whatever state the reconciler is in.
 pub async fn run(client: Client, options: Options) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(WatchHealth::default());
     let ready = Arc::new(AtomicBool::new(false));
+    serve_endpoints(&options, &metrics, &health, &ready).await?;
+    client.apiserver_version().await.map_err(RunError::Api)?;
+    ready.store(true, Ordering::Relaxed);
+
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let grace_over = {
+        let stop = stop.clone();
+        async move {
+            stopped(stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
+    tokio::select! {
+        result = reconcile_while_leading(client, options, metrics, health, stop) => result,
+        () = grace_over => {
+            warn!(grace = ?SHUTDOWN_GRACE, "still busy after the stop signal: exiting anyway");
+            Ok(())
+        }
+    }
+}
+
+/// `/metrics` on one address; `/healthz`, and `/readyz` that fails until the API
+/// answers and while a watch cannot list, on the other.
+async fn serve_endpoints(
+    options: &Options,
+    metrics: &Arc<Metrics>,
+    health: &Arc<WatchHealth>,
+    ready: &Arc<AtomicBool>,
+) -> Result<(), RunError> {
     let metrics_handler: Handler = {
-        let metrics = Arc::clone(&metrics);
+        let metrics = Arc::clone(metrics);
         Arc::new(move |path| match path {
             "/metrics" => (StatusCode::OK, metrics.encode()),
             _ => (StatusCode::NOT_FOUND, "not found\n".into()),
         })
     };
     let health_handler: Handler = {
-        let ready = Arc::clone(&ready);
+        let ready = Arc::clone(ready);
+        let health = Arc::clone(health);
         Arc::new(move |path| match path {
             "/healthz" => (StatusCode::OK, "ok\n".into()),
-            "/readyz" if ready.load(Ordering::Relaxed) => (StatusCode::OK, "ok\n".into()),
-            "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
+            "/readyz" if !ready.load(Ordering::Relaxed) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into())
+            }
+            "/readyz" => match health.problem() {
+                None => (StatusCode::OK, "ok\n".into()),
+                Some(problem) => (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")),
+            },
             _ => (StatusCode::NOT_FOUND, "not found\n".into()),
         })
     };
@@ -84,19 +133,21 @@ pub async fn run(client: Client, options: Options) -> Result<(), RunError> {
             .map_err(|source| RunError::Bind { address, source })?;
         info!(%bound, "serving");
     }
-    client.apiserver_version().await.map_err(RunError::Api)?;
-    ready.store(true, Ordering::Relaxed);
+    Ok(())
+}
 
-    let (stop_tx, stop) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("shutting down");
-        let _ = stop_tx.send(true);
-    });
-
+/// Reconciles while this replica holds the Lease (always, without leader
+/// election), until a stop is requested; then releases the Lease.
+async fn reconcile_while_leading(
+    client: Client,
+    options: Options,
+    metrics: Arc<Metrics>,
+    health: Arc<WatchHealth>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), RunError> {
     if !options.leader_election {
         metrics.set_leader(true);
-        reconciler::run(client, options.settings, metrics, stopped(stop)).await;
+        reconciler::run(client, options.settings, metrics, health, stopped(stop)).await;
         return Ok(());
     }
 
@@ -135,6 +186,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), RunError> {
             client.clone(),
             options.settings.clone(),
             Arc::clone(&metrics),
+            Arc::clone(&health),
             stop_or_lost,
         )
         .await;

@@ -89,13 +89,17 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         lease_namespace: args.lease_namespace,
         identity,
     };
-    tokio::runtime::Runtime::new()?.block_on(async {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(async {
         let client = kube::Client::try_default()
             .await
             .context("no Kubernetes credentials: set KUBECONFIG or run in a pod")?;
         run::run(client, options).await?;
         anyhow::Ok(())
-    })
+    });
+    // Tasks still running (a reconcile past the grace period) are dropped, not awaited.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// The CRDs as one YAML stream, the content of `crds/`.
