@@ -38,14 +38,18 @@ fn install_once(cluster: &Cluster) -> Result<(TempDir, PathBuf)> {
         "crd/canaries.serin.dev",
         "--timeout=30s",
     ])?;
-    let token = kubectl.run(&[
-        "create",
-        "token",
-        "serin",
-        "-n",
-        "serin-system",
-        "--duration=24h",
-    ])?;
+    service_account_kubeconfig(cluster, "serin-system", "serin")
+}
+
+/// A kubeconfig that acts as ServiceAccount `namespace/name`, in a directory that
+/// lives as long as the returned handle.
+pub fn service_account_kubeconfig(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+) -> Result<(TempDir, PathBuf)> {
+    let kubectl = &cluster.kubectl;
+    let token = kubectl.run(&["create", "token", name, "-n", namespace, "--duration=24h"])?;
     let view = |path: &str| {
         kubectl.run(&[
             "config",
@@ -65,9 +69,9 @@ fn install_once(cluster: &Cluster) -> Result<(TempDir, PathBuf)> {
             "apiVersion: v1
 kind: Config
 clusters: [{{name: e2e, cluster: {{server: '{server}', certificate-authority: '{ca}'}}}}]
-users: [{{name: serin, user: {{token: '{}'}}}}]
-contexts: [{{name: serin, context: {{cluster: e2e, user: serin}}}}]
-current-context: serin
+users: [{{name: sa, user: {{token: '{}'}}}}]
+contexts: [{{name: sa, context: {{cluster: e2e, user: sa}}}}]
+current-context: sa
 ",
             token.trim()
         ),
@@ -95,13 +99,20 @@ impl Controller {
     /// As [`Self::start`], with more flags for `serin controller`.
     pub fn start_with(cluster: &Cluster, namespace: &str, flags: &[String]) -> Result<Self> {
         let kubeconfig = install(cluster)?;
+        let controller = Self::spawn(namespace, kubeconfig, flags)?;
+        controller.wait_ready()
+    }
+
+    /// Starts the controller with the credentials of `kubeconfig`, and returns at
+    /// once, ready or not.
+    pub fn spawn(namespace: &str, kubeconfig: &Path, flags: &[String]) -> Result<Self> {
         let binary = binary_dir()?.join("serin");
         let logs = tempfile::Builder::new()
             .prefix("serin-e2e-controller-")
             .tempdir()?;
         let metrics_port = free_port()?;
         let health_port = free_port()?;
-        let mut process = Supervised::spawn_with_env(
+        let process = Supervised::spawn_with_env(
             "serin-controller",
             &binary,
             &[
@@ -120,18 +131,35 @@ impl Controller {
             ],
             logs.path(),
         )?;
-        wait_until(
-            "the controller",
-            Duration::from_secs(30),
-            || process.ensure_running(),
-            || crate::http::get(health_port, "/readyz").is_some_and(|(code, _)| code == 200),
-        )?;
         Ok(Self {
             process,
             metrics_port,
             health_port,
             _logs: logs,
         })
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(mut self) -> Result<Self> {
+        let port = self.health_port;
+        wait_until(
+            "the controller",
+            Duration::from_secs(30),
+            || self.process.ensure_running(),
+            || crate::http::get(port, "/readyz").is_some_and(|(code, _)| code == 200),
+        )?;
+        Ok(self)
+    }
+
+    /// `/readyz`: its status code and body, None while nothing answers.
+    pub fn readyz(&self) -> Option<(u16, String)> {
+        crate::http::get(self.health_port, "/readyz")
+    }
+
+    /// Sends SIGTERM and returns how long the controller took to exit, or None if
+    /// it had not exited after `grace` (it is then killed).
+    pub fn terminate(mut self, grace: Duration) -> Option<Duration> {
+        self.process.stop(grace)
     }
 
     /// Kills the controller at once (SIGKILL), as a crash would.

@@ -118,24 +118,26 @@ impl Supervised {
         let _ = self.child.wait();
     }
 
-    /// Asks the process to stop with SIGTERM, then kills it after `grace`.
-    pub fn stop(&mut self, grace: Duration) {
+    /// Asks the process to stop with SIGTERM, then kills it after `grace`. Returns
+    /// how long it took to exit by itself, or None when it had to be killed.
+    pub fn stop(&mut self, grace: Duration) -> Option<Duration> {
         if self.exited().is_some() {
-            return;
+            return Some(Duration::ZERO);
         }
+        let asked = Instant::now();
         if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
             // SAFETY: sends a signal to our own child, which has not been reaped yet.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
+        while asked.elapsed() < grace {
             if self.exited().is_some() {
-                return;
+                return Some(asked.elapsed());
             }
             thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        None
     }
 }
 

@@ -308,7 +308,7 @@ async fn reconcile_one(
     let invalid = match invalid {
         None if !has_replica_set => {
             let rs = replica_set(canary, namespace, name, &revision, 0, owner.clone());
-            template_problem(&replica_sets, &format!("{name}-{revision}"), rs).await?
+            template_problem(&replica_sets, &rs).await?
         }
         invalid => invalid,
     };
@@ -353,7 +353,7 @@ async fn reconcile_one(
                         .patch(
                             &rs_name,
                             &PatchParams::apply(FIELD_MANAGER).force(),
-                            &Patch::Apply(rs),
+                            &Patch::Apply(&rs),
                         )
                         .await
                         .map_err(kube_error(format!("creating ReplicaSet {rs_name}")))?;
@@ -425,16 +425,19 @@ async fn reconcile_one(
 /// ReplicaSet of a revision: it checks the pod template as it checks a
 /// Deployment's (container names, ports, label keys, probes, ...). Its refusal is a
 /// spec problem with its own message; nothing is created either way.
+///
+/// A create, not a server-side apply: apply refuses some invalid templates (two
+/// containers with one name) with a 500 about the patch instead of the 422 that
+/// says which field is wrong.
 async fn template_problem(
     replica_sets: &Api<ReplicaSet>,
-    rs_name: &str,
-    rs: serde_json::Value,
+    rs: &ReplicaSet,
 ) -> Result<Option<String>, ReconcileError> {
-    let dry_run = PatchParams::apply(FIELD_MANAGER).force().dry_run();
-    match replica_sets
-        .patch(rs_name, &dry_run, &Patch::Apply(rs))
-        .await
-    {
+    let dry_run = PostParams {
+        dry_run: true,
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+    };
+    match replica_sets.create(&dry_run, rs).await {
         Ok(_) => Ok(None),
         Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
             Ok(Some(format!(
@@ -443,7 +446,7 @@ async fn template_problem(
             )))
         }
         Err(source) => Err(ReconcileError::Kube {
-            what: format!("checking ReplicaSet {rs_name} with a dry run"),
+            what: format!("checking ReplicaSet {} with a dry run", rs.name_any()),
             source,
         }),
     }
@@ -547,7 +550,7 @@ fn replica_set(
     revision: &str,
     replicas: i32,
     owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
-) -> serde_json::Value {
+) -> ReplicaSet {
     let mut labels: BTreeMap<String, String> = canary.spec.selector.match_labels.clone();
     labels.insert(REVISION_LABEL.to_owned(), revision.to_owned());
     let mut template: PodTemplateSpec = canary.spec.template.clone();
@@ -558,7 +561,7 @@ fn replica_set(
         .insert(REVISION_LABEL.to_owned(), revision.to_owned());
     let mut rs_labels = labels.clone();
     rs_labels.insert(CANARY_LABEL.to_owned(), name.to_owned());
-    let rs = ReplicaSet {
+    ReplicaSet {
         metadata: ObjectMeta {
             name: Some(format!("{name}-{revision}")),
             namespace: Some(namespace.to_owned()),
@@ -576,13 +579,7 @@ fn replica_set(
             min_ready_seconds: None,
         }),
         status: None,
-    };
-    serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "ReplicaSet",
-        "metadata": rs.metadata,
-        "spec": rs.spec,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod analysis;
 mod canary_api;
 mod control_plane;
 mod gateway;
+mod hardening;
 mod plugin;
 mod rollout;
 

@@ -17,7 +17,7 @@ pub(crate) struct Rollout {
     pub(crate) kubectl: Kubectl,
     pub(crate) namespace: String,
     name: String,
-    controller: Option<Controller>,
+    pub(crate) controller: Option<Controller>,
 }
 
 impl Rollout {
@@ -39,6 +39,25 @@ impl Rollout {
             name: name.to_owned(),
             controller: Some(controller),
         })
+    }
+
+    /// Another Canary, `name`, in the same namespace and under the same controller.
+    pub(crate) fn sibling(&self, name: &str) -> Self {
+        Self {
+            kubectl: self.kubectl.clone(),
+            namespace: self.namespace.clone(),
+            name: name.to_owned(),
+            controller: None,
+        }
+    }
+
+    /// Kills the controller (SIGKILL) and starts a new one, ready.
+    pub(crate) fn restart_controller(&mut self) -> Result<()> {
+        if let Some(controller) = self.controller.take() {
+            controller.kill();
+        }
+        self.controller = Some(Controller::start(cluster(), &self.namespace)?);
+        Ok(())
     }
 
     pub(crate) fn apply(&self, image: &str, extra: &str) -> Result<()> {

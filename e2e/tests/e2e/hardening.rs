@@ -1,0 +1,258 @@
+//! What a hostile first week does to a controller: a Canary that does not decode, a
+//! pod template the API server refuses, a controller that cannot list, a SIGTERM in
+//! a bad state, and promotion after promotion that must each drain gracefully.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use serin_controller::run::SHUTDOWN_GRACE;
+use serin_e2e::controller::{Controller, service_account_kubeconfig};
+
+use crate::cluster;
+use crate::rollout::{Rollout, condition, phase, revisions};
+
+const FAST_STEPS: &str = "  steps: [25, 50]\n  stepDuration: 3s\n  scaleDownDelay: 3s\n";
+
+/// A Canary whose env value is a number: the API server stores it (the pod spec
+/// has no schema), the Rust types cannot read it.
+fn undecodable(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: serin.dev/v1alpha1
+kind: Canary
+metadata: {{name: {name}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: app
+        image: 'web:1'
+        env: [{{name: SIM_ERROR_RATE, value: {value}}}]
+"
+    )
+}
+
+#[test]
+fn an_undecodable_canary_is_reported_and_cannot_stop_the_others() -> Result<()> {
+    let mut good = Rollout::start("poison", "good", "web:1", FAST_STEPS)?;
+    good.wait_promoted(Duration::from_secs(60))?;
+    let bad = good.sibling("bad");
+    let apply = |manifest: String| {
+        bad.kubectl
+            .run_with_input(&["apply", "-n", &bad.namespace, "-f", "-"], Some(&manifest))
+    };
+    apply(undecodable("bad", "0.01"))?;
+    let field = "spec.template.spec.containers[0].env[0].value";
+    let reported = |c: &serde_json::Value| {
+        let invalid = condition(c, "InvalidSpec");
+        invalid["status"] == "True"
+            && invalid["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(field))
+    };
+    let seen = bad.wait(
+        "InvalidSpec naming the field",
+        Duration::from_secs(30),
+        reported,
+    )?;
+    assert_eq!(condition(&seen, "Promoted")["status"], "False");
+    assert!(bad.events()?.contains(&"InvalidSpec".to_owned()));
+
+    // A restarted controller lists every Canary at once; the bad one must not fail
+    // that list. Ready means every watch listed.
+    good.restart_controller()?;
+    let controller = good.controller.as_ref().context("no controller")?;
+    let until = Instant::now() + Duration::from_secs(30);
+    while !controller
+        .metrics()?
+        .contains("serin_canaries_undecodable 1")
+    {
+        ensure!(
+            Instant::now() < until,
+            "the metric never counted it: {}",
+            controller.metrics()?
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    good.roll_out("web:2")?;
+    bad.wait("still reported", Duration::from_secs(10), reported)?;
+
+    let took = good
+        .controller
+        .take()
+        .context("no controller")?
+        .terminate(SHUTDOWN_GRACE * 3);
+    assert!(
+        took.is_some_and(|took| took <= SHUTDOWN_GRACE + Duration::from_secs(2)),
+        "SIGTERM with an undecodable Canary: exited after {took:?}, bound {SHUTDOWN_GRACE:?}"
+    );
+    eprintln!("SIGTERM to exit with an undecodable Canary: {took:?}");
+
+    good.controller = Some(Controller::start(cluster(), &good.namespace)?);
+    apply(undecodable("bad", "'0.01'"))?;
+    let fixed = bad.wait("the fixed Canary healthy", Duration::from_secs(60), |c| {
+        phase(c) == "Healthy" && condition(c, "InvalidSpec")["status"] == "False"
+    })?;
+    assert!(!revisions(&fixed).0.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_pod_template_the_api_server_refuses_is_an_invalid_spec_and_nothing_is_created() -> Result<()> {
+    let rollout = Rollout::prepare("refused", "web")?;
+    let steps = "  steps: [50]\n  stepDuration: 2s\n";
+    let refused = |c: &serde_json::Value| {
+        condition(c, "InvalidSpec")["message"]
+            .as_str()
+            .is_some_and(|m| {
+                m.contains("spec.template.spec.containers[1].name") && m.contains("Duplicate value")
+            })
+    };
+    let twins = "apiVersion: serin.dev/v1alpha1
+kind: Canary
+metadata: {name: web}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: app, image: 'web:1'}, {name: app, image: 'sidecar:1'}]}
+  service: {port: 80, targetPort: 8080}
+";
+    rollout
+        .kubectl
+        .run_with_input(&["apply", "-n", &rollout.namespace, "-f", "-"], Some(twins))?;
+    let add_twin = r#"[{"op":"add","path":"/spec/template/spec/containers/-","value":{"name":"app","image":"sidecar:1"}}]"#;
+    let patch = |json: &str| {
+        rollout.kubectl.run(&[
+            "patch",
+            "-n",
+            &rollout.namespace,
+            "canary",
+            "web",
+            "--type=json",
+            "-p",
+            json,
+        ])
+    };
+    let first = rollout.wait(
+        "InvalidSpec with the API server's message",
+        Duration::from_secs(30),
+        |c| refused(c) && c["metadata"]["generation"] == c["status"]["observedGeneration"],
+    )?;
+    assert_eq!(condition(&first, "Promoted")["status"], "False");
+    assert_eq!(rollout.replica_set_count()?, 0, "no ReplicaSet created");
+    let services = rollout.kubectl.get_json(&[
+        "services",
+        "-n",
+        &rollout.namespace,
+        "-l",
+        "serin.dev/canary=web",
+    ])?;
+    assert_eq!(
+        services["items"].as_array().map_or(0, Vec::len),
+        0,
+        "no Service created"
+    );
+
+    rollout.apply("web:1", steps)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    let (stable, _) = revisions(&rollout.canary()?);
+
+    // During a rollout: the stable revision keeps serving, nothing new is created.
+    patch(add_twin)?;
+    let held = rollout.wait(
+        "InvalidSpec on the new template",
+        Duration::from_secs(30),
+        refused,
+    )?;
+    assert_eq!(phase(&held), "Healthy");
+    assert_eq!(condition(&held, "Promoted")["status"], "False");
+    assert_eq!(revisions(&held).0, stable);
+    assert_eq!(rollout.replica_set_count()?, 1);
+    assert_eq!(rollout.replica_set(&stable)?.0, 4);
+    Ok(())
+}
+
+#[test]
+fn readyz_fails_while_a_watch_cannot_list() -> Result<()> {
+    let cluster = cluster();
+    let namespace = cluster.namespace("blind")?;
+    let kubectl = &cluster.kubectl;
+    kubectl.run(&["create", "serviceaccount", "blind", "-n", &namespace])?;
+    let (_dir, kubeconfig) = service_account_kubeconfig(cluster, &namespace, "blind")?;
+    let controller = Controller::spawn(
+        &namespace,
+        &kubeconfig,
+        &["--leader-election=false".to_owned()],
+    )?;
+    let until = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        match controller.readyz() {
+            Some((503, body)) if body.contains("failing") => break body,
+            _ if Instant::now() > until => {
+                anyhow::bail!(
+                    "readyz never reported the failing watch: {}",
+                    controller.log()
+                )
+            }
+            _ => thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert!(refused.contains("forbidden"), "{refused}");
+
+    kubectl.run(&[
+        "create",
+        "rolebinding",
+        "blind-sees",
+        "-n",
+        &namespace,
+        "--clusterrole=serin",
+        &format!("--serviceaccount={namespace}:blind"),
+    ])?;
+    let until = Instant::now() + Duration::from_secs(90);
+    while controller.readyz().map(|(code, _)| code) != Some(200) {
+        ensure!(
+            Instant::now() < until,
+            "readyz still failing after the permission was granted: {:?}",
+            controller.readyz()
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
+
+#[test]
+fn every_promotion_keeps_the_previous_stable_for_the_scale_down_delay() -> Result<()> {
+    let delay = Duration::from_secs(5);
+    let steps = format!(
+        "  steps: [50]\n  stepDuration: 1s\n  scaleDownDelay: {}s\n",
+        delay.as_secs()
+    );
+    let rollout = Rollout::start("drain", "web", "web:1", &steps)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    for image in ["web:2", "web:3", "web:4"] {
+        let (old, _) = revisions(&rollout.canary()?);
+        rollout.set_image(image)?;
+        rollout.wait(&format!("{image} promoted"), Duration::from_secs(60), |c| {
+            let (stable, _) = revisions(c);
+            phase(c) == "Healthy" && !stable.is_empty() && stable != old
+        })?;
+        // Seen promoted no earlier than it was: the old stable must keep its pods
+        // for the delay from here, less one poll.
+        let promoted = Instant::now();
+        while rollout.replica_set(&old)?.0 > 0 {
+            ensure!(promoted.elapsed() < delay * 4, "{old} never drained");
+            thread::sleep(Duration::from_millis(200));
+        }
+        let kept = promoted.elapsed();
+        assert!(
+            kept + Duration::from_millis(500) >= delay,
+            "{old} drained {kept:?} after {image} was promoted, before scaleDownDelay {delay:?}"
+        );
+    }
+    Ok(())
+}
