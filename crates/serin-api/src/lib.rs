@@ -13,6 +13,7 @@ mod decode;
 mod schema;
 mod spec;
 mod status;
+mod validate;
 
 pub use decode::{DecodeError, decode};
 /// A Go-style duration as written in the spec (`30s`, `2m`).

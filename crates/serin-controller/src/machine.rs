@@ -417,9 +417,9 @@ impl<'s, 'a> Planner<'s, 'a> {
             return self.start_promotion(stable, target);
         }
 
-        let step = self.status.step.clamp(1, steps(spec));
+        let step = self.status.step.min(steps(spec)).max(1);
         self.status.step = step;
-        let weight = spec.steps[usize::try_from(step - 1).unwrap_or(0)];
+        let weight = step_weight(spec, step);
         let split = self.split(weight);
         self.actions.push(Action::Scale {
             revision: stable.to_owned(),
@@ -561,7 +561,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             return self.start_promotion(stable, target);
         }
         self.begin_step(step + 1);
-        let weight = self.snap.spec.steps[usize::try_from(step).unwrap_or(0)];
+        let weight = step_weight(self.snap.spec, step + 1);
         self.event(
             false,
             "StepAdvanced",
@@ -849,6 +849,16 @@ impl<'s, 'a> Planner<'s, 'a> {
     fn wake_in(&mut self, after: Duration) {
         self.wake = self.wake.min(after.max(Duration::from_secs(1)));
     }
+}
+
+/// The weight of step `step` (from 1); 0 for a step the spec does not have, which
+/// only a spec that breaks the schema's promises can ask for (and it is refused).
+fn step_weight(spec: &CanarySpec, step: i32) -> i32 {
+    usize::try_from(step - 1)
+        .ok()
+        .and_then(|index| spec.steps.get(index))
+        .copied()
+        .unwrap_or(0)
 }
 
 fn steps(spec: &CanarySpec) -> i32 {

@@ -296,11 +296,14 @@ async fn reconcile_one(
         owner: owner.clone(),
     };
     let router = Router::new(client, workload, canary.spec.traffic.as_ref());
-    let invalid = match router.check().await {
-        Ok(()) => None,
-        Err(error) => match error.spec_problem() {
-            Some(problem) => Some(problem),
-            None => return Err(error.into()),
+    let invalid = match canary.spec.problem() {
+        Some(problem) => Some(problem),
+        None => match router.check().await {
+            Ok(()) => None,
+            Err(error) => match error.spec_problem() {
+                Some(problem) => Some(problem),
+                None => return Err(error.into()),
+            },
         },
     }
     .or_else(|| context.analyst.spec_problem(canary.spec.analysis.as_ref()));

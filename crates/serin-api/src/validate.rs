@@ -1,0 +1,136 @@
+//! The schema's promises, checked again by the controller. The API server enforces
+//! them on every write, but a Canary stored before a CRD upgrade, or under a CRD
+//! someone edited, may break them, and the state machine relies on them (a step
+//! list to walk, a positive deadline). A broken one is an `InvalidSpec` naming the
+//! field, never a panic or a guess.
+
+use crate::{CanarySpec, Duration};
+
+impl CanarySpec {
+    /// The first broken promise, as `<field>: <what it must be>`.
+    pub fn problem(&self) -> Option<String> {
+        let positive = |field: &str, value: Duration| {
+            (std::time::Duration::try_from(value).map_or(true, |d| d.is_zero()))
+                .then(|| format!("{field}: must be a positive duration such as 30s or 2m"))
+        };
+        if self.replicas < 0 {
+            return Some("spec.replicas: must be 0 or more".into());
+        }
+        if self.steps.is_empty()
+            || self.steps.iter().any(|weight| !(1..=99).contains(weight))
+            || self.steps.windows(2).any(|pair| pair[0] >= pair[1])
+        {
+            return Some(
+                "spec.steps: must be strictly increasing canary weights from 1 to 99, for example [1, 5, 25, 50]".into(),
+            );
+        }
+        if self.revision_history_limit < 0 {
+            return Some("spec.revisionHistoryLimit: must be 0 or more".into());
+        }
+        positive("spec.stepDuration", self.step_duration)
+            .or_else(|| positive("spec.progressDeadline", self.progress_deadline))
+            .or_else(|| positive("spec.scaleDownDelay", self.scale_down_delay))
+            .or_else(|| {
+                (std::time::Duration::try_from(self.progress_deadline).ok()
+                    <= std::time::Duration::try_from(self.step_duration).ok())
+                .then(|| "spec.progressDeadline: must be longer than spec.stepDuration".into())
+            })
+            .or_else(|| self.analysis_problem())
+    }
+
+    fn analysis_problem(&self) -> Option<String> {
+        let analysis = self.analysis.as_ref()?;
+        if std::time::Duration::try_from(analysis.interval).map_or(true, |d| d.is_zero()) {
+            return Some("spec.analysis.interval: must be a positive duration such as 15s".into());
+        }
+        if !(analysis.confidence > 0.0 && analysis.confidence < 1.0) {
+            return Some("spec.analysis.confidence: must be between 0 and 1, exclusive".into());
+        }
+        if analysis.metrics.is_empty() {
+            return Some("spec.analysis.metrics: must hold at least one metric".into());
+        }
+        analysis
+            .metrics
+            .iter()
+            .enumerate()
+            .find_map(|(index, metric)| {
+                let field = format!("spec.analysis.metrics[{index}]");
+                match (&metric.query, &metric.error_rate) {
+                    (Some(_), None) if metric.min.is_none() && metric.max.is_none() => {
+                        Some(format!("{field}.query: needs min, max or both"))
+                    }
+                    (Some(_), None) => None,
+                    (None, Some(rate)) if !(1.0..=1000.0).contains(&rate.max_ratio) => Some(
+                        format!("{field}.errorRate.maxRatio: must be from 1 to 1000"),
+                    ),
+                    (None, Some(rate))
+                        if rate.max_rate.is_some_and(|max| !(max > 0.0 && max <= 1.0)) =>
+                    {
+                        Some(format!(
+                            "{field}.errorRate.maxRate: must be above 0 and at most 1"
+                        ))
+                    }
+                    (None, Some(_)) => None,
+                    _ => Some(format!("{field}: set exactly one of query or errorRate")),
+                }
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Canary;
+
+    fn spec(extra: &str) -> crate::CanarySpec {
+        let yaml = format!(
+            "apiVersion: serin.dev/v1alpha1
+kind: Canary
+metadata: {{name: web}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec: {{containers: [{{name: web, image: 'web:1'}}]}}
+{extra}"
+        );
+        let canary: Canary = serde_norway::from_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        canary.spec
+    }
+
+    #[test]
+    fn a_spec_the_schema_accepts_has_no_problem() {
+        assert_eq!(spec("").problem(), None);
+    }
+
+    #[test]
+    fn each_broken_promise_names_its_field() {
+        for (extra, field) in [
+            ("  steps: []\n", "spec.steps"),
+            ("  steps: [50, 25]\n", "spec.steps"),
+            ("  steps: [0]\n", "spec.steps"),
+            ("  replicas: -1\n", "spec.replicas"),
+            ("  stepDuration: 0s\n", "spec.stepDuration"),
+            (
+                "  stepDuration: 10m\n  progressDeadline: 5m\n",
+                "spec.progressDeadline",
+            ),
+            ("  revisionHistoryLimit: -2\n", "spec.revisionHistoryLimit"),
+            (
+                "  analysis: {confidence: 1.0, metrics: [{name: x, query: up, max: 1}]}\n",
+                "spec.analysis.confidence",
+            ),
+            ("  analysis: {metrics: []}\n", "spec.analysis.metrics"),
+            (
+                "  analysis: {metrics: [{name: x, query: up}]}\n",
+                "spec.analysis.metrics[0].query",
+            ),
+            (
+                "  analysis: {metrics: [{name: x, errorRate: {requests: a, errors: b, maxRatio: 0.5}}]}\n",
+                "spec.analysis.metrics[0].errorRate.maxRatio",
+            ),
+        ] {
+            let problem = spec(extra).problem().unwrap_or_default();
+            assert!(problem.starts_with(field), "{extra:?}: {problem:?}");
+        }
+    }
+}
