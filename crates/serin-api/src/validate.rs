@@ -10,7 +10,7 @@ impl CanarySpec {
     /// The first broken promise, as `<field>: <what it must be>`.
     pub fn problem(&self) -> Option<String> {
         let positive = |field: &str, value: Duration| {
-            (std::time::Duration::try_from(value).map_or(true, |d| d.is_zero()))
+            (!is_positive(value))
                 .then(|| format!("{field}: must be a positive duration such as 30s or 2m"))
         };
         if self.replicas < 0 {
@@ -31,8 +31,8 @@ impl CanarySpec {
             .or_else(|| positive("spec.progressDeadline", self.progress_deadline))
             .or_else(|| positive("spec.scaleDownDelay", self.scale_down_delay))
             .or_else(|| {
-                (std::time::Duration::try_from(self.progress_deadline).ok()
-                    <= std::time::Duration::try_from(self.step_duration).ok())
+                (std::time::Duration::from(self.progress_deadline)
+                    <= std::time::Duration::from(self.step_duration))
                 .then(|| "spec.progressDeadline: must be longer than spec.stepDuration".into())
             })
             .or_else(|| self.analysis_problem())
@@ -40,7 +40,7 @@ impl CanarySpec {
 
     fn analysis_problem(&self) -> Option<String> {
         let analysis = self.analysis.as_ref()?;
-        if std::time::Duration::try_from(analysis.interval).map_or(true, |d| d.is_zero()) {
+        if !is_positive(analysis.interval) {
             return Some("spec.analysis.interval: must be a positive duration such as 15s".into());
         }
         if !(analysis.confidence > 0.0 && analysis.confidence < 1.0) {
@@ -77,6 +77,11 @@ impl CanarySpec {
     }
 }
 
+/// Above zero: not negative (`-5s` parses) and not zero.
+fn is_positive(value: Duration) -> bool {
+    !value.is_negative() && !std::time::Duration::from(value).is_zero()
+}
+
 #[cfg(test)]
 mod tests {
     use crate::Canary;
@@ -110,6 +115,7 @@ spec:
             ("  steps: [0]\n", "spec.steps"),
             ("  replicas: -1\n", "spec.replicas"),
             ("  stepDuration: 0s\n", "spec.stepDuration"),
+            ("  scaleDownDelay: -5s\n", "spec.scaleDownDelay"),
             (
                 "  stepDuration: 10m\n  progressDeadline: 5m\n",
                 "spec.progressDeadline",
