@@ -238,12 +238,10 @@ impl Analyst {
         let credentials = match secret {
             Some(reference) => {
                 let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-                let secret = secrets.get(&reference.name).await.map_err(|e| {
-                    format!(
-                        "reading Secret {namespace}/{} (spec.analysis.prometheus.secretRef): {e}",
-                        reference.name
-                    )
-                })?;
+                let secret = secrets
+                    .get(&reference.name)
+                    .await
+                    .map_err(|e| secret_error(&e, namespace, &reference.name))?;
                 let data = secret
                     .data
                     .unwrap_or_default()
@@ -271,6 +269,18 @@ impl Analyst {
             clients.insert(key, prometheus.clone());
         }
         Ok(prometheus)
+    }
+}
+
+/// Why the credentials Secret could not be read, with the fix where it is ours to
+/// give: the controller may read Secrets only where an operator allowed it.
+fn secret_error(error: &kube::Error, namespace: &str, name: &str) -> String {
+    let what = format!("reading Secret {namespace}/{name} (spec.analysis.prometheus.secretRef)");
+    match error {
+        kube::Error::Api(status) if status.code == 403 => format!(
+            "{what}: the controller may not read Secrets in {namespace}; allow it with `kubectl -n {namespace} create rolebinding serin-prometheus-credentials --clusterrole=serin-prometheus-credentials --serviceaccount=serin-system:serin`"
+        ),
+        _ => format!("{what}: {error}"),
     }
 }
 

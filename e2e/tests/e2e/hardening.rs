@@ -256,3 +256,100 @@ fn every_promotion_keeps_the_previous_stable_for_the_scale_down_delay() -> Resul
     }
     Ok(())
 }
+
+#[test]
+fn serin_is_installed_with_least_privilege() -> Result<()> {
+    let cluster = cluster();
+    let rollout = Rollout::prepare("privilege", "web")?;
+    let kubectl = &cluster.kubectl;
+    let namespace = &rollout.namespace;
+
+    let deployment = kubectl.get_json(&["deployment", "serin-controller", "-n", "serin-system"])?;
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0]["securityContext"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{pod:#}");
+    assert!(
+        pod["securityContext"]["runAsUser"]
+            .as_i64()
+            .is_some_and(|uid| uid > 0)
+    );
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(container["readOnlyRootFilesystem"], true, "{container:#}");
+    assert_eq!(container["allowPrivilegeEscalation"], false);
+    assert_eq!(container["capabilities"]["drop"][0], "ALL");
+
+    let can_read_secrets = |namespace: &str| -> Result<bool> {
+        let output = kubectl.output(
+            &[
+                "auth",
+                "can-i",
+                "get",
+                "secrets",
+                "-n",
+                namespace,
+                "--as=system:serviceaccount:serin-system:serin",
+            ],
+            None,
+        )?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim() == "yes")
+    };
+    assert!(
+        !can_read_secrets(namespace)?,
+        "no Secret is readable by default"
+    );
+
+    kubectl.run(&[
+        "create",
+        "secret",
+        "generic",
+        "prometheus",
+        "-n",
+        namespace,
+        "--from-literal=username=serin",
+        "--from-literal=password=s3cret",
+    ])?;
+    let analysis = "  steps: [50]\n  stepDuration: 1s\n  analysis:
+    interval: 1s
+    prometheus: {address: 'http://127.0.0.1:1', secretRef: {name: prometheus}}
+    metrics: [{name: up, query: 'vector(1)', max: 2}]\n";
+    rollout.apply("web:1", analysis)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    rollout.set_image("web:2")?;
+    let message = |c: &serde_json::Value| {
+        c["status"]["analysis"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let forbidden = rollout.wait(
+        "the analysis says how to allow the Secret",
+        Duration::from_secs(30),
+        |c| message(c).contains("create rolebinding serin-prometheus-credentials"),
+    )?;
+    assert_eq!(phase(&forbidden), "Progressing", "blind is never promoted");
+
+    // The documented grant, for this namespace only.
+    kubectl.run(&[
+        "-n",
+        namespace,
+        "create",
+        "rolebinding",
+        "serin-prometheus-credentials",
+        "--clusterrole=serin-prometheus-credentials",
+        "--serviceaccount=serin-system:serin",
+    ])?;
+    assert!(can_read_secrets(namespace)?);
+    assert!(!can_read_secrets("default")?, "still no Secret elsewhere");
+    rollout.wait(
+        "the Secret read, Prometheus the next problem",
+        Duration::from_secs(30),
+        |c| {
+            let message = message(c);
+            !message.is_empty() && !message.contains("Secret")
+        },
+    )?;
+    Ok(())
+}
