@@ -14,9 +14,9 @@ use serin_e2e::traffic::Traffic;
 use crate::rollout::{Rollout, condition, phase, revisions};
 
 /// Seconds between two analyses in these tests.
-const INTERVAL: u64 = 5;
+pub(crate) const INTERVAL: u64 = 5;
 
-const ERRORS_METRIC: &str = r#"    - name: errors
+pub(crate) const ERRORS_METRIC: &str = r#"    - name: errors
       errorRate:
         requests: sum(increase(http_requests_total{namespace="{{namespace}}",pod=~"{{pods}}"}[{{elapsed}}]))
         errors: sum(increase(http_requests_total{namespace="{{namespace}}",pod=~"{{pods}}",code="500"}[{{elapsed}}]))
@@ -24,8 +24,8 @@ const ERRORS_METRIC: &str = r#"    - name: errors
 
 /// A namespace with its controller, the simulator's traffic, a Prometheus scraping it,
 /// and a healthy Canary.
-struct Judged {
-    rollout: Rollout,
+pub(crate) struct Judged {
+    pub(crate) rollout: Rollout,
     traffic: Traffic,
     prometheus: Prometheus,
     name: String,
@@ -33,13 +33,19 @@ struct Judged {
 }
 
 /// What the pods of a revision do with their requests.
-struct Behaviour {
-    error_rate: f64,
-    latency_ms: u64,
+pub(crate) struct Behaviour {
+    pub(crate) error_rate: f64,
+    pub(crate) latency_ms: u64,
 }
 
 impl Judged {
-    fn start(test: &str, rps: f64, steps: &str, analysis: &str, stable: Behaviour) -> Result<Self> {
+    pub(crate) fn start(
+        test: &str,
+        rps: f64,
+        steps: &str,
+        analysis: &str,
+        stable: Behaviour,
+    ) -> Result<Self> {
         let name = "web".to_owned();
         let rollout = Rollout::prepare(test, &name)?;
         let traffic = Traffic::start(rollout.kubectl.kubeconfig(), &rollout.namespace, &name, rps)?;
@@ -63,7 +69,7 @@ impl Judged {
         Ok(judged)
     }
 
-    fn apply(&self, image: &str, pods: &Behaviour) -> Result<()> {
+    pub(crate) fn apply(&self, image: &str, pods: &Behaviour) -> Result<()> {
         let manifest = format!(
             "apiVersion: serin.dev/v1alpha1
 kind: Canary

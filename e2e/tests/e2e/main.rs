@@ -4,6 +4,7 @@
 
 mod analysis;
 mod canary_api;
+mod chaos;
 mod control_plane;
 mod gateway;
 mod hardening;
