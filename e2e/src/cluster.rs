@@ -91,7 +91,13 @@ pub struct ControlPlane {
     dir: PathBuf,
     kubectl: Kubectl,
     processes: Vec<Supervised>,
+    /// How the API server was started, to start it again the same way.
+    apiserver: Option<(PathBuf, Vec<String>)>,
 }
+
+/// The file in a cluster's directory that counts API server restarts, written once
+/// each restart is complete.
+pub const APISERVER_RESTARTS_FILE: &str = "apiserver-restarts";
 
 impl ControlPlane {
     /// Starts etcd, the API server, the controller manager, the scheduler and kwok, and
@@ -110,6 +116,7 @@ impl ControlPlane {
             kubectl: Kubectl::new(&options.binaries.kubectl, &dir.join("kubeconfig")),
             dir,
             processes: Vec::new(),
+            apiserver: None,
         };
         plane.boot(&options.binaries, options.nodes)?;
         Ok(plane)
@@ -123,6 +130,38 @@ impl ControlPlane {
     /// Fails if any process of the control plane has died.
     pub fn ensure_running(&mut self) -> Result<()> {
         ensure_all_running(&mut self.processes)
+    }
+
+    /// Stops the API server (SIGTERM) and starts it again with the same flags and
+    /// port, as an upgrade or a crash-looping API server would; returns once it
+    /// answers again, and counts the restart in [`APISERVER_RESTARTS_FILE`].
+    pub fn restart_apiserver(&mut self) -> Result<()> {
+        let (program, args) = self
+            .apiserver
+            .clone()
+            .context("no API server was started")?;
+        let index = self
+            .processes
+            .iter()
+            .position(|process| process.name() == "kube-apiserver")
+            .context("no API server process")?;
+        self.processes[index].stop(Duration::from_secs(10));
+        self.processes[index] =
+            Supervised::spawn("kube-apiserver", &program, &args, &self.dir.join("logs"))?;
+        let kubectl = self.kubectl.clone();
+        wait_until(
+            "kube-apiserver, restarted",
+            Duration::from_secs(90),
+            || self.ensure_running(),
+            || kubectl.succeeds(&["get", "--raw", "/readyz"]),
+        )?;
+        let file = self.dir.join(APISERVER_RESTARTS_FILE);
+        let count: u32 = fs::read_to_string(&file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        fs::write(file, (count + 1).to_string())?;
+        Ok(())
     }
 
     /// Stops every process, newest first, and removes the cluster's directory.
@@ -173,33 +212,35 @@ impl ControlPlane {
         )?;
 
         let api_port = free_port()?;
+        let apiserver_args = [
+            format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            format!("--cert-dir={}", dir.join("pki").display()),
+            format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+            "--authorization-mode=RBAC".into(),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!(
+                "--service-account-key-file={}",
+                dir.join("sa.pub").display()
+            ),
+            format!(
+                "--service-account-signing-key-file={}",
+                dir.join("sa.key").display()
+            ),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--allow-privileged=true".into(),
+            "--profiling=false".into(),
+        ];
         let apiserver = Supervised::spawn(
             "kube-apiserver",
             &binaries.kube_apiserver,
-            &[
-                format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={api_port}"),
-                format!("--cert-dir={}", dir.join("pki").display()),
-                format!("--token-auth-file={}", dir.join("tokens.csv").display()),
-                "--authorization-mode=RBAC".into(),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!(
-                    "--service-account-key-file={}",
-                    dir.join("sa.pub").display()
-                ),
-                format!(
-                    "--service-account-signing-key-file={}",
-                    dir.join("sa.key").display()
-                ),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-                "--allow-privileged=true".into(),
-                "--profiling=false".into(),
-            ],
+            &apiserver_args,
             &logs,
         )?;
         self.processes.push(apiserver);
+        self.apiserver = Some((binaries.kube_apiserver.clone(), apiserver_args.to_vec()));
         let ca = dir.join("pki/apiserver.crt");
         wait_until(
             "the API server's certificate",

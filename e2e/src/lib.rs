@@ -9,4 +9,6 @@ pub mod http;
 pub mod kubectl;
 pub mod process;
 pub mod prometheus;
+pub mod rollout;
+pub mod slow_proxy;
 pub mod traffic;

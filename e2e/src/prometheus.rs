@@ -149,6 +149,11 @@ impl Prometheus {
         Ok(())
     }
 
+    /// The loopback port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Base URL of the HTTP API, for example `http://127.0.0.1:40123`.
     pub fn url(&self) -> String {
         let scheme = if self.secured { "https" } else { "http" };

@@ -58,9 +58,7 @@ fn main() -> Result<()> {
         binaries: binaries.clone(),
         nodes: 3,
     })?;
-    let cluster = Cluster {
-        kubectl: Kubectl::new(&binaries.kubectl, plane.kubeconfig()),
-    };
+    let cluster = Cluster::external(Kubectl::new(&binaries.kubectl, plane.kubeconfig()));
     let kubectl = &cluster.kubectl;
     let crds = gateway_api_crds()?;
     kubectl.run(&["apply", "--server-side", "-f", &crds.to_string_lossy()])?;

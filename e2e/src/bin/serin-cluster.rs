@@ -1,6 +1,7 @@
 //! Starts and stops the local Kubernetes control plane for the tests and the demo.
 //!
-//! `run` keeps it in the foreground until SIGTERM, SIGINT or SIGHUP; `start` runs it
+//! `run` keeps it in the foreground until SIGTERM, SIGINT or SIGHUP (SIGUSR1
+//! restarts its API server); `start` runs it
 //! in the background (for `make cluster-up`) and `stop` ends it (`make cluster-down`).
 
 use std::fs;
@@ -65,6 +66,9 @@ fn run(at: &Where) -> Result<()> {
     ] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
+    // SIGUSR1: restart the API server, for tests of what survives that.
+    let restart_apiserver = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&restart_apiserver))?;
     let binaries = Binaries::locate(&default_bin_dir())?;
     let started = Instant::now();
     let mut plane = ControlPlane::start(&Options {
@@ -88,6 +92,12 @@ fn run(at: &Where) -> Result<()> {
     let outcome = loop {
         if stop.load(Ordering::Relaxed) {
             break Ok(());
+        }
+        if restart_apiserver.swap(false, Ordering::Relaxed) {
+            eprintln!("restarting kube-apiserver");
+            if let Err(error) = plane.restart_apiserver() {
+                break Err(error);
+            }
         }
         if let Err(error) = plane.ensure_running() {
             break Err(error);

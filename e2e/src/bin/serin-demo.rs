@@ -32,9 +32,7 @@ fn main() -> Result<()> {
         "control plane ready in {:.1}s",
         started.elapsed().as_secs_f64()
     ));
-    let cluster = Cluster {
-        kubectl: Kubectl::new(&binaries.kubectl, plane.kubeconfig()),
-    };
+    let cluster = Cluster::external(Kubectl::new(&binaries.kubectl, plane.kubeconfig()));
     let kubectl = &cluster.kubectl;
     kubectl.run(&["create", "namespace", "demo"])?;
     say("starting the traffic simulator (100 req/s to podinfo) and Prometheus scraping it");

@@ -5,12 +5,14 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 use serin_e2e::prometheus::Prometheus;
+use serin_e2e::slow_proxy::SlowProxy;
 use serin_e2e::traffic::Traffic;
 
+use crate::cluster;
 use crate::rollout::{Rollout, condition, phase, revisions};
 
 /// Seconds between two analyses in these tests.
@@ -28,6 +30,8 @@ pub(crate) struct Judged {
     pub(crate) rollout: Rollout,
     traffic: Traffic,
     prometheus: Prometheus,
+    /// Between the controller and Prometheus, when the test slows answers down.
+    proxy: Option<SlowProxy>,
     name: String,
     analysis: String,
 }
@@ -46,22 +50,41 @@ impl Judged {
         analysis: &str,
         stable: Behaviour,
     ) -> Result<Self> {
+        Self::start_with(test, rps, steps, analysis, stable, false)
+    }
+
+    /// As [`Self::start`], with the controller reaching Prometheus through a
+    /// [`SlowProxy`] (at first without delay) when `through_proxy`.
+    fn start_with(
+        test: &str,
+        rps: f64,
+        steps: &str,
+        analysis: &str,
+        stable: Behaviour,
+        through_proxy: bool,
+    ) -> Result<Self> {
         let name = "web".to_owned();
-        let rollout = Rollout::prepare(test, &name)?;
+        let rollout = Rollout::prepare(cluster(), test, &name)?;
         let traffic = Traffic::start(rollout.kubectl.kubeconfig(), &rollout.namespace, &name, rps)?;
         let prometheus = traffic.scraped()?;
+        let proxy = through_proxy
+            .then(|| SlowProxy::start(prometheus.port()))
+            .transpose()?;
+        let address = proxy
+            .as_ref()
+            .map_or_else(|| prometheus.url(), SlowProxy::url);
         let judged = Self {
             analysis: format!(
                 "{steps}
   analysis:
     interval: {INTERVAL}s
-    prometheus: {{address: '{}'}}
-{analysis}",
-                prometheus.url()
+    prometheus: {{address: '{address}'}}
+{analysis}"
             ),
             rollout,
             traffic,
             prometheus,
+            proxy,
             name,
         };
         judged.apply("v1", &stable)?;
@@ -335,5 +358,59 @@ fn prometheus_down_holds_the_step_and_nothing_is_promoted_until_it_is_back() -> 
         promoted != stable,
         "the rollout finished once Prometheus was back"
     );
+    Ok(())
+}
+
+#[test]
+fn a_slow_prometheus_holds_the_step_without_piling_up_queries() -> Result<()> {
+    let good = || Behaviour {
+        error_rate: 0.02,
+        latency_ms: 20,
+    };
+    let judged = Judged::start_with(
+        "analysis-slow-prometheus",
+        200.0,
+        "  steps: [50]\n  stepDuration: 10s\n  progressDeadline: 5m",
+        &format!("    confidence: 0.999\n    metrics:\n{ERRORS_METRIC}"),
+        good(),
+        true,
+    )?;
+    let proxy = judged.proxy.as_ref().context("no proxy")?;
+    let (stable, _) = revisions(&judged.rollout.canary()?);
+    // Answers take longer than a query may wait (the interval, 5 s): every query
+    // times out, the step holds, and queries must not pile up meanwhile.
+    proxy.set_delay(Duration::from_secs(3 * INTERVAL));
+    let asked_before = proxy.requests();
+    judged.apply("v2", &good())?;
+    let until = Instant::now() + Duration::from_secs(40);
+    let mut held = false;
+    while Instant::now() < until {
+        let canary = judged.rollout.canary()?;
+        ensure!(
+            revisions(&canary).0 == stable && phase(&canary) != "Promoting",
+            "promoted while Prometheus could not answer: {:#}",
+            canary["status"]
+        );
+        held |= condition(&canary, "Progressing")["reason"] == "Inconclusive";
+        thread::sleep(Duration::from_millis(500));
+    }
+    let asked = proxy.requests() - asked_before;
+    eprintln!(
+        "slow Prometheus: {asked} queries in 40 s, at most {} in flight",
+        proxy.most_in_flight()
+    );
+    ensure!(held, "the step was never held as Inconclusive");
+    ensure!(asked >= 4, "the analysis kept asking: {asked} queries");
+    // One error-rate metric is four queries (two counts for each arm), and a
+    // Canary's analyses never overlap.
+    ensure!(
+        proxy.most_in_flight() <= 4,
+        "{} queries in flight at once",
+        proxy.most_in_flight()
+    );
+
+    proxy.set_delay(Duration::ZERO);
+    judged.rollout.wait_promoted(Duration::from_secs(120))?;
+    ensure!(revisions(&judged.rollout.canary()?).0 != stable);
     Ok(())
 }

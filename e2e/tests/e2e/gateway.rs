@@ -70,7 +70,7 @@ pub(crate) fn weights(route: &Value) -> (Option<i64>, Option<i64>) {
 #[test]
 fn route_weights_follow_every_step_and_the_rest_of_the_route_is_untouched() -> Result<()> {
     install_gateway_api();
-    let rollout = Rollout::prepare("gateway", "web")?;
+    let rollout = Rollout::prepare(cluster(), "gateway", "web")?;
     rollout
         .kubectl
         .run_with_input(&["apply", "-n", &rollout.namespace, "-f", "-"], Some(ROUTE))?;
@@ -131,7 +131,7 @@ fn route_weights_follow_every_step_and_the_rest_of_the_route_is_untouched() -> R
 #[test]
 fn a_missing_route_is_an_invalid_spec_and_nothing_is_changed() -> Result<()> {
     install_gateway_api();
-    let rollout = Rollout::prepare("noroute", "web")?;
+    let rollout = Rollout::prepare(cluster(), "noroute", "web")?;
     rollout.apply("web:1", ROUTED)?;
     let invalid = rollout.wait("InvalidSpec", Duration::from_secs(30), |canary| {
         condition(canary, "InvalidSpec")["status"] == "True"

@@ -37,7 +37,7 @@ spec:
 
 #[test]
 fn an_undecodable_canary_is_reported_and_cannot_stop_the_others() -> Result<()> {
-    let mut good = Rollout::start("poison", "good", "web:1", FAST_STEPS)?;
+    let mut good = Rollout::start(cluster(), "poison", "good", "web:1", FAST_STEPS)?;
     good.wait_promoted(Duration::from_secs(60))?;
     let bad = good.sibling("bad");
     let apply = |manifest: String| {
@@ -102,7 +102,7 @@ fn an_undecodable_canary_is_reported_and_cannot_stop_the_others() -> Result<()> 
 
 #[test]
 fn a_pod_template_the_api_server_refuses_is_an_invalid_spec_and_nothing_is_created() -> Result<()> {
-    let rollout = Rollout::prepare("refused", "web")?;
+    let rollout = Rollout::prepare(cluster(), "refused", "web")?;
     let steps = "  steps: [50]\n  stepDuration: 2s\n";
     let refused = |c: &serde_json::Value| {
         condition(c, "InvalidSpec")["message"]
@@ -232,7 +232,7 @@ fn every_promotion_keeps_the_previous_stable_for_the_scale_down_delay() -> Resul
         "  steps: [50]\n  stepDuration: 1s\n  scaleDownDelay: {}s\n",
         delay.as_secs()
     );
-    let rollout = Rollout::start("drain", "web", "web:1", &steps)?;
+    let rollout = Rollout::start(cluster(), "drain", "web", "web:1", &steps)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
     for image in ["web:2", "web:3", "web:4"] {
         let (old, _) = revisions(&rollout.canary()?);
@@ -260,7 +260,7 @@ fn every_promotion_keeps_the_previous_stable_for_the_scale_down_delay() -> Resul
 #[test]
 fn serin_is_installed_with_least_privilege() -> Result<()> {
     let cluster = cluster();
-    let rollout = Rollout::prepare("privilege", "web")?;
+    let rollout = Rollout::prepare(cluster, "privilege", "web")?;
     let kubectl = &cluster.kubectl;
     let namespace = &rollout.namespace;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serin_e2e::controller::path_with_plugin;
 
+use crate::cluster;
 use crate::rollout::{Rollout, phase};
 
 /// Runs `kubectl serin <args>` in the rollout's namespace, with the built plugin on PATH.
@@ -24,6 +25,7 @@ fn stdout(output: &Output) -> String {
 #[test]
 fn the_plugin_shows_and_steers_a_rollout() -> Result<()> {
     let rollout = Rollout::start(
+        cluster(),
         "plugin",
         "web",
         "web:1",

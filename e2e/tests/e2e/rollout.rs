@@ -4,267 +4,12 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
-use serde_json::Value;
+use anyhow::Result;
 use serin_e2e::controller::Controller;
-use serin_e2e::kubectl::Kubectl;
+pub(crate) use serin_e2e::rollout::{Rollout, condition, phase, revisions};
 
 use crate::cluster;
 use crate::gateway::{ROUTE, install_gateway_api, route, weights};
-
-/// One test's namespace, controller and Canary.
-pub(crate) struct Rollout {
-    pub(crate) kubectl: Kubectl,
-    pub(crate) namespace: String,
-    name: String,
-    pub(crate) controller: Option<Controller>,
-}
-
-impl Rollout {
-    /// A namespace with its own controller and a Canary named `name` at `image`.
-    pub(crate) fn start(test: &str, name: &str, image: &str, extra: &str) -> Result<Self> {
-        let rollout = Self::prepare(test, name)?;
-        rollout.apply(image, extra)?;
-        Ok(rollout)
-    }
-
-    /// A namespace with its own controller, and no Canary yet.
-    pub(crate) fn prepare(test: &str, name: &str) -> Result<Self> {
-        let cluster = cluster();
-        let namespace = cluster.namespace(test)?;
-        let controller = Controller::start(cluster, &namespace)?;
-        Ok(Self {
-            kubectl: cluster.kubectl.clone(),
-            namespace,
-            name: name.to_owned(),
-            controller: Some(controller),
-        })
-    }
-
-    /// Another Canary, `name`, in the same namespace and under the same controller.
-    pub(crate) fn sibling(&self, name: &str) -> Self {
-        Self {
-            kubectl: self.kubectl.clone(),
-            namespace: self.namespace.clone(),
-            name: name.to_owned(),
-            controller: None,
-        }
-    }
-
-    /// Kills the controller (SIGKILL) and starts a new one, ready.
-    pub(crate) fn restart_controller(&mut self) -> Result<()> {
-        if let Some(controller) = self.controller.take() {
-            controller.kill();
-        }
-        self.controller = Some(Controller::start(cluster(), &self.namespace)?);
-        Ok(())
-    }
-
-    pub(crate) fn apply(&self, image: &str, extra: &str) -> Result<()> {
-        let manifest = format!(
-            "apiVersion: serin.dev/v1alpha1
-kind: Canary
-metadata: {{name: {name}}}
-spec:
-  replicas: 4
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec: {{containers: [{{name: app, image: '{image}'}}]}}
-  service: {{port: 80, targetPort: 8080}}
-{extra}",
-            name = self.name
-        );
-        self.kubectl.run_with_input(
-            &["apply", "-n", &self.namespace, "-f", "-"],
-            Some(&manifest),
-        )?;
-        Ok(())
-    }
-
-    pub(crate) fn set_image(&self, image: &str) -> Result<()> {
-        let patch = format!(
-            r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"{image}"}}]"#
-        );
-        self.kubectl.run(&[
-            "patch",
-            "-n",
-            &self.namespace,
-            "canary",
-            &self.name,
-            "--type=json",
-            "-p",
-            &patch,
-        ])?;
-        Ok(())
-    }
-
-    /// Sets `image` and waits until its revision is the canary at step 1's 25%.
-    pub(crate) fn roll_out(&self, image: &str) -> Result<Value> {
-        let (_, previous) = revisions(&self.canary()?);
-        self.set_image(image)?;
-        self.wait(
-            &format!("{image} at step 1, 25%"),
-            Duration::from_secs(30),
-            |c| {
-                let (_, canary) = revisions(c);
-                !canary.is_empty()
-                    && canary != previous
-                    && c["status"]["weight"].as_i64() == Some(25)
-            },
-        )
-    }
-
-    pub(crate) fn annotate(&self, command: &str) -> Result<()> {
-        self.kubectl.run(&[
-            "annotate",
-            "-n",
-            &self.namespace,
-            "canary",
-            &self.name,
-            "--overwrite",
-            &format!("serin.dev/command={command}"),
-        ])?;
-        Ok(())
-    }
-
-    pub(crate) fn canary(&self) -> Result<Value> {
-        self.kubectl
-            .get_json(&["canary", &self.name, "-n", &self.namespace])
-    }
-
-    /// Replicas and available pods of the ReplicaSet of `revision`.
-    pub(crate) fn replica_set(&self, revision: &str) -> Result<(i64, i64)> {
-        let rs = self.kubectl.get_json(&[
-            "replicaset",
-            &format!("{}-{revision}", self.name),
-            "-n",
-            &self.namespace,
-        ])?;
-        Ok((
-            rs["spec"]["replicas"].as_i64().unwrap_or(0),
-            rs["status"]["availableReplicas"].as_i64().unwrap_or(0),
-        ))
-    }
-
-    pub(crate) fn replica_set_count(&self) -> Result<usize> {
-        let list = self.kubectl.get_json(&[
-            "replicasets",
-            "-n",
-            &self.namespace,
-            "-l",
-            &format!("serin.dev/canary={}", self.name),
-        ])?;
-        Ok(list["items"].as_array().map_or(0, Vec::len))
-    }
-
-    pub(crate) fn service_selector(&self, service: &str) -> Result<Value> {
-        let svc = self
-            .kubectl
-            .get_json(&["service", service, "-n", &self.namespace])?;
-        Ok(svc["spec"]["selector"].clone())
-    }
-
-    /// Polls the Canary until `done` holds, or fails after `limit` with its status.
-    pub(crate) fn wait(
-        &self,
-        what: &str,
-        limit: Duration,
-        mut done: impl FnMut(&Value) -> bool,
-    ) -> Result<Value> {
-        let until = Instant::now() + limit;
-        loop {
-            let canary = self.canary()?;
-            if done(&canary) {
-                return Ok(canary);
-            }
-            if Instant::now() > until {
-                let log = self
-                    .controller
-                    .as_ref()
-                    .map(Controller::log)
-                    .unwrap_or_default();
-                bail!(
-                    "{what} within {limit:?}; status: {:#}\ncontroller log:\n{log}",
-                    canary["status"]
-                );
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Waits until the ReplicaSet of `revision` is scaled to zero.
-    pub(crate) fn wait_scaled_down(&self, what: &str, revision: &str) -> Result<()> {
-        let until = Instant::now() + Duration::from_secs(30);
-        while self.replica_set(revision)?.0 > 0 {
-            if Instant::now() > until {
-                bail!("{what} ({revision}) was not scaled down within 30s");
-            }
-            thread::sleep(Duration::from_millis(250));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn wait_promoted(&self, limit: Duration) -> Result<()> {
-        self.kubectl.run(&[
-            "wait",
-            "-n",
-            &self.namespace,
-            &format!("canary/{}", self.name),
-            "--for=condition=Promoted",
-            &format!("--timeout={}s", limit.as_secs()),
-        ])?;
-        Ok(())
-    }
-
-    pub(crate) fn events(&self) -> Result<Vec<String>> {
-        let events = self.kubectl.get_json(&[
-            "events",
-            "-n",
-            &self.namespace,
-            "--field-selector",
-            &format!(
-                "involvedObject.kind=Canary,involvedObject.name={}",
-                self.name
-            ),
-        ])?;
-        Ok(events["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|event| event["reason"].as_str().map(str::to_owned))
-            .collect())
-    }
-}
-
-/// The condition of type `kind` (Null when absent).
-pub(crate) fn condition(canary: &Value, kind: &str) -> Value {
-    canary["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == kind)
-        .cloned()
-        .unwrap_or_default()
-}
-
-pub(crate) fn phase(canary: &Value) -> &str {
-    canary["status"]["phase"].as_str().unwrap_or_default()
-}
-
-pub(crate) fn revisions(canary: &Value) -> (String, String) {
-    let status = &canary["status"];
-    (
-        status["stableRevision"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        status["canaryRevision"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    )
-}
 
 const FAST_STEPS: &str = "  steps: [25, 50]\n  stepDuration: 3s\n  scaleDownDelay: 3s\n";
 const LONG_STEPS: &str =
@@ -272,7 +17,7 @@ const LONG_STEPS: &str =
 
 #[test]
 fn first_apply_becomes_healthy_and_promoted() -> Result<()> {
-    let rollout = Rollout::start("first", "web", "web:1", FAST_STEPS)?;
+    let rollout = Rollout::start(cluster(), "first", "web", "web:1", FAST_STEPS)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
     let canary = rollout.canary()?;
     assert_eq!(phase(&canary), "Healthy");
@@ -294,7 +39,7 @@ fn first_apply_becomes_healthy_and_promoted() -> Result<()> {
 
 #[test]
 fn a_new_image_walks_every_step_and_is_promoted_then_the_old_revision_scales_down() -> Result<()> {
-    let rollout = Rollout::start("steps", "web", "web:1", FAST_STEPS)?;
+    let rollout = Rollout::start(cluster(), "steps", "web", "web:1", FAST_STEPS)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
     let (old, _) = revisions(&rollout.canary()?);
     rollout.set_image("web:2")?;
@@ -352,7 +97,7 @@ fn a_new_image_walks_every_step_and_is_promoted_then_the_old_revision_scales_dow
 
 #[test]
 fn abort_puts_all_traffic_on_stable_before_the_canary_scales_down() -> Result<()> {
-    let rollout = Rollout::start("abort", "web", "web:1", LONG_STEPS)?;
+    let rollout = Rollout::start(cluster(), "abort", "web", "web:1", LONG_STEPS)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
     let canary = rollout.roll_out("web:2")?;
     let (stable, canary_revision) = revisions(&canary);
@@ -389,6 +134,7 @@ fn abort_puts_all_traffic_on_stable_before_the_canary_scales_down() -> Result<()
 #[test]
 fn pause_holds_the_step_and_resume_continues() -> Result<()> {
     let rollout = Rollout::start(
+        cluster(),
         "pause",
         "web",
         "web:1",
@@ -434,7 +180,7 @@ fn pause_holds_the_step_and_resume_continues() -> Result<()> {
 
 #[test]
 fn a_new_revision_mid_rollout_starts_over() -> Result<()> {
-    let rollout = Rollout::start("restart", "web", "web:1", LONG_STEPS)?;
+    let rollout = Rollout::start(cluster(), "restart", "web", "web:1", LONG_STEPS)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
     let second = rollout.roll_out("web:2")?;
     let (_, dropped) = revisions(&second);
@@ -447,7 +193,7 @@ fn a_new_revision_mid_rollout_starts_over() -> Result<()> {
 
 #[test]
 fn restoring_the_stable_template_returns_to_healthy_at_once() -> Result<()> {
-    let rollout = Rollout::start("restore", "web", "web:1", LONG_STEPS)?;
+    let rollout = Rollout::start(cluster(), "restore", "web", "web:1", LONG_STEPS)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
     let (stable, _) = revisions(&rollout.canary()?);
     rollout.roll_out("web:2")?;
@@ -468,7 +214,7 @@ fn restoring_the_stable_template_returns_to_healthy_at_once() -> Result<()> {
 #[test]
 fn a_killed_controller_restarted_finishes_the_same_rollout() -> Result<()> {
     install_gateway_api();
-    let mut rollout = Rollout::prepare("killed", "web")?;
+    let mut rollout = Rollout::prepare(cluster(), "killed", "web")?;
     rollout
         .kubectl
         .run_with_input(&["apply", "-n", &rollout.namespace, "-f", "-"], Some(ROUTE))?;
@@ -517,6 +263,7 @@ fn a_killed_controller_restarted_finishes_the_same_rollout() -> Result<()> {
 #[test]
 fn two_controllers_one_leader_and_the_standby_takes_over() -> Result<()> {
     let mut rollout = Rollout::start(
+        cluster(),
         "leader",
         "web",
         "web:1",
@@ -561,7 +308,7 @@ fn two_controllers_one_leader_and_the_standby_takes_over() -> Result<()> {
 
 #[test]
 fn deleting_a_canary_deletes_what_it_owns() -> Result<()> {
-    let rollout = Rollout::start("delete", "web", "web:1", FAST_STEPS)?;
+    let rollout = Rollout::start(cluster(), "delete", "web", "web:1", FAST_STEPS)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
     rollout.kubectl.run(&[
         "delete",
@@ -595,7 +342,7 @@ fn deleting_a_canary_deletes_what_it_owns() -> Result<()> {
 
 #[test]
 fn the_controller_reports_its_metrics_and_holds_the_lease() -> Result<()> {
-    let rollout = Rollout::start("metrics", "web", "web:1", FAST_STEPS)?;
+    let rollout = Rollout::start(cluster(), "metrics", "web", "web:1", FAST_STEPS)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
     let metrics = rollout
         .controller
