@@ -14,10 +14,25 @@ GO_BUILD    := go build -trimpath -ldflags="-s -w" -o $(CURDIR)/$(BIN)/
 K8S_BINS    := $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/kube-scheduler $(BIN)/kubectl
 LAUNCHER    := target/debug/serin-cluster
 
-.PHONY: build controlplane demo bench bench-rollout test unit e2e crds crds-check lint cluster-up cluster-down clean
+.PHONY: build system-packages controlplane demo bench bench-rollout test unit e2e crds crds-check lint cluster-up cluster-down clean
+
+## Debian packages the demo and the tests run: installed when missing (as root),
+## otherwise the command to run is printed.
+PACKAGES := prometheus openssl ca-certificates
 
 build:
 	cargo build --workspace --locked
+
+system-packages:
+	@missing=""; for tool in prometheus openssl; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PACKAGES) >/dev/null; \
+		else \
+			echo "missing:$$missing. Run: sudo apt-get install -y $(PACKAGES)" >&2; exit 1; \
+		fi; \
+	fi
 
 ## The Kubernetes binaries, built once from the Go modules pinned under e2e/.
 controlplane: $(K8S_BINS) $(BIN)/kwok
@@ -32,7 +47,7 @@ $(BIN)/kwok: e2e/kwok/go.mod e2e/kwok/go.sum
 	cd e2e/kwok && $(GO_BUILD) sigs.k8s.io/kwok/cmd/kwok
 	touch $@
 
-demo: controlplane
+demo: system-packages controlplane
 	cargo build --quiet --locked -p serin -p kubectl-serin -p serin-e2e
 	target/debug/serin-demo
 
@@ -45,14 +60,14 @@ bench-rollout: controlplane
 	cargo build --quiet --locked --release -p serin -p serin-e2e
 	target/release/serin-bench
 
-test: controlplane
+test: system-packages controlplane
 	cargo build --workspace --locked --bins
 	cargo test --workspace --locked
 
 unit:
 	cargo test --workspace --locked --exclude serin-e2e
 
-e2e: controlplane
+e2e: system-packages controlplane
 	cargo build --workspace --locked --bins
 	cargo test --locked -p serin-e2e
 
