@@ -297,3 +297,71 @@ fn explain(error: &QueryError, what: &str) -> String {
 fn std_duration(duration: serin_api::Duration) -> Duration {
     Duration::from(duration)
 }
+
+#[cfg(test)]
+mod tests {
+    use serin_api::Canary;
+
+    use super::*;
+
+    fn analysis(metrics: &str, address: &str) -> Analysis {
+        let yaml = format!(
+            "apiVersion: serin.dev/v1alpha1
+kind: Canary
+metadata: {{name: web}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec: {{containers: [{{name: web, image: 'web:1'}}]}}
+  analysis:
+{address}    metrics: {metrics}
+"
+        );
+        let canary: Canary = serde_norway::from_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        canary
+            .spec
+            .analysis
+            .unwrap_or_else(|| panic!("no analysis"))
+    }
+
+    #[test]
+    fn spec_problems_name_the_field_and_nothing_is_asked() {
+        let with_address = "    prometheus: {address: 'http://prometheus:9090'}\n";
+        let analyst = Analyst::new(None);
+        let fine = analysis(
+            "[{name: up, query: 'up{pod=~\"{{pods}}\"}', max: 1}]",
+            with_address,
+        );
+        assert_eq!(analyst.spec_problem(Some(&fine)), None);
+
+        let unparsable = analysis("[{name: up, query: 'sum(up', max: 1}]", with_address);
+        let problem = analyst.spec_problem(Some(&unparsable)).unwrap_or_default();
+        assert!(
+            problem.starts_with("spec.analysis.metrics[0].query (metric up)"),
+            "{problem}"
+        );
+
+        let errors = analysis(
+            "[{name: errors, errorRate: {requests: 'sum(x)', errors: 'sum(y{a=\"{{pods}}\"}[{{bogus}}])'}}]",
+            with_address,
+        );
+        let problem = analyst.spec_problem(Some(&errors)).unwrap_or_default();
+        assert!(
+            problem.starts_with("spec.analysis.metrics[0].errorRate.errors"),
+            "{problem}"
+        );
+
+        let nowhere = analysis("[{name: up, query: up, max: 1}]", "");
+        let problem = analyst.spec_problem(Some(&nowhere)).unwrap_or_default();
+        assert!(
+            problem.starts_with("spec.analysis.prometheus.address is required"),
+            "{problem}"
+        );
+        assert_eq!(
+            Analyst::new(Some("http://prometheus:9090".into())).spec_problem(Some(&nowhere)),
+            None,
+            "the controller's default address serves"
+        );
+    }
+}
