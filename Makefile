@@ -14,7 +14,7 @@ GO_BUILD    := go build -trimpath -ldflags="-s -w" -o $(CURDIR)/$(BIN)/
 K8S_BINS    := $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/kube-scheduler $(BIN)/kubectl
 LAUNCHER    := target/debug/serin-cluster
 
-.PHONY: build system-packages controlplane demo bench bench-rollout test unit e2e crds crds-check lint cluster-up cluster-down clean
+.PHONY: arch-check build system-packages controlplane demo bench bench-rollout test unit e2e crds crds-check lint cluster-up cluster-down clean
 
 ## Debian packages the demo and the tests run: installed when missing (as root),
 ## otherwise the command to run is printed.
@@ -78,9 +78,18 @@ crds-check:
 	cargo run --quiet --locked -p serin -- crds | diff -u crds/serin.dev_canaries.yaml - \
 		|| { echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; }
 
-lint:
+lint: arch-check
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+## The decision crate stays pure by construction: nothing in its dependency tree can
+## reach the network, a clock-driven runtime or the Kubernetes client.
+IO_CRATES := kube-client kube-runtime kube-lease-manager hyper hyper-util tokio reqwest tower prometheus-http-query
+arch-check:
+	@tree=$$(cargo tree --locked -p serin-core -e normal --prefix none) || exit 1; \
+	found=$$(echo "$$tree" | cut -d' ' -f1 | sort -u | grep -xE "$$(echo $(IO_CRATES) | tr ' ' '|')"); \
+	if [ -n "$$found" ]; then echo "serin-core must not depend on: $$found (see docs/architecture.md)" >&2; exit 1; fi; \
+	echo "serin-core: no I/O crate in its dependencies"
 
 cluster-up: controlplane
 	cargo build --quiet --locked -p serin-e2e --bin serin-cluster

@@ -15,7 +15,7 @@ use serin_analysis::{NoData, Reading, Window};
 use serin_api::{Analysis, Canary, CanaryStatus, ErrorCounts, MetricStatus, Phase, Verdict};
 use serin_prometheus::{Credentials, Prometheus, QueryError, Variables, render};
 
-use crate::machine::StepVerdict;
+use serin_core::machine::StepVerdict;
 
 /// Longest a query may take; shorter when the interval is.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -25,11 +25,11 @@ use serin_traffic::{FIELD_MANAGER, Router, WeightRouter, Weights, Workload};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::analysis::Analyst;
-use crate::conditions;
 use crate::health::WatchHealth;
-use crate::machine::{self, Action, ObservedReplicaSet, Snapshot};
 use crate::metrics::Metrics;
-use crate::revision::revision_of;
+use serin_core::conditions;
+use serin_core::machine::{self, Action, ObservedReplicaSet, Snapshot};
+use serin_core::revision::revision_of;
 
 /// Label on everything Serin creates for a Canary: the Canary's name.
 pub const CANARY_LABEL: &str = "serin.dev/canary";

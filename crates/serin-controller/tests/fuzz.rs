@@ -8,8 +8,8 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use serin_api::{CanaryStatus, Phase};
 use serin_controller::analysis::Analyst;
-use serin_controller::machine::{ObservedReplicaSet, Snapshot, StepVerdict, plan};
-use serin_controller::revision::revision_of;
+use serin_core::machine::{ObservedReplicaSet, Snapshot, StepVerdict, plan};
+use serin_core::revision::revision_of;
 
 fn valid() -> Value {
     json!({

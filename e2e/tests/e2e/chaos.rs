@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::Value;
-use serin_controller::revision::revision_of;
+use serin_core::revision::revision_of;
 use serin_e2e::controller::{Controller, install};
 
 use crate::analysis::{Behaviour, ERRORS_METRIC, Judged};

@@ -6,10 +6,8 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serin_api::{Canary, CanarySpec, CanaryStatus, MetricStatus, Phase, Verdict};
-use serin_controller::conditions;
-use serin_controller::machine::{
-    Action, ObservedReplicaSet, Plan, Routing, Snapshot, StepVerdict, plan,
-};
+use serin_core::conditions;
+use serin_core::machine::{Action, ObservedReplicaSet, Plan, Routing, Snapshot, StepVerdict, plan};
 
 const STABLE: &str = "aaaaaaaaaa";
 const CANARY: &str = "bbbbbbbbbb";
