@@ -2,6 +2,7 @@
 //! its own, a controller under Serin's ServiceAccount, and a Canary, with the
 //! waits and reads the end-to-end tests share.
 
+use serin_api::{CANARY_LABEL, COMMAND_ANNOTATION};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -137,7 +138,7 @@ spec:
             "canary",
             &self.name,
             "--overwrite",
-            &format!("serin.dev/command={command}"),
+            &format!("{COMMAND_ANNOTATION}={command}"),
         ])?;
         Ok(())
     }
@@ -169,7 +170,7 @@ spec:
             "-n",
             &self.namespace,
             "-l",
-            &format!("serin.dev/canary={}", self.name),
+            &format!("{CANARY_LABEL}={}", self.name),
         ])?;
         Ok(list["items"].as_array().map_or(0, Vec::len))
     }

@@ -19,7 +19,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::config::KubeConfigOptions;
 use kube::{Api, Client, Config};
-use serin_api::{COMMAND_ANNOTATION, Canary, Phase};
+use serin_api::{CANARY_LABEL, COMMAND_ANNOTATION, Canary, CommandKind, Phase, condition};
 
 use crate::view::EventLine;
 
@@ -147,11 +147,15 @@ async fn run(
             get(&client, &canaries, &namespace, name.as_deref(), watch).await
         }
         ClusterCommand::Promote { name, full } => {
-            let command = if full { "promote-full" } else { "promote" };
+            let command = if full {
+                CommandKind::PromoteFull
+            } else {
+                CommandKind::Promote
+            };
             send(&canaries, &name, command).await
         }
-        ClusterCommand::Abort { name } => send(&canaries, &name, "abort").await,
-        ClusterCommand::Retry { name } => send(&canaries, &name, "retry").await,
+        ClusterCommand::Abort { name } => send(&canaries, &name, CommandKind::Abort).await,
+        ClusterCommand::Retry { name } => send(&canaries, &name, CommandKind::Retry).await,
         ClusterCommand::Pause { name } => set_paused(&canaries, &name, true).await,
         ClusterCommand::Resume { name } => set_paused(&canaries, &name, false).await,
         ClusterCommand::Wait { name, timeout } => {
@@ -213,7 +217,7 @@ async fn describe(
         .with_context(|| format!("canary {name} not found in namespace {namespace}"))?;
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
     let owned = replica_sets
-        .list(&ListParams::default().labels(&format!("serin.dev/canary={name}")))
+        .list(&ListParams::default().labels(&format!("{CANARY_LABEL}={name}")))
         .await?
         .items;
     let events: Api<Event> = Api::namespaced(client.clone(), namespace);
@@ -259,7 +263,7 @@ fn age(now: Timestamp, then: Timestamp) -> String {
 }
 
 /// Annotates the Canary with `<command>/<nonce>` and reports the acknowledgement.
-async fn send(canaries: &Api<Canary>, name: &str, command: &str) -> Result<ExitCode> {
+async fn send(canaries: &Api<Canary>, name: &str, command: CommandKind) -> Result<ExitCode> {
     let nonce = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|since| since.as_millis().to_string())
@@ -306,7 +310,7 @@ async fn wait(canaries: &Api<Canary>, name: &str, timeout: Duration) -> Result<E
         let current = status.observed_generation == generation;
         let condition = |kind: &str| status.conditions.iter().find(|c| c.type_ == kind).cloned();
         if current {
-            if condition("Promoted").is_some_and(|c| c.status == "True") {
+            if condition(condition::PROMOTED).is_some_and(|c| c.status == "True") {
                 println!(
                     "canary {name} promoted: {}",
                     status.stable_revision.unwrap_or_default()
@@ -314,7 +318,7 @@ async fn wait(canaries: &Api<Canary>, name: &str, timeout: Duration) -> Result<E
                 return Ok(ExitCode::SUCCESS);
             }
             if status.phase == Some(Phase::Aborted) {
-                let why = condition("Progressing")
+                let why = condition(condition::PROGRESSING)
                     .map(|c| format!("{}: {}", c.reason, c.message))
                     .unwrap_or_default();
                 eprintln!("canary {name} aborted: {why}");

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{Cell, Table};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use serin_api::{Canary, REVISION_LABEL};
+use serin_api::{Canary, REVISION_LABEL, condition};
 
 /// One event line: when, type, reason, message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,8 +61,8 @@ pub fn render(canary: &Canary, replica_sets: &[ReplicaSet], events: &[EventLine]
         status.weight
     );
     for condition in &status.conditions {
-        if condition.type_ == "Progressing"
-            || (condition.type_ == "InvalidSpec" && condition.status == "True")
+        if condition.type_ == condition::PROGRESSING
+            || (condition.type_ == condition::INVALID_SPEC && condition.status == "True")
         {
             let _ = writeln!(
                 out,

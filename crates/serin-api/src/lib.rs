@@ -9,12 +9,18 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
+mod contract;
 mod decode;
 mod schema;
 mod spec;
 mod status;
 mod validate;
 
+pub use contract::{
+    CANARY_LABEL, COMMAND_ANNOTATION, CommandKind, FIELD_MANAGER, REPORTING_CONTROLLER,
+    REVISION_LABEL, SCALE_DOWN_AT_ANNOTATION, canary_service, condition, reason, replica_set_name,
+    stable_service,
+};
 pub use decode::{DecodeError, decode};
 /// A Go-style duration as written in the spec (`30s`, `2m`).
 pub use kube::core::Duration;
@@ -28,13 +34,6 @@ pub use status::{
 
 /// API group of every Serin resource.
 pub const GROUP: &str = "serin.dev";
-
-/// Label on every ReplicaSet and pod Serin creates: the revision (template hash) it runs.
-pub const REVISION_LABEL: &str = "serin.dev/revision";
-
-/// Annotation a person sets to run a one-shot command: `<command>/<nonce>`, for
-/// example `promote/7f3a`. Status acknowledges the nonce so it runs exactly once.
-pub const COMMAND_ANNOTATION: &str = "serin.dev/command";
 
 /// The variables a query template may use, as `{{name}}`.
 pub const TEMPLATE_VARIABLES: [&str; 8] = [

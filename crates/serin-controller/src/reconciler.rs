@@ -20,8 +20,11 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Config, Controller};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use serin_api::{COMMAND_ANNOTATION, Canary, DecodeError, REVISION_LABEL};
-use serin_traffic::{FIELD_MANAGER, Router, WeightRouter, Weights, Workload};
+use serin_api::{
+    CANARY_LABEL, COMMAND_ANNOTATION, Canary, DecodeError, FIELD_MANAGER, REPORTING_CONTROLLER,
+    REVISION_LABEL, SCALE_DOWN_AT_ANNOTATION, reason, replica_set_name,
+};
+use serin_traffic::{Router, WeightRouter, Weights, Workload};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::analysis::Analyst;
@@ -30,11 +33,6 @@ use crate::metrics::Metrics;
 use serin_core::conditions;
 use serin_core::machine::{self, Action, ObservedReplicaSet, Snapshot};
 use serin_core::revision::revision_of;
-
-/// Label on everything Serin creates for a Canary: the Canary's name.
-pub const CANARY_LABEL: &str = "serin.dev/canary";
-/// Annotation on a ReplicaSet without traffic: when Serin scales it to zero.
-pub const SCALE_DOWN_AT_ANNOTATION: &str = "serin.dev/scale-down-at";
 
 /// Errors of one reconcile; each is retried with a back-off.
 #[derive(Debug, thiserror::Error)]
@@ -231,7 +229,7 @@ async fn report_undecodable(
         &mut conditions,
         conditions::INVALID_SPEC,
         true,
-        "InvalidSpec",
+        reason::INVALID_SPEC,
         message.clone(),
         &now,
         generation,
@@ -240,7 +238,7 @@ async fn report_undecodable(
         &mut conditions,
         conditions::PROMOTED,
         false,
-        "InvalidSpec",
+        reason::INVALID_SPEC,
         format!("the spec cannot be read: {error}"),
         &now,
         generation,
@@ -257,7 +255,7 @@ async fn report_undecodable(
         warn!(%error, "the Canary does not decode");
         let event = machine::Event {
             warning: true,
-            reason: "InvalidSpec",
+            reason: reason::INVALID_SPEC,
             note: message,
         };
         record_events(
@@ -348,7 +346,7 @@ async fn reconcile_one(
                 .iter()
                 .any(|rs| revision_label(rs) == Some(rs_revision)) =>
             {
-                let rs_name = format!("{name}-{rs_revision}");
+                let rs_name = replica_set_name(name, rs_revision);
                 if *rs_revision == revision {
                     let rs =
                         replica_set(canary, namespace, name, &revision, *replicas, owner.clone());
@@ -366,7 +364,7 @@ async fn reconcile_one(
                 }
             }
             Action::Scale { revision, .. } | Action::ScaleDownAt { revision, .. } => {
-                let rs_name = format!("{name}-{revision}");
+                let rs_name = replica_set_name(name, revision);
                 if let Some(patch) = replica_set_patch(action) {
                     replica_sets
                         .patch(&rs_name, &PatchParams::default(), &Patch::Merge(patch))
@@ -385,7 +383,7 @@ async fn reconcile_one(
             Action::Delete {
                 revision: rs_revision,
             } => {
-                let rs_name = format!("{name}-{rs_revision}");
+                let rs_name = replica_set_name(name, rs_revision);
                 replica_sets
                     .delete(&rs_name, &DeleteParams::background())
                     .await
@@ -396,8 +394,8 @@ async fn reconcile_one(
 
     let canaries: Api<Canary> = Api::namespaced(client.clone(), namespace);
     let status = serde_json::json!({
-        "apiVersion": "serin.dev/v1alpha1",
-        "kind": "Canary",
+        "apiVersion": Canary::api_version(&()),
+        "kind": Canary::kind(&()),
         "status": plan.status,
     });
     canaries
@@ -495,7 +493,7 @@ fn transition_event(
         reason: Some(event.reason.to_owned()),
         note: Some(event.note.chars().take(1000).collect()),
         action: Some("Rollout".to_owned()),
-        reporting_controller: Some("serin.dev/controller".to_owned()),
+        reporting_controller: Some(REPORTING_CONTROLLER.to_owned()),
         reporting_instance: Some(instance.to_owned()),
         regarding: Some(regarding),
         ..Event::default()
@@ -566,7 +564,7 @@ fn replica_set(
     rs_labels.insert(CANARY_LABEL.to_owned(), name.to_owned());
     ReplicaSet {
         metadata: ObjectMeta {
-            name: Some(format!("{name}-{revision}")),
+            name: Some(replica_set_name(name, revision)),
             namespace: Some(namespace.to_owned()),
             labels: Some(rs_labels),
             owner_references: Some(vec![owner]),

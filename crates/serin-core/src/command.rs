@@ -1,19 +1,6 @@
 //! One-shot commands a person gives through the `serin.dev/command` annotation.
 
-use std::fmt;
-
-/// What a person asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CommandKind {
-    /// Finish the current step now, skipping its remaining time and analysis.
-    Promote,
-    /// Skip every remaining step and promote the canary now.
-    PromoteFull,
-    /// Roll the canary back now.
-    Abort,
-    /// Run an aborted rollout again from its first step.
-    Retry,
-}
+pub use serin_api::CommandKind;
 
 /// A command and the nonce that makes it run once.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,38 +11,14 @@ pub struct Command {
     pub nonce: String,
 }
 
-impl CommandKind {
-    /// The command's name in the annotation.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Promote => "promote",
-            Self::PromoteFull => "promote-full",
-            Self::Abort => "abort",
-            Self::Retry => "retry",
-        }
-    }
-}
-
-impl fmt::Display for CommandKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// Reads `<command>/<nonce>`, for example `promote/1732201337`. The error says what
 /// a valid value looks like.
 pub fn parse(annotation: &str) -> Result<Command, String> {
     let (name, nonce) = annotation.split_once('/').unwrap_or((annotation, ""));
-    let kind = match name {
-        "promote" => CommandKind::Promote,
-        "promote-full" => CommandKind::PromoteFull,
-        "abort" => CommandKind::Abort,
-        "retry" => CommandKind::Retry,
-        other => {
-            return Err(format!(
-                "unknown command {other:?}: use promote, promote-full, abort or retry, as <command>/<nonce>"
-            ));
-        }
+    let Some(kind) = CommandKind::from_name(name) else {
+        return Err(format!(
+            "unknown command {name:?}: use promote, promote-full, abort or retry, as <command>/<nonce>"
+        ));
     };
     if nonce.is_empty() {
         return Err(format!(

@@ -3,14 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-/// `Available`: the revision serving as stable has all its pods available.
-pub const AVAILABLE: &str = "Available";
-/// `Progressing`: a rollout is under way; the reason says at what point.
-pub const PROGRESSING: &str = "Progressing";
-/// `Promoted`: the template in spec is the one fully serving.
-pub const PROMOTED: &str = "Promoted";
-/// `InvalidSpec`: the spec is wrong in a way only the controller can see.
-pub const INVALID_SPEC: &str = "InvalidSpec";
+pub use serin_api::condition::{AVAILABLE, INVALID_SPEC, PROGRESSING, PROMOTED};
 
 /// Sets condition `kind` to `status` with `reason` and `message`, keeping its
 /// transition time when the status does not change.

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use serin_api::{AcknowledgedCommand, CanarySpec, CanaryStatus, Duration as SpecDuration, Phase};
+use serin_api::{
+    AcknowledgedCommand, CanarySpec, CanaryStatus, Duration as SpecDuration, Phase, reason,
+};
 
 use crate::command::{self, Command, CommandKind};
 use crate::conditions::{self, AVAILABLE, INVALID_SPEC, PROGRESSING, PROMOTED};
@@ -164,9 +166,9 @@ enum AbortReason {
 impl AbortReason {
     fn as_str(self) -> &'static str {
         match self {
-            Self::AnalysisFailed => "AnalysisFailed",
-            Self::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
-            Self::AbortedByUser => "AbortedByUser",
+            Self::AnalysisFailed => reason::ANALYSIS_FAILED,
+            Self::ProgressDeadlineExceeded => reason::PROGRESS_DEADLINE_EXCEEDED,
+            Self::AbortedByUser => reason::ABORTED_BY_USER,
         }
     }
 }
@@ -221,15 +223,15 @@ impl<'s, 'a> Planner<'s, 'a> {
                 .conditions
                 .iter()
                 .any(|c| c.type_ == INVALID_SPEC && c.status == "True" && c.message == *reason);
-            self.condition(INVALID_SPEC, true, "InvalidSpec", reason.clone());
+            self.condition(INVALID_SPEC, true, reason::INVALID_SPEC, reason.clone());
             if !reported {
-                self.event(true, "InvalidSpec", reason.clone());
+                self.event(true, reason::INVALID_SPEC, reason.clone());
             }
             if self.status.stable_revision.as_deref() != Some(self.snap.revision.as_str()) {
                 self.condition(
                     PROMOTED,
                     false,
-                    "InvalidSpec",
+                    reason::INVALID_SPEC,
                     format!(
                         "revision {} is not rolled out: {reason}",
                         self.snap.revision
@@ -239,7 +241,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             self.wake = Duration::from_secs(30);
             return;
         }
-        self.condition(INVALID_SPEC, false, "Valid", String::new());
+        self.condition(INVALID_SPEC, false, reason::VALID, String::new());
         self.take_command();
 
         let target = self.snap.revision.clone();
@@ -261,7 +263,11 @@ impl<'s, 'a> Planner<'s, 'a> {
     fn first_revision(&mut self, target: &str) {
         self.status.stable_revision = Some(target.to_owned());
         self.status.phase = Some(Phase::Initializing);
-        self.event(false, "Initializing", format!("first revision {target}"));
+        self.event(
+            false,
+            reason::INITIALIZING,
+            format!("first revision {target}"),
+        );
         self.steady(target);
     }
 
@@ -271,7 +277,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         if let Some(canary) = self.status.canary_revision.take() {
             self.event(
                 false,
-                "StableRestored",
+                reason::STABLE_RESTORED,
                 format!("spec.template is revision {stable} again; rollout of {canary} dropped"),
             );
         }
@@ -294,19 +300,19 @@ impl<'s, 'a> Planner<'s, 'a> {
             self.condition(
                 PROGRESSING,
                 false,
-                "Promoted",
+                reason::PROMOTED,
                 format!("revision {stable} serves all traffic"),
             );
             self.condition(
                 PROMOTED,
                 true,
-                "Promoted",
+                reason::PROMOTED,
                 format!("revision {stable} is fully available"),
             );
             if was != Some(Phase::Healthy) {
                 self.event(
                     false,
-                    "Healthy",
+                    reason::HEALTHY,
                     format!("revision {stable} is fully available"),
                 );
             }
@@ -317,13 +323,13 @@ impl<'s, 'a> Planner<'s, 'a> {
             self.condition(
                 PROGRESSING,
                 true,
-                "WaitingForPods",
+                reason::WAITING_FOR_PODS,
                 format!("revision {stable}: {available} of {replicas} pods available"),
             );
             self.condition(
                 PROMOTED,
                 false,
-                "WaitingForPods",
+                reason::WAITING_FOR_PODS,
                 format!("revision {stable}: {available} of {replicas} pods available"),
             );
         }
@@ -346,7 +352,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             self.status.phase = Some(Phase::Progressing);
             self.event(
                 false,
-                "Retried",
+                reason::RETRIED,
                 format!("rollout of {target} starts again from step 1"),
             );
         }
@@ -369,7 +375,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         if let Some(previous) = self.status.canary_revision.replace(target.to_owned()) {
             self.event(
                 false,
-                "RolloutRestarted",
+                reason::ROLLOUT_RESTARTED,
                 format!(
                     "spec.template changed to revision {target}; rollout of {previous} dropped"
                 ),
@@ -377,7 +383,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         } else {
             self.event(
                 false,
-                "RolloutStarted",
+                reason::ROLLOUT_STARTED,
                 format!("rolling out revision {target} beside stable {stable}"),
             );
         }
@@ -386,7 +392,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         self.condition(
             PROMOTED,
             false,
-            "RolloutInProgress",
+            reason::ROLLOUT_IN_PROGRESS,
             format!("revision {target} is being rolled out"),
         );
         self.begin_step(1);
@@ -435,7 +441,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             if self.status.phase != Some(Phase::Paused) {
                 self.event(
                     false,
-                    "Paused",
+                    reason::PAUSED,
                     format!("rollout of {target} paused at step {step}"),
                 );
             }
@@ -444,7 +450,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             self.condition(
                 PROGRESSING,
                 false,
-                "Paused",
+                reason::PAUSED,
                 format!("paused at step {step} (weight {}%)", self.status.weight),
             );
             return;
@@ -452,7 +458,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         if self.status.phase == Some(Phase::Paused) {
             self.event(
                 false,
-                "Resumed",
+                reason::RESUMED,
                 format!("rollout of {target} resumed at step {step}"),
             );
             self.begin_step(step);
@@ -481,7 +487,7 @@ impl<'s, 'a> Planner<'s, 'a> {
                     waiting,
                 );
             }
-            self.condition(PROGRESSING, true, "WaitingForPods", waiting);
+            self.condition(PROGRESSING, true, reason::WAITING_FOR_PODS, waiting);
             self.wake_in(deadline.saturating_sub(since_step));
             return;
         }
@@ -517,7 +523,7 @@ impl<'s, 'a> Planner<'s, 'a> {
                 self.condition(
                     PROGRESSING,
                     true,
-                    "Inconclusive",
+                    reason::INCONCLUSIVE,
                     format!("step {step} at {}%: {why}", split.weight),
                 );
                 self.wake_in(
@@ -536,7 +542,7 @@ impl<'s, 'a> Planner<'s, 'a> {
                 self.condition(
                     PROGRESSING,
                     true,
-                    "StepInProgress",
+                    reason::STEP_IN_PROGRESS,
                     format!(
                         "step {step} of {} at {}%{waiting}",
                         steps(spec),
@@ -555,7 +561,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         if step >= steps(self.snap.spec) {
             self.event(
                 false,
-                "StepAdvanced",
+                reason::STEP_ADVANCED,
                 format!("{why}; last step done, promoting {target}"),
             );
             return self.start_promotion(stable, target);
@@ -564,13 +570,13 @@ impl<'s, 'a> Planner<'s, 'a> {
         let weight = step_weight(self.snap.spec, step + 1);
         self.event(
             false,
-            "StepAdvanced",
+            reason::STEP_ADVANCED,
             format!("{why}; step {} at {weight}%", step + 1),
         );
         self.condition(
             PROGRESSING,
             true,
-            "StepAdvanced",
+            reason::STEP_ADVANCED,
             format!("step {} at {weight}%", step + 1),
         );
         self.wake = Duration::ZERO;
@@ -580,7 +586,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         self.status.phase = Some(Phase::Promoting);
         self.event(
             false,
-            "Promoting",
+            reason::PROMOTING,
             format!("scaling revision {target} to full size"),
         );
         self.promoting(stable, target);
@@ -600,7 +606,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             self.condition(
                 PROGRESSING,
                 true,
-                "Promoting",
+                reason::PROMOTING,
                 format!("revision {target}: {available} of {replicas} pods available"),
             );
             return;
@@ -610,7 +616,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         self.status.phase = Some(Phase::Healthy);
         self.event(
             false,
-            "Promoted",
+            reason::PROMOTED,
             format!("revision {target} is now stable; {stable} retires"),
         );
         self.steady(target);
@@ -735,9 +741,9 @@ impl<'s, 'a> Planner<'s, 'a> {
             })
             .unwrap_or(self.snap.spec.replicas);
         let (ok, reason) = if available >= wanted && (available > 0 || wanted == 0) {
-            (true, "StableAvailable")
+            (true, reason::STABLE_AVAILABLE)
         } else {
-            (false, "StableUnavailable")
+            (false, reason::STABLE_UNAVAILABLE)
         };
         self.condition(
             AVAILABLE,
@@ -793,7 +799,7 @@ impl<'s, 'a> Planner<'s, 'a> {
                         outcome: Some(problem.clone()),
                         at: Some(self.now.clone()),
                     });
-                    self.event(true, "InvalidCommand", problem);
+                    self.event(true, reason::INVALID_COMMAND, problem);
                 }
             }
         }
@@ -817,7 +823,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         });
         self.event(
             false,
-            "CommandAcknowledged",
+            reason::COMMAND_ACKNOWLEDGED,
             format!("{}: {outcome}", command.kind),
         );
     }

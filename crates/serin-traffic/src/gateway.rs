@@ -171,7 +171,7 @@ pub async fn apply(
         api.replace(
             route,
             &PostParams {
-                field_manager: Some(crate::FIELD_MANAGER.into()),
+                field_manager: Some(serin_api::FIELD_MANAGER.into()),
                 ..PostParams::default()
             },
             &object,

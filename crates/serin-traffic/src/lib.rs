@@ -15,10 +15,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
-use serin_api::{REVISION_LABEL, ServicePorts};
-
-/// Field manager of every object Serin writes.
-pub const FIELD_MANAGER: &str = "serin";
+use serin_api::{
+    CANARY_LABEL, FIELD_MANAGER, REVISION_LABEL, ServicePorts, canary_service, stable_service,
+};
 
 /// Errors while applying traffic.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +137,7 @@ impl WeightRouter for Router<'_> {
 
 /// `<name>-stable` and `<name>-canary`.
 pub fn service_names(name: &str) -> (String, String) {
-    (format!("{name}-stable"), format!("{name}-canary"))
+    (stable_service(name), canary_service(name))
 }
 
 /// The workload whose traffic is shaped.
@@ -189,11 +188,8 @@ pub fn services(workload: &Workload, weights: Weights) -> Vec<Service> {
     let canary = weights.canary.unwrap_or(weights.stable);
     [
         (workload.name.to_owned(), main_selector),
-        (
-            format!("{}-stable", workload.name),
-            with_revision(weights.stable),
-        ),
-        (format!("{}-canary", workload.name), with_revision(canary)),
+        (stable_service(workload.name), with_revision(weights.stable)),
+        (canary_service(workload.name), with_revision(canary)),
     ]
     .into_iter()
     .map(|(name, selector)| service(workload, ports, name, selector))
@@ -211,7 +207,7 @@ fn service(
             name: Some(name),
             namespace: Some(workload.namespace.to_owned()),
             labels: Some(BTreeMap::from([(
-                "serin.dev/canary".to_owned(),
+                CANARY_LABEL.to_owned(),
                 workload.name.to_owned(),
             )])),
             owner_references: Some(vec![workload.owner.clone()]),

@@ -8,6 +8,7 @@
 //! - the controller's resident memory with 100 Canaries, against the same process
 //!   with none.
 
+use serin_api::{COMMAND_ANNOTATION, canary_service};
 use std::fs;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -135,7 +136,7 @@ fn reaction_times(kubectl: &Kubectl) -> Result<()> {
             "canary",
             "web",
             "--overwrite",
-            &format!("serin.dev/command=abort/{run}"),
+            &format!("{COMMAND_ANNOTATION}=abort/{run}"),
         ])?;
         wait_for(|| Ok(canary_weight(kubectl)? == Some(0)))?;
         abort.push(started.elapsed());
@@ -212,7 +213,7 @@ fn canary_weight(kubectl: &Kubectl) -> Result<Option<i64>> {
         .as_array()
         .into_iter()
         .flatten()
-        .find(|backend| backend["name"] == "web-canary")
+        .find(|backend| backend["name"] == canary_service("web"))
         .and_then(|backend| backend["weight"].as_i64()))
 }
 

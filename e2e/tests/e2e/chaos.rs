@@ -2,6 +2,7 @@
 //! release), the controller killed with SIGKILL at a random moment of each, and the
 //! cluster checked every 200 ms against what must always hold.
 
+use serin_api::REVISION_LABEL;
 use std::collections::{BTreeMap, BTreeSet};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -118,7 +119,7 @@ fn look(judged: &Judged) -> Result<Look> {
     let replica_sets = of_kind("ReplicaSet")
         .map(|rs| {
             (
-                rs["metadata"]["labels"]["serin.dev/revision"]
+                rs["metadata"]["labels"][REVISION_LABEL]
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
@@ -137,7 +138,7 @@ fn look(judged: &Judged) -> Result<Look> {
         answered: Instant::now(),
         canary,
         replica_sets,
-        main_selects: main["spec"]["selector"]["serin.dev/revision"]
+        main_selects: main["spec"]["selector"][REVISION_LABEL]
             .as_str()
             .map(str::to_owned),
     })

@@ -1,6 +1,7 @@
 //! The Gateway API router against the upstream standard CRDs, so the real schema
 //! validates every write Serin makes to an HTTPRoute.
 
+use serin_api::{canary_service, stable_service};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -64,7 +65,10 @@ pub(crate) fn weights(route: &Value) -> (Option<i64>, Option<i64>) {
             .find(|b| b["name"] == name)
             .and_then(|b| b["weight"].as_i64())
     };
-    (weight("web-stable"), weight("web-canary"))
+    (
+        weight(&stable_service("web")),
+        weight(&canary_service("web")),
+    )
 }
 
 #[test]
@@ -146,11 +150,13 @@ fn a_missing_route_is_an_invalid_spec_and_nothing_is_changed() -> Result<()> {
         0,
         "nothing created for an invalid spec"
     );
-    assert!(
-        !rollout
-            .kubectl
-            .succeeds(&["get", "service", "web-stable", "-n", &rollout.namespace])
-    );
+    assert!(!rollout.kubectl.succeeds(&[
+        "get",
+        "service",
+        &stable_service("web"),
+        "-n",
+        &rollout.namespace
+    ]));
     assert!(rollout.events()?.contains(&"InvalidSpec".to_owned()));
 
     rollout

@@ -2,6 +2,7 @@
 //! pod template the API server refuses, a controller that cannot list, a SIGTERM in
 //! a bad state, and promotion after promotion that must each drain gracefully.
 
+use serin_api::CANARY_LABEL;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -150,7 +151,7 @@ spec:
         "-n",
         &rollout.namespace,
         "-l",
-        "serin.dev/canary=web",
+        &format!("{CANARY_LABEL}=web"),
     ])?;
     assert_eq!(
         services["items"].as_array().map_or(0, Vec::len),

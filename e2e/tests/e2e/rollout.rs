@@ -1,6 +1,7 @@
 //! Rollouts on the local control plane, driven through kubectl as a person would,
 //! with the controller running under its ServiceAccount's permissions.
 
+use serin_api::{CANARY_LABEL, REVISION_LABEL, stable_service};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,11 +27,11 @@ fn first_apply_becomes_healthy_and_promoted() -> Result<()> {
     assert_eq!(rollout.replica_set(&stable)?, (4, 4));
     assert_eq!(rollout.replica_set_count()?, 1);
     assert_eq!(
-        rollout.service_selector("web")?["serin.dev/revision"],
+        rollout.service_selector("web")?[REVISION_LABEL],
         stable.as_str()
     );
     assert_eq!(
-        rollout.service_selector("web-stable")?["serin.dev/revision"],
+        rollout.service_selector(&stable_service("web"))?[REVISION_LABEL],
         stable.as_str()
     );
     assert!(rollout.events()?.contains(&"Healthy".to_owned()));
@@ -102,7 +103,7 @@ fn abort_puts_all_traffic_on_stable_before_the_canary_scales_down() -> Result<()
     let canary = rollout.roll_out("web:2")?;
     let (stable, canary_revision) = revisions(&canary);
     assert_eq!(
-        rollout.service_selector("web")?.get("serin.dev/revision"),
+        rollout.service_selector("web")?.get(REVISION_LABEL),
         None,
         "both revisions serve"
     );
@@ -112,7 +113,7 @@ fn abort_puts_all_traffic_on_stable_before_the_canary_scales_down() -> Result<()
         phase(c) == "Aborted"
     })?;
     assert_eq!(
-        rollout.service_selector("web")?["serin.dev/revision"],
+        rollout.service_selector("web")?[REVISION_LABEL],
         stable.as_str()
     );
     assert!(
@@ -204,7 +205,7 @@ fn restoring_the_stable_template_returns_to_healthy_at_once() -> Result<()> {
     assert_eq!(revisions(&healthy), (stable.clone(), String::new()));
     rollout.wait_promoted(Duration::from_secs(15))?;
     assert_eq!(
-        rollout.service_selector("web")?["serin.dev/revision"],
+        rollout.service_selector("web")?[REVISION_LABEL],
         stable.as_str()
     );
     assert_eq!(healthy["status"]["step"], 0);
@@ -326,7 +327,7 @@ fn deleting_a_canary_deletes_what_it_owns() -> Result<()> {
             "-n",
             &rollout.namespace,
             "-l",
-            "serin.dev/canary=web",
+            &format!("{CANARY_LABEL}=web"),
         ])?;
         let services = services["items"].as_array().map_or(0, Vec::len);
         if left == 0 && services == 0 {
