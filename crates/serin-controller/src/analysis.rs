@@ -23,6 +23,17 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// What makes two Canaries share a client: a rotated Secret gets a new one.
 type ClientKey = (String, Option<Credentials>, Duration);
 
+/// What one analysis is about: the Canary, its analysis spec, where it lives, and
+/// the revision judged as the canary arm.
+#[derive(Clone, Copy)]
+struct Subject<'a> {
+    client: &'a Client,
+    canary: &'a Canary,
+    analysis: &'a Analysis,
+    namespace: &'a str,
+    revision: &'a str,
+}
+
 /// Reads metrics for every Canary; keeps one client per Prometheus and credentials.
 pub struct Analyst {
     default_address: Option<String>,
@@ -109,11 +120,18 @@ impl Analyst {
             .min();
         let due = last.unwrap_or(since.0) + interval;
         if now >= due {
-            let metrics = self
-                .analyse(
-                    client, canary, analysis, namespace, revision, status, &since, now,
-                )
-                .await;
+            let subject = Subject {
+                client,
+                canary,
+                analysis,
+                namespace,
+                revision,
+            };
+            let window = Window {
+                since: since.clone(),
+                at: Time(now),
+            };
+            let metrics = self.analyse(&subject, status, window).await;
             status.analysis = metrics;
         } else if !analysed {
             let seconds = (due - now).get_seconds().max(0);
@@ -135,22 +153,22 @@ impl Analyst {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Reads every metric for both arms over `window` and judges each, carrying
+    /// the evidence of `status`'s earlier windows.
     async fn analyse(
         &self,
-        client: &Client,
-        canary: &Canary,
-        analysis: &Analysis,
-        namespace: &str,
-        revision: &str,
+        subject: &Subject<'_>,
         status: &CanaryStatus,
-        since: &Time,
-        now: Timestamp,
+        window: Window,
     ) -> Vec<MetricStatus> {
-        let window = Window {
-            since: since.clone(),
-            at: Time(now),
-        };
+        let Subject {
+            client,
+            canary,
+            analysis,
+            namespace,
+            revision,
+        } = *subject;
+        let (since, now) = (&window.since, window.at.0);
         let name = canary.metadata.name.clone().unwrap_or_default();
         let stable_revision = status.stable_revision.clone().unwrap_or_default();
         let interval = std_duration(analysis.interval);

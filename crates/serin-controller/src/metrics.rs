@@ -22,6 +22,13 @@ pub struct CanaryLabels {
     pub canary: String,
 }
 
+/// Labels of the error count: the layer of the reconcile that failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// observe, apply or report.
+    pub layer: &'static str,
+}
+
 /// Labels of the phase series: one per Canary and phase, 1 for the current phase.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
@@ -46,7 +53,7 @@ const PHASES: [Phase; 6] = [
 pub struct Metrics {
     registry: Registry,
     reconciles: Counter,
-    failures: Counter,
+    failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
     weight: Family<CanaryLabels, Gauge<i64, AtomicI64>>,
     phase: Family<PhaseLabels, Gauge<i64, AtomicI64>>,
@@ -59,7 +66,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("serin");
         let reconciles = Counter::<u64, AtomicU64>::default();
-        let failures = Counter::<u64, AtomicU64>::default();
+        let failures = Family::<ErrorLabels, Counter<u64, AtomicU64>>::default();
         let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
         let weight = Family::default();
         let phase = Family::default();
@@ -68,7 +75,7 @@ impl Default for Metrics {
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
-            "Reconciles that failed and will be retried",
+            "Reconciles that failed and will be retried, by the layer that failed",
             failures.clone(),
         );
         registry.register(
@@ -111,12 +118,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts one reconcile and its duration.
-    pub fn reconciled(&self, took: Duration, failed: bool) {
+    /// Counts one reconcile and its duration, and its failure by layer.
+    pub fn reconciled(&self, took: Duration, failed_in: Option<&'static str>) {
         self.reconciles.inc();
         self.duration.observe(took.as_secs_f64());
-        if failed {
-            self.failures.inc();
+        if let Some(layer) = failed_in {
+            self.failures.get_or_create(&ErrorLabels { layer }).inc();
         }
     }
 
@@ -191,12 +198,15 @@ mod tests {
     #[test]
     fn exports_reconciles_and_per_canary_phase_and_weight() {
         let metrics = Metrics::default();
-        metrics.reconciled(Duration::from_millis(3), false);
-        metrics.reconciled(Duration::from_millis(3), true);
+        metrics.reconciled(Duration::from_millis(3), None);
+        metrics.reconciled(Duration::from_millis(3), Some("apply"));
         metrics.canary("demo", "web", Some(Phase::Progressing), 25);
         let text = metrics.encode();
         assert!(text.contains("serin_reconciles_total 2"), "{text}");
-        assert!(text.contains("serin_reconcile_errors_total 1"), "{text}");
+        assert!(
+            text.contains(r#"serin_reconcile_errors_total{layer="apply"} 1"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"serin_canary_weight_percent{namespace="demo",canary="web"} 25"#),
             "{text}"

@@ -30,11 +30,34 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::analysis::Analyst;
 use crate::health::WatchHealth;
 use crate::metrics::Metrics;
+use serin_api::CanaryStatus;
 use serin_core::conditions;
-use serin_core::machine::{self, Action, ObservedReplicaSet, Snapshot};
+use serin_core::machine::{self, Action, ObservedReplicaSet, Plan, Snapshot, StepVerdict};
 use serin_core::revision::revision_of;
 
-/// Errors of one reconcile; each is retried with a back-off.
+/// The layer of a reconcile: what it was doing when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    /// Reading what is (ReplicaSets, routes, the dry run).
+    Observe,
+    /// Carrying out the plan's actions.
+    Apply,
+    /// Writing status and Events.
+    Report,
+}
+
+impl Layer {
+    /// The layer's name, as the `layer` label of `serin_reconcile_errors_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Observe => "observe",
+            Self::Apply => "apply",
+            Self::Report => "report",
+        }
+    }
+}
+
+/// Errors of one reconcile; each is retried, sooner or later by its kind.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     /// The Canary has no namespace (it is a namespaced resource, so this is a bug).
@@ -43,20 +66,65 @@ pub enum ReconcileError {
     /// A read or write of the API failed.
     #[error("{what}: {source}")]
     Kube {
+        /// Where.
+        layer: Layer,
         /// What was being done.
         what: String,
         /// Why it failed.
         #[source]
         source: kube::Error,
     },
-    /// Applying Services or weights failed.
-    #[error(transparent)]
-    Traffic(#[from] serin_traffic::TrafficError),
+    /// Reading or writing Services or routes failed.
+    #[error("{source}")]
+    Traffic {
+        /// Where.
+        layer: Layer,
+        /// Why.
+        #[source]
+        source: serin_traffic::TrafficError,
+    },
 }
 
-fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
+impl ReconcileError {
+    /// The layer that failed (observe for a namespace-less Canary).
+    pub fn layer(&self) -> Layer {
+        match self {
+            Self::NoNamespace => Layer::Observe,
+            Self::Kube { layer, .. } | Self::Traffic { layer, .. } => *layer,
+        }
+    }
+
+    /// Someone else wrote the object first: planning again at once from what is
+    /// there now is the answer, not waiting.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            Self::Kube { source, .. } => is_conflict(source),
+            Self::Traffic { source, .. } => source.kube_error().is_some_and(is_conflict),
+            Self::NoNamespace => false,
+        }
+    }
+
+    /// How long to wait before the next try.
+    pub fn retry_after(&self) -> Duration {
+        match (self.is_conflict(), self.layer()) {
+            (true, _) => Duration::from_millis(500),
+            (false, Layer::Observe) => Duration::from_secs(5),
+            (false, Layer::Apply | Layer::Report) => Duration::from_secs(2),
+        }
+    }
+}
+
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+fn kube_error(layer: Layer, what: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
     let what = what.into();
-    move |source| ReconcileError::Kube { what, source }
+    move |source| ReconcileError::Kube {
+        layer,
+        what,
+        source,
+    }
 }
 
 /// What every reconcile shares.
@@ -155,12 +223,14 @@ fn tracked<K: Send + 'static>(
         .inspect(move |event| health.observe(name, event))
 }
 
+/// Backs off by the kind of failure (see [`ReconcileError::retry_after`]); the
+/// failure is counted by layer when the reconcile ends.
 fn error_policy(
     _canary: Arc<DynamicObject>,
-    _error: &ReconcileError,
+    error: &ReconcileError,
     _context: Arc<Context>,
 ) -> Requeue {
-    Requeue::requeue(Duration::from_secs(5))
+    Requeue::requeue(error.retry_after())
 }
 
 async fn reconcile(
@@ -195,9 +265,10 @@ async fn reconcile(
     }
     .instrument(span)
     .await;
-    context
-        .metrics
-        .reconciled(started.elapsed(), result.is_err());
+    context.metrics.reconciled(
+        started.elapsed(),
+        result.as_ref().err().map(|error| error.layer().as_str()),
+    );
     result
 }
 
@@ -250,7 +321,7 @@ async fn report_undecodable(
     canaries
         .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
-        .map_err(kube_error("writing status"))?;
+        .map_err(kube_error(Layer::Report, "writing status"))?;
     if !reported {
         warn!(%error, "the Canary does not decode");
         let event = machine::Event {
@@ -276,14 +347,6 @@ async fn reconcile_one(
     name: &str,
     context: &Context,
 ) -> Result<Requeue, ReconcileError> {
-    let client = &context.client;
-    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
-    let owned = replica_sets
-        .list(&ListParams::default().labels(&format!("{CANARY_LABEL}={name}")))
-        .await
-        .map_err(kube_error("listing ReplicaSets"))?;
-    let observed: Vec<ObservedReplicaSet> = owned.items.iter().filter_map(observe).collect();
-    let revision = revision_of(&canary.spec.template);
     let owner = canary.controller_owner_ref(&()).unwrap_or_default();
     let workload = Workload {
         namespace,
@@ -291,77 +354,152 @@ async fn reconcile_one(
         labels: &canary.spec.selector.match_labels,
         ports: canary.spec.service.as_ref(),
         routed: canary.spec.traffic.is_some(),
-        owner: owner.clone(),
+        owner,
     };
-    let router = Router::new(client, workload, canary.spec.traffic.as_ref());
+    let router = Router::new(&context.client, workload, canary.spec.traffic.as_ref());
+    let observed = observe(canary, namespace, name, &router, context).await?;
+    let plan = decide(canary, observed.clone());
+    apply(canary, namespace, name, &router, &observed, &plan, context).await?;
+    report(canary, namespace, name, &plan, context).await
+}
+
+/// What one reconcile saw: the Canary's ReplicaSets, the spec's revision, a spec
+/// problem only the controller can see, the analysis verdict, and the time.
+#[derive(Clone, Debug)]
+struct Observed {
+    revision: String,
+    replica_sets: Vec<ObservedReplicaSet>,
+    invalid: Option<String>,
+    analysis: Option<StepVerdict>,
+    /// The stored status, with the analysis just run written into it.
+    status: CanaryStatus,
+    now: Timestamp,
+}
+
+/// Reads the ReplicaSets, checks the spec (its promises, the router, the analysis,
+/// a dry run of a new revision's ReplicaSet) and runs the analysis when due.
+async fn observe(
+    canary: &Canary,
+    namespace: &str,
+    name: &str,
+    router: &Router<'_>,
+    context: &Context,
+) -> Result<Observed, ReconcileError> {
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(context.client.clone(), namespace);
+    let owned = replica_sets
+        .list(&ListParams::default().labels(&format!("{CANARY_LABEL}={name}")))
+        .await
+        .map_err(kube_error(Layer::Observe, "listing ReplicaSets"))?;
+    let observed: Vec<ObservedReplicaSet> =
+        owned.items.iter().filter_map(observe_replica_set).collect();
+    let revision = revision_of(&canary.spec.template);
     let invalid = match canary.spec.problem() {
         Some(problem) => Some(problem),
         None => match router.check().await {
             Ok(()) => None,
             Err(error) => match error.spec_problem() {
                 Some(problem) => Some(problem),
-                None => return Err(error.into()),
+                None => {
+                    return Err(ReconcileError::Traffic {
+                        layer: Layer::Observe,
+                        source: error,
+                    });
+                }
             },
         },
     }
     .or_else(|| context.analyst.spec_problem(canary.spec.analysis.as_ref()));
-    let has_replica_set = observed.iter().any(|rs| rs.revision == revision);
     let invalid = match invalid {
-        None if !has_replica_set => {
-            let rs = replica_set(canary, namespace, name, &revision, 0, owner.clone());
+        None if !observed.iter().any(|rs| rs.revision == revision) => {
+            let owner = canary.controller_owner_ref(&()).unwrap_or_default();
+            let rs = replica_set(canary, namespace, name, &revision, 0, owner);
             template_problem(&replica_sets, &rs).await?
         }
         invalid => invalid,
     };
     let now = Timestamp::now();
     let mut status = canary.status.clone().unwrap_or_default();
-    let analysis = if invalid.is_none() {
-        context
-            .analyst
-            .step_verdict(client, canary, namespace, &revision, &mut status, now)
-            .await
-    } else {
-        None
+    let analysis = match invalid {
+        None => {
+            context
+                .analyst
+                .step_verdict(
+                    &context.client,
+                    canary,
+                    namespace,
+                    &revision,
+                    &mut status,
+                    now,
+                )
+                .await
+        }
+        Some(_) => None,
     };
-    let snapshot = Snapshot {
-        spec: &canary.spec,
-        generation: canary.metadata.generation.unwrap_or_default(),
-        status,
-        command: canary.annotations().get(COMMAND_ANNOTATION).cloned(),
-        revision: revision.clone(),
+    Ok(Observed {
+        revision,
         replica_sets: observed,
         invalid,
         analysis,
+        status,
         now,
-    };
-    let plan = machine::plan(&snapshot);
+    })
+}
 
+/// Asks the state machine what to do about what was observed.
+fn decide(canary: &Canary, observed: Observed) -> Plan {
+    machine::plan(&Snapshot {
+        spec: &canary.spec,
+        generation: canary.metadata.generation.unwrap_or_default(),
+        status: observed.status,
+        command: canary.annotations().get(COMMAND_ANNOTATION).cloned(),
+        revision: observed.revision,
+        replica_sets: observed.replica_sets,
+        invalid: observed.invalid,
+        analysis: observed.analysis,
+        now: observed.now,
+    })
+}
+
+/// Carries out the plan's actions in order; the first failure stops the rest and
+/// the status is not written, so the next reconcile plans from the same status.
+async fn apply(
+    canary: &Canary,
+    namespace: &str,
+    name: &str,
+    router: &Router<'_>,
+    observed: &Observed,
+    plan: &Plan,
+    context: &Context,
+) -> Result<(), ReconcileError> {
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(context.client.clone(), namespace);
     for action in &plan.actions {
-        match action {
-            Action::Scale {
-                revision: rs_revision,
-                replicas,
-            } if !owned
-                .items
+        let exists = |revision: &String| {
+            observed
+                .replica_sets
                 .iter()
-                .any(|rs| revision_label(rs) == Some(rs_revision)) =>
-            {
-                let rs_name = replica_set_name(name, rs_revision);
-                if *rs_revision == revision {
-                    let rs =
-                        replica_set(canary, namespace, name, &revision, *replicas, owner.clone());
-                    replica_sets
-                        .patch(
-                            &rs_name,
-                            &PatchParams::apply(FIELD_MANAGER).force(),
-                            &Patch::Apply(&rs),
-                        )
-                        .await
-                        .map_err(kube_error(format!("creating ReplicaSet {rs_name}")))?;
-                    info!(replicaset = %rs_name, replicas, "created ReplicaSet");
-                } else {
+                .any(|rs| rs.revision == *revision)
+        };
+        match action {
+            Action::Scale { revision, replicas } if !exists(revision) => {
+                let rs_name = replica_set_name(name, revision);
+                if *revision != observed.revision {
                     warn!(replicaset = %rs_name, "ReplicaSet of an older revision is gone; it cannot be recreated");
+                    continue;
                 }
+                let owner = canary.controller_owner_ref(&()).unwrap_or_default();
+                let rs = replica_set(canary, namespace, name, revision, *replicas, owner);
+                replica_sets
+                    .patch(
+                        &rs_name,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&rs),
+                    )
+                    .await
+                    .map_err(kube_error(
+                        Layer::Apply,
+                        format!("creating ReplicaSet {rs_name}"),
+                    ))?;
+                info!(replicaset = %rs_name, replicas, "created ReplicaSet");
             }
             Action::Scale { revision, .. } | Action::ScaleDownAt { revision, .. } => {
                 let rs_name = replica_set_name(name, revision);
@@ -369,7 +507,10 @@ async fn reconcile_one(
                     replica_sets
                         .patch(&rs_name, &PatchParams::default(), &Patch::Merge(patch))
                         .await
-                        .map_err(kube_error(format!("updating ReplicaSet {rs_name}")))?;
+                        .map_err(kube_error(
+                            Layer::Apply,
+                            format!("updating ReplicaSet {rs_name}"),
+                        ))?;
                 }
             }
             Action::Route(routing) => {
@@ -378,21 +519,39 @@ async fn reconcile_one(
                     canary: routing.canary.as_deref(),
                     weight: routing.weight,
                 };
-                router.apply(weights).await?;
+                router
+                    .apply(weights)
+                    .await
+                    .map_err(|source| ReconcileError::Traffic {
+                        layer: Layer::Apply,
+                        source,
+                    })?;
             }
-            Action::Delete {
-                revision: rs_revision,
-            } => {
-                let rs_name = replica_set_name(name, rs_revision);
+            Action::Delete { revision } => {
+                let rs_name = replica_set_name(name, revision);
                 replica_sets
                     .delete(&rs_name, &DeleteParams::background())
                     .await
-                    .map_err(kube_error(format!("deleting ReplicaSet {rs_name}")))?;
+                    .map_err(kube_error(
+                        Layer::Apply,
+                        format!("deleting ReplicaSet {rs_name}"),
+                    ))?;
             }
         }
     }
+    Ok(())
+}
 
-    let canaries: Api<Canary> = Api::namespaced(client.clone(), namespace);
+/// Writes the new status (server-side apply of status alone, forced: Serin owns
+/// it), updates the per-Canary metrics and records the Events.
+async fn report(
+    canary: &Canary,
+    namespace: &str,
+    name: &str,
+    plan: &Plan,
+    context: &Context,
+) -> Result<Requeue, ReconcileError> {
+    let canaries: Api<Canary> = Api::namespaced(context.client.clone(), namespace);
     let status = serde_json::json!({
         "apiVersion": Canary::api_version(&()),
         "kind": Canary::kind(&()),
@@ -405,12 +564,10 @@ async fn reconcile_one(
             &Patch::Apply(status),
         )
         .await
-        .map_err(kube_error("writing status"))?;
-
+        .map_err(kube_error(Layer::Report, "writing status"))?;
     context
         .metrics
         .canary(namespace, name, plan.status.phase, plan.status.weight);
-
     record_events(
         context,
         namespace,
@@ -447,6 +604,7 @@ async fn template_problem(
             )))
         }
         Err(source) => Err(ReconcileError::Kube {
+            layer: Layer::Observe,
             what: format!("checking ReplicaSet {} with a dry run", rs.name_any()),
             source,
         }),
@@ -517,7 +675,7 @@ fn revision_label(rs: &ReplicaSet) -> Option<&String> {
     rs.metadata.labels.as_ref()?.get(REVISION_LABEL)
 }
 
-fn observe(rs: &ReplicaSet) -> Option<ObservedReplicaSet> {
+fn observe_replica_set(rs: &ReplicaSet) -> Option<ObservedReplicaSet> {
     let revision = revision_label(rs)?.clone();
     let scale_down_at = rs
         .annotations()
@@ -648,10 +806,11 @@ mod tests {
                 json_patch::merge(&mut document, &patch);
                 let after: ReplicaSet =
                     serde_json::from_value(document).unwrap_or_else(|e| panic!("{e}"));
-                let mut modelled = observe(&before).unwrap_or_else(|| panic!("no revision"));
+                let mut modelled =
+                    observe_replica_set(&before).unwrap_or_else(|| panic!("no revision"));
                 action.apply_to(&mut modelled);
                 assert_eq!(
-                    observe(&after),
+                    observe_replica_set(&after),
                     Some(modelled),
                     "{action:?} on mark {mark:?}"
                 );

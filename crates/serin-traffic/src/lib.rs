@@ -45,6 +45,16 @@ impl TrafficError {
             _ => None,
         }
     }
+
+    /// The API server's error behind this one, if any (a conflict, say).
+    pub fn kube_error(&self) -> Option<&kube::Error> {
+        match self {
+            Self::Service { source, .. } | Self::Route(gateway::RouteError::Api { source, .. }) => {
+                Some(source)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Something that sends a share of requests to the canary revision.
