@@ -138,6 +138,31 @@ pub struct Context {
     metrics: Arc<Metrics>,
 }
 
+impl Context {
+    /// What reconciles share: the client, the analyst with its default Prometheus,
+    /// and the metrics. Events are recorded as `$POD_NAME` (or `serin-<pid>`).
+    pub fn new(client: Client, prometheus_address: Option<String>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            instance: std::env::var("POD_NAME")
+                .unwrap_or_else(|_| format!("serin-{}", std::process::id())),
+            client,
+            analyst: Analyst::new(prometheus_address),
+            metrics,
+            canary_type: ApiResource::erase::<Canary>(&()),
+        }
+    }
+}
+
+/// One reconcile of a decoded Canary: observe, decide, apply, report. What the
+/// controller runs for each Canary, and what the shell's in-process tests drive.
+pub async fn reconcile_canary(
+    canary: &Canary,
+    context: &Context,
+) -> Result<Requeue, ReconcileError> {
+    let namespace = canary.namespace().ok_or(ReconcileError::NoNamespace)?;
+    reconcile_one(canary, &namespace, &canary.name_any(), context).await
+}
+
 /// Where the controller looks, and how hard it works.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -187,14 +212,11 @@ pub async fn run(
     let replica_set_events =
         tracked("replicasets", watcher(replica_sets, owned.clone()), &health).touched_objects();
     let service_events = tracked("services", watcher(services, owned), &health).touched_objects();
-    let context = Arc::new(Context {
-        instance: std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("serin-{}", std::process::id())),
+    let context = Arc::new(Context::new(
         client,
-        analyst: Analyst::new(settings.prometheus_address.clone()),
+        settings.prometheus_address.clone(),
         metrics,
-        canary_type: canary_type.clone(),
-    });
+    ));
     Controller::for_stream_with(canary_events, store, canary_type)
         .owns_stream(replica_set_events)
         .owns_stream(service_events)

@@ -1,0 +1,365 @@
+//! The reconciler in-process, against a scripted API server: a `tower-test` mock
+//! that answers as the API server would (lists, creates, patches echoed back),
+//! records every request in order, and fails the one a test names. No control
+//! plane: these prove the shell's requests, their order and its error handling.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use serin_api::{Canary, CanaryStatus, Phase};
+use serin_controller::metrics::Metrics;
+use serin_controller::reconciler::{Context, Layer, ReconcileError, reconcile_canary};
+use serin_core::revision::revision_of;
+
+/// One request as the API server saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: Method,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+/// A request to fail: its method, a piece of its path, and the status to answer.
+struct Failure {
+    method: Method,
+    path_contains: &'static str,
+    status: StatusCode,
+}
+
+/// What the fake API server holds: the Canary, its ReplicaSets and an HTTPRoute.
+struct Cluster {
+    canary: Value,
+    replica_sets: Vec<Value>,
+    route: Option<Value>,
+    failure: Option<Failure>,
+}
+
+impl Cluster {
+    fn answer(&self, seen: &Seen) -> (StatusCode, Value) {
+        if let Some(failure) = &self.failure
+            && failure.method == seen.method
+            && seen.path.contains(failure.path_contains)
+        {
+            let status = failure.status;
+            return (
+                status,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "message": "scripted failure", "reason": "Conflict", "code": status.as_u16()}),
+            );
+        }
+        let path = seen.path.as_str();
+        match seen.method {
+            Method::GET if path.ends_with("/replicasets") => (
+                StatusCode::OK,
+                json!({"apiVersion": "apps/v1", "kind": "ReplicaSetList",
+                       "metadata": {"resourceVersion": "1"}, "items": self.replica_sets}),
+            ),
+            Method::GET if path.contains("/httproutes/") => match &self.route {
+                Some(route) => (StatusCode::OK, route.clone()),
+                None => (
+                    StatusCode::NOT_FOUND,
+                    json!({"kind": "Status", "code": 404, "reason": "NotFound"}),
+                ),
+            },
+            Method::PATCH if path.ends_with("/status") => (StatusCode::OK, self.canary.clone()),
+            _ => (StatusCode::OK, seen.body.clone()),
+        }
+    }
+}
+
+/// Runs one reconcile of `canary` against `cluster`; returns its result and every
+/// request the API server received, in order.
+async fn reconcile(canary: &Canary, cluster: Cluster) -> (Result<(), ReconcileError>, Vec<Seen>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some((request, respond)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.unwrap_or_default();
+            let request = Seen {
+                method: parts.method,
+                path: parts.uri.path().to_owned(),
+                query: parts.uri.query().unwrap_or_default().to_owned(),
+                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            };
+            let (status, answer) = cluster.answer(&request);
+            seen.push(request);
+            let response = Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap_or_default()));
+            match response {
+                Ok(response) => respond.send_response(response),
+                Err(error) => panic!("building a response: {error}"),
+            }
+        }
+        seen
+    });
+    let context = Context::new(
+        Client::new(service, "default"),
+        None,
+        Arc::new(Metrics::default()),
+    );
+    let result = tokio::time::timeout(Duration::from_secs(20), reconcile_canary(canary, &context))
+        .await
+        .unwrap_or_else(|_| panic!("the reconcile did not finish"))
+        .map(|_| ());
+    drop(context);
+    let seen = server
+        .await
+        .unwrap_or_else(|e| panic!("the scripted API server failed: {e}"));
+    (result, seen)
+}
+
+fn canary(extra: &str, status: Option<CanaryStatus>) -> Canary {
+    let yaml = format!(
+        "apiVersion: serin.dev/v1alpha1
+kind: Canary
+metadata: {{name: web, namespace: shop, uid: 0f0e0d0c-0000-4000-8000-000000000001, generation: 2}}
+spec:
+  replicas: 4
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec: {{containers: [{{name: web, image: 'web:2'}}]}}
+  service: {{port: 80}}
+  steps: [25, 50]
+  stepDuration: 1m
+{extra}"
+    );
+    let mut canary: Canary = serde_norway::from_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    canary.status = status;
+    canary
+}
+
+fn replica_set(revision: &str, replicas: i64, available: i64) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": format!("web-{revision}"), "namespace": "shop", "generation": 1,
+                     "labels": {"app": "web", "serin.dev/canary": "web", "serin.dev/revision": revision}},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web", "serin.dev/revision": revision}}},
+        "status": {"replicas": replicas, "availableReplicas": available, "observedGeneration": 1}
+    })
+}
+
+fn cluster(canary: &Canary) -> Cluster {
+    Cluster {
+        canary: serde_json::to_value(canary).unwrap_or_default(),
+        replica_sets: Vec::new(),
+        route: None,
+        failure: None,
+    }
+}
+
+/// A rollout at step 1 (25%) of the spec's revision beside stable `aaaaaaaaaa`.
+fn mid_rollout(canary_revision: &str, analysis_since: Timestamp) -> CanaryStatus {
+    CanaryStatus {
+        phase: Some(Phase::Progressing),
+        stable_revision: Some("aaaaaaaaaa".into()),
+        canary_revision: Some(canary_revision.into()),
+        step: 1,
+        weight: 25,
+        step_started_at: Some(Time(analysis_since)),
+        analysis_started_at: Some(Time(analysis_since)),
+        ..CanaryStatus::default()
+    }
+}
+
+fn requests(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect()
+}
+
+#[tokio::test]
+async fn first_apply_checks_the_template_then_creates_routes_and_reports_in_order() {
+    let canary = canary("", None);
+    let revision = revision_of(&canary.spec.template);
+    let (result, seen) = reconcile(&canary, cluster(&canary)).await;
+    assert!(result.is_ok(), "{result:?}");
+    let rs = format!("/apis/apps/v1/namespaces/shop/replicasets/web-{revision}");
+    assert_eq!(
+        requests(&seen),
+        [
+            "GET /apis/apps/v1/namespaces/shop/replicasets".to_owned(),
+            "POST /apis/apps/v1/namespaces/shop/replicasets".to_owned(),
+            format!("PATCH {rs}"),
+            "PATCH /api/v1/namespaces/shop/services/web".to_owned(),
+            "PATCH /api/v1/namespaces/shop/services/web-stable".to_owned(),
+            "PATCH /api/v1/namespaces/shop/services/web-canary".to_owned(),
+            "PATCH /apis/serin.dev/v1alpha1/namespaces/shop/canaries/web/status".to_owned(),
+            "POST /apis/events.k8s.io/v1/namespaces/shop/events".to_owned(),
+        ]
+    );
+    assert!(
+        seen[0]
+            .query
+            .contains("labelSelector=serin.dev%2Fcanary%3Dweb"),
+        "{}",
+        seen[0].query
+    );
+    assert!(
+        seen[1].query.contains("dryRun=All"),
+        "the template is checked by a dry run: {}",
+        seen[1].query
+    );
+    assert!(seen[2].query.contains("fieldManager=serin") && seen[2].query.contains("force=true"));
+    assert_eq!(seen[2].body["spec"]["replicas"], 4);
+    assert_eq!(
+        seen[2].body["spec"]["template"]["metadata"]["labels"]["serin.dev/revision"],
+        revision.as_str()
+    );
+    assert_eq!(
+        seen[2].body["metadata"]["ownerReferences"][0]["kind"],
+        "Canary"
+    );
+    let status = &seen[6].body["status"];
+    assert_eq!(status["stableRevision"], revision.as_str());
+    assert_eq!(status["phase"], "Initializing");
+    assert_eq!(status["observedGeneration"], 2);
+    assert_eq!(seen[7].body["reason"], "Initializing");
+}
+
+#[tokio::test]
+async fn an_older_revision_that_is_gone_is_never_recreated() {
+    let canary = canary(
+        "",
+        Some(CanaryStatus {
+            phase: Some(Phase::Healthy),
+            stable_revision: Some("aaaaaaaaaa".into()),
+            ..CanaryStatus::default()
+        }),
+    );
+    let revision = revision_of(&canary.spec.template);
+    let (result, seen) = reconcile(&canary, cluster(&canary)).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert!(
+        seen.iter().all(|s| !s.path.contains("web-aaaaaaaaaa")),
+        "nothing asked of the missing stable: {:?}",
+        requests(&seen)
+    );
+    assert!(requests(&seen).contains(&format!(
+        "PATCH /apis/apps/v1/namespaces/shop/replicasets/web-{revision}"
+    )));
+    let status = seen
+        .iter()
+        .find(|s| s.path.ends_with("/status"))
+        .map(|s| s.body["status"].clone());
+    assert_eq!(
+        status.as_ref().map(|s| s["canaryRevision"].clone()),
+        Some(json!(revision))
+    );
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_route_stops_before_the_status_and_is_retried_at_once() {
+    let routed = "  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
+    let revision = revision_of(&canary(routed, None).spec.template);
+    let since = Timestamp::now() - SignedDuration::from_secs(10);
+    let canary = canary(routed, Some(mid_rollout(&revision, since)));
+    let mut cluster = cluster(&canary);
+    cluster.replica_sets = vec![
+        replica_set("aaaaaaaaaa", 4, 4),
+        replica_set(&revision, 1, 1),
+    ];
+    cluster.route = Some(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "7"},
+        "spec": {"rules": [{"backendRefs": [{"name": "web-stable", "port": 80, "weight": 100},
+                                            {"name": "web-canary", "port": 80, "weight": 0}]}]}
+    }));
+    cluster.failure = Some(Failure {
+        method: Method::PUT,
+        path_contains: "/httproutes/web",
+        status: StatusCode::CONFLICT,
+    });
+    let (result, seen) = reconcile(&canary, cluster).await;
+    let error = result
+        .err()
+        .unwrap_or_else(|| panic!("a conflict is an error"));
+    assert_eq!(error.layer(), Layer::Apply);
+    assert!(error.is_conflict(), "{error}");
+    assert!(error.retry_after() < Duration::from_secs(1));
+    let put = seen
+        .iter()
+        .position(|s| s.method == Method::PUT)
+        .unwrap_or_else(|| panic!("no PUT: {:?}", requests(&seen)));
+    assert_eq!(
+        seen[put].body["metadata"]["resourceVersion"], "7",
+        "written with the version it read"
+    );
+    assert!(
+        seen[put..]
+            .iter()
+            .all(|s| !s.path.ends_with("/status") && !s.path.ends_with("/events")),
+        "nothing reported after the conflict: {:?}",
+        requests(&seen)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_status_write_is_a_report_error_and_records_no_event() {
+    let canary = canary("", None);
+    let mut cluster = cluster(&canary);
+    cluster.failure = Some(Failure {
+        method: Method::PATCH,
+        path_contains: "/status",
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+    });
+    let (result, seen) = reconcile(&canary, cluster).await;
+    let error = result
+        .err()
+        .unwrap_or_else(|| panic!("the status write failed"));
+    assert_eq!(error.layer(), Layer::Report);
+    assert!(!error.is_conflict());
+    assert!(
+        seen.last().is_some_and(|s| s.path.ends_with("/status")),
+        "{:?}",
+        requests(&seen)
+    );
+}
+
+#[tokio::test]
+async fn prometheus_unreachable_holds_the_step_as_inconclusive() {
+    let analysis = "  analysis:
+    interval: 5s
+    prometheus: {address: 'http://127.0.0.1:1'}
+    metrics: [{name: errors, errorRate: {requests: 'sum(r{pod=~\"{{pods}}\"})', errors: 'sum(e{pod=~\"{{pods}}\"})'}}]\n";
+    let revision = revision_of(&canary(analysis, None).spec.template);
+    let since = Timestamp::now() - SignedDuration::from_secs(30);
+    let canary = canary(analysis, Some(mid_rollout(&revision, since)));
+    let mut cluster = cluster(&canary);
+    cluster.replica_sets = vec![
+        replica_set("aaaaaaaaaa", 4, 4),
+        replica_set(&revision, 1, 1),
+    ];
+    let (result, seen) = reconcile(&canary, cluster).await;
+    assert!(result.is_ok(), "{result:?}");
+    let status = seen
+        .iter()
+        .find(|s| s.path.ends_with("/status"))
+        .map(|s| s.body["status"].clone())
+        .unwrap_or_else(|| panic!("no status written: {:?}", requests(&seen)));
+    let metric = &status["analysis"][0];
+    assert_eq!(metric["verdict"], "Inconclusive", "{metric:#}");
+    assert!(
+        metric["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Prometheus")),
+        "{metric:#}"
+    );
+    assert_eq!(status["phase"], "Progressing");
+    assert_eq!(status["step"], 1, "the step holds");
+    let progressing = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Progressing").cloned())
+        .unwrap_or_default();
+    assert_eq!(progressing["reason"], "Inconclusive", "{progressing:#}");
+}
