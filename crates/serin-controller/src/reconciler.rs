@@ -31,8 +31,10 @@ use crate::analysis::Analyst;
 use crate::health::WatchHealth;
 use crate::metrics::Metrics;
 use serin_api::CanaryStatus;
-use serin_core::conditions;
-use serin_core::machine::{self, Action, ObservedReplicaSet, Plan, Snapshot, StepVerdict};
+use serin_core::conditions::{self, ConditionStatus};
+use serin_core::machine::{
+    self, Action, EventType, ObservedReplicaSet, Plan, Snapshot, StepVerdict,
+};
 use serin_core::revision::revision_of;
 
 /// The layer of a reconcile: what it was doing when it failed.
@@ -321,7 +323,7 @@ async fn report_undecodable(
     conditions::set(
         &mut conditions,
         conditions::INVALID_SPEC,
-        true,
+        ConditionStatus::True,
         reason::INVALID_SPEC,
         message.clone(),
         &now,
@@ -330,7 +332,7 @@ async fn report_undecodable(
     conditions::set(
         &mut conditions,
         conditions::PROMOTED,
-        false,
+        ConditionStatus::False,
         reason::INVALID_SPEC,
         format!("the spec cannot be read: {error}"),
         &now,
@@ -347,7 +349,7 @@ async fn report_undecodable(
     if !reported {
         warn!(%error, "the Canary does not decode");
         let event = machine::Event {
-            warning: true,
+            kind: EventType::Warning,
             reason: reason::INVALID_SPEC,
             note: message,
         };
@@ -669,7 +671,7 @@ fn transition_event(
             ..ObjectMeta::default()
         },
         event_time: Some(MicroTime(Timestamp::now())),
-        type_: Some(if event.warning { "Warning" } else { "Normal" }.to_owned()),
+        type_: Some(event.kind.as_str().to_owned()),
         reason: Some(event.reason.to_owned()),
         note: Some(event.note.chars().take(1000).collect()),
         action: Some("Rollout".to_owned()),

@@ -5,18 +5,37 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 pub use serin_api::condition::{AVAILABLE, INVALID_SPEC, PROGRESSING, PROMOTED};
 
+/// A condition's status, as Kubernetes spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionStatus {
+    /// The condition holds.
+    True,
+    /// It does not.
+    False,
+}
+
+impl ConditionStatus {
+    /// `"True"` or `"False"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::True => "True",
+            Self::False => "False",
+        }
+    }
+}
+
 /// Sets condition `kind` to `status` with `reason` and `message`, keeping its
 /// transition time when the status does not change.
 pub fn set(
     conditions: &mut Vec<Condition>,
     kind: &str,
-    status: bool,
+    status: ConditionStatus,
     reason: &str,
     message: String,
     now: &Time,
     generation: i64,
 ) {
-    let status = if status { "True" } else { "False" };
+    let status = status.as_str();
     let fresh = Condition {
         type_: kind.to_owned(),
         status: status.to_owned(),

@@ -15,7 +15,7 @@ use serin_api::{
 };
 
 use crate::command::{self, Command, CommandKind};
-use crate::conditions::{self, AVAILABLE, INVALID_SPEC, PROGRESSING, PROMOTED};
+use crate::conditions::{self, AVAILABLE, ConditionStatus, INVALID_SPEC, PROGRESSING, PROMOTED};
 use crate::replicas::{self, Split};
 
 /// How long to wait before looking again when nothing else sets a time: the
@@ -131,11 +131,30 @@ impl Action {
     }
 }
 
+/// The type of an Event, as Kubernetes has them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    /// Something happened as it should.
+    Normal,
+    /// Something went wrong: a rollback, a spec to fix.
+    Warning,
+}
+
+impl EventType {
+    /// The Event's `type` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "Normal",
+            Self::Warning => "Warning",
+        }
+    }
+}
+
 /// Something worth an Event: a transition, with a reason a person can act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     /// Warning (something went wrong) or Normal.
-    pub warning: bool,
+    pub kind: EventType,
     /// CamelCase reason, as in `kubectl get events`.
     pub reason: &'static str,
     /// What happened, for people.
@@ -153,6 +172,25 @@ pub struct Plan {
     pub events: Vec<Event>,
     /// When to look again if nothing changes before.
     pub requeue_after: Duration,
+}
+
+/// Where a step stands against its progress deadline.
+#[derive(Clone, Copy, Debug)]
+struct StepClock {
+    since_step: Duration,
+    deadline: Duration,
+}
+
+impl StepClock {
+    /// The step has run out of time.
+    fn expired(self) -> bool {
+        self.since_step >= self.deadline
+    }
+
+    /// Time left before the deadline.
+    fn left(self) -> Duration {
+        self.deadline.saturating_sub(self.since_step)
+    }
 }
 
 /// Why a rollout was rolled back.
@@ -223,14 +261,19 @@ impl<'s, 'a> Planner<'s, 'a> {
                 .conditions
                 .iter()
                 .any(|c| c.type_ == INVALID_SPEC && c.status == "True" && c.message == *reason);
-            self.condition(INVALID_SPEC, true, reason::INVALID_SPEC, reason.clone());
+            self.condition(
+                INVALID_SPEC,
+                ConditionStatus::True,
+                reason::INVALID_SPEC,
+                reason.clone(),
+            );
             if !reported {
-                self.event(true, reason::INVALID_SPEC, reason.clone());
+                self.event(EventType::Warning, reason::INVALID_SPEC, reason.clone());
             }
             if self.status.stable_revision.as_deref() != Some(self.snap.revision.as_str()) {
                 self.condition(
                     PROMOTED,
-                    false,
+                    ConditionStatus::False,
                     reason::INVALID_SPEC,
                     format!(
                         "revision {} is not rolled out: {reason}",
@@ -241,7 +284,12 @@ impl<'s, 'a> Planner<'s, 'a> {
             self.wake = Duration::from_secs(30);
             return;
         }
-        self.condition(INVALID_SPEC, false, reason::VALID, String::new());
+        self.condition(
+            INVALID_SPEC,
+            ConditionStatus::False,
+            reason::VALID,
+            String::new(),
+        );
         self.take_command();
 
         let target = self.snap.revision.clone();
@@ -264,7 +312,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         self.status.stable_revision = Some(target.to_owned());
         self.status.phase = Some(Phase::Initializing);
         self.event(
-            false,
+            EventType::Normal,
             reason::INITIALIZING,
             format!("first revision {target}"),
         );
@@ -276,7 +324,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         let replicas = self.snap.spec.replicas;
         if let Some(canary) = self.status.canary_revision.take() {
             self.event(
-                false,
+                EventType::Normal,
                 reason::STABLE_RESTORED,
                 format!("spec.template is revision {stable} again; rollout of {canary} dropped"),
             );
@@ -299,19 +347,19 @@ impl<'s, 'a> Planner<'s, 'a> {
             self.status.phase = Some(Phase::Healthy);
             self.condition(
                 PROGRESSING,
-                false,
+                ConditionStatus::False,
                 reason::PROMOTED,
                 format!("revision {stable} serves all traffic"),
             );
             self.condition(
                 PROMOTED,
-                true,
+                ConditionStatus::True,
                 reason::PROMOTED,
                 format!("revision {stable} is fully available"),
             );
             if was != Some(Phase::Healthy) {
                 self.event(
-                    false,
+                    EventType::Normal,
                     reason::HEALTHY,
                     format!("revision {stable} is fully available"),
                 );
@@ -322,13 +370,13 @@ impl<'s, 'a> Planner<'s, 'a> {
             }
             self.condition(
                 PROGRESSING,
-                true,
+                ConditionStatus::True,
                 reason::WAITING_FOR_PODS,
                 format!("revision {stable}: {available} of {replicas} pods available"),
             );
             self.condition(
                 PROMOTED,
-                false,
+                ConditionStatus::False,
                 reason::WAITING_FOR_PODS,
                 format!("revision {stable}: {available} of {replicas} pods available"),
             );
@@ -351,7 +399,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             self.begin_step(1);
             self.status.phase = Some(Phase::Progressing);
             self.event(
-                false,
+                EventType::Normal,
                 reason::RETRIED,
                 format!("rollout of {target} starts again from step 1"),
             );
@@ -374,7 +422,7 @@ impl<'s, 'a> Planner<'s, 'a> {
     fn start_rollout(&mut self, stable: &str, target: &str) {
         if let Some(previous) = self.status.canary_revision.replace(target.to_owned()) {
             self.event(
-                false,
+                EventType::Normal,
                 reason::ROLLOUT_RESTARTED,
                 format!(
                     "spec.template changed to revision {target}; rollout of {previous} dropped"
@@ -382,7 +430,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             );
         } else {
             self.event(
-                false,
+                EventType::Normal,
                 reason::ROLLOUT_STARTED,
                 format!("rolling out revision {target} beside stable {stable}"),
             );
@@ -391,7 +439,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         self.status.analysis.clear();
         self.condition(
             PROMOTED,
-            false,
+            ConditionStatus::False,
             reason::ROLLOUT_IN_PROGRESS,
             format!("revision {target} is being rolled out"),
         );
@@ -408,7 +456,6 @@ impl<'s, 'a> Planner<'s, 'a> {
 
     /// Progressing or Paused at a step.
     fn progress(&mut self, stable: &str, target: &str) {
-        let spec = self.snap.spec;
         if let Some(command) = self.take(CommandKind::Abort) {
             self.acknowledge(&command, "rollout aborted");
             return self.abort(
@@ -422,11 +469,9 @@ impl<'s, 'a> Planner<'s, 'a> {
             self.acknowledge(&command, "skipping the remaining steps");
             return self.start_promotion(stable, target);
         }
-
-        let step = self.status.step.min(steps(spec)).max(1);
+        let step = self.status.step.min(steps(self.snap.spec)).max(1);
         self.status.step = step;
-        let weight = step_weight(spec, step);
-        let split = self.split(weight);
+        let split = self.split(step_weight(self.snap.spec, step));
         self.actions.push(Action::Scale {
             revision: stable.to_owned(),
             replicas: split.stable,
@@ -436,28 +481,12 @@ impl<'s, 'a> Planner<'s, 'a> {
             replicas: split.canary,
         });
         self.availability(stable);
-
-        if spec.paused {
-            if self.status.phase != Some(Phase::Paused) {
-                self.event(
-                    false,
-                    reason::PAUSED,
-                    format!("rollout of {target} paused at step {step}"),
-                );
-            }
-            self.status.phase = Some(Phase::Paused);
-            self.keep_current_weight(stable, target);
-            self.condition(
-                PROGRESSING,
-                false,
-                reason::PAUSED,
-                format!("paused at step {step} (weight {}%)", self.status.weight),
-            );
-            return;
+        if self.snap.spec.paused {
+            return self.hold_paused(stable, target, step);
         }
         if self.status.phase == Some(Phase::Paused) {
             self.event(
-                false,
+                EventType::Normal,
                 reason::RESUMED,
                 format!("rollout of {target} resumed at step {step}"),
             );
@@ -469,67 +498,104 @@ impl<'s, 'a> Planner<'s, 'a> {
             .step_started_at
             .clone()
             .unwrap_or_else(|| self.now.clone());
-        let deadline = duration(spec.progress_deadline);
-        let since_step = self.since(&step_started);
-
-        let canary_available = self.available(target);
-        if canary_available < split.canary {
-            self.keep_current_weight(stable, target);
-            let waiting = format!(
-                "step {step}: {canary_available} of {} canary pods available",
-                split.canary
-            );
-            if since_step >= deadline {
-                return self.abort(
-                    stable,
-                    target,
-                    AbortReason::ProgressDeadlineExceeded,
-                    waiting,
-                );
-            }
-            self.condition(PROGRESSING, true, reason::WAITING_FOR_PODS, waiting);
-            self.wake_in(deadline.saturating_sub(since_step));
-            return;
-        }
-
-        let analysis_started = match self.status.analysis_started_at.clone() {
-            Some(at) => at,
-            None => {
-                self.status.analysis_started_at = Some(self.now.clone());
-                self.now.clone()
-            }
+        let clock = StepClock {
+            since_step: self.since(&step_started),
+            deadline: duration(self.snap.spec.progress_deadline),
         };
+        if self.available(target) < split.canary {
+            return self.wait_for_canary_pods(stable, target, step, split, clock);
+        }
+        if self.status.analysis_started_at.is_none() {
+            self.status.analysis_started_at = Some(self.now.clone());
+        }
         self.route(stable, Some(target), split.weight);
-
         if let Some(command) = self.take(CommandKind::Promote) {
             self.acknowledge(&command, &format!("step {step} finished early"));
             return self.advance(stable, target, step, "promoted by a person".into());
         }
+        self.judge_step(stable, target, step, split.weight, clock);
+    }
+
+    /// Paused: the step, its pods and its weight stay as they are.
+    fn hold_paused(&mut self, stable: &str, target: &str, step: i32) {
+        if self.status.phase != Some(Phase::Paused) {
+            self.event(
+                EventType::Normal,
+                reason::PAUSED,
+                format!("rollout of {target} paused at step {step}"),
+            );
+        }
+        self.status.phase = Some(Phase::Paused);
+        self.keep_current_weight(stable, target);
+        self.condition(
+            PROGRESSING,
+            ConditionStatus::False,
+            reason::PAUSED,
+            format!("paused at step {step} (weight {}%)", self.status.weight),
+        );
+    }
+
+    /// The step's canary pods are not all available: no new weight, and the
+    /// deadline rolls the rollout back if they never come.
+    fn wait_for_canary_pods(
+        &mut self,
+        stable: &str,
+        target: &str,
+        step: i32,
+        split: Split,
+        clock: StepClock,
+    ) {
+        self.keep_current_weight(stable, target);
+        let waiting = format!(
+            "step {step}: {} of {} canary pods available",
+            self.available(target),
+            split.canary
+        );
+        if clock.expired() {
+            return self.abort(
+                stable,
+                target,
+                AbortReason::ProgressDeadlineExceeded,
+                waiting,
+            );
+        }
+        self.condition(
+            PROGRESSING,
+            ConditionStatus::True,
+            reason::WAITING_FOR_PODS,
+            waiting,
+        );
+        self.wake_in(clock.left());
+    }
+
+    /// The step's weight is in effect: the analysis verdict and the step's time
+    /// decide whether it fails, holds, waits or advances.
+    fn judge_step(&mut self, stable: &str, target: &str, step: i32, weight: i32, clock: StepClock) {
+        let analysis_started = self
+            .status
+            .analysis_started_at
+            .clone()
+            .unwrap_or_else(|| self.now.clone());
         let at_weight = self.since(&analysis_started);
-        let step_duration = duration(spec.step_duration);
+        let step_duration = duration(self.snap.spec.step_duration);
         match self.snap.analysis.clone().unwrap_or(StepVerdict::Pass) {
             StepVerdict::Fail(evidence) => {
                 self.abort(stable, target, AbortReason::AnalysisFailed, evidence)
             }
+            StepVerdict::Inconclusive(why) if clock.expired() => self.abort(
+                stable,
+                target,
+                AbortReason::ProgressDeadlineExceeded,
+                format!("step {step} inconclusive until its deadline: {why}"),
+            ),
             StepVerdict::Inconclusive(why) => {
-                if since_step >= deadline {
-                    return self.abort(
-                        stable,
-                        target,
-                        AbortReason::ProgressDeadlineExceeded,
-                        format!("step {step} inconclusive until its deadline: {why}"),
-                    );
-                }
                 self.condition(
                     PROGRESSING,
-                    true,
+                    ConditionStatus::True,
                     reason::INCONCLUSIVE,
-                    format!("step {step} at {}%: {why}", split.weight),
+                    format!("step {step} at {weight}%: {why}"),
                 );
-                self.wake_in(
-                    self.analysis_interval()
-                        .min(deadline.saturating_sub(since_step)),
-                );
+                self.wake_in(self.analysis_interval().min(clock.left()));
             }
             StepVerdict::Pass if at_weight >= step_duration => {
                 self.advance(stable, target, step, format!("step {step} passed"));
@@ -541,12 +607,11 @@ impl<'s, 'a> Planner<'s, 'a> {
                 };
                 self.condition(
                     PROGRESSING,
-                    true,
+                    ConditionStatus::True,
                     reason::STEP_IN_PROGRESS,
                     format!(
-                        "step {step} of {} at {}%{waiting}",
-                        steps(spec),
-                        split.weight
+                        "step {step} of {} at {weight}%{waiting}",
+                        steps(self.snap.spec)
                     ),
                 );
                 self.wake_in(
@@ -560,7 +625,7 @@ impl<'s, 'a> Planner<'s, 'a> {
     fn advance(&mut self, stable: &str, target: &str, step: i32, why: String) {
         if step >= steps(self.snap.spec) {
             self.event(
-                false,
+                EventType::Normal,
                 reason::STEP_ADVANCED,
                 format!("{why}; last step done, promoting {target}"),
             );
@@ -569,13 +634,13 @@ impl<'s, 'a> Planner<'s, 'a> {
         self.begin_step(step + 1);
         let weight = step_weight(self.snap.spec, step + 1);
         self.event(
-            false,
+            EventType::Normal,
             reason::STEP_ADVANCED,
             format!("{why}; step {} at {weight}%", step + 1),
         );
         self.condition(
             PROGRESSING,
-            true,
+            ConditionStatus::True,
             reason::STEP_ADVANCED,
             format!("step {} at {weight}%", step + 1),
         );
@@ -585,7 +650,7 @@ impl<'s, 'a> Planner<'s, 'a> {
     fn start_promotion(&mut self, stable: &str, target: &str) {
         self.status.phase = Some(Phase::Promoting);
         self.event(
-            false,
+            EventType::Normal,
             reason::PROMOTING,
             format!("scaling revision {target} to full size"),
         );
@@ -605,7 +670,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             self.availability(stable);
             self.condition(
                 PROGRESSING,
-                true,
+                ConditionStatus::True,
                 reason::PROMOTING,
                 format!("revision {target}: {available} of {replicas} pods available"),
             );
@@ -615,7 +680,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         self.status.canary_revision = None;
         self.status.phase = Some(Phase::Healthy);
         self.event(
-            false,
+            EventType::Normal,
             reason::PROMOTED,
             format!("revision {target} is now stable; {stable} retires"),
         );
@@ -629,9 +694,14 @@ impl<'s, 'a> Planner<'s, 'a> {
             "rollout of {target} aborted at step {}: {why}",
             self.status.step
         );
-        self.event(true, reason.as_str(), message.clone());
-        self.condition(PROGRESSING, false, reason.as_str(), message.clone());
-        self.condition(PROMOTED, false, reason.as_str(), message);
+        self.event(EventType::Warning, reason.as_str(), message.clone());
+        self.condition(
+            PROGRESSING,
+            ConditionStatus::False,
+            reason.as_str(),
+            message.clone(),
+        );
+        self.condition(PROMOTED, ConditionStatus::False, reason.as_str(), message);
         self.aborted(stable, target);
     }
 
@@ -741,9 +811,9 @@ impl<'s, 'a> Planner<'s, 'a> {
             })
             .unwrap_or(self.snap.spec.replicas);
         let (ok, reason) = if available >= wanted && (available > 0 || wanted == 0) {
-            (true, reason::STABLE_AVAILABLE)
+            (ConditionStatus::True, reason::STABLE_AVAILABLE)
         } else {
-            (false, reason::STABLE_UNAVAILABLE)
+            (ConditionStatus::False, reason::STABLE_UNAVAILABLE)
         };
         self.condition(
             AVAILABLE,
@@ -799,7 +869,7 @@ impl<'s, 'a> Planner<'s, 'a> {
                         outcome: Some(problem.clone()),
                         at: Some(self.now.clone()),
                     });
-                    self.event(true, reason::INVALID_COMMAND, problem);
+                    self.event(EventType::Warning, reason::INVALID_COMMAND, problem);
                 }
             }
         }
@@ -822,13 +892,13 @@ impl<'s, 'a> Planner<'s, 'a> {
             at: Some(self.now.clone()),
         });
         self.event(
-            false,
+            EventType::Normal,
             reason::COMMAND_ACKNOWLEDGED,
             format!("{}: {outcome}", command.kind),
         );
     }
 
-    fn condition(&mut self, kind: &str, status: bool, reason: &str, message: String) {
+    fn condition(&mut self, kind: &str, status: ConditionStatus, reason: &str, message: String) {
         conditions::set(
             &mut self.status.conditions,
             kind,
@@ -840,12 +910,8 @@ impl<'s, 'a> Planner<'s, 'a> {
         );
     }
 
-    fn event(&mut self, warning: bool, reason: &'static str, note: String) {
-        self.events.push(Event {
-            warning,
-            reason,
-            note,
-        });
+    fn event(&mut self, kind: EventType, reason: &'static str, note: String) {
+        self.events.push(Event { kind, reason, note });
     }
 
     fn since(&self, then: &Time) -> Duration {

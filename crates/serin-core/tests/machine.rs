@@ -7,7 +7,9 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serin_api::{Canary, CanarySpec, CanaryStatus, MetricStatus, Phase, Verdict};
 use serin_core::conditions;
-use serin_core::machine::{Action, ObservedReplicaSet, Plan, Routing, Snapshot, StepVerdict, plan};
+use serin_core::machine::{
+    Action, EventType, ObservedReplicaSet, Plan, Routing, Snapshot, StepVerdict, plan,
+};
 
 const STABLE: &str = "aaaaaaaaaa";
 const CANARY: &str = "bbbbbbbbbb";
@@ -437,7 +439,7 @@ fn a_failing_analysis_aborts_with_all_traffic_on_stable_before_the_canary_scales
     assert!(
         plan.events
             .iter()
-            .any(|e| e.warning && e.reason == "AnalysisFailed")
+            .any(|e| e.kind == EventType::Warning && e.reason == "AnalysisFailed")
     );
 
     // Traffic goes back first; stable is full; the canary keeps its pods until the delay.
