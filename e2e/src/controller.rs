@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 use crate::cluster::repository_root;
 use crate::harness::Cluster;
-use crate::process::{Supervised, free_port, wait_until};
+use crate::process::{Supervised, eventually, free_port, wait_until};
 
 /// Installs the CRDs and `deploy/` once per test run, and returns a kubeconfig with
 /// the `serin` ServiceAccount's token.
@@ -25,19 +25,42 @@ pub fn install(cluster: &Cluster) -> Result<&'static Path> {
     }
 }
 
+/// The one CRD installer: `kubectl apply -f crds/` once per test run, then waits
+/// until the API server serves Canaries.
+pub fn install_crds(cluster: &Cluster) -> Result<()> {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        let kubectl = &cluster.kubectl;
+        let crds = repository_root().join("crds");
+        (|| {
+            kubectl.run(&["apply", "-f", &crds.to_string_lossy()])?;
+            kubectl.run(&[
+                "wait",
+                "--for=condition=Established",
+                "crd/canaries.serin.dev",
+                "--timeout=30s",
+            ])?;
+            eventually(
+                "the API server serving Canaries",
+                Duration::from_secs(10),
+                || Ok(kubectl.succeeds(&["get", "canaries", "-A"]).then_some(())),
+            )
+        })()
+        .map_err(|e| format!("{e:#}"))
+    });
+    match installed {
+        Ok(()) => Ok(()),
+        Err(error) => bail!("installing the CRDs: {error}"),
+    }
+}
+
 fn install_once(cluster: &Cluster) -> Result<(TempDir, PathBuf)> {
     let kubectl = &cluster.kubectl;
     let root = repository_root();
     let path = |dir: &str| root.join(dir).to_string_lossy().into_owned();
-    kubectl.run(&["apply", "-f", &path("crds")])?;
+    install_crds(cluster)?;
     kubectl.run(&["apply", "-f", &path("deploy/namespace.yaml")])?;
     kubectl.run(&["apply", "-f", &path("deploy")])?;
-    kubectl.run(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/canaries.serin.dev",
-        "--timeout=30s",
-    ])?;
     service_account_kubeconfig(cluster, "serin-system", "serin")
 }
 

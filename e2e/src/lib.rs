@@ -7,6 +7,7 @@ pub mod controller;
 pub mod harness;
 pub mod http;
 pub mod kubectl;
+pub mod manifest;
 pub mod process;
 pub mod prometheus;
 pub mod rollout;

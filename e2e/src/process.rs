@@ -147,7 +147,26 @@ impl Drop for Supervised {
     }
 }
 
-/// Polls `ready` every 100 ms until it returns true, `deadline` passes, or `alive`
+/// The one deadline helper: polls `check` every 100 ms until it answers a value,
+/// fails on its first error, or fails after `limit` saying what was awaited.
+pub fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(value) = check()? {
+            return Ok(value);
+        }
+        if Instant::now() > until {
+            bail!("{what} did not happen within {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// [`eventually`] for a process to become ready, failing at once if `alive`
 /// reports that a process it depends on has died.
 pub fn wait_until(
     what: &str,
@@ -155,17 +174,10 @@ pub fn wait_until(
     mut alive: impl FnMut() -> Result<()>,
     mut ready: impl FnMut() -> bool,
 ) -> Result<()> {
-    let until = Instant::now() + deadline;
-    loop {
+    eventually(&format!("{what} ready"), deadline, || {
         alive()?;
-        if ready() {
-            return Ok(());
-        }
-        if Instant::now() > until {
-            bail!("{what} was not ready within {deadline:?}");
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+        Ok(ready().then_some(()))
+    })
 }
 
 /// Runs `openssl` with `args` (certificates and keys for the test servers).

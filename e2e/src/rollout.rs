@@ -3,15 +3,18 @@
 //! waits and reads the end-to-end tests share.
 
 use serin_api::{CANARY_LABEL, COMMAND_ANNOTATION};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde_json::Value;
+use serin_api::{Canary, CanaryStatus, MetricStatus, Phase};
 
 use crate::controller::Controller;
 use crate::harness::Cluster;
 use crate::kubectl::Kubectl;
+use crate::manifest::CanaryManifest;
+use crate::process::eventually;
 
 /// One test's namespace, controller and Canary.
 pub struct Rollout {
@@ -74,23 +77,14 @@ impl Rollout {
 
     /// Applies the Canary at `image`, with `extra` spec lines.
     pub fn apply(&self, image: &str, extra: &str) -> Result<()> {
-        let manifest = format!(
-            "apiVersion: serin.dev/v1alpha1
-kind: Canary
-metadata: {{name: {name}}}
-spec:
-  replicas: 4
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec: {{containers: [{{name: app, image: '{image}'}}]}}
-  service: {{port: 80, targetPort: 8080}}
-{extra}",
-            name = self.name
-        );
+        self.apply_manifest(&CanaryManifest::new(&self.name).image(image).spec(extra))
+    }
+
+    /// Applies `manifest`, which names this rollout's Canary or a sibling.
+    pub fn apply_manifest(&self, manifest: &CanaryManifest) -> Result<()> {
         self.kubectl.run_with_input(
             &["apply", "-n", &self.namespace, "-f", "-"],
-            Some(&manifest),
+            Some(&manifest.yaml()),
         )?;
         Ok(())
     }
@@ -114,7 +108,7 @@ spec:
     }
 
     /// Sets `image` and waits until its revision is the canary at step 1's 25%.
-    pub fn roll_out(&self, image: &str) -> Result<Value> {
+    pub fn roll_out(&self, image: &str) -> Result<Canary> {
         let (_, previous) = revisions(&self.canary()?);
         self.set_image(image)?;
         self.wait(
@@ -122,9 +116,7 @@ spec:
             Duration::from_secs(30),
             |c| {
                 let (_, canary) = revisions(c);
-                !canary.is_empty()
-                    && canary != previous
-                    && c["status"]["weight"].as_i64() == Some(25)
+                !canary.is_empty() && canary != previous && weight(c) == 25
             },
         )
     }
@@ -144,9 +136,11 @@ spec:
     }
 
     /// The Canary as `kubectl get -o json` shows it.
-    pub fn canary(&self) -> Result<Value> {
-        self.kubectl
-            .get_json(&["canary", &self.name, "-n", &self.namespace])
+    pub fn canary(&self) -> Result<Canary> {
+        let object = self
+            .kubectl
+            .get_json(&["canary", &self.name, "-n", &self.namespace])?;
+        Ok(serin_api::decode(object)?)
     }
 
     /// Replicas and available pods of the ReplicaSet of `revision`.
@@ -188,39 +182,57 @@ spec:
         &self,
         what: &str,
         limit: Duration,
-        mut done: impl FnMut(&Value) -> bool,
-    ) -> Result<Value> {
-        let until = Instant::now() + limit;
-        loop {
+        mut done: impl FnMut(&Canary) -> bool,
+    ) -> Result<Canary> {
+        let mut last = None;
+        eventually(what, limit, || {
             let canary = self.canary()?;
-            if done(&canary) {
-                return Ok(canary);
-            }
-            if Instant::now() > until {
-                let log = self
-                    .controller
-                    .as_ref()
-                    .map(Controller::log)
-                    .unwrap_or_default();
-                bail!(
-                    "{what} within {limit:?}; status: {:#}\ncontroller log:\n{log}",
-                    canary["status"]
-                );
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
+            Ok(if done(&canary) {
+                Some(canary)
+            } else {
+                last = Some(canary);
+                None
+            })
+        })
+        .map_err(|error| {
+            let log = self
+                .controller
+                .as_ref()
+                .map(Controller::log)
+                .unwrap_or_default();
+            let status = last.as_ref().map(status).unwrap_or_default();
+            anyhow::anyhow!("{error}; status: {status:#?}\ncontroller log:\n{log}")
+        })
+    }
+
+    /// The status alone, as stored: readable even when the spec does not decode.
+    pub fn stored_status(&self) -> Result<CanaryStatus> {
+        let object = self
+            .kubectl
+            .get_json(&["canary", &self.name, "-n", &self.namespace])?;
+        Ok(serde_json::from_value(object["status"].clone()).unwrap_or_default())
+    }
+
+    /// Polls the stored status until `done` holds, or fails after `limit`.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut done: impl FnMut(&CanaryStatus) -> bool,
+    ) -> Result<CanaryStatus> {
+        eventually(what, limit, || {
+            let status = self.stored_status()?;
+            Ok(done(&status).then_some(status))
+        })
     }
 
     /// Waits until the ReplicaSet of `revision` is scaled to zero.
     pub fn wait_scaled_down(&self, what: &str, revision: &str) -> Result<()> {
-        let until = Instant::now() + Duration::from_secs(30);
-        while self.replica_set(revision)?.0 > 0 {
-            if Instant::now() > until {
-                bail!("{what} ({revision}) was not scaled down within 30s");
-            }
-            thread::sleep(Duration::from_millis(250));
-        }
-        Ok(())
+        eventually(
+            &format!("{what} ({revision}) scaled down"),
+            Duration::from_secs(30),
+            || Ok((self.replica_set(revision)?.0 == 0).then_some(())),
+        )
     }
 
     /// `kubectl wait --for=condition=Promoted`, within `limit`.
@@ -257,33 +269,60 @@ spec:
     }
 }
 
-/// The condition of type `kind` (Null when absent).
-pub fn condition(canary: &Value, kind: &str) -> Value {
-    canary["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == kind)
-        .cloned()
+/// The Canary's status (the default before the first one is written).
+pub fn status(canary: &Canary) -> CanaryStatus {
+    canary.status.clone().unwrap_or_default()
+}
+
+/// The condition of type `kind`, if set.
+pub fn condition(canary: &Canary, kind: &str) -> Option<Condition> {
+    status_condition(&status(canary), kind)
+}
+
+/// The condition of type `kind` in `status`, if set.
+pub fn status_condition(status: &CanaryStatus, kind: &str) -> Option<Condition> {
+    status.conditions.iter().find(|c| c.type_ == kind).cloned()
+}
+
+/// Whether condition `kind` is True.
+pub fn is_true(canary: &Canary, kind: &str) -> bool {
+    condition(canary, kind).is_some_and(|c| c.status == "True")
+}
+
+/// The reason of condition `kind`, empty when it is not set.
+pub fn reason(canary: &Canary, kind: &str) -> String {
+    condition(canary, kind)
+        .map(|c| c.reason)
         .unwrap_or_default()
 }
 
-/// `status.phase`, empty before the first status.
-pub fn phase(canary: &Value) -> &str {
-    canary["status"]["phase"].as_str().unwrap_or_default()
+/// The message of condition `kind`, empty when it is not set.
+pub fn message(canary: &Canary, kind: &str) -> String {
+    condition(canary, kind)
+        .map(|c| c.message)
+        .unwrap_or_default()
+}
+
+/// `status.phase`, None before the first status.
+pub fn phase(canary: &Canary) -> Option<Phase> {
+    canary.status.as_ref().and_then(|s| s.phase)
+}
+
+/// `status.weight`.
+pub fn weight(canary: &Canary) -> i32 {
+    canary.status.as_ref().map_or(0, |s| s.weight)
 }
 
 /// `status.stableRevision` and `status.canaryRevision`, empty when absent.
-pub fn revisions(canary: &Value) -> (String, String) {
-    let status = &canary["status"];
+pub fn revisions(canary: &Canary) -> (String, String) {
+    let status = status(canary);
     (
-        status["stableRevision"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        status["canaryRevision"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
+        status.stable_revision.unwrap_or_default(),
+        status.canary_revision.unwrap_or_default(),
     )
+}
+
+/// The analysis of metric `name` in status, if any.
+pub fn metric(canary: &Canary, name: &str) -> Option<MetricStatus> {
+    status(canary).analysis.into_iter().find(|m| m.name == name)
 }

@@ -2,12 +2,14 @@
 //! client of it: the API server restarted in the middle of a rollout.
 
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use serin_api::Phase;
 use serin_controller::run::SHUTDOWN_GRACE;
 use serin_e2e::controller::Controller;
 use serin_e2e::harness::Cluster;
+use serin_e2e::process::eventually;
 use serin_e2e::rollout::{Rollout, phase, revisions};
 
 fn cluster() -> &'static Cluster {
@@ -31,22 +33,16 @@ fn an_api_server_restart_mid_rollout_loses_nothing() -> Result<()> {
 
     let restart = thread::spawn(move || cluster.restart_apiserver());
     let kubectl = &rollout.kubectl;
-    let until = Instant::now() + Duration::from_secs(30);
-    while kubectl.succeeds(&["get", "--raw", "/readyz"]) {
-        ensure!(Instant::now() < until, "the API server never went down");
-        thread::sleep(Duration::from_millis(100));
-    }
+    eventually("the API server down", Duration::from_secs(30), || {
+        Ok((!kubectl.succeeds(&["get", "--raw", "/readyz"])).then_some(()))
+    })?;
     // The leader's watches broke: it says so.
     let leader = rollout.controller.as_ref().context("no controller")?;
-    let until = Instant::now() + Duration::from_secs(20);
-    while leader.readyz().map(|(code, _)| code) != Some(503) {
-        ensure!(
-            Instant::now() < until,
-            "readyz stayed {:?} with the API server down",
-            leader.readyz()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        "the leader's readyz failing",
+        Duration::from_secs(20),
+        || Ok((leader.readyz().map(|(code, _)| code) == Some(503)).then_some(())),
+    )?;
     // SIGTERM in the worst state: the Lease cannot be released, nothing answers.
     let took = standby.terminate(SHUTDOWN_GRACE * 3);
     eprintln!("SIGTERM to exit with the API server down: {took:?}");
@@ -60,7 +56,7 @@ fn an_api_server_restart_mid_rollout_loses_nothing() -> Result<()> {
 
     let done = rollout.wait("the same rollout promoted", Duration::from_secs(120), |c| {
         let (now_stable, now_canary) = revisions(c);
-        phase(c) == "Healthy" && now_canary.is_empty() && now_stable != stable
+        phase(c) == Some(Phase::Healthy) && now_canary.is_empty() && now_stable != stable
     })?;
     ensure!(
         revisions(&done).0 == canary,
@@ -68,14 +64,10 @@ fn an_api_server_restart_mid_rollout_loses_nothing() -> Result<()> {
     );
     ensure!(rollout.replica_set_count()? == 2, "no second canary");
     rollout.wait_scaled_down("the old stable", &stable)?;
-    let until = Instant::now() + Duration::from_secs(60);
-    while leader.readyz().map(|(code, _)| code) != Some(200) {
-        ensure!(
-            Instant::now() < until,
-            "readyz never recovered: {:?}",
-            leader.readyz()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        "the leader's readyz recovered",
+        Duration::from_secs(60),
+        || Ok((leader.readyz().map(|(code, _)| code) == Some(200)).then_some(())),
+    )?;
     Ok(())
 }

@@ -9,6 +9,7 @@
 //!   with none.
 
 use serin_api::{COMMAND_ANNOTATION, canary_service};
+use serin_e2e::manifest::CanaryManifest;
 use std::fs;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -32,23 +33,15 @@ spec:
 ";
 
 fn canary(name: &str, image: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: serin.dev/v1alpha1
-kind: Canary
-metadata: {{name: {name}}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec: {{containers: [{{name: app, image: '{image}'}}]}}
-  service: {{port: 80}}
-  steps: [10, 50]
-  stepDuration: 1h
-  progressDeadline: 2h
-  scaleDownDelay: 2s
-{extra}"
-    )
+    CanaryManifest::new(name)
+        .image(image)
+        .replicas(2)
+        .service(Some("{port: 80}"))
+        .spec(
+            "  steps: [10, 50]\n  stepDuration: 1h\n  progressDeadline: 2h\n  scaleDownDelay: 2s\n",
+        )
+        .spec(extra)
+        .yaml()
 }
 
 fn main() -> Result<()> {

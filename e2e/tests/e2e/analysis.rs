@@ -6,14 +6,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::jiff::Timestamp;
-use serde_json::Value;
+use serin_api::{Canary, MetricStatus, Phase, Verdict};
+use serin_e2e::manifest::CanaryManifest;
 use serin_e2e::prometheus::Prometheus;
 use serin_e2e::slow_proxy::SlowProxy;
 use serin_e2e::traffic::Traffic;
 
 use crate::cluster;
-use crate::rollout::{Rollout, condition, phase, revisions};
+use crate::rollout::{
+    Rollout, condition, message, metric, phase, reason, revisions, status, weight,
+};
 
 /// Seconds between two analyses in these tests.
 pub(crate) const INTERVAL: u64 = 5;
@@ -93,60 +95,32 @@ impl Judged {
     }
 
     pub(crate) fn apply(&self, image: &str, pods: &Behaviour) -> Result<()> {
-        let manifest = format!(
-            "apiVersion: serin.dev/v1alpha1
-kind: Canary
-metadata: {{name: {name}}}
-spec:
-  replicas: 4
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      containers:
-      - name: app
-        image: '{image}'
-        env:
-        - {{name: SIM_ERROR_RATE, value: '{error_rate}'}}
-        - {{name: SIM_LATENCY_MS, value: '{latency}'}}
-  service: {{port: 80, targetPort: 8080}}
-{analysis}",
-            name = self.name,
-            error_rate = pods.error_rate,
-            latency = pods.latency_ms,
-            analysis = self.analysis,
-        );
-        self.rollout.kubectl.run_with_input(
-            &["apply", "-n", &self.rollout.namespace, "-f", "-"],
-            Some(&manifest),
-        )?;
-        Ok(())
+        self.rollout.apply_manifest(
+            &CanaryManifest::new(&self.name)
+                .image(image)
+                .env("SIM_ERROR_RATE", &format!("'{}'", pods.error_rate))
+                .env("SIM_LATENCY_MS", &format!("'{}'", pods.latency_ms))
+                .spec(&self.analysis),
+        )
     }
 
     /// Rolls out `image` with `pods` and waits for the rollout to end one way or the
     /// other; returns the Canary then.
-    fn roll_out_and_wait(&self, image: &str, pods: &Behaviour, limit: Duration) -> Result<Value> {
+    fn roll_out_and_wait(&self, image: &str, pods: &Behaviour, limit: Duration) -> Result<Canary> {
         let (stable, _) = revisions(&self.rollout.canary()?);
         self.apply(image, pods)?;
         let canary = self.rollout.wait("the rollout ends", limit, |c| {
             let (now_stable, canary) = revisions(c);
-            phase(c) == "Aborted" || (now_stable != stable && canary.is_empty())
+            phase(c) == Some(Phase::Aborted) || (now_stable != stable && canary.is_empty())
         });
         canary.map_err(|e| anyhow::anyhow!("{e}\ntraffic log:\n{}", self.traffic.log()))
     }
 }
 
-fn metric<'a>(canary: &'a Value, name: &str) -> Result<&'a Value> {
-    canary["status"]["analysis"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["name"] == name)
-        .ok_or_else(|| anyhow::anyhow!("no analysis of {name}: {:#}", canary["status"]))
-}
-
-fn timestamp(value: &Value) -> Result<Timestamp> {
-    Ok(value.as_str().unwrap_or_default().parse()?)
+/// The analysis of metric `name`, or an error showing the status.
+fn analysed(canary: &Canary, name: &str) -> Result<MetricStatus> {
+    metric(canary, name)
+        .ok_or_else(|| anyhow::anyhow!("no analysis of {name}: {:#?}", status(canary)))
 }
 
 #[test]
@@ -166,7 +140,11 @@ fn a_canary_as_good_as_stable_is_promoted_by_the_analysis() -> Result<()> {
     )?;
     let (stable, _) = revisions(&judged.rollout.canary()?);
     let canary = judged.roll_out_and_wait("v2", &good(), Duration::from_secs(150))?;
-    ensure!(phase(&canary) == "Healthy", "{:#}", canary["status"]);
+    ensure!(
+        phase(&canary) == Some(Phase::Healthy),
+        "{:#?}",
+        status(&canary)
+    );
     let (promoted, _) = revisions(&canary);
     ensure!(promoted != stable, "the new revision is stable");
     let events = judged.rollout.events()?;
@@ -195,25 +173,32 @@ fn twice_the_stable_error_rate_is_rolled_back_by_the_analysis() -> Result<()> {
         latency_ms: 20,
     };
     let canary = judged.roll_out_and_wait("v2", &bad, Duration::from_secs(120))?;
-    ensure!(phase(&canary) == "Aborted", "{:#}", canary["status"]);
-    let progressing = condition(&canary, "Progressing");
-    ensure!(progressing["reason"] == "AnalysisFailed", "{progressing}");
-    let message = progressing["message"].as_str().unwrap_or_default();
+    ensure!(
+        phase(&canary) == Some(Phase::Aborted),
+        "{:#?}",
+        status(&canary)
+    );
+    ensure!(
+        reason(&canary, "Progressing") == "AnalysisFailed",
+        "{:#?}",
+        status(&canary)
+    );
+    let message = message(&canary, "Progressing");
     ensure!(
         message.contains("errors") && message.contains("evidence") && message.contains("maxRatio"),
         "{message}"
     );
     ensure!(revisions(&canary).0 == stable, "stable is unchanged");
+    ensure!(weight(&canary) == 0, "all traffic back on stable");
+    let errors = analysed(&canary, "errors")?;
+    ensure!(errors.verdict == Verdict::Fail, "{errors:#?}");
     ensure!(
-        canary["status"]["weight"] == 0,
-        "all traffic back on stable"
-    );
-    let errors = metric(&canary, "errors")?;
-    ensure!(errors["verdict"] == "Fail", "{errors}");
-    ensure!(
-        errors["counts"]["canaryRequests"].as_f64() > Some(0.0)
-            && errors["ratio"]["lower"].as_f64() > Some(1.0),
-        "{errors}"
+        errors
+            .counts
+            .as_ref()
+            .is_some_and(|c| c.canary_requests > 0.0)
+            && errors.ratio.as_ref().map(|r| r.lower) > Some(1.0),
+        "{errors:#?}"
     );
     ensure!(
         judged
@@ -242,21 +227,24 @@ fn twenty_percent_errors_are_rolled_back_by_the_guard_rail_within_two_intervals(
         latency_ms: 20,
     };
     let canary = judged.roll_out_and_wait("v2", &bad, Duration::from_secs(90))?;
-    ensure!(phase(&canary) == "Aborted", "{:#}", canary["status"]);
-    let progressing = condition(&canary, "Progressing");
-    let message = progressing["message"].as_str().unwrap_or_default();
     ensure!(
-        progressing["reason"] == "AnalysisFailed" && message.contains("maxRate"),
-        "{progressing}"
+        phase(&canary) == Some(Phase::Aborted),
+        "{:#?}",
+        status(&canary)
     );
-    let errors = metric(&canary, "errors")?;
-    let since = timestamp(&errors["since"])?;
-    let aborted = timestamp(&progressing["lastTransitionTime"])?;
+    let progressing = condition(&canary, "Progressing").context("no Progressing condition")?;
+    ensure!(
+        progressing.reason == "AnalysisFailed" && progressing.message.contains("maxRate"),
+        "{progressing:#?}"
+    );
+    let errors = analysed(&canary, "errors")?;
+    let since = errors.since.as_ref().context("no window start")?.0;
+    let aborted = progressing.last_transition_time.0;
     let took = aborted.duration_since(since).as_secs_f64();
     // Timestamps have whole seconds; one more for the reconcile itself.
     ensure!(
         took <= (2 * INTERVAL + 2) as f64,
-        "aborted {took}s after the weight took effect: {errors}"
+        "aborted {took}s after the weight took effect: {errors:#?}"
     );
     Ok(())
 }
@@ -283,20 +271,21 @@ fn a_latency_regression_is_rolled_back_by_a_threshold_metric() -> Result<()> {
         latency_ms: 400,
     };
     let canary = judged.roll_out_and_wait("v2", &slow, Duration::from_secs(90))?;
-    ensure!(phase(&canary) == "Aborted", "{:#}", canary["status"]);
-    let latency = metric(&canary, "p99-latency")?;
     ensure!(
-        latency["verdict"] == "Fail" && latency["failures"] == 2,
-        "{latency}"
+        phase(&canary) == Some(Phase::Aborted),
+        "{:#?}",
+        status(&canary)
+    );
+    let latency = analysed(&canary, "p99-latency")?;
+    ensure!(
+        latency.verdict == Verdict::Fail && latency.failures == Some(2),
+        "{latency:#?}"
     );
     ensure!(
-        latency["stable"].as_f64() < Some(0.25) && latency["canary"].as_f64() > Some(0.25),
-        "{latency}"
+        latency.stable < Some(0.25) && latency.canary > Some(0.25),
+        "{latency:#?}"
     );
-    let message = condition(&canary, "Progressing")["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let message = message(&canary, "Progressing");
     ensure!(
         message.contains("p99-latency") && message.contains("above max"),
         "{message}"
@@ -322,7 +311,7 @@ fn prometheus_down_holds_the_step_and_nothing_is_promoted_until_it_is_back() -> 
     judged
         .rollout
         .wait("a first passing analysis", Duration::from_secs(60), |c| {
-            c["status"]["step"] == 1 && metric(c, "errors").is_ok_and(|m| m["verdict"] == "Pass")
+            status(c).step == 1 && metric(c, "errors").is_some_and(|m| m.verdict == Verdict::Pass)
         })?;
     judged.prometheus.stop();
 
@@ -332,24 +321,25 @@ fn prometheus_down_holds_the_step_and_nothing_is_promoted_until_it_is_back() -> 
     while Instant::now() < until {
         let canary = judged.rollout.canary()?;
         let (now_stable, _) = revisions(&canary);
-        if now_stable != stable || phase(&canary) == "Promoting" {
-            bail!("promoted while Prometheus was down: {:#}", canary["status"]);
+        if now_stable != stable || phase(&canary) == Some(Phase::Promoting) {
+            bail!("promoted while Prometheus was down: {:#?}", status(&canary));
         }
-        let progressing = condition(&canary, "Progressing");
-        held |= progressing["reason"] == "Inconclusive"
-            && progressing["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("Prometheus query failed"));
+        held |= reason(&canary, "Progressing") == "Inconclusive"
+            && message(&canary, "Progressing").contains("Prometheus query failed");
         thread::sleep(Duration::from_millis(500));
     }
     let canary = judged.rollout.canary()?;
     ensure!(
         held,
-        "the step was never held as Inconclusive: {:#}",
-        canary["status"]
+        "the step was never held as Inconclusive: {:#?}",
+        status(&canary)
     );
-    ensure!(phase(&canary) == "Progressing", "{:#}", canary["status"]);
-    ensure!(canary["status"]["step"] == 1, "{:#}", canary["status"]);
+    ensure!(
+        phase(&canary) == Some(Phase::Progressing),
+        "{:#?}",
+        status(&canary)
+    );
+    ensure!(status(&canary).step == 1, "{:#?}", status(&canary));
 
     judged.prometheus.restart()?;
     judged.rollout.wait_promoted(Duration::from_secs(120))?;
@@ -387,11 +377,11 @@ fn a_slow_prometheus_holds_the_step_without_piling_up_queries() -> Result<()> {
     while Instant::now() < until {
         let canary = judged.rollout.canary()?;
         ensure!(
-            revisions(&canary).0 == stable && phase(&canary) != "Promoting",
-            "promoted while Prometheus could not answer: {:#}",
-            canary["status"]
+            revisions(&canary).0 == stable && phase(&canary) != Some(Phase::Promoting),
+            "promoted while Prometheus could not answer: {:#?}",
+            status(&canary)
         );
-        held |= condition(&canary, "Progressing")["reason"] == "Inconclusive";
+        held |= reason(&canary, "Progressing") == "Inconclusive";
         thread::sleep(Duration::from_millis(500));
     }
     let asked = proxy.requests() - asked_before;

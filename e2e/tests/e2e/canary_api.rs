@@ -4,39 +4,20 @@
 //! names the offending field, leaving nothing behind.
 
 use std::fs;
-use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 use serin_e2e::cluster::repository_root;
+use serin_e2e::controller;
 use serin_e2e::kubectl::Kubectl;
 
 use crate::cluster;
 
-/// Applies `crds/` once per test run and waits until the API serves Canaries.
+/// The CRDs installed (once per test run), and kubectl as the cluster's admin.
 fn install_crds() -> &'static Kubectl {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    let kubectl = &cluster().kubectl;
-    INSTALLED.get_or_init(|| {
-        let crds = repository_root().join("crds");
-        let applied = kubectl.run(&["apply", "-f", &crds.to_string_lossy()]);
-        assert!(applied.is_ok(), "kubectl apply -f crds/: {applied:?}");
-        let established = kubectl.run(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/canaries.serin.dev",
-            "--timeout=30s",
-        ]);
-        assert!(established.is_ok(), "{established:?}");
-        let served = (0..100).any(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            kubectl.succeeds(&["get", "canaries", "-A"])
-        });
-        assert!(
-            served,
-            "the API server serves canaries after the CRD is established"
-        );
-    });
-    kubectl
+    let cluster = cluster();
+    let installed = controller::install_crds(cluster);
+    assert!(installed.is_ok(), "{installed:?}");
+    &cluster.kubectl
 }
 
 #[test]

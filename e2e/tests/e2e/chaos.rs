@@ -2,7 +2,6 @@
 //! release), the controller killed with SIGKILL at a random moment of each, and the
 //! cluster checked every 200 ms against what must always hold.
 
-use serin_api::REVISION_LABEL;
 use std::collections::{BTreeMap, BTreeSet};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -10,13 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use serde_json::Value;
+use serin_api::{Canary, Phase, REVISION_LABEL};
 use serin_core::revision::revision_of;
 use serin_e2e::controller::{Controller, install};
 
 use crate::analysis::{Behaviour, ERRORS_METRIC, Judged};
 use crate::cluster;
-use crate::rollout::{phase, revisions};
+use crate::rollout::{phase, revisions, status, weight};
 
 const ROLLOUTS: usize = 20;
 const SCALE_DOWN_DELAY: Duration = Duration::from_secs(3);
@@ -28,7 +27,7 @@ const SEED: u64 = 20_261_122;
 struct Look {
     asked: Instant,
     answered: Instant,
-    canary: Value,
+    canary: Canary,
     /// Revision → (replicas, available pods).
     replica_sets: BTreeMap<String, (i64, i64)>,
     /// The revision the main Service selects; None while it selects both.
@@ -48,10 +47,9 @@ struct Watchdog {
 impl Watchdog {
     fn check(&mut self, look: &Look) -> Result<()> {
         self.checks += 1;
-        let status = &look.canary["status"];
         let (stable, canary) = revisions(&look.canary);
         let available = |revision: &str| look.replica_sets.get(revision).map_or(0, |rs| rs.1);
-        let weight = status["weight"].as_i64().unwrap_or(0);
+        let weight = weight(&look.canary);
         ensure!(
             stable.is_empty() || available(&stable) > 0,
             "stable {stable} has no available pod: {:?}",
@@ -75,7 +73,10 @@ impl Watchdog {
             "bad revision {stable} was promoted"
         );
 
-        let active = matches!(phase(&look.canary), "Progressing" | "Paused" | "Promoting");
+        let active = matches!(
+            phase(&look.canary),
+            Some(Phase::Progressing | Phase::Paused | Phase::Promoting)
+        );
         for serving in [Some(&stable), active.then_some(&canary)]
             .into_iter()
             .flatten()
@@ -116,6 +117,7 @@ fn look(judged: &Judged) -> Result<Look> {
         .find(|c| c["metadata"]["name"] == "web")
         .cloned()
         .context("no Canary web")?;
+    let canary = serin_api::decode(canary)?;
     let replica_sets = of_kind("ReplicaSet")
         .map(|rs| {
             (
@@ -145,9 +147,8 @@ fn look(judged: &Judged) -> Result<Look> {
 }
 
 /// The revision of the template the Canary's spec holds now.
-fn spec_revision(canary: &Value) -> Result<String> {
-    let decoded = serin_api::decode(canary.clone()).context("decoding the Canary")?;
-    Ok(revision_of(&decoded.spec.template))
+fn spec_revision(canary: &Canary) -> String {
+    revision_of(&canary.spec.template)
 }
 
 #[test]
@@ -181,7 +182,7 @@ fn twenty_rollouts_with_the_controller_killed_at_random_keep_every_invariant() -
             good()
         };
         judged.apply(&format!("v{}", round + 1), &pods)?;
-        let revision = spec_revision(&judged.rollout.canary()?)?;
+        let revision = spec_revision(&judged.rollout.canary()?);
         if bad {
             watchdog.bad_revisions.insert(revision.clone());
         }
@@ -193,8 +194,8 @@ fn twenty_rollouts_with_the_controller_killed_at_random_keep_every_invariant() -
         loop {
             let seen = look(&judged)?;
             let (stable, canary) = revisions(&seen.canary);
-            let ended = (stable == revision && phase(&seen.canary) == "Healthy")
-                || (canary == revision && phase(&seen.canary) == "Aborted");
+            let ended = (stable == revision && phase(&seen.canary) == Some(Phase::Healthy))
+                || (canary == revision && phase(&seen.canary) == Some(Phase::Aborted));
             if !killed && (Instant::now() >= kill_at || ended) {
                 if let Some(controller) = judged.rollout.controller.take() {
                     controller.kill();
@@ -206,23 +207,23 @@ fn twenty_rollouts_with_the_controller_killed_at_random_keep_every_invariant() -
             }
             watchdog
                 .check(&seen)
-                .with_context(|| format!("round {round}; status {:#}", seen.canary["status"]))?;
-            if stable == revision && phase(&seen.canary) == "Healthy" {
+                .with_context(|| format!("round {round}; status {:#?}", status(&seen.canary)))?;
+            if stable == revision && phase(&seen.canary) == Some(Phase::Healthy) {
                 ensure!(!bad, "round {round}: the bad release was promoted");
                 promoted += 1;
                 break;
             }
-            if canary == revision && phase(&seen.canary) == "Aborted" {
+            if canary == revision && phase(&seen.canary) == Some(Phase::Aborted) {
                 ensure!(
                     bad,
-                    "round {round}: a healthy release was rolled back: {:#}",
-                    seen.canary["status"]
+                    "round {round}: a healthy release was rolled back: {:#?}",
+                    status(&seen.canary)
                 );
                 rolled_back += 1;
                 break;
             }
             if Instant::now() > until {
-                bail!("round {round} did not end: {:#}", seen.canary["status"]);
+                bail!("round {round} did not end: {:#?}", status(&seen.canary));
             }
             thread::sleep(Duration::from_millis(200));
         }

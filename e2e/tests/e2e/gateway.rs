@@ -1,16 +1,16 @@
 //! The Gateway API router against the upstream standard CRDs, so the real schema
 //! validates every write Serin makes to an HTTPRoute.
 
-use serin_api::{canary_service, stable_service};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
+use serin_api::{Phase, canary_service, stable_service};
 use serin_e2e::cluster::gateway_api_crds;
 
 use crate::cluster;
-use crate::rollout::{Rollout, condition, phase, revisions};
+use crate::rollout::{Rollout, is_true, message, phase, revisions};
 
 pub(crate) fn install_gateway_api() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
@@ -102,7 +102,7 @@ fn route_weights_follow_every_step_and_the_rest_of_the_route_is_untouched() -> R
                     canary_rs.1,
                 ));
             }
-            phase(canary) == "Healthy" && stable != old
+            phase(canary) == Some(Phase::Healthy) && stable != old
         },
     )?;
     assert!(
@@ -138,12 +138,9 @@ fn a_missing_route_is_an_invalid_spec_and_nothing_is_changed() -> Result<()> {
     let rollout = Rollout::prepare(cluster(), "noroute", "web")?;
     rollout.apply("web:1", ROUTED)?;
     let invalid = rollout.wait("InvalidSpec", Duration::from_secs(30), |canary| {
-        condition(canary, "InvalidSpec")["status"] == "True"
+        is_true(canary, "InvalidSpec")
     })?;
-    let message = condition(&invalid, "InvalidSpec")["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let message = message(&invalid, "InvalidSpec");
     assert!(message.contains("HTTPRoute web not found"), "{message}");
     assert_eq!(
         rollout.replica_set_count()?,

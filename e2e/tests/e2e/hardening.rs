@@ -2,38 +2,29 @@
 //! pod template the API server refuses, a controller that cannot list, a SIGTERM in
 //! a bad state, and promotion after promotion that must each drain gracefully.
 
-use serin_api::CANARY_LABEL;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use serin_api::{CANARY_LABEL, Canary, CanaryStatus, Phase};
 use serin_controller::run::SHUTDOWN_GRACE;
 use serin_e2e::controller::{Controller, service_account_kubeconfig};
+use serin_e2e::manifest::CanaryManifest;
+use serin_e2e::process::eventually;
 
 use crate::cluster;
-use crate::rollout::{Rollout, condition, phase, revisions};
+use crate::rollout::{Rollout, condition, message, phase, revisions, status, status_condition};
 
 const FAST_STEPS: &str = "  steps: [25, 50]\n  stepDuration: 3s\n  scaleDownDelay: 3s\n";
 
-/// A Canary whose env value is a number: the API server stores it (the pod spec
-/// has no schema), the Rust types cannot read it.
-fn undecodable(name: &str, value: &str) -> String {
-    format!(
-        "apiVersion: serin.dev/v1alpha1
-kind: Canary
-metadata: {{name: {name}}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      containers:
-      - name: app
-        image: 'web:1'
-        env: [{{name: SIM_ERROR_RATE, value: {value}}}]
-"
-    )
+/// A Canary whose env value is written as `value`: unquoted `0.01` is a number,
+/// which the API server stores (the pod spec has no schema) and the Rust types
+/// cannot read.
+fn undecodable(name: &str, value: &str) -> CanaryManifest {
+    CanaryManifest::new(name)
+        .replicas(2)
+        .service(None)
+        .env("SIM_ERROR_RATE", value)
 }
 
 #[test]
@@ -41,45 +32,42 @@ fn an_undecodable_canary_is_reported_and_cannot_stop_the_others() -> Result<()> 
     let mut good = Rollout::start(cluster(), "poison", "good", "web:1", FAST_STEPS)?;
     good.wait_promoted(Duration::from_secs(60))?;
     let bad = good.sibling("bad");
-    let apply = |manifest: String| {
-        bad.kubectl
-            .run_with_input(&["apply", "-n", &bad.namespace, "-f", "-"], Some(&manifest))
-    };
-    apply(undecodable("bad", "0.01"))?;
+    bad.apply_manifest(&undecodable("bad", "0.01"))?;
     let field = "spec.template.spec.containers[0].env[0].value";
-    let reported = |c: &serde_json::Value| {
-        let invalid = condition(c, "InvalidSpec");
-        invalid["status"] == "True"
-            && invalid["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(field))
+    // The bad Canary does not decode for the tests either: read its status alone.
+    let reported = |status: &CanaryStatus| {
+        status_condition(status, "InvalidSpec")
+            .is_some_and(|c| c.status == "True" && c.message.contains(field))
     };
-    let seen = bad.wait(
+    let seen = bad.wait_status(
         "InvalidSpec naming the field",
         Duration::from_secs(30),
         reported,
     )?;
-    assert_eq!(condition(&seen, "Promoted")["status"], "False");
+    assert_eq!(
+        status_condition(&seen, "Promoted")
+            .map(|c| c.status)
+            .as_deref(),
+        Some("False")
+    );
     assert!(bad.events()?.contains(&"InvalidSpec".to_owned()));
 
     // A restarted controller lists every Canary at once; the bad one must not fail
     // that list. Ready means every watch listed.
     good.restart_controller()?;
     let controller = good.controller.as_ref().context("no controller")?;
-    let until = Instant::now() + Duration::from_secs(30);
-    while !controller
-        .metrics()?
-        .contains("serin_canaries_undecodable 1")
-    {
-        ensure!(
-            Instant::now() < until,
-            "the metric never counted it: {}",
-            controller.metrics()?
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        "serin_canaries_undecodable counting it",
+        Duration::from_secs(30),
+        || {
+            let metrics = controller.metrics()?;
+            Ok(metrics
+                .contains("serin_canaries_undecodable 1")
+                .then_some(()))
+        },
+    )?;
     good.roll_out("web:2")?;
-    bad.wait("still reported", Duration::from_secs(10), reported)?;
+    bad.wait_status("still reported", Duration::from_secs(10), reported)?;
 
     let took = good
         .controller
@@ -93,9 +81,13 @@ fn an_undecodable_canary_is_reported_and_cannot_stop_the_others() -> Result<()> 
     eprintln!("SIGTERM to exit with an undecodable Canary: {took:?}");
 
     good.controller = Some(Controller::start(cluster(), &good.namespace)?);
-    apply(undecodable("bad", "'0.01'"))?;
+    bad.apply_manifest(&undecodable("bad", "'0.01'"))?;
     let fixed = bad.wait("the fixed Canary healthy", Duration::from_secs(60), |c| {
-        phase(c) == "Healthy" && condition(c, "InvalidSpec")["status"] == "False"
+        phase(c) == Some(Phase::Healthy)
+            && condition(c, "InvalidSpec")
+                .map(|c| c.status)
+                .unwrap_or_default()
+                == "False"
     })?;
     assert!(!revisions(&fixed).0.is_empty());
     Ok(())
@@ -105,27 +97,12 @@ fn an_undecodable_canary_is_reported_and_cannot_stop_the_others() -> Result<()> 
 fn a_pod_template_the_api_server_refuses_is_an_invalid_spec_and_nothing_is_created() -> Result<()> {
     let rollout = Rollout::prepare(cluster(), "refused", "web")?;
     let steps = "  steps: [50]\n  stepDuration: 2s\n";
-    let refused = |c: &serde_json::Value| {
-        condition(c, "InvalidSpec")["message"]
-            .as_str()
-            .is_some_and(|m| {
-                m.contains("spec.template.spec.containers[1].name") && m.contains("Duplicate value")
-            })
+    let refused = |c: &Canary| {
+        let message = message(c, "InvalidSpec");
+        message.contains("spec.template.spec.containers[1].name")
+            && message.contains("Duplicate value")
     };
-    let twins = "apiVersion: serin.dev/v1alpha1
-kind: Canary
-metadata: {name: web}
-spec:
-  replicas: 4
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec: {containers: [{name: app, image: 'web:1'}, {name: app, image: 'sidecar:1'}]}
-  service: {port: 80, targetPort: 8080}
-";
-    rollout
-        .kubectl
-        .run_with_input(&["apply", "-n", &rollout.namespace, "-f", "-"], Some(twins))?;
+    rollout.apply_manifest(&CanaryManifest::new("web").container("app", "sidecar:1"))?;
     let add_twin = r#"[{"op":"add","path":"/spec/template/spec/containers/-","value":{"name":"app","image":"sidecar:1"}}]"#;
     let patch = |json: &str| {
         rollout.kubectl.run(&[
@@ -142,9 +119,14 @@ spec:
     let first = rollout.wait(
         "InvalidSpec with the API server's message",
         Duration::from_secs(30),
-        |c| refused(c) && c["metadata"]["generation"] == c["status"]["observedGeneration"],
+        |c| refused(c) && c.metadata.generation == status(c).observed_generation,
     )?;
-    assert_eq!(condition(&first, "Promoted")["status"], "False");
+    assert_eq!(
+        condition(&first, "Promoted")
+            .map(|c| c.status)
+            .unwrap_or_default(),
+        "False"
+    );
     assert_eq!(rollout.replica_set_count()?, 0, "no ReplicaSet created");
     let services = rollout.kubectl.get_json(&[
         "services",
@@ -170,8 +152,13 @@ spec:
         Duration::from_secs(30),
         refused,
     )?;
-    assert_eq!(phase(&held), "Healthy");
-    assert_eq!(condition(&held, "Promoted")["status"], "False");
+    assert_eq!(phase(&held), Some(Phase::Healthy));
+    assert_eq!(
+        condition(&held, "Promoted")
+            .map(|c| c.status)
+            .unwrap_or_default(),
+        "False"
+    );
     assert_eq!(revisions(&held).0, stable);
     assert_eq!(rollout.replica_set_count()?, 1);
     assert_eq!(rollout.replica_set(&stable)?.0, 4);
@@ -190,19 +177,17 @@ fn readyz_fails_while_a_watch_cannot_list() -> Result<()> {
         &kubeconfig,
         &["--leader-election=false".to_owned()],
     )?;
-    let until = Instant::now() + Duration::from_secs(30);
-    let refused = loop {
-        match controller.readyz() {
-            Some((503, body)) if body.contains("failing") => break body,
-            _ if Instant::now() > until => {
-                anyhow::bail!(
-                    "readyz never reported the failing watch: {}",
-                    controller.log()
-                )
-            }
-            _ => thread::sleep(Duration::from_millis(200)),
-        }
-    };
+    let refused = eventually(
+        "readyz reporting the failing watch",
+        Duration::from_secs(30),
+        || {
+            Ok(match controller.readyz() {
+                Some((503, body)) if body.contains("failing") => Some(body),
+                _ => None,
+            })
+        },
+    )
+    .with_context(|| controller.log())?;
     assert!(refused.contains("forbidden"), "{refused}");
 
     kubectl.run(&[
@@ -214,15 +199,11 @@ fn readyz_fails_while_a_watch_cannot_list() -> Result<()> {
         "--clusterrole=serin",
         &format!("--serviceaccount={namespace}:blind"),
     ])?;
-    let until = Instant::now() + Duration::from_secs(90);
-    while controller.readyz().map(|(code, _)| code) != Some(200) {
-        ensure!(
-            Instant::now() < until,
-            "readyz still failing after the permission was granted: {:?}",
-            controller.readyz()
-        );
-        thread::sleep(Duration::from_millis(500));
-    }
+    eventually(
+        "readyz ok once allowed to list",
+        Duration::from_secs(90),
+        || Ok((controller.readyz().map(|(code, _)| code) == Some(200)).then_some(())),
+    )?;
     Ok(())
 }
 
@@ -240,7 +221,7 @@ fn every_promotion_keeps_the_previous_stable_for_the_scale_down_delay() -> Resul
         rollout.set_image(image)?;
         rollout.wait(&format!("{image} promoted"), Duration::from_secs(60), |c| {
             let (stable, _) = revisions(c);
-            phase(c) == "Healthy" && !stable.is_empty() && stable != old
+            phase(c) == Some(Phase::Healthy) && !stable.is_empty() && stable != old
         })?;
         // Seen promoted no earlier than it was: the old stable must keep its pods
         // for the delay from here, less one poll.
@@ -319,18 +300,23 @@ fn serin_is_installed_with_least_privilege() -> Result<()> {
     rollout.apply("web:1", analysis)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
     rollout.set_image("web:2")?;
-    let message = |c: &serde_json::Value| {
-        c["status"]["analysis"][0]["message"]
-            .as_str()
+    let message = |c: &Canary| {
+        status(c)
+            .analysis
+            .first()
+            .and_then(|m| m.message.clone())
             .unwrap_or_default()
-            .to_owned()
     };
     let forbidden = rollout.wait(
         "the analysis says how to allow the Secret",
         Duration::from_secs(30),
         |c| message(c).contains("create rolebinding serin-prometheus-credentials"),
     )?;
-    assert_eq!(phase(&forbidden), "Progressing", "blind is never promoted");
+    assert_eq!(
+        phase(&forbidden),
+        Some(Phase::Progressing),
+        "blind is never promoted"
+    );
 
     // The documented grant, for this namespace only.
     kubectl.run(&[

@@ -7,7 +7,8 @@ use anyhow::Result;
 use serin_e2e::controller::path_with_plugin;
 
 use crate::cluster;
-use crate::rollout::{Rollout, phase};
+use crate::rollout::{Rollout, phase, status, weight};
+use serin_api::Phase;
 
 /// Runs `kubectl serin <args>` in the rollout's namespace, with the built plugin on PATH.
 fn serin(rollout: &Rollout, args: &[&str]) -> Result<Output> {
@@ -38,7 +39,7 @@ fn the_plugin_shows_and_steers_a_rollout() -> Result<()> {
     );
     rollout.set_image("web:2")?;
     rollout.wait("step 1", Duration::from_secs(30), |c| {
-        c["status"]["step"] == 1 && c["status"]["weight"] == 25
+        status(c).step == 1 && weight(c) == 25
     })?;
 
     let shown = serin(&rollout, &["get", "web"])?;
@@ -62,13 +63,15 @@ fn the_plugin_shows_and_steers_a_rollout() -> Result<()> {
         stdout(&promoted).contains("step 1 finished early"),
         "{promoted:?}"
     );
-    assert_eq!(rollout.canary()?["status"]["step"], 2);
+    assert_eq!(status(&rollout.canary()?).step, 2);
 
     assert!(serin(&rollout, &["pause", "web"])?.status.success());
-    rollout.wait("paused", Duration::from_secs(30), |c| phase(c) == "Paused")?;
+    rollout.wait("paused", Duration::from_secs(30), |c| {
+        phase(c) == Some(Phase::Paused)
+    })?;
     assert!(serin(&rollout, &["resume", "web"])?.status.success());
     rollout.wait("resumed", Duration::from_secs(30), |c| {
-        phase(c) == "Progressing"
+        phase(c) == Some(Phase::Progressing)
     })?;
 
     let aborted = serin(&rollout, &["abort", "web"])?;

@@ -1,13 +1,16 @@
 //! Rollouts on the local control plane, driven through kubectl as a person would,
 //! with the controller running under its ServiceAccount's permissions.
 
-use serin_api::{CANARY_LABEL, REVISION_LABEL, stable_service};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use serin_api::{CANARY_LABEL, Phase, REVISION_LABEL, stable_service};
 use serin_e2e::controller::Controller;
-pub(crate) use serin_e2e::rollout::{Rollout, condition, phase, revisions};
+pub(crate) use serin_e2e::rollout::{
+    Rollout, condition, is_true, message, metric, phase, reason, revisions, status,
+    status_condition, weight,
+};
 
 use crate::cluster;
 use crate::gateway::{ROUTE, install_gateway_api, route, weights};
@@ -21,7 +24,7 @@ fn first_apply_becomes_healthy_and_promoted() -> Result<()> {
     let rollout = Rollout::start(cluster(), "first", "web", "web:1", FAST_STEPS)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
     let canary = rollout.canary()?;
-    assert_eq!(phase(&canary), "Healthy");
+    assert_eq!(phase(&canary), Some(Phase::Healthy));
     let (stable, canary_revision) = revisions(&canary);
     assert!(canary_revision.is_empty());
     assert_eq!(rollout.replica_set(&stable)?, (4, 4));
@@ -51,8 +54,8 @@ fn a_new_image_walks_every_step_and_is_promoted_then_the_old_revision_scales_dow
         Duration::from_secs(90),
         |canary| {
             let (stable, canary_revision) = revisions(canary);
-            let step = canary["status"]["step"].as_i64().unwrap_or(0);
-            let weight = canary["status"]["weight"].as_i64().unwrap_or(0);
+            let step = i64::from(status(canary).step);
+            let weight = i64::from(weight(canary));
             if !canary_revision.is_empty() && weight > 0 {
                 let counts = (
                     rollout.replica_set(&stable),
@@ -62,7 +65,7 @@ fn a_new_image_walks_every_step_and_is_promoted_then_the_old_revision_scales_dow
                     seen.push((step, weight, stable_rs.0, canary_rs.0, canary_rs.1));
                 }
             }
-            phase(canary) == "Healthy" && stable != old
+            phase(canary) == Some(Phase::Healthy) && stable != old
         },
     )?;
     assert!(
@@ -110,7 +113,7 @@ fn abort_puts_all_traffic_on_stable_before_the_canary_scales_down() -> Result<()
 
     rollout.annotate("abort/e2e-1")?;
     let aborted = rollout.wait("aborted", Duration::from_secs(30), |c| {
-        phase(c) == "Aborted"
+        phase(c) == Some(Phase::Aborted)
     })?;
     assert_eq!(
         rollout.service_selector("web")?[REVISION_LABEL],
@@ -120,11 +123,11 @@ fn abort_puts_all_traffic_on_stable_before_the_canary_scales_down() -> Result<()
         rollout.replica_set(&canary_revision)?.0 > 0,
         "the canary scales down only after the traffic moved"
     );
-    assert_eq!(aborted["status"]["lastCommand"]["nonce"], "e2e-1");
     assert_eq!(
-        condition(&aborted, "Progressing")["reason"],
-        "AbortedByUser"
+        status(&aborted).last_command.map(|c| c.nonce).as_deref(),
+        Some("e2e-1")
     );
+    assert_eq!(reason(&aborted, "Progressing"), "AbortedByUser");
 
     rollout.wait_scaled_down("the aborted canary", &canary_revision)?;
     assert_eq!(rollout.replica_set(&stable)?.0, 4);
@@ -153,14 +156,13 @@ fn pause_holds_the_step_and_resume_continues() -> Result<()> {
         r#"{"spec":{"paused":true}}"#,
     ])?;
     rollout.set_image("web:2")?;
-    rollout.wait("paused", Duration::from_secs(30), |c| phase(c) == "Paused")?;
+    rollout.wait("paused", Duration::from_secs(30), |c| {
+        phase(c) == Some(Phase::Paused)
+    })?;
     thread::sleep(Duration::from_secs(6));
     let held = rollout.canary()?;
-    assert_eq!(phase(&held), "Paused");
-    assert_eq!(
-        held["status"]["step"], 1,
-        "a paused rollout does not advance"
-    );
+    assert_eq!(phase(&held), Some(Phase::Paused));
+    assert_eq!(status(&held).step, 1, "a paused rollout does not advance");
 
     rollout.kubectl.run(&[
         "patch",
@@ -173,7 +175,7 @@ fn pause_holds_the_step_and_resume_continues() -> Result<()> {
         r#"{"spec":{"paused":false}}"#,
     ])?;
     rollout.wait("promoted after resume", Duration::from_secs(60), |c| {
-        phase(c) == "Healthy" && revisions(c).1.is_empty()
+        phase(c) == Some(Phase::Healthy) && revisions(c).1.is_empty()
     })?;
     assert!(rollout.events()?.contains(&"Resumed".to_owned()));
     Ok(())
@@ -186,7 +188,7 @@ fn a_new_revision_mid_rollout_starts_over() -> Result<()> {
     let second = rollout.roll_out("web:2")?;
     let (_, dropped) = revisions(&second);
     let third = rollout.roll_out("web:3")?;
-    assert_eq!(third["status"]["step"], 1);
+    assert_eq!(status(&third).step, 1);
     rollout.wait_scaled_down("the dropped canary", &dropped)?;
     assert_eq!(rollout.replica_set_count()?, 3);
     Ok(())
@@ -200,7 +202,7 @@ fn restoring_the_stable_template_returns_to_healthy_at_once() -> Result<()> {
     rollout.roll_out("web:2")?;
     rollout.set_image("web:1")?;
     let healthy = rollout.wait("healthy again", Duration::from_secs(15), |c| {
-        phase(c) == "Healthy"
+        phase(c) == Some(Phase::Healthy)
     })?;
     assert_eq!(revisions(&healthy), (stable.clone(), String::new()));
     rollout.wait_promoted(Duration::from_secs(15))?;
@@ -208,7 +210,7 @@ fn restoring_the_stable_template_returns_to_healthy_at_once() -> Result<()> {
         rollout.service_selector("web")?[REVISION_LABEL],
         stable.as_str()
     );
-    assert_eq!(healthy["status"]["step"], 0);
+    assert_eq!(status(&healthy).step, 0);
     Ok(())
 }
 
@@ -244,7 +246,7 @@ fn a_killed_controller_restarted_finishes_the_same_rollout() -> Result<()> {
                     violations.push((weight, canary.clone()));
                 }
             }
-            phase(c) == "Healthy" && canary.is_empty() && !stable.is_empty()
+            phase(c) == Some(Phase::Healthy) && canary.is_empty() && !stable.is_empty()
         },
     )?;
     assert!(
@@ -296,13 +298,13 @@ fn two_controllers_one_leader_and_the_standby_takes_over() -> Result<()> {
         "promoted by the former standby",
         Duration::from_secs(90),
         |c| {
-            phase(c) == "Healthy"
+            phase(c) == Some(Phase::Healthy)
                 && revisions(c).1.is_empty()
-                && c["status"]["observedGeneration"] == c["metadata"]["generation"]
+                && status(c).observed_generation == c.metadata.generation
         },
     )?;
     assert!(leading(&standby), "the standby holds the Lease");
-    assert_eq!(promoted["status"]["step"], 0);
+    assert_eq!(status(&promoted).step, 0);
     rollout.controller = Some(standby);
     Ok(())
 }
