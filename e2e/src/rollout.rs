@@ -169,6 +169,18 @@ impl Rollout {
         Ok(list["items"].as_array().map_or(0, Vec::len))
     }
 
+    /// How many Services the Canary owns.
+    pub fn service_count(&self) -> Result<usize> {
+        let list = self.kubectl.get_json(&[
+            "services",
+            "-n",
+            &self.namespace,
+            "-l",
+            &format!("{CANARY_LABEL}={}", self.name),
+        ])?;
+        Ok(list["items"].as_array().map_or(0, Vec::len))
+    }
+
     /// The selector of one of the Services Serin owns.
     pub fn service_selector(&self, service: &str) -> Result<Value> {
         let svc = self
@@ -282,6 +294,13 @@ pub fn condition(canary: &Canary, kind: &str) -> Option<Condition> {
 /// The condition of type `kind` in `status`, if set.
 pub fn status_condition(status: &CanaryStatus, kind: &str) -> Option<Condition> {
     status.conditions.iter().find(|c| c.type_ == kind).cloned()
+}
+
+/// The status of condition `kind` (`True`, `False`), empty when it is not set.
+pub fn condition_status(canary: &Canary, kind: &str) -> String {
+    condition(canary, kind)
+        .map(|c| c.status)
+        .unwrap_or_default()
 }
 
 /// Whether condition `kind` is True.

@@ -6,14 +6,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use serin_api::{CANARY_LABEL, Canary, CanaryStatus, Phase};
+use serin_api::{Canary, CanaryStatus, Phase};
 use serin_controller::run::SHUTDOWN_GRACE;
 use serin_e2e::controller::{Controller, service_account_kubeconfig};
 use serin_e2e::manifest::CanaryManifest;
 use serin_e2e::process::eventually;
 
 use crate::cluster;
-use crate::rollout::{Rollout, condition, message, phase, revisions, status, status_condition};
+use crate::rollout::{
+    Rollout, condition_status, message, phase, revisions, status, status_condition,
+};
 
 const FAST_STEPS: &str = "  steps: [25, 50]\n  stepDuration: 3s\n  scaleDownDelay: 3s\n";
 
@@ -83,11 +85,7 @@ fn an_undecodable_canary_is_reported_and_cannot_stop_the_others() -> Result<()> 
     good.controller = Some(Controller::start(cluster(), &good.namespace)?);
     bad.apply_manifest(&undecodable("bad", "'0.01'"))?;
     let fixed = bad.wait("the fixed Canary healthy", Duration::from_secs(60), |c| {
-        phase(c) == Some(Phase::Healthy)
-            && condition(c, "InvalidSpec")
-                .map(|c| c.status)
-                .unwrap_or_default()
-                == "False"
+        phase(c) == Some(Phase::Healthy) && condition_status(c, "InvalidSpec") == "False"
     })?;
     assert!(!revisions(&fixed).0.is_empty());
     Ok(())
@@ -121,25 +119,9 @@ fn a_pod_template_the_api_server_refuses_is_an_invalid_spec_and_nothing_is_creat
         Duration::from_secs(30),
         |c| refused(c) && c.metadata.generation == status(c).observed_generation,
     )?;
-    assert_eq!(
-        condition(&first, "Promoted")
-            .map(|c| c.status)
-            .unwrap_or_default(),
-        "False"
-    );
+    assert_eq!(condition_status(&first, "Promoted"), "False");
     assert_eq!(rollout.replica_set_count()?, 0, "no ReplicaSet created");
-    let services = rollout.kubectl.get_json(&[
-        "services",
-        "-n",
-        &rollout.namespace,
-        "-l",
-        &format!("{CANARY_LABEL}=web"),
-    ])?;
-    assert_eq!(
-        services["items"].as_array().map_or(0, Vec::len),
-        0,
-        "no Service created"
-    );
+    assert_eq!(rollout.service_count()?, 0, "no Service created");
 
     rollout.apply("web:1", steps)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
@@ -153,12 +135,7 @@ fn a_pod_template_the_api_server_refuses_is_an_invalid_spec_and_nothing_is_creat
         refused,
     )?;
     assert_eq!(phase(&held), Some(Phase::Healthy));
-    assert_eq!(
-        condition(&held, "Promoted")
-            .map(|c| c.status)
-            .unwrap_or_default(),
-        "False"
-    );
+    assert_eq!(condition_status(&held, "Promoted"), "False");
     assert_eq!(revisions(&held).0, stable);
     assert_eq!(rollout.replica_set_count()?, 1);
     assert_eq!(rollout.replica_set(&stable)?.0, 4);

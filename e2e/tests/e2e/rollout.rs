@@ -2,14 +2,15 @@
 //! with the controller running under its ServiceAccount's permissions.
 
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
-use serin_api::{CANARY_LABEL, Phase, REVISION_LABEL, stable_service};
+use serin_api::{Phase, REVISION_LABEL, stable_service};
 use serin_e2e::controller::Controller;
+use serin_e2e::process::eventually;
 pub(crate) use serin_e2e::rollout::{
-    Rollout, condition, is_true, message, metric, phase, reason, revisions, status,
-    status_condition, weight,
+    Rollout, condition, condition_status, is_true, message, metric, phase, reason, revisions,
+    status, status_condition, weight,
 };
 
 use crate::cluster;
@@ -321,26 +322,11 @@ fn deleting_a_canary_deletes_what_it_owns() -> Result<()> {
         "web",
         "--wait=true",
     ])?;
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = rollout.replica_set_count()?;
-        let services = rollout.kubectl.get_json(&[
-            "services",
-            "-n",
-            &rollout.namespace,
-            "-l",
-            &format!("{CANARY_LABEL}=web"),
-        ])?;
-        let services = services["items"].as_array().map_or(0, Vec::len);
-        if left == 0 && services == 0 {
-            return Ok(());
-        }
-        assert!(
-            Instant::now() < until,
-            "{left} ReplicaSets and {services} Services outlived their Canary"
-        );
-        thread::sleep(Duration::from_millis(250));
-    }
+    eventually(
+        "the Canary's ReplicaSets and Services gone",
+        Duration::from_secs(60),
+        || Ok((rollout.replica_set_count()? == 0 && rollout.service_count()? == 0).then_some(())),
+    )
 }
 
 #[test]
