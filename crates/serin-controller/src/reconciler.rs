@@ -279,7 +279,7 @@ async fn reconcile(
         match decoded {
             Ok(canary) => {
                 context.metrics.undecodable(&namespace, &name, false);
-                reconcile_one(&canary, &namespace, &name, &context).await
+                reconcile_canary(&canary, &context).await
             }
             Err(error) => {
                 context.metrics.undecodable(&namespace, &name, true);
