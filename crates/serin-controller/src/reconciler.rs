@@ -505,25 +505,12 @@ async fn apply(
         };
         match action {
             Action::Scale { revision, replicas } if !exists(revision) => {
-                let rs_name = replica_set_name(name, revision);
-                if *revision != observed.revision {
+                if *revision == observed.revision {
+                    create_replica_set(&replica_sets, canary, revision, *replicas).await?;
+                } else {
+                    let rs_name = replica_set_name(name, revision);
                     warn!(replicaset = %rs_name, "ReplicaSet of an older revision is gone; it cannot be recreated");
-                    continue;
                 }
-                let owner = canary.controller_owner_ref(&()).unwrap_or_default();
-                let rs = replica_set(canary, namespace, name, revision, *replicas, owner);
-                replica_sets
-                    .patch(
-                        &rs_name,
-                        &PatchParams::apply(FIELD_MANAGER).force(),
-                        &Patch::Apply(&rs),
-                    )
-                    .await
-                    .map_err(kube_error(
-                        Layer::Apply,
-                        format!("creating ReplicaSet {rs_name}"),
-                    ))?;
-                info!(replicaset = %rs_name, replicas, "created ReplicaSet");
             }
             Action::Scale { revision, .. } | Action::ScaleDownAt { revision, .. } => {
                 let rs_name = replica_set_name(name, revision);
@@ -563,6 +550,33 @@ async fn apply(
             }
         }
     }
+    Ok(())
+}
+
+/// Creates the ReplicaSet of the spec's revision, owned by the Canary, with a
+/// server-side apply as Serin's field manager.
+async fn create_replica_set(
+    replica_sets: &Api<ReplicaSet>,
+    canary: &Canary,
+    revision: &str,
+    replicas: i32,
+) -> Result<(), ReconcileError> {
+    let (namespace, name) = (canary.namespace().unwrap_or_default(), canary.name_any());
+    let rs_name = replica_set_name(&name, revision);
+    let owner = canary.controller_owner_ref(&()).unwrap_or_default();
+    let rs = replica_set(canary, &namespace, &name, revision, replicas, owner);
+    replica_sets
+        .patch(
+            &rs_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&rs),
+        )
+        .await
+        .map_err(kube_error(
+            Layer::Apply,
+            format!("creating ReplicaSet {rs_name}"),
+        ))?;
+    info!(replicaset = %rs_name, replicas, "created ReplicaSet");
     Ok(())
 }
 
