@@ -496,6 +496,9 @@ async fn apply(
     context: &Context,
 ) -> Result<(), ReconcileError> {
     let replica_sets: Api<ReplicaSet> = Api::namespaced(context.client.clone(), namespace);
+    // The ReplicaSets as they stand after each write, so a patch that would change
+    // nothing is not sent.
+    let mut current = observed.replica_sets.clone();
     for action in &plan.actions {
         let exists = |revision: &String| {
             observed
@@ -513,8 +516,13 @@ async fn apply(
                 }
             }
             Action::Scale { revision, .. } | Action::ScaleDownAt { revision, .. } => {
+                let Some(rs) = current.iter_mut().find(|rs| rs.revision == *revision) else {
+                    continue;
+                };
+                let before = rs.clone();
+                action.apply_to(rs);
                 let rs_name = replica_set_name(name, revision);
-                if let Some(patch) = replica_set_patch(action) {
+                if let (true, Some(patch)) = (*rs != before, replica_set_patch(action)) {
                     replica_sets
                         .patch(&rs_name, &PatchParams::default(), &Patch::Merge(patch))
                         .await
@@ -580,8 +588,9 @@ async fn create_replica_set(
     Ok(())
 }
 
-/// Writes the new status (server-side apply of status alone, forced: Serin owns
-/// it), updates the per-Canary metrics and records the Events.
+/// Writes the new status when it differs from the stored one (server-side apply
+/// of status alone, forced: Serin owns it), updates the per-Canary metrics and
+/// records the Events.
 async fn report(
     canary: &Canary,
     namespace: &str,
@@ -589,20 +598,22 @@ async fn report(
     plan: &Plan,
     context: &Context,
 ) -> Result<Requeue, ReconcileError> {
-    let canaries: Api<Canary> = Api::namespaced(context.client.clone(), namespace);
-    let status = serde_json::json!({
-        "apiVersion": Canary::api_version(&()),
-        "kind": Canary::kind(&()),
-        "status": plan.status,
-    });
-    canaries
-        .patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(status),
-        )
-        .await
-        .map_err(kube_error(Layer::Report, "writing status"))?;
+    if canary.status.as_ref() != Some(&plan.status) {
+        let canaries: Api<Canary> = Api::namespaced(context.client.clone(), namespace);
+        let status = serde_json::json!({
+            "apiVersion": Canary::api_version(&()),
+            "kind": Canary::kind(&()),
+            "status": plan.status,
+        });
+        canaries
+            .patch_status(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(status),
+            )
+            .await
+            .map_err(kube_error(Layer::Report, "writing status"))?;
+    }
     context
         .metrics
         .canary(namespace, name, plan.status.phase, plan.status.weight);

@@ -363,3 +363,47 @@ async fn prometheus_unreachable_holds_the_step_as_inconclusive() {
         .unwrap_or_default();
     assert_eq!(progressing["reason"], "Inconclusive", "{progressing:#}");
 }
+
+#[tokio::test]
+async fn an_idle_canary_writes_no_status_and_no_replica_set() {
+    // Reconcile as the cluster answers: each written status is stored, each created
+    // ReplicaSet exists with its pods available, until a reconcile changes nothing.
+    let mut canary = canary("", None);
+    let revision = revision_of(&canary.spec.template);
+    let mut replica_sets = Vec::new();
+    let mut last = Vec::new();
+    for _ in 0..4 {
+        let mut cluster = cluster(&canary);
+        cluster.replica_sets = replica_sets.clone();
+        let (result, seen) = reconcile(&canary, cluster).await;
+        assert!(result.is_ok(), "{result:?}");
+        if let Some(written) = seen.iter().find(|s| s.path.ends_with("/status")) {
+            canary.status = serde_json::from_value(written.body["status"].clone()).ok();
+        }
+        if seen
+            .iter()
+            .any(|s| s.method == Method::PATCH && s.path.contains("/replicasets/"))
+        {
+            replica_sets = vec![replica_set(&revision, 4, 4)];
+        }
+        last = seen;
+    }
+    assert_eq!(
+        canary.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Healthy)
+    );
+    let writes: Vec<String> = requests(&last)
+        .into_iter()
+        .filter(|r| r.contains("/status") || r.contains("/replicasets/") || r.contains("/events"))
+        .collect();
+    assert!(writes.is_empty(), "an idle Canary wrote {writes:?}");
+    // Services are still applied each time (no-ops for the API server): skipping them
+    // needs a watch cache of them, so a hand edit is still repaired.
+    assert_eq!(
+        requests(&last)
+            .iter()
+            .filter(|r| r.starts_with("PATCH /api/v1/namespaces/shop/services/"))
+            .count(),
+        3
+    );
+}

@@ -970,6 +970,15 @@ mod random_walks {
                 // World::apply asserts that no weight lands on a canary without an
                 // available pod, and that only the spec's revision is ever created.
                 world.reconcile();
+                // A plan that asks to wait is a fixed point: planning again at the same
+                // moment changes no status and records no Event, so the shell can skip
+                // writing an unchanged status.
+                if world.last_wait > Duration::ZERO {
+                    let settled = world.status.clone();
+                    let again = world.reconcile_once();
+                    prop_assert_eq!(&again.status, &settled, "status changed with nothing new");
+                    prop_assert!(again.events.is_empty(), "events with nothing new: {:?}", again.events);
+                }
                 let status = &world.status;
                 // A promote runs when it is acknowledged, which may be later than it was
                 // set (behind an InvalidSpec, say).
