@@ -2,9 +2,10 @@
 //!
 //! Everything is derived from the Canary's spec and status and the ReplicaSets as
 //! they are, so a controller killed at any moment and started again continues the
-//! same rollout. Each plan repeats the whole desired state (it is applied with
-//! server-side apply, so repeating costs nothing), and a step only moves on once
-//! what it waits for is observed.
+//! same rollout. Each plan repeats the whole desired state (the shell sends only
+//! what would change the ReplicaSets or the status), and a step only moves on once
+//! what it waits for is observed. A plan that asks to wait is a fixed point:
+//! planning again with nothing new changes nothing.
 
 use std::time::Duration;
 
