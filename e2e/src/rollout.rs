@@ -159,25 +159,20 @@ impl Rollout {
 
     /// How many ReplicaSets the Canary owns.
     pub fn replica_set_count(&self) -> Result<usize> {
-        let list = self.kubectl.get_json(&[
-            "replicasets",
-            "-n",
-            &self.namespace,
-            "-l",
-            &format!("{CANARY_LABEL}={}", self.name),
-        ])?;
-        Ok(list["items"].as_array().map_or(0, Vec::len))
+        self.owned_count("replicasets")
     }
 
     /// How many Services the Canary owns.
     pub fn service_count(&self) -> Result<usize> {
-        let list = self.kubectl.get_json(&[
-            "services",
-            "-n",
-            &self.namespace,
-            "-l",
-            &format!("{CANARY_LABEL}={}", self.name),
-        ])?;
+        self.owned_count("services")
+    }
+
+    /// How many objects of `kind` carry the Canary's label.
+    fn owned_count(&self, kind: &str) -> Result<usize> {
+        let label = format!("{CANARY_LABEL}={}", self.name);
+        let list = self
+            .kubectl
+            .get_json(&[kind, "-n", &self.namespace, "-l", &label])?;
         Ok(list["items"].as_array().map_or(0, Vec::len))
     }
 
