@@ -91,18 +91,25 @@ impl Rollout {
 
     /// Patches the template's image, as a release would.
     pub fn set_image(&self, image: &str) -> Result<()> {
-        let patch = format!(
-            r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"{image}"}}]"#
-        );
+        self.patch(
+            "json",
+            &format!(
+                r#"[{{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"{image}"}}]"#
+            ),
+        )
+    }
+
+    /// `kubectl patch canary --type=<kind> -p <body>`, as a person edits it.
+    pub fn patch(&self, kind: &str, body: &str) -> Result<()> {
         self.kubectl.run(&[
             "patch",
             "-n",
             &self.namespace,
             "canary",
             &self.name,
-            "--type=json",
+            &format!("--type={kind}"),
             "-p",
-            &patch,
+            body,
         ])?;
         Ok(())
     }

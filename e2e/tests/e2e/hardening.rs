@@ -102,18 +102,6 @@ fn a_pod_template_the_api_server_refuses_is_an_invalid_spec_and_nothing_is_creat
     };
     rollout.apply_manifest(&CanaryManifest::new("web").container("app", "sidecar:1"))?;
     let add_twin = r#"[{"op":"add","path":"/spec/template/spec/containers/-","value":{"name":"app","image":"sidecar:1"}}]"#;
-    let patch = |json: &str| {
-        rollout.kubectl.run(&[
-            "patch",
-            "-n",
-            &rollout.namespace,
-            "canary",
-            "web",
-            "--type=json",
-            "-p",
-            json,
-        ])
-    };
     let first = rollout.wait(
         "InvalidSpec with the API server's message",
         Duration::from_secs(30),
@@ -128,7 +116,7 @@ fn a_pod_template_the_api_server_refuses_is_an_invalid_spec_and_nothing_is_creat
     let (stable, _) = revisions(&rollout.canary()?);
 
     // During a rollout: the stable revision keeps serving, nothing new is created.
-    patch(add_twin)?;
+    rollout.patch("json", add_twin)?;
     let held = rollout.wait(
         "InvalidSpec on the new template",
         Duration::from_secs(30),

@@ -146,16 +146,7 @@ fn pause_holds_the_step_and_resume_continues() -> Result<()> {
         "  steps: [25, 50]\n  stepDuration: 4s\n",
     )?;
     rollout.wait_promoted(Duration::from_secs(60))?;
-    rollout.kubectl.run(&[
-        "patch",
-        "-n",
-        &rollout.namespace,
-        "canary",
-        "web",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"paused":true}}"#,
-    ])?;
+    rollout.patch("merge", r#"{"spec":{"paused":true}}"#)?;
     rollout.set_image("web:2")?;
     rollout.wait("paused", Duration::from_secs(30), |c| {
         phase(c) == Some(Phase::Paused)
@@ -165,16 +156,7 @@ fn pause_holds_the_step_and_resume_continues() -> Result<()> {
     assert_eq!(phase(&held), Some(Phase::Paused));
     assert_eq!(status(&held).step, 1, "a paused rollout does not advance");
 
-    rollout.kubectl.run(&[
-        "patch",
-        "-n",
-        &rollout.namespace,
-        "canary",
-        "web",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"paused":false}}"#,
-    ])?;
+    rollout.patch("merge", r#"{"spec":{"paused":false}}"#)?;
     rollout.wait("promoted after resume", Duration::from_secs(60), |c| {
         phase(c) == Some(Phase::Healthy) && revisions(c).1.is_empty()
     })?;
