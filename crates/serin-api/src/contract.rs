@@ -63,6 +63,10 @@ pub mod reason {
     pub const HEALTHY: &str = "Healthy";
     /// Pods are not available yet.
     pub const WAITING_FOR_PODS: &str = "WaitingForPods";
+    /// Canary pods are not available and say why (crash loop, missing image,
+    /// failing readiness probe): no traffic goes to them, and the progress deadline
+    /// rolls the rollout back unless they recover.
+    pub const CANARY_PODS_FAILING: &str = "CanaryPodsFailing";
     /// Stable has every pod it should.
     pub const STABLE_AVAILABLE: &str = "StableAvailable";
     /// Stable lacks pods.

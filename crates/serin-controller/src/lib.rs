@@ -7,5 +7,6 @@ pub mod analysis;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod pods;
 pub mod reconciler;
 pub mod run;

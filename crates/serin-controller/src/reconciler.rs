@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
-use k8s_openapi::api::core::v1::{ObjectReference, PodTemplateSpec, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     Condition, LabelSelector, MicroTime, ObjectMeta, Time,
@@ -30,6 +30,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::analysis::Analyst;
 use crate::health::WatchHealth;
 use crate::metrics::Metrics;
+use crate::pods;
 use serin_api::CanaryStatus;
 use serin_core::conditions::{self, ConditionStatus};
 use serin_core::machine::{
@@ -414,9 +415,21 @@ async fn observe(
         .list(&ListParams::default().labels(&format!("{CANARY_LABEL}={name}")))
         .await
         .map_err(kube_error(Layer::Observe, "listing ReplicaSets"))?;
-    let observed: Vec<ObservedReplicaSet> =
+    let mut observed: Vec<ObservedReplicaSet> =
         owned.items.iter().filter_map(observe_replica_set).collect();
     let revision = revision_of(&canary.spec.template);
+    let now = Timestamp::now();
+    let stable = canary
+        .status
+        .as_ref()
+        .and_then(|s| s.stable_revision.clone());
+    if let Some(rs) = observed.iter_mut().find(|rs| {
+        rs.revision == revision
+            && Some(&rs.revision) != stable.as_ref()
+            && rs.available < rs.replicas
+    }) {
+        rs.pods_failing = pods_failing(context, canary, namespace, &revision, now).await;
+    }
     let invalid = match canary.spec.problem() {
         Some(problem) => Some(problem),
         None => match router.check().await {
@@ -441,7 +454,6 @@ async fn observe(
         }
         invalid => invalid,
     };
-    let now = Timestamp::now();
     let mut status = canary.status.clone().unwrap_or_default();
     let analysis = match invalid {
         None => {
@@ -467,6 +479,34 @@ async fn observe(
         status,
         now,
     })
+}
+
+/// Why the canary revision's pods are not available, from one list of them. Only
+/// words for the status: a failure to read pods is logged and changes nothing.
+async fn pods_failing(
+    context: &Context,
+    canary: &Canary,
+    namespace: &str,
+    revision: &str,
+    now: Timestamp,
+) -> Option<String> {
+    let selector = canary
+        .spec
+        .selector
+        .match_labels
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .chain([format!("{REVISION_LABEL}={revision}")])
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods: Api<Pod> = Api::namespaced(context.client.clone(), namespace);
+    match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => pods::failure(&list.items, now),
+        Err(error) => {
+            warn!(%error, "reading the canary's pods to say why they are not available");
+            None
+        }
+    }
 }
 
 /// Asks the state machine what to do about what was observed.
@@ -747,6 +787,7 @@ fn observe_replica_set(rs: &ReplicaSet) -> Option<ObservedReplicaSet> {
             .as_ref()
             .map_or(Timestamp::UNIX_EPOCH, |time| time.0),
         scale_down_at,
+        pods_failing: None,
     })
 }
 

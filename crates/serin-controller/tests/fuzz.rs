@@ -149,6 +149,7 @@ fn replica_sets(status: &CanaryStatus, available: i32) -> Vec<ObservedReplicaSet
             available,
             created: Timestamp::UNIX_EPOCH,
             scale_down_at: None,
+            pods_failing: None,
         })
         .collect()
 }

@@ -23,6 +23,10 @@ use crate::replicas::{self, Split};
 /// watches on ReplicaSets and the Canary wake the controller sooner on any change.
 pub const RESYNC: Duration = Duration::from_secs(300);
 
+/// How often to look at canary pods that are not available: their restarts and
+/// image pulls change nothing the ReplicaSet watch sees.
+pub const PODS_RECHECK: Duration = Duration::from_secs(10);
+
 /// A ReplicaSet of the Canary as observed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObservedReplicaSet {
@@ -36,6 +40,11 @@ pub struct ObservedReplicaSet {
     pub created: Timestamp,
     /// When Serin scales it to zero, once it receives no traffic.
     pub scale_down_at: Option<Timestamp>,
+    /// Why its pods are not available, in the pods' own words (a container's waiting
+    /// reason, such as `CrashLoopBackOff` or `ErrImageNeverPull`, or a failing
+    /// readiness probe), so an operator learns it from the Canary; None when it has
+    /// every pod, or when the pods say nothing yet.
+    pub pods_failing: Option<String>,
 }
 
 /// The analysis of the current step, from the judges.
@@ -547,11 +556,15 @@ impl<'s, 'a> Planner<'s, 'a> {
         clock: StepClock,
     ) {
         self.keep_current_weight(stable, target);
-        let waiting = format!(
+        let mut waiting = format!(
             "step {step}: {} of {} canary pods available",
             self.available(target),
             split.canary
         );
+        let failing = self.pods_failing(target);
+        if let Some(why) = &failing {
+            waiting = format!("{waiting}: {why}");
+        }
         if clock.expired() {
             return self.abort(
                 stable,
@@ -560,13 +573,34 @@ impl<'s, 'a> Planner<'s, 'a> {
                 waiting,
             );
         }
-        self.condition(
-            PROGRESSING,
-            ConditionStatus::True,
-            reason::WAITING_FOR_PODS,
-            waiting,
-        );
-        self.wake_in(clock.left());
+        if failing.is_some() {
+            let reported = self
+                .status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == PROGRESSING && c.reason == reason::CANARY_PODS_FAILING);
+            if !reported {
+                self.event(
+                    EventType::Warning,
+                    reason::CANARY_PODS_FAILING,
+                    waiting.clone(),
+                );
+            }
+            self.condition(
+                PROGRESSING,
+                ConditionStatus::True,
+                reason::CANARY_PODS_FAILING,
+                waiting,
+            );
+        } else {
+            self.condition(
+                PROGRESSING,
+                ConditionStatus::True,
+                reason::WAITING_FOR_PODS,
+                waiting,
+            );
+        }
+        self.wake_in(clock.left().min(PODS_RECHECK));
     }
 
     /// The step's weight is in effect: the analysis verdict and the step's time
@@ -830,6 +864,14 @@ impl<'s, 'a> Planner<'s, 'a> {
             .iter()
             .find(|rs| rs.revision == revision)
             .map_or(0, |rs| rs.available)
+    }
+
+    fn pods_failing(&self, revision: &str) -> Option<String> {
+        self.snap
+            .replica_sets
+            .iter()
+            .find(|rs| rs.revision == revision)
+            .and_then(|rs| rs.pods_failing.clone())
     }
 
     fn analysis_interval(&self) -> Duration {

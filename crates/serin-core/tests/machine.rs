@@ -49,6 +49,8 @@ struct World {
     now: Timestamp,
     /// Pods become available as soon as they are asked for.
     instant_pods: bool,
+    /// What pods that are not available say about why (a crash loop, say).
+    pods_failing: Option<String>,
     /// Every Route action applied, in order.
     routes: Vec<Routing>,
     /// Events of the last `reconcile`.
@@ -72,6 +74,7 @@ impl World {
             invalid: None,
             now: Timestamp::from_second(1_800_000_000).unwrap_or_else(|e| panic!("{e}")),
             instant_pods: true,
+            pods_failing: None,
             routes: Vec::new(),
             events: Vec::new(),
             last_wait: Duration::ZERO,
@@ -107,13 +110,24 @@ impl World {
     }
 
     fn reconcile_once(&mut self) -> Plan {
+        // The shell reads why pods fail only for a ReplicaSet short of pods.
+        let replica_sets = self
+            .replica_sets
+            .iter()
+            .map(|rs| ObservedReplicaSet {
+                pods_failing: (rs.available < rs.replicas)
+                    .then(|| self.pods_failing.clone())
+                    .flatten(),
+                ..rs.clone()
+            })
+            .collect();
         let snapshot = Snapshot {
             spec: &self.spec,
             generation: self.generation,
             status: self.status.clone(),
             command: self.command.clone(),
             revision: self.revision.clone(),
-            replica_sets: self.replica_sets.clone(),
+            replica_sets,
             invalid: self.invalid.clone(),
             analysis: self.analysis.clone(),
             now: self.now,
@@ -181,6 +195,7 @@ impl World {
                             available: if self.instant_pods { *replicas } else { 0 },
                             created: self.now,
                             scale_down_at: None,
+                            pods_failing: None,
                         });
                     }
                 }
@@ -285,6 +300,15 @@ impl World {
             .iter()
             .find(|c| c.type_ == kind)
             .map(|c| c.reason.clone())
+            .unwrap_or_default()
+    }
+
+    fn message(&self, kind: &str) -> String {
+        self.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == kind)
+            .map(|c| c.message.clone())
             .unwrap_or_default()
     }
 
@@ -415,6 +439,48 @@ fn pods_that_never_become_available_abort_at_the_progress_deadline() {
     );
     assert!(world.events().contains(&"ProgressDeadlineExceeded"));
     assert_eq!(world.weight(), 0);
+}
+
+#[test]
+fn canary_pods_that_fail_say_why_once_and_roll_back_at_the_deadline() {
+    let mut world = World::healthy(spec(""));
+    world.instant_pods = false;
+    world.new_template(CANARY);
+    world.reconcile();
+    assert_eq!(world.reason(conditions::PROGRESSING), "WaitingForPods");
+    assert!(
+        world.last_wait <= serin_core::machine::PODS_RECHECK,
+        "pods are looked at again while the canary waits for them"
+    );
+    let why = "pod web-2-x: container app: CrashLoopBackOff (back-off 10s)";
+    world.pods_failing = Some(why.into());
+    world.advance(Duration::from_secs(10));
+    world.reconcile();
+    assert_eq!(world.reason(conditions::PROGRESSING), "CanaryPodsFailing");
+    assert!(world.message(conditions::PROGRESSING).contains(why));
+    assert_eq!(world.events(), ["CanaryPodsFailing"]);
+    assert_eq!(
+        world.weight(),
+        0,
+        "no traffic to pods that are not available"
+    );
+    world.advance(Duration::from_secs(10));
+    world.reconcile();
+    assert!(world.events().is_empty(), "said once, not at every look");
+    world.advance(Duration::from_secs(280));
+    world.reconcile();
+    assert_eq!(world.phase(), Phase::Aborted);
+    assert_eq!(
+        world.reason(conditions::PROGRESSING),
+        "ProgressDeadlineExceeded"
+    );
+    assert!(
+        world
+            .message(conditions::PROGRESSING)
+            .contains("CrashLoopBackOff"),
+        "the rollback says why: {}",
+        world.message(conditions::PROGRESSING)
+    );
 }
 
 #[test]
@@ -908,6 +974,7 @@ mod random_walks {
         Wait(u64),
         NewTemplate(usize),
         PodsStall,
+        PodsFail(bool),
         PodsReady,
         Pause(bool),
         Command(&'static str),
@@ -920,6 +987,7 @@ mod random_walks {
             (1..120u64).prop_map(Happening::Wait),
             (0..3usize).prop_map(Happening::NewTemplate),
             Just(Happening::PodsStall),
+            any::<bool>().prop_map(Happening::PodsFail),
             Just(Happening::PodsReady),
             any::<bool>().prop_map(Happening::Pause),
             prop_oneof![
@@ -952,11 +1020,15 @@ mod random_walks {
             let templates = [STABLE, CANARY, THIRD];
             for (index, happened) in happenings.into_iter().enumerate() {
                 let before = (world.status.step, world.status.phase, world.status.canary_revision.clone());
+                let reported_before = world.reason(conditions::PROGRESSING) == "CanaryPodsFailing";
                 let acknowledged = world.status.last_command.clone();
                 match happened {
                     Happening::Wait(seconds) => world.advance(Duration::from_secs(seconds)),
                     Happening::NewTemplate(which) => world.new_template(templates[which]),
                     Happening::PodsStall => world.instant_pods = false,
+                    Happening::PodsFail(failing) => {
+                        world.pods_failing = failing.then(|| "pod web-x: CrashLoopBackOff".to_owned());
+                    }
                     Happening::PodsReady => {
                         world.instant_pods = true;
                         let revisions: Vec<String> = world.replica_sets.iter().map(|rs| rs.revision.clone()).collect();
@@ -992,6 +1064,24 @@ mod random_walks {
                         matches!(world.analysis, None | Some(StepVerdict::Pass)),
                         "a step moved on with the verdict {:?}", world.analysis
                     );
+                }
+                // Canary pods that say why they fail are reported with their words,
+                // and the Event is recorded when that starts, not at every look.
+                // (An invalid spec freezes the status as it was.)
+                let progressing = world.reason(conditions::PROGRESSING);
+                if progressing == "CanaryPodsFailing" && world.invalid.is_none() {
+                    let why = world.pods_failing.clone().unwrap_or_default();
+                    prop_assert!(!why.is_empty() && world.message(conditions::PROGRESSING).contains(&why));
+                }
+                if progressing == "WaitingForPods" && status.phase == Some(Phase::Progressing) && world.invalid.is_none() {
+                    let canary = status.canary_revision.clone().unwrap_or_default();
+                    let short = world.available(&canary) < world.replicas(&canary);
+                    prop_assert!(!(short && world.pods_failing.is_some()), "failing canary pods not reported");
+                }
+                let said = world.events().iter().filter(|e| **e == "CanaryPodsFailing").count();
+                prop_assert!(said <= 1);
+                if reported_before && said > 0 && status.canary_revision == before.2 {
+                    prop_assert!(false, "CanaryPodsFailing said again for the same canary while still reported");
                 }
                 prop_assert!((0..=100).contains(&status.weight));
                 prop_assert!(status.stable_revision.is_some());
