@@ -1,30 +1,45 @@
 # Serin: build, test, and a local Kubernetes control plane for both.
 #
-#   make demo           a local control plane, Serin, and two rollouts shown live (one promoted, one aborted)
+#   make demo           a local control plane with a real node, Serin from its image, real
+#                       traffic, and two rollouts shown live (one promoted, one rolled back);
+#                       REAL_NODE=0: on kwok's fake nodes with simulated traffic
 #   make bench          detection: time to roll back and false rollbacks, Serin vs a threshold rule vs Wald's bound
 #   make bench-rollout  reaction times and controller memory on the local control plane
 #   make test           every test: unit, Prometheus, and end-to-end on a local control plane
-#   make cluster-up     start the control plane in the background (make cluster-down stops it)
+#                       (kwok's fake nodes, and a real node running real containers)
+#   make cluster-up     start the control plane and a real node in the background
+#                       (REAL_NODE=0 leaves the node out; make cluster-down stops it)
+#   make image          the controller, workload and pause images as OCI archives in .cache/images
 #   make crds           regenerate crds/ from the Rust types
 #   make lint           rustfmt and clippy, as CI runs them
 
 BIN         := .cache/bin
 CLUSTER_DIR := .cache/cluster
 GO_BUILD    := go build -trimpath -ldflags="-s -w" -o $(CURDIR)/$(BIN)/
-K8S_BINS    := $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/kube-scheduler $(BIN)/kubectl
+K8S_VERSION := v1.33.13
+GO_BUILD_K8S = go build -trimpath -ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=33" -o $(CURDIR)/$(BIN)/
+K8S_BINS    := $(BIN)/kube-apiserver $(BIN)/kube-controller-manager $(BIN)/kube-scheduler $(BIN)/kubectl \
+               $(BIN)/kubelet $(BIN)/kube-proxy
 LAUNCHER    := target/debug/serin-cluster
+REAL_NODE   ?= 1
+IMAGES      := .cache/images
+VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+TRIPLE      := $(shell uname -m)-unknown-linux-gnu
+STATIC_DIR  := target/$(TRIPLE)/release
 
-.PHONY: arch-check build system-packages controlplane demo bench bench-rollout test unit e2e crds crds-check lint cluster-up cluster-down clean
+.PHONY: arch-check build image system-packages controlplane demo bench bench-rollout test unit e2e crds crds-check lint cluster-up cluster-down clean
 
 ## Debian packages the demo and the tests run: installed when missing (as root),
 ## otherwise the command to run is printed.
-PACKAGES := prometheus openssl ca-certificates
+PACKAGES := prometheus openssl ca-certificates containerd runc containernetworking-plugins \
+            iptables iproute2 conntrack umoci
+TOOLS    := prometheus openssl containerd runc ctr iptables ip conntrack umoci
 
 build:
 	cargo build --workspace --locked
 
 system-packages:
-	@missing=""; for tool in prometheus openssl; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	@missing=""; for tool in $(TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			echo "installing$$missing"; \
@@ -34,22 +49,48 @@ system-packages:
 		fi; \
 	fi
 
-## The Kubernetes binaries, built once from the Go modules pinned under e2e/.
-controlplane: $(K8S_BINS) $(BIN)/kwok
+## The Kubernetes binaries, built once from the Go modules pinned under e2e/, with
+## CoreDNS (the real node's cluster DNS) and Prometheus with its Kubernetes
+## discovery (Debian's package has none).
+controlplane: $(K8S_BINS) $(BIN)/kwok $(BIN)/prometheus $(BIN)/coredns
 
 $(K8S_BINS) &: e2e/controlplane/go.mod e2e/controlplane/go.sum
-	cd e2e/controlplane && $(GO_BUILD) k8s.io/kubernetes/cmd/kube-apiserver \
+	cd e2e/controlplane && $(GO_BUILD_K8S) k8s.io/kubernetes/cmd/kube-apiserver \
 		k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
-		k8s.io/kubernetes/cmd/kubectl
+		k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
 	touch $(K8S_BINS)
 
 $(BIN)/kwok: e2e/kwok/go.mod e2e/kwok/go.sum
 	cd e2e/kwok && $(GO_BUILD) sigs.k8s.io/kwok/cmd/kwok
 	touch $@
 
-demo: system-packages controlplane
+## The images a real node runs, built without a Docker engine: static binaries
+## (glibc, crt-static) on an empty base with umoci (hack/build-image, the layout of
+## the Dockerfile), as OCI archives; imported into the node of `make cluster-up`
+## when it runs, and by every real node at start.
+image: system-packages
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --locked --release \
+		--target $(TRIPLE) -p serin --bin serin -p serin-e2e --bin serin-workload --bin serin-pause
+	hack/build-image $(STATIC_DIR)/serin ghcr.io/serin-dev/serin:$(VERSION) $(IMAGES)/serin.tar controller
+	hack/build-image $(STATIC_DIR)/serin-workload localhost/serin/workload:$(VERSION) $(IMAGES)/workload.tar
+	hack/build-image $(STATIC_DIR)/serin-pause localhost/serin/pause:$(VERSION) $(IMAGES)/pause.tar
+	@if [ -S $(CLUSTER_DIR)/node/containerd.sock ]; then \
+		for archive in $(IMAGES)/*.tar; do \
+			ctr --address $(CLUSTER_DIR)/node/containerd.sock -n k8s.io images import $$archive; \
+		done; \
+	fi
+
+$(BIN)/coredns: e2e/coredns/go.mod e2e/coredns/go.sum
+	cd e2e/coredns && $(GO_BUILD) github.com/coredns/coredns
+	touch $@
+
+$(BIN)/prometheus: e2e/prometheus/go.mod e2e/prometheus/go.sum
+	cd e2e/prometheus && $(GO_BUILD) github.com/prometheus/prometheus/cmd/prometheus
+	touch $@
+
+demo: system-packages controlplane $(if $(filter 1,$(REAL_NODE)),image)
 	cargo build --quiet --locked -p serin -p kubectl-serin -p serin-e2e
-	target/debug/serin-demo
+	target/debug/serin-demo $(if $(filter 1,$(REAL_NODE)),,--simulated)
 
 ## The detection benchmark of record (no cluster needed); figures also in target/bench/detection.json.
 bench:
@@ -60,14 +101,14 @@ bench-rollout: controlplane
 	cargo build --quiet --locked --release -p serin -p serin-e2e
 	target/release/serin-bench
 
-test: system-packages controlplane
+test: system-packages controlplane image
 	cargo build --workspace --locked --bins
 	cargo test --workspace --locked
 
 unit:
 	cargo test --workspace --locked --exclude serin-e2e
 
-e2e: system-packages controlplane
+e2e: system-packages controlplane image
 	cargo build --workspace --locked --bins
 	cargo test --locked -p serin-e2e
 
@@ -91,9 +132,9 @@ arch-check:
 	if [ -n "$$found" ]; then echo "serin-core must not depend on: $$found (see docs/architecture.md)" >&2; exit 1; fi; \
 	echo "serin-core: no I/O crate in its dependencies"
 
-cluster-up: controlplane
+cluster-up: controlplane $(if $(filter 1,$(REAL_NODE)),image)
 	cargo build --quiet --locked -p serin-e2e --bin serin-cluster
-	$(LAUNCHER) start --dir $(CLUSTER_DIR)
+	$(LAUNCHER) start --dir $(CLUSTER_DIR) $(if $(filter 1,$(REAL_NODE)),--real-node)
 	@echo "export KUBECONFIG=$(CURDIR)/$(CLUSTER_DIR)/kubeconfig PATH=$(CURDIR)/$(BIN):\$$PATH"
 
 cluster-down:

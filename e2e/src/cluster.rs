@@ -1,6 +1,13 @@
-//! A real Kubernetes control plane on loopback: etcd, kube-apiserver,
-//! kube-controller-manager, kube-scheduler, and kwok running fake nodes whose pods
-//! become Running and Ready. No containers run; everything else is the real thing.
+//! A real Kubernetes control plane on this machine: etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kwok running fake nodes whose pods
+//! become Running and Ready without running anything, and optionally a real node
+//! whose pods are real containers (see [`crate::node`]).
+//!
+//! Without a real node everything listens on loopback. With one, the API server
+//! listens on the node's bridge address instead, so pods reach it through the
+//! `kubernetes` Service; the kwok nodes are then tainted
+//! `kwok.x-k8s.io/node=fake:NoSchedule` (always, so a manifest chooses its kind of
+//! node the same way in every cluster: [`KWOK_PLACEMENT`]).
 
 use std::fs;
 use std::io::Read;
@@ -12,6 +19,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::http;
 use crate::kubectl::Kubectl;
+use crate::node::{self, NODE_IP, NodeBinaries};
 use crate::process::{Supervised, free_port, openssl, wait_until};
 
 /// Where the Kubernetes binaries are: `$SERIN_BIN_DIR`, or `.cache/bin` in the
@@ -20,6 +28,14 @@ pub fn default_bin_dir() -> PathBuf {
     std::env::var_os("SERIN_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repository_root().join(".cache/bin"))
+}
+
+/// Where `make image` leaves the OCI image archives a real node imports:
+/// `$SERIN_IMAGE_DIR`, or `.cache/images` in the repository.
+pub fn default_image_dir() -> PathBuf {
+    std::env::var_os("SERIN_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repository_root().join(".cache/images"))
 }
 
 /// The repository's root directory.
@@ -84,7 +100,23 @@ pub struct Options {
     pub binaries: Binaries,
     /// Number of fake nodes.
     pub nodes: usize,
+    /// Whether to run a real node too, with images from this directory (`make image`).
+    pub real_node: Option<RealNodeOptions>,
 }
+
+/// A real node's programs and images.
+#[derive(Clone, Debug)]
+pub struct RealNodeOptions {
+    /// kubelet, kube-proxy, containerd.
+    pub binaries: NodeBinaries,
+    /// Directory of OCI image archives imported into the node's containerd.
+    pub images: PathBuf,
+}
+
+/// The pod spec lines that put a pod on a kwok node: kwok nodes are tainted so that
+/// nothing meant to run lands on them.
+pub const KWOK_PLACEMENT: &str = "nodeSelector: {type: kwok}
+tolerations: [{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}]";
 
 /// A running control plane. Dropping it stops every process and removes its directory.
 pub struct ControlPlane {
@@ -93,6 +125,11 @@ pub struct ControlPlane {
     processes: Vec<Supervised>,
     /// How the API server was started, to start it again the same way.
     apiserver: Option<(PathBuf, Vec<String>)>,
+    /// Whether a real node was (being) set up, so stop cleans up after it.
+    real_node: bool,
+    /// The machine's real-node lock, released after the cleanup (fields drop after
+    /// `Drop::drop` has stopped everything).
+    _node_lock: Option<fs::File>,
 }
 
 /// The file in a cluster's directory that counts API server restarts, written once
@@ -117,8 +154,22 @@ impl ControlPlane {
             dir,
             processes: Vec::new(),
             apiserver: None,
+            real_node: false,
+            _node_lock: None,
         };
-        plane.boot(&options.binaries, options.nodes)?;
+        if let Some(node) = &options.real_node {
+            plane._node_lock = Some(node::lock_machine(Duration::from_secs(90))?);
+            plane.real_node = true;
+            node::prepare_host(&plane.dir)?;
+            plane.boot(&options.binaries, options.nodes, NODE_IP)?;
+            let kubectl = plane.kubectl.clone();
+            let started = node::start(&plane.dir, &node.binaries, &kubectl, &node.images, |own| {
+                ensure_all_running(own)
+            })?;
+            plane.processes.extend(started);
+        } else {
+            plane.boot(&options.binaries, options.nodes, "127.0.0.1")?;
+        }
         Ok(plane)
     }
 
@@ -164,15 +215,22 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Stops every process, newest first, and removes the cluster's directory.
-    pub fn stop(&mut self) {
+    /// Stops every process, newest first, cleans up after the real node, and removes
+    /// the cluster's directory.
+    pub fn stop(&mut self) -> Result<()> {
         while let Some(mut process) = self.processes.pop() {
             process.stop(Duration::from_secs(10));
         }
-        let _ = fs::remove_dir_all(&self.dir);
+        if !self.dir.exists() {
+            return Ok(());
+        }
+        if self.real_node {
+            node::clean_up(&self.dir)?;
+        }
+        fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
     }
 
-    fn boot(&mut self, binaries: &Binaries, nodes: usize) -> Result<()> {
+    fn boot(&mut self, binaries: &Binaries, nodes: usize, address: &str) -> Result<()> {
         let dir = self.dir.clone();
         let kubectl = self.kubectl.clone();
         let logs = dir.join("logs");
@@ -214,8 +272,8 @@ impl ControlPlane {
         let api_port = free_port()?;
         let apiserver_args = [
             format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
+            format!("--bind-address={address}"),
+            format!("--advertise-address={address}"),
             format!("--secure-port={api_port}"),
             format!("--cert-dir={}", dir.join("pki").display()),
             format!("--token-auth-file={}", dir.join("tokens.csv").display()),
@@ -231,6 +289,8 @@ impl ControlPlane {
             ),
             "--service-cluster-ip-range=10.96.0.0/16".into(),
             "--allow-privileged=true".into(),
+            // The real node's name resolves nowhere; its address does.
+            "--kubelet-preferred-address-types=InternalIP".into(),
             "--profiling=false".into(),
         ];
         let apiserver = Supervised::spawn(
@@ -248,7 +308,10 @@ impl ControlPlane {
             || ensure_all_running(&mut self.processes),
             || ca.is_file(),
         )?;
-        fs::write(kubectl.kubeconfig(), kubeconfig(api_port, &ca, &token))?;
+        fs::write(
+            kubectl.kubeconfig(),
+            kubeconfig(address, api_port, &ca, &token),
+        )?;
         wait_until(
             "kube-apiserver",
             Duration::from_secs(90),
@@ -295,7 +358,9 @@ impl ControlPlane {
             &[
                 kubeconfig_arg,
                 format!("--config={}", kwok_config.display()),
-                "--manage-all-nodes=true".into(),
+                // Only its own nodes: a real node's pods are the kubelet's.
+                "--manage-all-nodes=false".into(),
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
                 "--cidr=10.244.0.1/16".into(),
                 "--node-ip=127.0.0.1".into(),
                 // Leases every 40s keep the nodes Ready; without them kwok's default
@@ -333,7 +398,9 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        self.stop();
+        if let Err(error) = self.stop() {
+            eprintln!("stopping the cluster: {error:#}");
+        }
     }
 }
 
@@ -365,14 +432,14 @@ fn service_account_keys(dir: &Path) -> Result<()> {
     ])
 }
 
-fn kubeconfig(port: u16, ca: &Path, token: &str) -> String {
+fn kubeconfig(address: &str, port: u16, ca: &Path, token: &str) -> String {
     format!(
         "apiVersion: v1
 kind: Config
 clusters:
 - name: serin-e2e
   cluster:
-    server: https://127.0.0.1:{port}
+    server: https://{address}:{port}
     certificate-authority: {ca}
 users:
 - name: serin-e2e-admin
@@ -390,8 +457,8 @@ current-context: serin-e2e
     )
 }
 
-/// Nodes that kwok manages: Ready, with room for many pods, and no taint, so plain
-/// workloads schedule on them.
+/// Nodes that kwok manages: Ready, with room for many pods, and tainted, so only a
+/// pod that asks for one ([`KWOK_PLACEMENT`]) lands there.
 fn fake_nodes(count: usize) -> String {
     (0..count)
         .map(|index| {
@@ -408,6 +475,8 @@ metadata:
     kubernetes.io/os: linux
     kubernetes.io/arch: amd64
     type: kwok
+spec:
+  taints: [{{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}}]
 status:
   allocatable: {{cpu: \"64\", memory: 256Gi, pods: \"1000\"}}
   capacity: {{cpu: \"64\", memory: 256Gi, pods: \"1000\"}}

@@ -25,6 +25,40 @@ pub fn install(cluster: &Cluster) -> Result<&'static Path> {
     }
 }
 
+/// Serin installed as the README says, once per test binary: `kubectl apply -f crds/
+/// -f deploy/` (the controller from its image, two replicas, one leader), then
+/// waits until the Deployment is Available. Needs the real node and `make image`.
+pub fn install_in_cluster(cluster: &Cluster) -> Result<()> {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        let kubectl = &cluster.kubectl;
+        let root = repository_root();
+        (|| {
+            kubectl.run(&[
+                "apply",
+                "-f",
+                &root.join("crds").to_string_lossy(),
+                "-f",
+                &root.join("deploy").to_string_lossy(),
+            ])?;
+            kubectl.run(&[
+                "wait",
+                "--for=condition=Available",
+                "deployment/serin-controller",
+                "-n",
+                "serin-system",
+                "--timeout=120s",
+            ])?;
+            Ok::<_, anyhow::Error>(())
+        })()
+        .map_err(|e| format!("{e:#}"))
+    });
+    match installed {
+        Ok(()) => Ok(()),
+        Err(error) => bail!("installing Serin in the cluster: {error}"),
+    }
+}
+
 /// The one CRD installer: `kubectl apply -f crds/` once per test run, then waits
 /// until the API server serves Canaries.
 pub fn install_crds(cluster: &Cluster) -> Result<()> {
@@ -59,8 +93,9 @@ fn install_once(cluster: &Cluster) -> Result<(TempDir, PathBuf)> {
     let root = repository_root();
     let path = |dir: &str| root.join(dir).to_string_lossy().into_owned();
     install_crds(cluster)?;
-    kubectl.run(&["apply", "-f", &path("deploy/namespace.yaml")])?;
-    kubectl.run(&["apply", "-f", &path("deploy")])?;
+    // As the README says, in one command: the files of deploy/ are numbered so the
+    // namespace comes before what lives in it.
+    kubectl.run(&["apply", "-f", &path("crds"), "-f", &path("deploy")])?;
     service_account_kubeconfig(cluster, "serin-system", "serin")
 }
 

@@ -36,19 +36,30 @@ impl Cluster {
     /// example from `make cluster-up`), or else one started now with `launcher`
     /// (the `serin-cluster` binary) and stopped when this process exits.
     pub fn shared(launcher: &str) -> &'static Cluster {
-        let shared = SHARED.get_or_init(|| Self::connect(launcher).map_err(|e| format!("{e:#}")));
+        Self::shared_with(launcher, &[])
+    }
+
+    /// Like [`Cluster::shared`], with a real node (see [`crate::node`]) beside the
+    /// kwok nodes; with `$SERIN_E2E_KUBECONFIG`, that cluster must have one.
+    pub fn shared_with_real_node(launcher: &str) -> &'static Cluster {
+        Self::shared_with(launcher, &["--real-node"])
+    }
+
+    fn shared_with(launcher: &str, args: &[&str]) -> &'static Cluster {
+        let shared =
+            SHARED.get_or_init(|| Self::connect(launcher, args).map_err(|e| format!("{e:#}")));
         match shared {
             Ok(cluster) => cluster,
             Err(error) => panic!("no Kubernetes control plane for the tests: {error}"),
         }
     }
 
-    fn connect(launcher: &str) -> Result<Cluster> {
+    fn connect(launcher: &str, args: &[&str]) -> Result<Cluster> {
         let binaries = Binaries::locate(&default_bin_dir())?;
         let (kubeconfig, launched) = match std::env::var_os("SERIN_E2E_KUBECONFIG") {
             Some(path) => (PathBuf::from(path), None),
             None => {
-                let (kubeconfig, pid, dir) = launch(launcher)?;
+                let (kubeconfig, pid, dir) = launch(launcher, args)?;
                 (kubeconfig, Some((pid, dir)))
             }
         };
@@ -106,7 +117,7 @@ impl Cluster {
 /// Starts the launcher from a thread that lives as long as the process, so the
 /// kernel sends the launcher SIGTERM (and it cleans up) exactly when this process
 /// ends, whether the tests passed, failed or were killed.
-fn launch(launcher: &str) -> Result<(PathBuf, libc::pid_t, PathBuf)> {
+fn launch(launcher: &str, args: &[&str]) -> Result<(PathBuf, libc::pid_t, PathBuf)> {
     let dir = tempfile::Builder::new()
         .prefix("serin-e2e-cluster-")
         .tempdir()?
@@ -115,6 +126,7 @@ fn launch(launcher: &str) -> Result<(PathBuf, libc::pid_t, PathBuf)> {
     command
         .args(["run", "--dir"])
         .arg(&dir)
+        .args(args)
         .current_dir(repository_root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -1,4 +1,5 @@
-//! The smallest HTTP client the harness needs: GET on loopback, for readiness probes.
+//! The smallest HTTP client the harness needs: GET on loopback (or the real node's
+//! bridge), for readiness probes and Prometheus queries.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -7,11 +8,16 @@ use std::time::Duration;
 /// GETs `path` from `127.0.0.1:port` and returns the status code and body, or None
 /// when nothing answers.
 pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    get_at("127.0.0.1", port, path)
+}
+
+/// GETs `path` from `host:port`, as [`get`] does on loopback.
+pub fn get_at(host: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect((host, port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();

@@ -3,6 +3,8 @@
 
 use std::fmt::Write;
 
+use crate::cluster::KWOK_PLACEMENT;
+
 /// A Canary as a person would write it, built up field by field.
 #[derive(Clone, Debug)]
 pub struct CanaryManifest {
@@ -13,11 +15,17 @@ pub struct CanaryManifest {
     env: Vec<(String, String)>,
     service: Option<String>,
     spec: String,
+    /// Annotations of the pod template, `key: value` YAML pairs.
+    pod_annotations: Vec<String>,
+    /// More lines of the first container (probes, ports), written verbatim.
+    first_container: String,
+    /// Whether the pods run on the real node (real containers) or on kwok's nodes.
+    real_pods: bool,
 }
 
 impl CanaryManifest {
     /// `name` at 4 replicas, one container `app` running `web:1`, Services on port
-    /// 80 to container port 8080.
+    /// 80 to container port 8080, pods on kwok's nodes.
     pub fn new(name: &str) -> Self {
         Self {
             name: name.to_owned(),
@@ -26,7 +34,35 @@ impl CanaryManifest {
             env: Vec::new(),
             service: Some("{port: 80, targetPort: 8080}".to_owned()),
             spec: String::new(),
+            real_pods: false,
+            first_container: String::new(),
+            pod_annotations: Vec::new(),
         }
+    }
+
+    /// Pods annotated for Prometheus' pod discovery: scraped at `port`'s `/metrics`.
+    pub fn scraped_at(mut self, port: u16) -> Self {
+        self.pod_annotations.extend([
+            "prometheus.io/scrape: 'true'".to_owned(),
+            format!("prometheus.io/port: '{port}'"),
+        ]);
+        self
+    }
+
+    /// More fields of the first container, one YAML mapping per line
+    /// (`readinessProbe: {...}`).
+    pub fn first_container(mut self, lines: &str) -> Self {
+        for line in lines.lines().filter(|line| !line.trim().is_empty()) {
+            self.first_container
+                .push_str(&format!("        {}\n", line.trim()));
+        }
+        self
+    }
+
+    /// Pods on the real node, as real containers (the image must be imported there).
+    pub fn on_real_node(mut self) -> Self {
+        self.real_pods = true;
+        self
     }
 
     /// The first container's image.
@@ -82,14 +118,23 @@ spec:
   replicas: {replicas}
   selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {{labels: {{app: {name}}}}}
+    metadata: {{labels: {{app: {name}}}, annotations: {{{annotations}}}}}
     spec:
-      containers:
 ",
-            replicas = self.replicas
+            replicas = self.replicas,
+            annotations = self.pod_annotations.join(", ")
         );
+        if !self.real_pods {
+            for line in KWOK_PLACEMENT.lines() {
+                let _ = writeln!(yaml, "      {line}");
+            }
+        }
+        yaml.push_str("      containers:\n");
         for (index, (container, image)) in self.containers.iter().enumerate() {
             let _ = writeln!(yaml, "      - name: {container}\n        image: '{image}'");
+            if index == 0 {
+                yaml.push_str(&self.first_container);
+            }
             if index == 0 && !self.env.is_empty() {
                 yaml.push_str("        env:\n");
                 for (key, value) in &self.env {
@@ -107,6 +152,8 @@ spec:
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -116,6 +163,8 @@ mod tests {
             .replicas(3)
             .env("SIM_ERROR_RATE", "'0.02'")
             .container("sidecar", "proxy:1")
+            .first_container("ports: [{containerPort: 8080}]")
+            .scraped_at(8080)
             .spec("  steps: [10, 50]")
             .yaml();
         let canary: serin_api::Canary =
@@ -125,8 +174,26 @@ mod tests {
         let pod = canary.spec.template.spec.unwrap_or_default();
         assert_eq!(pod.containers.len(), 2);
         assert_eq!(pod.containers[0].image.as_deref(), Some("web:2"));
+        let annotations = canary.spec.template.metadata.and_then(|m| m.annotations);
+        let annotations = annotations.unwrap_or_default();
+        assert_eq!(annotations["prometheus.io/port"], "8080");
+        let ports = pod.containers[0].ports.clone().unwrap_or_default();
+        assert_eq!(ports[0].container_port, 8080);
         let env = pod.containers[0].env.clone().unwrap_or_default();
         assert_eq!(env[0].value.as_deref(), Some("0.02"));
         assert_eq!(canary.spec.service.map(|s| s.port), Some(80));
+        let kwok = BTreeMap::from([("type".to_owned(), "kwok".to_owned())]);
+        assert_eq!(pod.node_selector, Some(kwok));
+        assert_eq!(pod.tolerations.map(|t| t.len()), Some(1));
+    }
+
+    #[test]
+    fn real_pods_ask_for_no_kwok_node() {
+        let yaml = CanaryManifest::new("web").on_real_node().yaml();
+        let canary: serin_api::Canary =
+            serde_norway::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let pod = canary.spec.template.spec.unwrap_or_default();
+        assert_eq!(pod.node_selector, None);
+        assert_eq!(pod.tolerations, None);
     }
 }

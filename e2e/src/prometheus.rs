@@ -1,5 +1,6 @@
-//! A real Prometheus server (Debian's `prometheus` package) on a free loopback port,
-//! scraping the targets a test names, stopped and wiped when dropped.
+//! A real Prometheus server (Debian's `prometheus` package) on a free port, scraping
+//! the targets a test names, or, beside a cluster with a real node, the pods it
+//! discovers from the API server; stopped and wiped when dropped.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -9,7 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
+use crate::cluster::default_bin_dir;
 use crate::http;
+use crate::kubectl::Kubectl;
+use crate::node::NODE_IP;
 use crate::process::{Supervised, free_port, openssl, wait_until};
 
 /// One scrape job: a name and the `host:port` addresses it scrapes at `/metrics`.
@@ -24,6 +28,8 @@ pub struct ScrapeJob {
 /// A running Prometheus. Dropping it stops the server and deletes its data.
 pub struct Prometheus {
     process: Option<Supervised>,
+    /// Where it listens: loopback, or the real node's bridge address.
+    host: String,
     port: u16,
     dir: TempDir,
     /// Serving https with basic auth (`start_secured`).
@@ -42,9 +48,65 @@ impl Prometheus {
             scrape_config(jobs, scrape_interval),
         )?;
         let port = free_port()?;
-        let process = launch(dir.path(), port, false)?;
+        let process = launch(dir.path(), LOOPBACK, port, false)?;
         Ok(Self {
             process: Some(process),
+            host: LOOPBACK.into(),
+            port,
+            dir,
+            secured: false,
+        })
+    }
+
+    /// Starts Prometheus beside a cluster with a real node, as operators run it:
+    /// pods discovered with `kubernetes_sd_configs` against the API server (as the
+    /// ServiceAccount `monitoring/prometheus`, allowed to list and watch pods), kept
+    /// when annotated `prometheus.io/scrape: "true"`, scraped at their
+    /// `prometheus.io/port` and `prometheus.io/path`, and labelled `namespace`, `pod`
+    /// and `container` as kube-prometheus does. It listens on the node's bridge
+    /// address, so pods (an in-cluster controller) reach it too.
+    pub fn start_discovering(kubectl: &Kubectl, scrape_interval: Duration) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("serin-prometheus-")
+            .tempdir()?;
+        kubectl.run_with_input(&["apply", "-f", "-"], Some(DISCOVERY_RBAC))?;
+        let token = kubectl.run(&[
+            "create",
+            "token",
+            "prometheus",
+            "-n",
+            "monitoring",
+            "--duration=24h",
+        ])?;
+        let token_file = dir.path().join("token");
+        fs::write(&token_file, token.trim())?;
+        let server = kubectl.run(&[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ])?;
+        let ca = kubectl.run(&[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.certificate-authority}",
+        ])?;
+        let mut config = scrape_config(&[], scrape_interval);
+        config.push_str(&discovery_job(
+            server.trim(),
+            Path::new(ca.trim()),
+            &token_file,
+        ));
+        fs::write(dir.path().join("prometheus.yml"), config)?;
+        let port = free_port()?;
+        fs::write(dir.path().join(DISCOVERING), "")?;
+        let process = launch(dir.path(), NODE_IP, port, false)?;
+        Ok(Self {
+            process: Some(process),
+            host: NODE_IP.into(),
             port,
             dir,
             secured: false,
@@ -123,10 +185,11 @@ impl Prometheus {
         )?;
         let ca = fs::read(path("ca.crt"))?;
         let port = free_port()?;
-        let process = launch(dir.path(), port, true)?;
+        let process = launch(dir.path(), LOOPBACK, port, true)?;
         Ok((
             Self {
                 process: Some(process),
+                host: LOOPBACK.into(),
                 port,
                 dir,
                 secured: true,
@@ -145,11 +208,16 @@ impl Prometheus {
     /// Starts the server again on the same port with the same data.
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
-        self.process = Some(launch(self.dir.path(), self.port, self.secured)?);
+        self.process = Some(launch(
+            self.dir.path(),
+            &self.host,
+            self.port,
+            self.secured,
+        )?);
         Ok(())
     }
 
-    /// The loopback port it listens on.
+    /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -157,7 +225,35 @@ impl Prometheus {
     /// Base URL of the HTTP API, for example `http://127.0.0.1:40123`.
     pub fn url(&self) -> String {
         let scheme = if self.secured { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        format!("{scheme}://{}:{}", self.host, self.port)
+    }
+
+    /// Makes this Prometheus (beside the cluster) a Service `monitoring/<name>` on
+    /// port 9090, as an operator's in-cluster Prometheus would be, and returns the
+    /// address pods use: `http://<name>.monitoring:9090`, resolved by the cluster DNS.
+    pub fn expose(&self, kubectl: &Kubectl, name: &str) -> Result<String> {
+        let manifest = format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: monitoring}}
+spec:
+  ports: [{{name: web, port: 9090, targetPort: {port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}
+  namespace: monitoring
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: web, port: {port}, protocol: TCP}}]
+endpoints: [{{addresses: [\"{host}\"], conditions: {{ready: true}}}}]
+",
+            port = self.port,
+            host = self.host
+        );
+        kubectl.run_with_input(&["apply", "-f", "-"], Some(&manifest))?;
+        Ok(format!("http://{name}.monitoring:9090"))
     }
 
     /// Runs an instant query and returns the `data.result` array.
@@ -166,7 +262,7 @@ impl Prometheus {
             process.ensure_running()?;
         }
         let path = format!("/api/v1/query?query={}", percent_encode(promql));
-        let Some((code, body)) = http::get(self.port, &path) else {
+        let Some((code, body)) = http::get_at(&self.host, self.port, &path) else {
             bail!("prometheus did not answer {path}");
         };
         let mut reply: serde_json::Value = serde_json::from_str(&body)
@@ -178,16 +274,22 @@ impl Prometheus {
     }
 }
 
+/// Marks a Prometheus directory whose config discovers pods from the API server.
+const DISCOVERING: &str = "discovering";
+
 /// Runs Prometheus with the config and data in `dir`, until it answers `/-/ready`. The
-/// binary is `$SERIN_PROMETHEUS` or `prometheus` on PATH.
-fn launch(dir: &Path, port: u16, secured: bool) -> Result<Supervised> {
-    let program = std::env::var_os("SERIN_PROMETHEUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("prometheus"));
+/// binary is `$SERIN_PROMETHEUS`, or for pod discovery the one `make controlplane`
+/// builds (Debian's has no Kubernetes discovery), or else `prometheus` on PATH.
+fn launch(dir: &Path, host: &str, port: u16, secured: bool) -> Result<Supervised> {
+    let program = match std::env::var_os("SERIN_PROMETHEUS") {
+        Some(program) => PathBuf::from(program),
+        None if dir.join(DISCOVERING).exists() => default_bin_dir().join("prometheus"),
+        None => PathBuf::from("prometheus"),
+    };
     let mut args = vec![
         format!("--config.file={}", dir.join("prometheus.yml").display()),
         format!("--storage.tsdb.path={}", dir.join("data").display()),
-        format!("--web.listen-address=127.0.0.1:{port}"),
+        format!("--web.listen-address={host}:{port}"),
         "--log.level=warn".into(),
     ];
     if secured {
@@ -205,9 +307,9 @@ fn launch(dir: &Path, port: u16, secured: bool) -> Result<Supervised> {
         || {
             if secured {
                 // https and auth: the port accepting is all a plain probe can see.
-                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                std::net::TcpStream::connect((host, port)).is_ok()
             } else {
-                http::get(port, "/-/ready").is_some_and(|(code, _)| code == 200)
+                http::get_at(host, port, "/-/ready").is_some_and(|(code, _)| code == 200)
             }
         },
     )?;
@@ -229,6 +331,66 @@ fn scrape_config(jobs: &[ScrapeJob], interval: Duration) -> String {
         );
     }
     config
+}
+
+const LOOPBACK: &str = "127.0.0.1";
+
+/// Who Prometheus is to the API server: a ServiceAccount that may list and watch pods.
+const DISCOVERY_RBAC: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: monitoring}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: prometheus, namespace: monitoring}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: prometheus-discovery}
+rules:
+- apiGroups: [\"\"]
+  resources: [pods]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: prometheus-discovery}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: prometheus-discovery}
+subjects: [{kind: ServiceAccount, name: prometheus, namespace: monitoring}]
+";
+
+/// The pod discovery job, with kube-prometheus' relabelling conventions.
+fn discovery_job(server: &str, ca: &Path, token: &Path) -> String {
+    format!(
+        r#"- job_name: kubernetes-pods
+  kubernetes_sd_configs:
+  - role: pod
+    api_server: {server}
+    tls_config: {{ca_file: '{ca}'}}
+    authorization: {{credentials_file: '{token}'}}
+  relabel_configs:
+  - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]
+    action: keep
+    regex: "true"
+  - source_labels: [__meta_kubernetes_pod_ip, __meta_kubernetes_pod_annotation_prometheus_io_port]
+    action: replace
+    regex: (.+);(\d+)
+    replacement: $1:$2
+    target_label: __address__
+  - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path]
+    action: replace
+    regex: (.+)
+    target_label: __metrics_path__
+  - source_labels: [__meta_kubernetes_namespace]
+    target_label: namespace
+  - source_labels: [__meta_kubernetes_pod_name]
+    target_label: pod
+  - source_labels: [__meta_kubernetes_pod_container_name]
+    target_label: container
+"#,
+        ca = ca.display(),
+        token = token.display()
+    )
 }
 
 fn percent_encode(text: &str) -> String {

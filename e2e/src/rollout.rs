@@ -55,6 +55,20 @@ impl Rollout {
         })
     }
 
+    /// A namespace for a Canary that the controller installed in the cluster
+    /// ([`crate::controller::install_in_cluster`]) reconciles: no local controller.
+    pub fn prepare_in_cluster(cluster: &'static Cluster, test: &str, name: &str) -> Result<Self> {
+        crate::controller::install_in_cluster(cluster)?;
+        let namespace = cluster.namespace(test)?;
+        Ok(Self {
+            kubectl: cluster.kubectl.clone(),
+            namespace,
+            name: name.to_owned(),
+            controller: None,
+            cluster,
+        })
+    }
+
     /// Another Canary, `name`, in the same namespace and under the same controller.
     pub fn sibling(&self, name: &str) -> Self {
         Self {

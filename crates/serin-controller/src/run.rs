@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::health::WatchHealth;
-use crate::http::{self, Handler};
+use crate::http::{self, Handler, METRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use crate::metrics::Metrics;
 use crate::reconciler::{self, Settings};
 
@@ -105,23 +105,37 @@ async fn serve_endpoints(
     let metrics_handler: Handler = {
         let metrics = Arc::clone(metrics);
         Arc::new(move |path| match path {
-            "/metrics" => (StatusCode::OK, metrics.encode()),
-            _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+            "/metrics" => (StatusCode::OK, METRICS_CONTENT_TYPE, metrics.encode()),
+            _ => (
+                StatusCode::NOT_FOUND,
+                TEXT_CONTENT_TYPE,
+                "not found\n".into(),
+            ),
         })
     };
     let health_handler: Handler = {
         let ready = Arc::clone(ready);
         let health = Arc::clone(health);
         Arc::new(move |path| match path {
-            "/healthz" => (StatusCode::OK, "ok\n".into()),
-            "/readyz" if !ready.load(Ordering::Relaxed) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into())
-            }
+            "/healthz" => (StatusCode::OK, TEXT_CONTENT_TYPE, "ok\n".into()),
+            "/readyz" if !ready.load(Ordering::Relaxed) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT_CONTENT_TYPE,
+                "starting\n".into(),
+            ),
             "/readyz" => match health.problem() {
-                None => (StatusCode::OK, "ok\n".into()),
-                Some(problem) => (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")),
+                None => (StatusCode::OK, TEXT_CONTENT_TYPE, "ok\n".into()),
+                Some(problem) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT_CONTENT_TYPE,
+                    format!("{problem}\n"),
+                ),
             },
-            _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+            _ => (
+                StatusCode::NOT_FOUND,
+                TEXT_CONTENT_TYPE,
+                "not found\n".into(),
+            ),
         })
     };
     for (address, handler) in [

@@ -51,6 +51,7 @@ fn main() -> Result<()> {
         dir: dir.path().join("cluster"),
         binaries: binaries.clone(),
         nodes: 3,
+        real_node: None,
     })?;
     let cluster = Cluster::external(Kubectl::new(&binaries.kubectl, plane.kubeconfig()));
     let kubectl = &cluster.kubectl;

@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use serin_e2e::cluster::{Binaries, ControlPlane, Options, default_bin_dir};
+use serin_e2e::cluster::{
+    Binaries, ControlPlane, Options, RealNodeOptions, default_bin_dir, default_image_dir,
+};
 use serin_e2e::harness::READY_PREFIX;
+use serin_e2e::node::{self, NodeBinaries};
 
 /// The local Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager,
 /// kube-scheduler and kwok's fake nodes, on loopback.
@@ -44,6 +47,10 @@ struct Where {
     /// Number of fake nodes.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// Run a real node too: containerd, kubelet and kube-proxy (needs root and the
+    /// images from `make image`).
+    #[arg(long)]
+    real_node: bool,
 }
 
 const PID_FILE: &str = "launcher.pid";
@@ -70,11 +77,20 @@ fn run(at: &Where) -> Result<()> {
     let restart_apiserver = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&restart_apiserver))?;
     let binaries = Binaries::locate(&default_bin_dir())?;
+    let real_node = if at.real_node {
+        Some(RealNodeOptions {
+            binaries: NodeBinaries::locate(&default_bin_dir())?,
+            images: default_image_dir(),
+        })
+    } else {
+        None
+    };
     let started = Instant::now();
     let mut plane = ControlPlane::start(&Options {
         dir: at.dir.clone(),
         binaries,
         nodes: at.nodes,
+        real_node,
     })?;
     let dir = plane
         .kubeconfig()
@@ -104,9 +120,9 @@ fn run(at: &Where) -> Result<()> {
         }
         thread::sleep(Duration::from_millis(200));
     };
-    plane.stop();
+    let stopped = plane.stop();
     eprintln!("control plane stopped");
-    outcome
+    outcome.and(stopped)
 }
 
 fn start(at: &Where) -> Result<()> {
@@ -120,6 +136,7 @@ fn start(at: &Where) -> Result<()> {
         .args(["run", "--dir"])
         .arg(&at.dir)
         .arg(format!("--nodes={}", at.nodes))
+        .args(at.real_node.then_some("--real-node"))
         .stdin(Stdio::null())
         .stdout(output.try_clone()?)
         .stderr(output);
@@ -172,6 +189,11 @@ fn stop(dir: &Path) -> Result<()> {
     if alive() {
         // SAFETY: as above; the launcher's children die with it.
         unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    // A launcher that was killed cleaned up nothing: whatever a real node left
+    // (containers, mounts, veths, iptables chains, cgroups) goes now.
+    if dir.exists() {
+        node::clean_up(dir)?;
     }
     let _ = fs::remove_dir_all(dir);
     eprintln!("control plane stopped");

@@ -23,6 +23,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Binomial, Distribution, Exp, Poisson};
 use serin_api::Canary;
+use serin_controller::http::{METRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use serin_e2e::traffic::{Backend, ReadyPod, backends};
 
 /// Simulated traffic for one Canary.
@@ -92,12 +93,16 @@ async fn main() -> Result<()> {
     let registry = Arc::new(registry);
     let handler: serin_controller::http::Handler = Arc::new(move |path: &str| {
         if path != "/metrics" {
-            return (StatusCode::NOT_FOUND, String::new());
+            return (StatusCode::NOT_FOUND, TEXT_CONTENT_TYPE, String::new());
         }
         let mut text = String::new();
         match prometheus_client::encoding::text::encode(&mut text, &registry) {
-            Ok(()) => (StatusCode::OK, text),
-            Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+            Ok(()) => (StatusCode::OK, METRICS_CONTENT_TYPE, text),
+            Err(error) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                TEXT_CONTENT_TYPE,
+                error.to_string(),
+            ),
         }
     });
     serin_controller::http::serve(args.address, handler).await?;
