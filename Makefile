@@ -50,9 +50,9 @@ system-packages:
 	fi
 
 ## The Kubernetes binaries, built once from the Go modules pinned under e2e/, with
-## CoreDNS (the real node's cluster DNS) and Prometheus with its Kubernetes
-## discovery (Debian's package has none).
-controlplane: $(K8S_BINS) $(BIN)/kwok $(BIN)/prometheus $(BIN)/coredns
+## CoreDNS (the real node's cluster DNS), Traefik (the Gateway API data plane) and
+## Prometheus with its Kubernetes discovery (Debian's package has none).
+controlplane: $(K8S_BINS) $(BIN)/kwok $(BIN)/prometheus $(BIN)/coredns $(BIN)/traefik
 
 $(K8S_BINS) &: e2e/controlplane/go.mod e2e/controlplane/go.sum
 	cd e2e/controlplane && $(GO_BUILD_K8S) k8s.io/kubernetes/cmd/kube-apiserver \
@@ -82,6 +82,10 @@ image: system-packages
 
 $(BIN)/coredns: e2e/coredns/go.mod e2e/coredns/go.sum
 	cd e2e/coredns && $(GO_BUILD) github.com/coredns/coredns
+	touch $@
+
+$(BIN)/traefik: e2e/traefik/go.mod e2e/traefik/go.sum
+	cd e2e/traefik && $(GO_BUILD) github.com/traefik/traefik/v3/cmd/traefik
 	touch $@
 
 $(BIN)/prometheus: e2e/prometheus/go.mod e2e/prometheus/go.sum

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod controller;
+pub mod gateway;
 pub mod harness;
 pub mod http;
 pub mod kubectl;

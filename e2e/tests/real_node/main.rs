@@ -5,6 +5,7 @@
 
 mod analysis;
 mod failures;
+mod gateway;
 mod install;
 mod traffic;
 

@@ -19,7 +19,7 @@ pub(crate) const RATE: f64 = 80.0;
 /// Time after a weight change before its share is counted: pods become Ready, the
 /// old ones are withdrawn and kube-proxy rewrites its rules (slower on a loaded
 /// machine), so only the second half of a step, and at least this, is counted.
-const SETTLE: Duration = Duration::from_secs(5);
+pub(crate) const SETTLE: Duration = Duration::from_secs(5);
 
 /// The workload at `version`, four real pods behind the Service `web`, ready when
 /// their server answers.
@@ -102,7 +102,7 @@ impl Timeline {
     }
 
     /// Each stretch of one weight: (weight, first seen, last seen).
-    fn stretches(&self) -> Vec<(i32, Instant, Instant)> {
+    pub(crate) fn stretches(&self) -> Vec<(i32, Instant, Instant)> {
         let mut stretches: Vec<(i32, Instant, Instant)> = Vec::new();
         for &(at, weight, _) in &self.0 {
             match stretches.last_mut() {
@@ -115,7 +115,7 @@ impl Timeline {
 }
 
 /// Share of the answers sent in `[from, to]` served by `version`, and their number.
-fn share(answers: &[Answer], version: &str, from: Instant, to: Instant) -> (f64, usize) {
+pub(crate) fn share(answers: &[Answer], version: &str, from: Instant, to: Instant) -> (f64, usize) {
     let window: Vec<&Answer> = answers
         .iter()
         .filter(|a| a.sent >= from && a.sent <= to && a.succeeded())

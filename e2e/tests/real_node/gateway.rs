@@ -1,0 +1,146 @@
+//! Real requests through a real Gateway API data plane: Traefik proxies to the pods
+//! behind the HTTPRoute's backendRefs in the weights Serin writes, so the canary's
+//! share at each step is what the route says, and an abort takes it out as soon as
+//! the route is written.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serin_api::{Phase, canary_service};
+use serin_e2e::gateway::{GATEWAY_PORT, Traefik};
+use serin_e2e::load::{Answer, Load};
+use serin_e2e::node::NODE_IP;
+use serin_e2e::process::eventually;
+use serin_e2e::rollout::{Rollout, phase, revisions, weight};
+
+use crate::cluster;
+use crate::traffic::{RATE, SETTLE, Timeline, release, share, workload};
+
+fn gateway() -> Result<()> {
+    static TRAEFIK: OnceLock<Result<Traefik, String>> = OnceLock::new();
+    match TRAEFIK.get_or_init(|| Traefik::start(&cluster().kubectl).map_err(|e| format!("{e:#}"))) {
+        Ok(_) => Ok(()),
+        Err(error) => bail!("the Gateway: {error}"),
+    }
+}
+
+const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web}
+spec:
+  parentRefs: [{name: edge, namespace: default}]
+  rules:
+  - backendRefs: [{name: web-stable, port: 80}]
+";
+
+/// The canary's weight on the route as stored.
+fn route_canary_weight(rollout: &Rollout) -> Result<i64> {
+    let route = rollout
+        .kubectl
+        .get_json(&["httproute", "web", "-n", &rollout.namespace])?;
+    let backends = route["spec"]["rules"][0]["backendRefs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok(backends
+        .iter()
+        .find(|b| b["name"] == canary_service("web"))
+        .and_then(|b| b["weight"].as_i64())
+        .unwrap_or(0))
+}
+
+#[test]
+fn requests_through_the_gateway_follow_the_route_weights_and_an_abort_takes_the_canary_out()
+-> Result<()> {
+    gateway()?;
+    let rollout = Rollout::prepare_in_cluster(cluster(), "real-gateway", "web")?;
+    rollout
+        .kubectl
+        .run_with_input(&["apply", "-n", &rollout.namespace, "-f", "-"], Some(ROUTE))?;
+    let steps = "  steps: [10, 50]\n  stepDuration: 20s\n  scaleDownDelay: 5s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
+    rollout.apply_manifest(&workload("v1", steps))?;
+    rollout.wait_promoted(Duration::from_secs(90))?;
+    let address: SocketAddr = format!("{NODE_IP}:{GATEWAY_PORT}").parse()?;
+    eventually(
+        "the Gateway routing to web",
+        Duration::from_secs(60),
+        || {
+            let probe = Load::start(address, 20.0, Duration::from_millis(500))?;
+            std::thread::sleep(Duration::from_millis(600));
+            Ok(probe.stop().iter().any(Answer::succeeded).then_some(()))
+        },
+    )?;
+
+    // A healthy release, step by step through the Gateway.
+    let load = Load::start(address, RATE, Duration::from_secs(300))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let (stable, _) = revisions(&rollout.canary()?);
+    release(&rollout, "v2")?;
+    let timeline = Timeline::record(&rollout, Duration::from_secs(150), |c| {
+        revisions(c).0 != stable && phase(c) == Some(Phase::Healthy)
+    })?;
+    let mut measured = Vec::new();
+    for (step_weight, from, to) in timeline.stretches() {
+        if !(1..100).contains(&step_weight) || to < from + SETTLE + Duration::from_secs(5) {
+            continue;
+        }
+        let (observed, count) = share(&load.answers(), "v2", from + SETTLE, to);
+        let expected = f64::from(step_weight) / 100.0;
+        let tolerance = 4.0 * (expected * (1.0 - expected) / count as f64).sqrt() + 0.01;
+        eprintln!(
+            "gateway, weight {step_weight}%: {:.1}% of {count} requests on the canary (tolerance ±{:.1}%)",
+            observed * 100.0,
+            tolerance * 100.0
+        );
+        assert!(
+            (observed - expected).abs() <= tolerance,
+            "at weight {step_weight}% the canary served {:.1}% of {count} requests",
+            observed * 100.0
+        );
+        measured.push(step_weight);
+    }
+    assert_eq!(measured, [10, 50], "every step measured");
+
+    // Another release, aborted at its first step: once the route says 0, no
+    // request reaches it.
+    release(&rollout, "v3")?;
+    rollout.wait("v3 at 10%", Duration::from_secs(60), |c| weight(c) == 10)?;
+    std::thread::sleep(Duration::from_secs(5));
+    rollout.annotate("abort/gateway")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let written = loop {
+        if route_canary_weight(&rollout)? == 0 {
+            break Instant::now();
+        }
+        if Instant::now() > deadline {
+            bail!("the route still sends traffic to the canary 30s after the abort");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_secs(8));
+    let answers = load.stop();
+    let last = answers
+        .iter()
+        .filter(|a| a.version.as_deref() == Some("v3"))
+        .map(|a| a.sent)
+        .max()
+        .context("v3 served nothing before the abort")?;
+    let offset = if last >= written {
+        last.duration_since(written).as_secs_f64()
+    } else {
+        -written.duration_since(last).as_secs_f64()
+    };
+    eprintln!(
+        "gateway abort: the last request on the canary was sent {offset:+.2}s from when the route was seen written"
+    );
+    assert!(
+        offset < 3.0,
+        "Traefik still sent requests to the canary {offset:.2}s after the route was written"
+    );
+    let failed = answers.iter().filter(|a| !a.succeeded()).count();
+    eprintln!("gateway: {} requests, {failed} failed", answers.len());
+    assert_eq!(failed, 0, "no request lost through the Gateway");
+    Ok(())
+}
