@@ -5,9 +5,10 @@
 //!
 //! Without a real node everything listens on loopback. With one, the API server
 //! listens on the node's bridge address instead, so pods reach it through the
-//! `kubernetes` Service; the kwok nodes are then tainted
-//! `kwok.x-k8s.io/node=fake:NoSchedule` (always, so a manifest chooses its kind of
-//! node the same way in every cluster: [`KWOK_PLACEMENT`]).
+//! `kubernetes` Service. The kwok nodes are always tainted
+//! `kwok.x-k8s.io/node=fake:NoSchedule`, so a manifest chooses its kind of node the
+//! same way in every cluster ([`KWOK_PLACEMENT`]) and nothing meant to run lands on
+//! a node that runs nothing.
 
 use std::fs;
 use std::io::Read;
@@ -107,7 +108,7 @@ pub struct Options {
 /// A real node's programs and images.
 #[derive(Clone, Debug)]
 pub struct RealNodeOptions {
-    /// kubelet, kube-proxy, containerd.
+    /// kubelet, kube-proxy, containerd, CoreDNS.
     pub binaries: NodeBinaries,
     /// Directory of OCI image archives imported into the node's containerd.
     pub images: PathBuf,

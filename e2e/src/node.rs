@@ -1,8 +1,9 @@
 //! A real node for the test bed: containerd, runc and the CNI plugins from Debian,
 //! kubelet and kube-proxy built from the same pinned `k8s.io/kubernetes` module as
-//! the control plane. Its pods are real containers from images imported into
-//! containerd (no registry), on a bridge `serin0` (10.88.0.0/16, the node at
-//! 10.88.0.1), and kube-proxy in iptables mode makes ClusterIP Services balance.
+//! the control plane, CoreDNS from its module as the cluster DNS. Its pods are real
+//! containers from images imported into containerd (no registry), on a bridge
+//! `serin0` (10.88.0.0/16, the node at 10.88.0.1), and kube-proxy in iptables mode
+//! makes ClusterIP Services balance.
 //!
 //! A machine holds one real node at a time: the bridge, the cgroup root `serin` and
 //! kube-proxy's iptables chains are global. [`clean_up`] removes everything the node

@@ -16,7 +16,7 @@ use serin_e2e::process::eventually;
 use serin_e2e::rollout::{Rollout, phase, revisions, weight};
 
 use crate::cluster;
-use crate::traffic::{RATE, SETTLE, Timeline, release, share, workload};
+use crate::traffic::{RATE, Timeline, release, seconds_after, workload};
 
 fn gateway() -> Result<()> {
     static TRAEFIK: OnceLock<Result<Traefik, String>> = OnceLock::new();
@@ -81,26 +81,7 @@ fn requests_through_the_gateway_follow_the_route_weights_and_an_abort_takes_the_
     let timeline = Timeline::record(&rollout, Duration::from_secs(150), |c| {
         revisions(c).0 != stable && phase(c) == Some(Phase::Healthy)
     })?;
-    let mut measured = Vec::new();
-    for (step_weight, from, to) in timeline.stretches() {
-        if !(1..100).contains(&step_weight) || to < from + SETTLE + Duration::from_secs(5) {
-            continue;
-        }
-        let (observed, count) = share(&load.answers(), "v2", from + SETTLE, to);
-        let expected = f64::from(step_weight) / 100.0;
-        let tolerance = 4.0 * (expected * (1.0 - expected) / count as f64).sqrt() + 0.01;
-        eprintln!(
-            "gateway, weight {step_weight}%: {:.1}% of {count} requests on the canary (tolerance ±{:.1}%)",
-            observed * 100.0,
-            tolerance * 100.0
-        );
-        assert!(
-            (observed - expected).abs() <= tolerance,
-            "at weight {step_weight}% the canary served {:.1}% of {count} requests",
-            observed * 100.0
-        );
-        measured.push(step_weight);
-    }
+    let measured = timeline.check_shares(&load.answers(), "v2", "Gateway");
     assert_eq!(measured, [10, 50], "every step measured");
 
     // Another release, aborted at its first step: once the route says 0, no
@@ -127,11 +108,7 @@ fn requests_through_the_gateway_follow_the_route_weights_and_an_abort_takes_the_
         .map(|a| a.sent)
         .max()
         .context("v3 served nothing before the abort")?;
-    let offset = if last >= written {
-        last.duration_since(written).as_secs_f64()
-    } else {
-        -written.duration_since(last).as_secs_f64()
-    };
+    let offset = seconds_after(last, written);
     eprintln!(
         "gateway abort: the last request on the canary was sent {offset:+.2}s from when the route was seen written"
     );

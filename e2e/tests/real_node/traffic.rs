@@ -19,7 +19,7 @@ pub(crate) const RATE: f64 = 80.0;
 /// Time after a weight change before its share is counted: pods become Ready, the
 /// old ones are withdrawn and kube-proxy rewrites its rules (slower on a loaded
 /// machine), so only the second half of a step, and at least this, is counted.
-pub(crate) const SETTLE: Duration = Duration::from_secs(5);
+const SETTLE: Duration = Duration::from_secs(5);
 
 /// The workload at `version`, four real pods behind the Service `web`, ready when
 /// their server answers.
@@ -101,8 +101,38 @@ impl Timeline {
         }
     }
 
+    /// Checks, for each step long enough to settle, that `version`'s share of the
+    /// answers sent in the second half of the step (pods Ready, old ones withdrawn,
+    /// proxies updated) is within a binomial tolerance of the weight; returns the
+    /// weights checked.
+    pub(crate) fn check_shares(&self, answers: &[Answer], version: &str, path: &str) -> Vec<i32> {
+        let mut measured = Vec::new();
+        for (step_weight, from, to) in self.stretches() {
+            if !(1..100).contains(&step_weight) || to < from + SETTLE + Duration::from_secs(5) {
+                continue;
+            }
+            let settled = from + SETTLE.max((to - from) / 2);
+            let (observed, count) = share(answers, version, settled, to);
+            let expected = f64::from(step_weight) / 100.0;
+            // Each request picks a pod at random (kube-proxy's iptables rules): binomial.
+            let tolerance = 4.0 * (expected * (1.0 - expected) / count as f64).sqrt() + 0.01;
+            eprintln!(
+                "{path}, weight {step_weight}%: {:.1}% of {count} requests on the canary (tolerance ±{:.1}%)",
+                observed * 100.0,
+                tolerance * 100.0
+            );
+            assert!(
+                (observed - expected).abs() <= tolerance,
+                "through the {path}, at weight {step_weight}% the canary served {:.1}% of {count} requests",
+                observed * 100.0
+            );
+            measured.push(step_weight);
+        }
+        measured
+    }
+
     /// Each stretch of one weight: (weight, first seen, last seen).
-    pub(crate) fn stretches(&self) -> Vec<(i32, Instant, Instant)> {
+    fn stretches(&self) -> Vec<(i32, Instant, Instant)> {
         let mut stretches: Vec<(i32, Instant, Instant)> = Vec::new();
         for &(at, weight, _) in &self.0 {
             match stretches.last_mut() {
@@ -114,8 +144,17 @@ impl Timeline {
     }
 }
 
+/// Seconds from `earlier` to `later`, negative when `later` came first.
+pub(crate) fn seconds_after(later: Instant, earlier: Instant) -> f64 {
+    if later >= earlier {
+        later.duration_since(earlier).as_secs_f64()
+    } else {
+        -earlier.duration_since(later).as_secs_f64()
+    }
+}
+
 /// Share of the answers sent in `[from, to]` served by `version`, and their number.
-pub(crate) fn share(answers: &[Answer], version: &str, from: Instant, to: Instant) -> (f64, usize) {
+fn share(answers: &[Answer], version: &str, from: Instant, to: Instant) -> (f64, usize) {
     let window: Vec<&Answer> = answers
         .iter()
         .filter(|a| a.sent >= from && a.sent <= to && a.succeeded())
@@ -155,28 +194,7 @@ fn a_healthy_rollout_shifts_real_requests_by_pod_count_and_loses_none() -> Resul
         answers.len(),
         failed.iter().take(5).collect::<Vec<_>>()
     );
-    let mut measured = Vec::new();
-    for (step_weight, from, to) in timeline.stretches() {
-        if !(1..100).contains(&step_weight) || to < from + SETTLE + Duration::from_secs(5) {
-            continue;
-        }
-        let settled = from + SETTLE.max((to - from) / 2);
-        let (observed, count) = share(&answers, "v2", settled, to);
-        let expected = f64::from(step_weight) / 100.0;
-        // Each request picks a pod at random (kube-proxy's iptables rules): binomial.
-        let tolerance = 4.0 * (expected * (1.0 - expected) / count as f64).sqrt() + 0.01;
-        eprintln!(
-            "weight {step_weight}%: {:.1}% of {count} requests on the canary (tolerance ±{:.1}%)",
-            observed * 100.0,
-            tolerance * 100.0
-        );
-        assert!(
-            (observed - expected).abs() <= tolerance,
-            "at weight {step_weight}% the canary served {:.1}% of {count} requests",
-            observed * 100.0
-        );
-        measured.push(step_weight);
-    }
+    let measured = timeline.check_shares(&answers, "v2", "Service");
     assert_eq!(measured, [25, 50, 75], "every step measured");
     eprintln!(
         "{} requests, none failed; {} served by v2",
@@ -220,18 +238,13 @@ fn after_an_abort_no_request_reaches_the_canary() -> Result<()> {
         .map(|a| a.sent)
         .max()
         .context("the canary served nothing before the abort")?;
-    let delay = last_on_canary.saturating_duration_since(written);
-    let offset = if last_on_canary >= written {
-        delay.as_secs_f64()
-    } else {
-        -written.duration_since(last_on_canary).as_secs_f64()
-    };
+    let offset = seconds_after(last_on_canary, written);
     eprintln!(
         "abort: the last request on the canary was sent {offset:+.2}s from when weight 0 was seen written ({before} requests before)"
     );
     assert!(
-        delay < Duration::from_secs(5),
-        "the canary still served requests {delay:?} after the abort was written"
+        offset < 5.0,
+        "the canary still served requests {offset:.2}s after the abort was written"
     );
     let failed = answers.iter().filter(|a| !a.succeeded()).count();
     assert_eq!(failed, 0, "requests failed while the canary was taken out");
