@@ -135,6 +135,15 @@ fn real(cluster: &Cluster) -> Result<()> {
     for (version, (count, failed)) in by_version {
         println!("    {version:>12}: {count:>6} requests, {failed:>4} failed");
     }
+    let mut unanswered: BTreeMap<String, usize> = BTreeMap::new();
+    for answer in &answers {
+        if let Err(error) = &answer.outcome {
+            *unanswered.entry(error.clone()).or_default() += 1;
+        }
+    }
+    for (error, count) in unanswered {
+        println!("    {count:>6} without an answer: {error}");
+    }
     Ok(())
 }
 
