@@ -120,6 +120,9 @@ fn check_stop_leaves_nothing(kill_launcher_first: bool) -> Result<()> {
     })();
     if outcome.is_err() {
         let _ = launcher(&["stop"], &dir);
+    } else {
+        // The launcher's own log, beside the directory `start` was given.
+        let _ = fs::remove_file(dir.with_extension("log"));
     }
     outcome
 }
