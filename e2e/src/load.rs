@@ -103,6 +103,23 @@ impl Load {
         })
     }
 
+    /// Returns once a request to `target` is answered, or fails after `limit`: a new
+    /// Service answers only once kube-proxy (or a gateway) has caught up with it, and
+    /// requests sent before that are refused by the proxy, not lost by a rollout.
+    pub fn wait_answering(target: SocketAddr, limit: Duration) -> Result<()> {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            let probe = Self::start(target, 20.0, Duration::from_millis(500))?;
+            thread::sleep(Duration::from_millis(600));
+            if probe.stop().iter().any(Answer::succeeded) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > until {
+                bail!("{target} answered no request within {limit:?}");
+            }
+        }
+    }
+
     /// The answers so far.
     pub fn answers(&self) -> Vec<Answer> {
         self.answers.lock().map(|a| a.clone()).unwrap_or_default()

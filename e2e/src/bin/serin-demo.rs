@@ -93,6 +93,9 @@ fn real(cluster: &Cluster) -> Result<()> {
         .as_str()
         .context("the Service web has no ClusterIP")?;
     let address: SocketAddr = format!("{ip}:80").parse()?;
+    // Requests sent before kube-proxy has the new Service would be refused by the
+    // proxy, which says nothing about a rollout.
+    Load::wait_answering(address, Duration::from_secs(60))?;
     say(&format!(
         "version 1.0.0 is Healthy; sending 100 real requests a second to the Service web ({address})"
     ));

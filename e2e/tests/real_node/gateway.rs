@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serin_api::{Phase, canary_service};
 use serin_e2e::gateway::{GATEWAY_PORT, Traefik};
-use serin_e2e::load::{Answer, Load};
+use serin_e2e::load::Load;
 use serin_e2e::node::NODE_IP;
-use serin_e2e::process::eventually;
 use serin_e2e::rollout::{Rollout, phase, revisions, weight};
 
 use crate::cluster;
@@ -63,15 +62,7 @@ fn requests_through_the_gateway_follow_the_route_weights_and_an_abort_takes_the_
     rollout.apply_manifest(&workload("v1", steps))?;
     rollout.wait_promoted(Duration::from_secs(90))?;
     let address: SocketAddr = format!("{NODE_IP}:{GATEWAY_PORT}").parse()?;
-    eventually(
-        "the Gateway routing to web",
-        Duration::from_secs(60),
-        || {
-            let probe = Load::start(address, 20.0, Duration::from_millis(500))?;
-            std::thread::sleep(Duration::from_millis(600));
-            Ok(probe.stop().iter().any(Answer::succeeded).then_some(()))
-        },
-    )?;
+    Load::wait_answering(address, Duration::from_secs(60))?;
 
     // A healthy release, step by step through the Gateway.
     let load = Load::start(address, RATE, Duration::from_secs(300))?;

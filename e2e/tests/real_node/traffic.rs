@@ -9,7 +9,6 @@ use serin_api::Phase;
 use serin_e2e::load::{Answer, Load};
 use serin_e2e::manifest::CanaryManifest;
 use serin_e2e::node::image;
-use serin_e2e::process::eventually;
 use serin_e2e::rollout::{Rollout, phase, revisions, weight};
 
 use crate::cluster;
@@ -66,15 +65,8 @@ pub(crate) fn service_address(rollout: &Rollout) -> Result<SocketAddr> {
         .as_str()
         .context("the Service web has no ClusterIP")?;
     let address: SocketAddr = format!("{ip}:80").parse()?;
-    eventually("the Service web answering", Duration::from_secs(30), || {
-        let probe = Load::start(address, 20.0, Duration::from_millis(500))?;
-        std::thread::sleep(Duration::from_millis(600));
-        Ok(probe
-            .stop()
-            .iter()
-            .any(Answer::succeeded)
-            .then_some(address))
-    })
+    Load::wait_answering(address, Duration::from_secs(30))?;
+    Ok(address)
 }
 
 /// The Canary's weight and phase over time, sampled while `until` is false.
