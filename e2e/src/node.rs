@@ -52,7 +52,7 @@ pub struct NodeBinaries {
     pub coredns: PathBuf,
 }
 
-/// The Debian packages a real node needs, and the command that installs them.
+/// The Debian packages a real node and its images need (`make image` uses umoci).
 pub const NODE_PACKAGES: &str =
     "containerd runc containernetworking-plugins iptables iproute2 conntrack umoci";
 
