@@ -67,16 +67,7 @@ pub struct Binaries {
 impl Binaries {
     /// Finds every binary in `bin_dir`, or says how to build the missing ones.
     pub fn locate(bin_dir: &Path) -> Result<Self> {
-        let find = |name: &str| -> Result<PathBuf> {
-            let path = bin_dir.join(name);
-            if !path.is_file() {
-                bail!(
-                    "{} is missing: run `make controlplane` to build the Kubernetes binaries (or set SERIN_BIN_DIR)",
-                    path.display()
-                );
-            }
-            Ok(path)
-        };
+        let find = |name: &str| built_binary(bin_dir, name);
         let etcd = etcd_bin_vendored::etcd_bin_path()
             .context("the etcd-bin-vendored crate has no etcd for this platform")?
             .to_path_buf();
@@ -89,6 +80,18 @@ impl Binaries {
             kwok: find("kwok")?,
         })
     }
+}
+
+/// A program `make controlplane` builds into `bin_dir`, or how to build it.
+pub fn built_binary(bin_dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = bin_dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: run `make controlplane`, which builds it (or set SERIN_BIN_DIR)",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 /// How many fake nodes, and how much each can hold.

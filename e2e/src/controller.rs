@@ -108,17 +108,8 @@ pub fn service_account_kubeconfig(
 ) -> Result<(TempDir, PathBuf)> {
     let kubectl = &cluster.kubectl;
     let token = kubectl.run(&["create", "token", name, "-n", namespace, "--duration=24h"])?;
-    let view = |path: &str| {
-        kubectl.run(&[
-            "config",
-            "view",
-            "--minify",
-            "-o",
-            &format!("jsonpath={{{path}}}"),
-        ])
-    };
-    let server = view(".clusters[0].cluster.server")?;
-    let ca = view(".clusters[0].cluster.certificate-authority")?;
+    let server = kubectl.config(".clusters[0].cluster.server")?;
+    let ca = kubectl.config(".clusters[0].cluster.certificate-authority")?;
     let dir = tempfile::Builder::new().prefix("serin-e2e-sa-").tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
     fs::write(

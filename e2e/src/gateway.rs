@@ -60,19 +60,9 @@ impl Traefik {
         let dir = tempfile::Builder::new()
             .prefix("serin-traefik-")
             .tempdir()?;
-        let view = |path: &str| {
-            kubectl.run(&[
-                "config",
-                "view",
-                "--raw",
-                "--minify",
-                "-o",
-                &format!("jsonpath={path}"),
-            ])
-        };
-        let server = view("{.clusters[0].cluster.server}")?;
-        let ca = view("{.clusters[0].cluster.certificate-authority}")?;
-        let token = view("{.users[0].user.token}")?;
+        let server = kubectl.config(".clusters[0].cluster.server")?;
+        let ca = kubectl.config(".clusters[0].cluster.certificate-authority")?;
+        let token = kubectl.config(".users[0].user.token")?;
         let program = default_bin_dir().join("traefik");
         let mut process = Supervised::spawn(
             "traefik",
@@ -83,11 +73,11 @@ impl Traefik {
                 "--ping=true".into(),
                 "--ping.entryPoint=ping".into(),
                 "--providers.kubernetesgateway=true".into(),
-                format!("--providers.kubernetesgateway.endpoint={}", server.trim()),
-                format!("--providers.kubernetesgateway.token={}", token.trim()),
+                format!("--providers.kubernetesgateway.endpoint={}", server),
+                format!("--providers.kubernetesgateway.token={}", token),
                 format!(
                     "--providers.kubernetesgateway.certAuthFilePath={}",
-                    Path::new(ca.trim()).display()
+                    Path::new(&ca).display()
                 ),
                 "--log.level=INFO".into(),
             ],

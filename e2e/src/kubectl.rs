@@ -93,6 +93,20 @@ impl Kubectl {
             .is_ok_and(|status| status.success())
     }
 
+    /// A value of the kubeconfig, by JSONPath (`.clusters[0].cluster.server`), with
+    /// its secrets (`--raw`): what a process beside the cluster needs to reach it.
+    pub fn config(&self, path: &str) -> Result<String> {
+        let value = self.run(&[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ])?;
+        Ok(value.trim().to_owned())
+    }
+
     /// `kubectl get ... -o json`, parsed.
     pub fn get_json(&self, args: &[&str]) -> Result<serde_json::Value> {
         let mut all = vec!["get"];

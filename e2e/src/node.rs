@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::cluster::built_binary;
 use crate::kubectl::Kubectl;
 use crate::process::{Supervised, wait_until};
 
@@ -31,6 +32,11 @@ pub const BRIDGE: &str = "serin0";
 pub const NODE_IP: &str = "10.88.0.1";
 /// Where pod addresses come from.
 pub const POD_CIDR: &str = "10.88.0.0/16";
+/// Whether the bridge exists (a real node runs, or one was left behind).
+fn bridge_exists() -> bool {
+    Path::new("/sys/class/net").join(BRIDGE).exists()
+}
+
 /// The cgroup, in every hierarchy, under which the kubelet puts every pod.
 const CGROUP_ROOT: &str = "serin";
 /// Iptables chains of kube-proxy, the kubelet and the CNI plugins.
@@ -59,16 +65,7 @@ pub const NODE_PACKAGES: &str =
 impl NodeBinaries {
     /// Finds the node's programs, or says how to get the missing ones.
     pub fn locate(bin_dir: &Path) -> Result<Self> {
-        let built = |name: &str| -> Result<PathBuf> {
-            let path = bin_dir.join(name);
-            if !path.is_file() {
-                bail!(
-                    "{} is missing: run `make controlplane` (it builds kubelet, kube-proxy and CoreDNS)",
-                    path.display()
-                );
-            }
-            Ok(path)
-        };
+        let built = |name: &str| built_binary(bin_dir, name);
         let installed = |name: &str| -> Result<PathBuf> {
             ["/usr/bin", "/usr/sbin", "/sbin", "/bin"]
                 .iter()
@@ -125,7 +122,7 @@ pub fn lock_machine(wait: Duration) -> Result<fs::File> {
 /// server binds to it, so it must exist first), IP forwarding, the cgroup root.
 /// Refuses when another real node, or what one left behind, is still there.
 pub fn prepare_host(dir: &Path) -> Result<()> {
-    if Path::new(&format!("/sys/class/net/{BRIDGE}")).exists() {
+    if bridge_exists() {
         bail!(
             "the bridge {BRIDGE} exists: another real node runs on this machine, or one was left behind (`make cluster-down`, or `serin-cluster stop --dir <its dir>`)"
         );
@@ -439,7 +436,7 @@ pub fn clean_up(dir: &Path) -> Result<()> {
     for link in bridge_ports()? {
         let _ = run("ip", &["link", "delete", &link]);
     }
-    if Path::new(&format!("/sys/class/net/{BRIDGE}")).exists() {
+    if bridge_exists() {
         run("ip", &["link", "delete", BRIDGE])?;
     }
     remove_chains()?;
@@ -466,7 +463,7 @@ pub fn leftovers(dir: &Path) -> Result<Vec<String>> {
     for link in bridge_ports()? {
         found.push(format!("link {link}"));
     }
-    if Path::new(&format!("/sys/class/net/{BRIDGE}")).exists() {
+    if bridge_exists() {
         found.push(format!("link {BRIDGE}"));
     }
     for (family, table, chain) in chains()? {
@@ -626,6 +623,11 @@ fn is_node_chain(name: &str) -> bool {
     CHAIN_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
 }
 
+/// Whether an `iptables-save` line declares, fills or jumps to one of the node's chains.
+fn mentions_node_chain(line: &str) -> bool {
+    CHAIN_PREFIXES.iter().any(|prefix| line.contains(prefix))
+}
+
 /// The node's chains (KUBE-*, CNI-*) in every table of both families.
 fn chains() -> Result<Vec<(&'static str, &'static str, String)>> {
     let mut found = Vec::new();
@@ -655,15 +657,12 @@ fn remove_chains() -> Result<()> {
             let Ok(rules) = output(&format!("{program}-save"), &["-t", table]) else {
                 continue;
             };
-            if !rules
-                .lines()
-                .any(|line| CHAIN_PREFIXES.iter().any(|prefix| line.contains(prefix)))
-            {
+            if !rules.lines().any(mentions_node_chain) {
                 continue;
             }
             let kept: String = rules
                 .lines()
-                .filter(|line| !CHAIN_PREFIXES.iter().any(|prefix| line.contains(prefix)))
+                .filter(|line| !mentions_node_chain(line))
                 .map(|line| format!("{line}\n"))
                 .collect();
             output_with_input(&format!("{program}-restore"), &[], kept.as_bytes())

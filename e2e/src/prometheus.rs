@@ -80,26 +80,10 @@ impl Prometheus {
         ])?;
         let token_file = dir.path().join("token");
         fs::write(&token_file, token.trim())?;
-        let server = kubectl.run(&[
-            "config",
-            "view",
-            "--minify",
-            "-o",
-            "jsonpath={.clusters[0].cluster.server}",
-        ])?;
-        let ca = kubectl.run(&[
-            "config",
-            "view",
-            "--minify",
-            "-o",
-            "jsonpath={.clusters[0].cluster.certificate-authority}",
-        ])?;
+        let server = kubectl.config(".clusters[0].cluster.server")?;
+        let ca = kubectl.config(".clusters[0].cluster.certificate-authority")?;
         let mut config = scrape_config(&[], scrape_interval);
-        config.push_str(&discovery_job(
-            server.trim(),
-            Path::new(ca.trim()),
-            &token_file,
-        ));
+        config.push_str(&discovery_job(&server, Path::new(&ca), &token_file));
         fs::write(dir.path().join("prometheus.yml"), config)?;
         let port = free_port()?;
         fs::write(dir.path().join(DISCOVERING), "")?;

@@ -73,9 +73,10 @@ fn container_problem(container: &ContainerStatus, now: Timestamp) -> Option<Stri
             .and_then(|last| last.terminated.as_ref())
             .map(|t| format!(" (last exit code {})", t.exit_code))
             .unwrap_or_default();
-        return Some(match said.is_empty() {
-            true => format!("container {name}: {reason}{last_exit}"),
-            false => format!("container {name}: {reason}{last_exit}: {said}"),
+        return Some(if said.is_empty() {
+            format!("container {name}: {reason}{last_exit}")
+        } else {
+            format!("container {name}: {reason}{last_exit}: {said}")
         });
     }
     if let Some(terminated) = &state.terminated
