@@ -51,8 +51,11 @@ system-packages:
 
 ## The Kubernetes binaries, built once from the Go modules pinned under e2e/, with
 ## CoreDNS (the real node's cluster DNS), Traefik (the Gateway API data plane) and
-## Prometheus with its Kubernetes discovery (Debian's package has none).
-controlplane: $(K8S_BINS) $(BIN)/kwok $(BIN)/prometheus $(BIN)/coredns $(BIN)/traefik
+## Prometheus with its Kubernetes discovery (Debian's package has none), and Helm
+## (to lint, render and install charts/serin), and serin-kstatus (kstatus, as Flux
+## reads a Canary's health).
+controlplane: $(K8S_BINS) $(BIN)/kwok $(BIN)/prometheus $(BIN)/coredns $(BIN)/traefik $(BIN)/helm \
+              $(BIN)/serin-kstatus
 
 $(K8S_BINS) &: e2e/controlplane/go.mod e2e/controlplane/go.sum
 	cd e2e/controlplane && $(GO_BUILD_K8S) k8s.io/kubernetes/cmd/kube-apiserver \
@@ -86,6 +89,14 @@ $(BIN)/coredns: e2e/coredns/go.mod e2e/coredns/go.sum
 
 $(BIN)/traefik: e2e/traefik/go.mod e2e/traefik/go.sum
 	cd e2e/traefik && $(GO_BUILD) github.com/traefik/traefik/v3/cmd/traefik
+	touch $@
+
+$(BIN)/helm: e2e/helm/go.mod e2e/helm/go.sum
+	cd e2e/helm && $(GO_BUILD) helm.sh/helm/v3/cmd/helm
+	touch $@
+
+$(BIN)/serin-kstatus: e2e/kstatus/go.mod e2e/kstatus/go.sum e2e/kstatus/main.go
+	cd e2e/kstatus && $(GO_BUILD)serin-kstatus .
 	touch $@
 
 $(BIN)/prometheus: e2e/prometheus/go.mod e2e/prometheus/go.sum

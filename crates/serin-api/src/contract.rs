@@ -49,6 +49,15 @@ pub mod condition {
     pub const PROMOTED: &str = "Promoted";
     /// The spec is wrong in a way only the controller can see.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// kstatus' summary: the spec's template fully serves on available pods
+    /// (`kubectl wait --for=condition=Ready`, Flux `wait: true`, Argo CD health).
+    pub const READY: &str = "Ready";
+    /// kstatus' "work under way": True while a rollout or the first revision is in
+    /// progress, so GitOps tools wait instead of calling the Canary done.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus' "will not get there on its own": True after a rollback and while the
+    /// spec is invalid, so GitOps tools fail fast instead of waiting for a timeout.
+    pub const STALLED: &str = "Stalled";
 }
 
 /// Reasons of conditions and Events, as `kubectl get events` and the docs show them.

@@ -1,6 +1,6 @@
 //! The controller's own figures, served at `/metrics` in the OpenMetrics format.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use serin_api::Phase;
+use serin_api::{CanaryStatus, Phase, Verdict, reason};
 
 /// Labels of per-Canary series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,6 +40,73 @@ pub struct PhaseLabels {
     pub phase: String,
 }
 
+/// Labels of per-metric analysis series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetricLabels {
+    /// Namespace of the Canary.
+    pub namespace: String,
+    /// Name of the Canary.
+    pub canary: String,
+    /// The metric's name in spec.
+    pub metric: String,
+}
+
+/// Labels of an arm's value of one metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ArmLabels {
+    /// Namespace of the Canary.
+    pub namespace: String,
+    /// Name of the Canary.
+    pub canary: String,
+    /// The metric's name in spec.
+    pub metric: String,
+    /// `canary` or `stable`.
+    pub arm: &'static str,
+}
+
+/// Labels of a metric's verdict: one series per metric, the current verdict.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    /// Namespace of the Canary.
+    pub namespace: String,
+    /// Name of the Canary.
+    pub canary: String,
+    /// The metric's name in spec.
+    pub metric: String,
+    /// Pass, Fail or Inconclusive.
+    pub verdict: &'static str,
+}
+
+/// Labels of the fleet's transition count: the Event reason, a fixed set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    /// The reason of the transition's Event.
+    pub reason: &'static str,
+}
+
+/// The transitions the fleet view counts: rollouts started, promotions, rollbacks.
+/// Counted by reason without the Canary's name, so the series stay few whatever
+/// the fleet's size.
+pub const COUNTED_TRANSITIONS: [&str; 7] = [
+    reason::ROLLOUT_STARTED,
+    reason::ROLLOUT_RESTARTED,
+    reason::RETRIED,
+    reason::PROMOTED,
+    reason::ANALYSIS_FAILED,
+    reason::PROGRESS_DEADLINE_EXCEEDED,
+    reason::ABORTED_BY_USER,
+];
+
+const VERDICTS: [Verdict; 3] = [Verdict::Pass, Verdict::Fail, Verdict::Inconclusive];
+
+fn verdict_name(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Pass => "Pass",
+        Verdict::Fail => "Fail",
+        Verdict::Inconclusive => "Inconclusive",
+    }
+}
+
 const PHASES: [Phase; 6] = [
     Phase::Initializing,
     Phase::Healthy,
@@ -56,7 +123,14 @@ pub struct Metrics {
     failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
     weight: Family<CanaryLabels, Gauge<i64, AtomicI64>>,
+    step: Family<CanaryLabels, Gauge<i64, AtomicI64>>,
     phase: Family<PhaseLabels, Gauge<i64, AtomicI64>>,
+    evidence: Family<MetricLabels, Gauge<f64, AtomicU64>>,
+    evidence_limit: Family<CanaryLabels, Gauge<f64, AtomicU64>>,
+    value: Family<ArmLabels, Gauge<f64, AtomicU64>>,
+    verdict: Family<VerdictLabels, Gauge<i64, AtomicI64>>,
+    transitions: Family<TransitionLabels, Counter>,
+    analysed: Mutex<BTreeMap<(String, String), BTreeSet<String>>>,
     leader: Gauge<i64, AtomicI64>,
     undecodable: Gauge<i64, AtomicI64>,
     undecodable_canaries: Mutex<BTreeSet<(String, String)>>,
@@ -69,7 +143,20 @@ impl Default for Metrics {
         let failures = Family::<ErrorLabels, Counter<u64, AtomicU64>>::default();
         let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
         let weight = Family::default();
+        let step = Family::default();
         let phase = Family::default();
+        let evidence = Family::default();
+        let evidence_limit = Family::default();
+        let value = Family::default();
+        let verdict = Family::default();
+        let transitions = Family::<TransitionLabels, Counter>::default();
+        // Every reason's series exists from the start at 0, so `increase()` sees the
+        // first rollback instead of a series that appears already at 1.
+        for reason in COUNTED_TRANSITIONS {
+            transitions
+                .get_or_create(&TransitionLabels { reason })
+                .inc_by(0);
+        }
         let leader = Gauge::default();
         let undecodable = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
@@ -89,9 +176,39 @@ impl Default for Metrics {
             weight.clone(),
         );
         registry.register(
+            "canary_step",
+            "Each Canary's current step, counted from 1; 0 when no rollout runs",
+            step.clone(),
+        );
+        registry.register(
             "canary_phase",
             "1 for each Canary's current phase, 0 for the others",
             phase.clone(),
+        );
+        registry.register(
+            "analysis_evidence",
+            "Evidence against 'canary no worse' per error-rate metric, as an e-value over the rollout",
+            evidence.clone(),
+        );
+        registry.register(
+            "analysis_evidence_limit",
+            "The e-value at which a Canary's canary fails: 1 / (1 - confidence)",
+            evidence_limit.clone(),
+        );
+        registry.register(
+            "analysis_value",
+            "Each arm's latest value per metric: an error rate, or a threshold query's value",
+            value.clone(),
+        );
+        registry.register(
+            "analysis_verdict",
+            "1 for each metric's current verdict (one series per metric)",
+            verdict.clone(),
+        );
+        registry.register(
+            "transitions",
+            "Rollouts started, promoted and rolled back, by the reason of their Event",
+            transitions.clone(),
         );
         registry.register(
             "leader",
@@ -109,7 +226,14 @@ impl Default for Metrics {
             failures,
             duration,
             weight,
+            step,
             phase,
+            evidence,
+            evidence_limit,
+            value,
+            verdict,
+            transitions,
+            analysed: Mutex::default(),
             leader,
             undecodable,
             undecodable_canaries: Mutex::default(),
@@ -127,13 +251,32 @@ impl Metrics {
         }
     }
 
-    /// Records a Canary's phase and weight after a reconcile.
-    pub fn canary(&self, namespace: &str, canary: &str, phase: Option<Phase>, weight: i32) {
+    /// Records a Canary's phase, weight, step and analysis after a reconcile. The
+    /// series of a metric that left the status (a new rollout clears the analysis)
+    /// are removed, so a Canary has at most 9 series plus 5 per analysed metric.
+    pub fn canary(
+        &self,
+        namespace: &str,
+        canary: &str,
+        status: &CanaryStatus,
+        evidence_limit: Option<f64>,
+    ) {
         let labels = CanaryLabels {
             namespace: namespace.to_owned(),
             canary: canary.to_owned(),
         };
-        self.weight.get_or_create(&labels).set(i64::from(weight));
+        self.weight
+            .get_or_create(&labels)
+            .set(i64::from(status.weight));
+        self.step.get_or_create(&labels).set(i64::from(status.step));
+        match evidence_limit {
+            Some(limit) => {
+                self.evidence_limit.get_or_create(&labels).set(limit);
+            }
+            None => {
+                self.evidence_limit.remove(&labels);
+            }
+        }
         for each in PHASES {
             let labels = PhaseLabels {
                 namespace: namespace.to_owned(),
@@ -142,7 +285,95 @@ impl Metrics {
             };
             self.phase
                 .get_or_create(&labels)
-                .set(i64::from(phase == Some(each)));
+                .set(i64::from(status.phase == Some(each)));
+        }
+        let now: BTreeSet<String> = status.analysis.iter().map(|m| m.name.clone()).collect();
+        let before = self.analysed.lock().ok().map(|mut analysed| {
+            analysed
+                .insert((namespace.to_owned(), canary.to_owned()), now.clone())
+                .unwrap_or_default()
+        });
+        for gone in before.unwrap_or_default().difference(&now) {
+            self.forget_metric(namespace, canary, gone);
+        }
+        for metric in &status.analysis {
+            let labels = MetricLabels {
+                namespace: namespace.to_owned(),
+                canary: canary.to_owned(),
+                metric: metric.name.clone(),
+            };
+            match metric.evidence {
+                Some(evidence) => {
+                    self.evidence.get_or_create(&labels).set(evidence);
+                }
+                None => {
+                    self.evidence.remove(&labels);
+                }
+            }
+            for (arm, value) in [("canary", metric.canary), ("stable", metric.stable)] {
+                let labels = ArmLabels {
+                    namespace: namespace.to_owned(),
+                    canary: canary.to_owned(),
+                    metric: metric.name.clone(),
+                    arm,
+                };
+                match value {
+                    Some(value) => {
+                        self.value.get_or_create(&labels).set(value);
+                    }
+                    None => {
+                        self.value.remove(&labels);
+                    }
+                }
+            }
+            for verdict in VERDICTS {
+                let labels = VerdictLabels {
+                    namespace: namespace.to_owned(),
+                    canary: canary.to_owned(),
+                    metric: metric.name.clone(),
+                    verdict: verdict_name(verdict),
+                };
+                if verdict == metric.verdict {
+                    self.verdict.get_or_create(&labels).set(1);
+                } else {
+                    self.verdict.remove(&labels);
+                }
+            }
+        }
+    }
+
+    /// Counts the transitions of the fleet view among a reconcile's Events.
+    pub fn transitions<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
+        for reason in reasons {
+            if let Some(reason) = COUNTED_TRANSITIONS.into_iter().find(|r| *r == reason) {
+                self.transitions
+                    .get_or_create(&TransitionLabels { reason })
+                    .inc();
+            }
+        }
+    }
+
+    fn forget_metric(&self, namespace: &str, canary: &str, metric: &str) {
+        self.evidence.remove(&MetricLabels {
+            namespace: namespace.to_owned(),
+            canary: canary.to_owned(),
+            metric: metric.to_owned(),
+        });
+        for arm in ["canary", "stable"] {
+            self.value.remove(&ArmLabels {
+                namespace: namespace.to_owned(),
+                canary: canary.to_owned(),
+                metric: metric.to_owned(),
+                arm,
+            });
+        }
+        for verdict in VERDICTS {
+            self.verdict.remove(&VerdictLabels {
+                namespace: namespace.to_owned(),
+                canary: canary.to_owned(),
+                metric: metric.to_owned(),
+                verdict: verdict_name(verdict),
+            });
         }
     }
 
@@ -163,10 +394,20 @@ impl Metrics {
     /// Forgets a deleted Canary's series.
     pub fn forget(&self, namespace: &str, canary: &str) {
         self.undecodable(namespace, canary, false);
-        self.weight.remove(&CanaryLabels {
+        let labels = CanaryLabels {
             namespace: namespace.to_owned(),
             canary: canary.to_owned(),
-        });
+        };
+        self.weight.remove(&labels);
+        self.step.remove(&labels);
+        self.evidence_limit.remove(&labels);
+        let analysed =
+            self.analysed.lock().ok().and_then(|mut analysed| {
+                analysed.remove(&(namespace.to_owned(), canary.to_owned()))
+            });
+        for metric in analysed.unwrap_or_default() {
+            self.forget_metric(namespace, canary, &metric);
+        }
         for each in PHASES {
             self.phase.remove(&PhaseLabels {
                 namespace: namespace.to_owned(),
@@ -196,12 +437,63 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exports_reconciles_and_per_canary_phase_and_weight() {
+    fn exports_reconciles_per_canary_series_and_fleet_transitions() {
         let metrics = Metrics::default();
         metrics.reconciled(Duration::from_millis(3), None);
         metrics.reconciled(Duration::from_millis(3), Some("apply"));
-        metrics.canary("demo", "web", Some(Phase::Progressing), 25);
+        let mut status = CanaryStatus {
+            phase: Some(Phase::Progressing),
+            weight: 25,
+            step: 1,
+            ..CanaryStatus::default()
+        };
+        status.analysis.push(serin_api::MetricStatus {
+            name: "errors".into(),
+            canary: Some(0.02),
+            stable: Some(0.01),
+            counts: None,
+            evidence: Some(3.5),
+            carried: Vec::new(),
+            ratio: None,
+            failures: None,
+            verdict: Verdict::Inconclusive,
+            since: None,
+            at: None,
+            message: None,
+        });
+        metrics.canary("demo", "web", &status, Some(20.0));
+        metrics.transitions(["RolloutStarted", "StepAdvanced", "AnalysisFailed"]);
         let text = metrics.encode();
+        for line in [
+            r#"serin_canary_step{namespace="demo",canary="web"} 1"#,
+            r#"serin_analysis_evidence{namespace="demo",canary="web",metric="errors"} 3.5"#,
+            r#"serin_analysis_evidence_limit{namespace="demo",canary="web"} 20.0"#,
+            r#"serin_analysis_value{namespace="demo",canary="web",metric="errors",arm="stable"} 0.01"#,
+            r#"serin_analysis_verdict{namespace="demo",canary="web",metric="errors",verdict="Inconclusive"} 1"#,
+            r#"serin_transitions_total{reason="RolloutStarted"} 1"#,
+            r#"serin_transitions_total{reason="AnalysisFailed"} 1"#,
+            r#"serin_transitions_total{reason="Promoted"} 0"#,
+        ] {
+            assert!(text.contains(line), "no {line} in {text}");
+        }
+        assert!(
+            !text.contains("StepAdvanced"),
+            "only the fleet's transitions are counted"
+        );
+
+        // One verdict series per metric; a metric that leaves the status leaves /metrics.
+        status.analysis[0].verdict = Verdict::Fail;
+        metrics.canary("demo", "web", &status, Some(20.0));
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"verdict="Fail"} 1"#) && !text.contains("Inconclusive"),
+            "{text}"
+        );
+        status.analysis.clear();
+        metrics.canary("demo", "web", &status, None);
+        let text = metrics.encode();
+        assert!(!text.contains(r#"metric="errors""#), "{text}");
+        assert!(!text.contains("serin_analysis_evidence_limit{"), "{text}");
         assert!(text.contains("serin_reconciles_total 2"), "{text}");
         assert!(
             text.contains(r#"serin_reconcile_errors_total{layer="apply"} 1"#),

@@ -297,8 +297,8 @@ async fn reconcile(
     result
 }
 
-/// A Canary that does not decode gets `InvalidSpec` (and `Promoted` False) naming
-/// the field, written as a merge patch of the conditions so the rest of its status
+/// A Canary that does not decode gets `InvalidSpec` (and `Promoted` False, `Stalled`
+/// True) naming the field, written as a merge patch of the conditions so the rest of its status
 /// (the stable revision above all) survives until the spec is fixed. Nothing else
 /// is touched; the fix is an edit, which the watch sees.
 async fn report_undecodable(
@@ -339,6 +339,11 @@ async fn report_undecodable(
         &now,
         generation,
     );
+    let phase = object
+        .data
+        .pointer("/status/phase")
+        .and_then(|value| serde_json::from_value(value.clone()).ok());
+    conditions::summarize(&mut conditions, phase, &now, generation);
     let canaries: Api<DynamicObject> =
         Api::namespaced_with(context.client.clone(), namespace, &context.canary_type);
     let patch =
@@ -654,9 +659,17 @@ async fn report(
             .await
             .map_err(kube_error(Layer::Report, "writing status"))?;
     }
+    let evidence_limit = canary
+        .spec
+        .analysis
+        .as_ref()
+        .map(|analysis| 1.0 / (1.0 - analysis.confidence));
     context
         .metrics
-        .canary(namespace, name, plan.status.phase, plan.status.weight);
+        .canary(namespace, name, &plan.status, evidence_limit);
+    context
+        .metrics
+        .transitions(plan.events.iter().map(|event| event.reason));
     record_events(
         context,
         namespace,

@@ -2,8 +2,11 @@
 //! status does, so `kubectl wait` and people see when something really happened.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serin_api::{Phase, reason};
 
-pub use serin_api::condition::{AVAILABLE, INVALID_SPEC, PROGRESSING, PROMOTED};
+pub use serin_api::condition::{
+    AVAILABLE, INVALID_SPEC, PROGRESSING, PROMOTED, READY, RECONCILING, STALLED,
+};
 
 /// A condition's status, as Kubernetes spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,4 +68,81 @@ pub fn is_true(conditions: &[Condition], kind: &str) -> bool {
     conditions
         .iter()
         .any(|c| c.type_ == kind && c.status == "True")
+}
+
+/// Sets the kstatus summary (`Ready`, `Reconciling`, `Stalled`) from Serin's own
+/// conditions and phase, so tools that know nothing of Serin read a Canary the way
+/// they read a Deployment: Ready once the spec's template serves on available pods;
+/// Reconciling while a rollout (or the first revision) is under way, a pause included,
+/// since only a person ends it; Stalled after a rollback or while the spec is invalid,
+/// since neither ends without an edit or a command. All three are always present, so
+/// `kubectl get` shows them and `kubectl wait --for=condition=Stalled=False` works.
+pub fn summarize(
+    conditions: &mut Vec<Condition>,
+    phase: Option<Phase>,
+    now: &Time,
+    generation: i64,
+) {
+    let said = |kind: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == kind && c.status == "True")
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    let progressing = conditions
+        .iter()
+        .find(|c| c.type_ == PROGRESSING)
+        .map(|c| (c.reason.clone(), c.message.clone()))
+        .unwrap_or_else(|| (reason::INITIALIZING.to_owned(), String::new()));
+    let available = said(AVAILABLE);
+    let stalled =
+        said(INVALID_SPEC).or_else(|| (phase == Some(Phase::Aborted)).then(|| progressing.clone()));
+    let summary = if let Some(why) = stalled {
+        (
+            ConditionStatus::False,
+            ConditionStatus::False,
+            ConditionStatus::True,
+            why,
+        )
+    } else if let (Some(Phase::Healthy), true, Some(why)) =
+        (phase, is_true(conditions, PROMOTED), available.clone())
+    {
+        (
+            ConditionStatus::True,
+            ConditionStatus::False,
+            ConditionStatus::False,
+            (reason::HEALTHY.to_owned(), why.1),
+        )
+    } else {
+        let why = match (phase, available) {
+            (Some(Phase::Healthy), None) => conditions
+                .iter()
+                .find(|c| c.type_ == AVAILABLE)
+                .map(|c| (c.reason.clone(), c.message.clone()))
+                .unwrap_or(progressing),
+            _ => progressing,
+        };
+        (
+            ConditionStatus::False,
+            ConditionStatus::True,
+            ConditionStatus::False,
+            why,
+        )
+    };
+    let (ready, reconciling, stalled, (why, message)) = summary;
+    for (kind, status) in [
+        (READY, ready),
+        (RECONCILING, reconciling),
+        (STALLED, stalled),
+    ] {
+        set(
+            conditions,
+            kind,
+            status,
+            &why,
+            message.clone(),
+            now,
+            generation,
+        );
+    }
 }

@@ -255,7 +255,13 @@ impl<'s, 'a> Planner<'s, 'a> {
         }
     }
 
-    fn finish(self) -> Plan {
+    fn finish(mut self) -> Plan {
+        conditions::summarize(
+            &mut self.status.conditions,
+            self.status.phase,
+            &self.now,
+            self.snap.generation,
+        );
         Plan {
             actions: self.actions,
             status: self.status,

@@ -525,6 +525,97 @@ fn a_failing_analysis_aborts_with_all_traffic_on_stable_before_the_canary_scales
     assert_eq!(world.phase(), Phase::Aborted, "aborted stays aborted");
 }
 
+/// Which of kstatus' three summary conditions are True, in the order Ready,
+/// Reconciling, Stalled, with the reason they share.
+fn summary(world: &World) -> ([bool; 3], String) {
+    let truth = |kind| conditions::is_true(&world.status.conditions, kind);
+    (
+        [
+            truth(conditions::READY),
+            truth(conditions::RECONCILING),
+            truth(conditions::STALLED),
+        ],
+        world.reason(conditions::READY),
+    )
+}
+
+#[test]
+fn kstatus_reads_reconciling_during_a_rollout_ready_after_promotion_stalled_after_a_rollback() {
+    let mut world = World::new(spec(""));
+    world.instant_pods = false;
+    world.reconcile();
+    assert_eq!(
+        summary(&world),
+        ([false, true, false], "WaitingForPods".into())
+    );
+    world.make_available(STABLE);
+    world.instant_pods = true;
+    world.reconcile();
+    assert_eq!(summary(&world), ([true, false, false], "Healthy".into()));
+
+    world.new_template(CANARY);
+    world.reconcile();
+    assert_eq!(
+        world.reason(conditions::READY),
+        world.reason(conditions::PROGRESSING)
+    );
+    assert_eq!(
+        summary(&world).0,
+        [false, true, false],
+        "a rollout is work under way"
+    );
+    world.spec.paused = true;
+    world.reconcile();
+    assert_eq!(summary(&world), ([false, true, false], "Paused".into()));
+    world.spec.paused = false;
+    world.analysis = Some(StepVerdict::Fail(
+        "errors: canary 4.1% vs stable 1.0%".into(),
+    ));
+    world.advance(Duration::from_secs(15));
+    world.reconcile();
+    assert_eq!(
+        summary(&world),
+        ([false, false, true], "AnalysisFailed".into())
+    );
+    assert!(world.message(conditions::STALLED).contains("canary 4.1%"));
+
+    world.command = Some("retry/1".into());
+    world.analysis = Some(StepVerdict::Pass);
+    world.reconcile();
+    assert_eq!(
+        summary(&world).0,
+        [false, true, false],
+        "a retry is under way again"
+    );
+    for _ in 0..3 {
+        world.advance(Duration::from_secs(60));
+        world.settle();
+    }
+    assert_eq!(summary(&world), ([true, false, false], "Healthy".into()));
+    for kind in [
+        conditions::READY,
+        conditions::RECONCILING,
+        conditions::STALLED,
+    ] {
+        let condition = world.status.conditions.iter().find(|c| c.type_ == kind);
+        assert_eq!(
+            condition.and_then(|c| c.observed_generation),
+            Some(world.generation)
+        );
+    }
+
+    world.invalid = Some("HTTPRoute web not found".into());
+    world.reconcile();
+    assert_eq!(
+        summary(&world),
+        ([false, false, true], "InvalidSpec".into())
+    );
+    assert_eq!(
+        world.message(conditions::STALLED),
+        "HTTPRoute web not found"
+    );
+}
+
 #[test]
 fn inconclusive_analysis_holds_the_step_until_the_deadline() {
     let mut world = World::healthy(spec(""));
@@ -1083,6 +1174,18 @@ mod random_walks {
                 if reported_before && said > 0 && status.canary_revision == before.2 {
                     prop_assert!(false, "CanaryPodsFailing said again for the same canary while still reported");
                 }
+                // kstatus' summary: exactly one of Ready, Reconciling, Stalled holds.
+                // Ready only when the spec's template fully serves on available pods;
+                // Stalled exactly after a rollback or while the spec is invalid.
+                let (truth, _) = summary(&world);
+                prop_assert_eq!(truth.iter().filter(|t| **t).count(), 1, "{:?}", status.conditions);
+                let invalid = conditions::is_true(&status.conditions, conditions::INVALID_SPEC);
+                prop_assert_eq!(truth[2], invalid || status.phase == Some(Phase::Aborted));
+                prop_assert_eq!(
+                    truth[0],
+                    !invalid && status.phase == Some(Phase::Healthy) && world.promoted()
+                        && conditions::is_true(&status.conditions, conditions::AVAILABLE)
+                );
                 prop_assert!((0..=100).contains(&status.weight));
                 prop_assert!(status.stable_revision.is_some());
                 prop_assert_ne!(status.canary_revision.as_ref(), status.stable_revision.as_ref());

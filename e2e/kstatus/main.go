@@ -1,0 +1,35 @@
+// Command serin-kstatus reads Kubernetes objects as JSON, one per line on stdin,
+// and prints for each what kstatus computes: its status and message, tab-separated.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
+)
+
+func main() {
+	lines := bufio.NewScanner(os.Stdin)
+	lines.Buffer(make([]byte, 1<<20), 16<<20)
+	for lines.Scan() {
+		var object map[string]interface{}
+		if err := json.Unmarshal(lines.Bytes(), &object); err != nil {
+			fmt.Fprintln(os.Stderr, "serin-kstatus: not a JSON object:", err)
+			os.Exit(2)
+		}
+		result, err := status.Compute(&unstructured.Unstructured{Object: object})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "serin-kstatus:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("%s\t%s\n", result.Status, result.Message)
+	}
+	if err := lines.Err(); err != nil {
+		fmt.Fprintln(os.Stderr, "serin-kstatus:", err)
+		os.Exit(2)
+	}
+}
