@@ -10,7 +10,8 @@
 #   make cluster-up     start the control plane and a real node in the background
 #                       (REAL_NODE=0 leaves the node out; make cluster-down stops it)
 #   make image          the controller, workload and pause images as OCI archives in .cache/images
-#   make crds           regenerate crds/ from the Rust types
+#   make crds           regenerate crds/ (and the chart's copy) from the Rust types
+#   make manifests      regenerate the CRDs and deploy/serin.yaml, the chart rendered
 #   make lint           rustfmt and clippy, as CI runs them
 
 BIN         := .cache/bin
@@ -27,7 +28,7 @@ VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1
 TRIPLE      := $(shell uname -m)-unknown-linux-gnu
 STATIC_DIR  := target/$(TRIPLE)/release
 
-.PHONY: arch-check build image system-packages controlplane demo bench bench-rollout test unit e2e crds crds-check lint cluster-up cluster-down clean
+.PHONY: arch-check build image system-packages controlplane demo bench bench-rollout test unit e2e crds crds-check manifests manifests-check lint cluster-up cluster-down clean
 
 ## Debian packages the demo and the tests run: installed when missing (as root),
 ## otherwise the command to run is printed.
@@ -127,12 +128,33 @@ e2e: system-packages controlplane image
 	cargo build --workspace --locked --bins
 	cargo test --locked -p serin-e2e
 
+## The CRD from the Rust types, into crds/ and the chart's crds/.
 crds:
 	cargo run --quiet --locked -p serin -- crds > crds/serin.dev_canaries.yaml
+	cp crds/serin.dev_canaries.yaml charts/serin/crds/serin.dev_canaries.yaml
 
 crds-check:
 	cargo run --quiet --locked -p serin -- crds | diff -u crds/serin.dev_canaries.yaml - \
 		|| { echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; }
+	diff -u crds/serin.dev_canaries.yaml charts/serin/crds/serin.dev_canaries.yaml \
+		|| { echo "charts/serin/crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; }
+
+## deploy/serin.yaml is the chart rendered with its defaults (one source of truth:
+## the chart), namespace and CRD included, for `kubectl apply -f` and kustomize.
+RENDER_DEPLOY := $(BIN)/helm template serin charts/serin --namespace serin-system --include-crds \
+                 --set createNamespace=true
+
+manifests: crds $(BIN)/helm
+	$(RENDER_DEPLOY) > deploy/serin.yaml
+
+manifests-check: crds-check $(BIN)/helm
+	$(BIN)/helm lint --strict charts/serin
+	$(RENDER_DEPLOY) | diff -u deploy/serin.yaml - \
+		|| { echo "deploy/serin.yaml is stale: run 'make manifests' and commit the result" >&2; exit 1; }
+	@for field in version appVersion; do \
+		grep -qx "$$field: \"\?$(VERSION)\"\?" charts/serin/Chart.yaml \
+			|| { echo "charts/serin/Chart.yaml: $$field must be $(VERSION), the version in Cargo.toml" >&2; exit 1; }; \
+	done
 
 lint: arch-check
 	cargo fmt --all -- --check

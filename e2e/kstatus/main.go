@@ -4,24 +4,23 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"os"
 
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
 func main() {
 	lines := bufio.NewScanner(os.Stdin)
 	lines.Buffer(make([]byte, 1<<20), 16<<20)
 	for lines.Scan() {
-		var object map[string]interface{}
-		if err := json.Unmarshal(lines.Bytes(), &object); err != nil {
-			fmt.Fprintln(os.Stderr, "serin-kstatus: not a JSON object:", err)
+		object := &unstructured.Unstructured{}
+		if err := object.UnmarshalJSON(lines.Bytes()); err != nil {
+			fmt.Fprintln(os.Stderr, "serin-kstatus: not a Kubernetes object:", err)
 			os.Exit(2)
 		}
-		result, err := status.Compute(&unstructured.Unstructured{Object: object})
+		result, err := status.Compute(object)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "serin-kstatus:", err)
 			os.Exit(1)

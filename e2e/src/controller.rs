@@ -1,4 +1,5 @@
-//! Serin installed as a user installs it (`kubectl apply -f crds/ -f deploy/`) and
+//! Serin installed as a user installs it (`kubectl apply -f deploy/serin.yaml`, or
+//! the kustomize base `kubectl apply -k deploy/`) and
 //! the controller run as a local process under the `serin` ServiceAccount's
 //! permissions, so every test proves the ClusterRole is enough.
 
@@ -14,8 +15,8 @@ use crate::cluster::repository_root;
 use crate::harness::Cluster;
 use crate::process::{Supervised, eventually, free_port, wait_until};
 
-/// Installs the CRDs and `deploy/` once per test run, and returns a kubeconfig with
-/// the `serin` ServiceAccount's token.
+/// Installs the kustomize base `deploy/` once per test run, and returns a kubeconfig
+/// with the `serin` ServiceAccount's token.
 pub fn install(cluster: &Cluster) -> Result<&'static Path> {
     static INSTALLED: OnceLock<Result<(TempDir, PathBuf), String>> = OnceLock::new();
     let installed = INSTALLED.get_or_init(|| install_once(cluster).map_err(|e| format!("{e:#}")));
@@ -25,8 +26,9 @@ pub fn install(cluster: &Cluster) -> Result<&'static Path> {
     }
 }
 
-/// Serin installed as the README says, once per test binary: `kubectl apply -f crds/
-/// -f deploy/` (the controller from its image, two replicas, one leader), then
+/// Serin installed as the README says, once per test binary: `kubectl apply -f
+/// deploy/serin.yaml` (the CRD, RBAC and the controller from its image, two
+/// replicas, one leader), then
 /// waits until the Deployment is Available. Needs the real node and `make image`.
 pub fn install_in_cluster(cluster: &Cluster) -> Result<()> {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
@@ -37,9 +39,7 @@ pub fn install_in_cluster(cluster: &Cluster) -> Result<()> {
             kubectl.run(&[
                 "apply",
                 "-f",
-                &root.join("crds").to_string_lossy(),
-                "-f",
-                &root.join("deploy").to_string_lossy(),
+                &root.join("deploy/serin.yaml").to_string_lossy(),
             ])?;
             kubectl.run(&[
                 "wait",
@@ -91,11 +91,8 @@ pub fn install_crds(cluster: &Cluster) -> Result<()> {
 fn install_once(cluster: &Cluster) -> Result<(TempDir, PathBuf)> {
     let kubectl = &cluster.kubectl;
     let root = repository_root();
-    let path = |dir: &str| root.join(dir).to_string_lossy().into_owned();
     install_crds(cluster)?;
-    // As the README says, in one command: the files of deploy/ are numbered so the
-    // namespace comes before what lives in it.
-    kubectl.run(&["apply", "-f", &path("crds"), "-f", &path("deploy")])?;
+    kubectl.run(&["apply", "-k", &root.join("deploy").to_string_lossy()])?;
     service_account_kubeconfig(cluster, "serin-system", "serin")
 }
 

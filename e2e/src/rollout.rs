@@ -265,15 +265,27 @@ impl Rollout {
 
     /// `kubectl wait --for=condition=Promoted`, within `limit`.
     pub fn wait_promoted(&self, limit: Duration) -> Result<()> {
+        self.wait_condition("Promoted", limit)
+    }
+
+    /// `kubectl wait --for=condition=<condition>` (`Ready`, `Stalled=False`, ...),
+    /// within `limit`.
+    pub fn wait_condition(&self, condition: &str, limit: Duration) -> Result<()> {
         self.kubectl.run(&[
             "wait",
             "-n",
             &self.namespace,
             &format!("canary/{}", self.name),
-            "--for=condition=Promoted",
+            &format!("--for=condition={condition}"),
             &format!("--timeout={}s", limit.as_secs()),
         ])?;
         Ok(())
+    }
+
+    /// The Canary as stored, undecoded: what GitOps tools read.
+    pub fn object(&self) -> Result<Value> {
+        self.kubectl
+            .get_json(&["canary", &self.name, "-n", &self.namespace])
     }
 
     /// The reasons of the Canary's Events.

@@ -82,7 +82,7 @@ fn real(cluster: &Cluster) -> Result<()> {
     say("starting Prometheus beside the cluster: it discovers pods through the API server");
     let prometheus = Prometheus::start_discovering(kubectl, Duration::from_secs(1))?;
     prometheus.expose(kubectl, "prometheus")?;
-    say("installing Serin from its image: kubectl apply -f crds/ -f deploy/");
+    say("installing Serin from its image: kubectl apply -f deploy/serin.yaml");
     install_in_cluster(cluster)?;
     kubectl.run(&["create", "namespace", "demo"])?;
     let example = repository_root().join("docs/examples/demo.yaml");
@@ -166,7 +166,7 @@ fn simulated(cluster: &Cluster, kubeconfig: &std::path::Path) -> Result<()> {
     say("starting the traffic simulator (100 req/s to podinfo) and Prometheus scraping it");
     let traffic = Traffic::start(kubeconfig, "demo", NAME, 100.0)?;
     let prometheus = traffic.scraped()?;
-    say("installing Serin: kubectl apply -f crds/ -f deploy/, controller under its ServiceAccount");
+    say("installing Serin: kubectl apply -k deploy/, controller under its ServiceAccount");
     let controller = Controller::start_with(
         cluster,
         "demo",

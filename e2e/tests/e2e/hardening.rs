@@ -53,6 +53,16 @@ fn an_undecodable_canary_is_reported_and_cannot_stop_the_others() -> Result<()> 
         Some("False")
     );
     assert!(bad.events()?.contains(&"InvalidSpec".to_owned()));
+    // GitOps tools read it as stalled (kstatus Failed, Argo CD Degraded), not as
+    // work under way.
+    let stalled = status_condition(&seen, "Stalled");
+    assert_eq!(
+        stalled
+            .as_ref()
+            .map(|c| (c.status.as_str(), c.reason.as_str())),
+        Some(("True", "InvalidSpec")),
+        "{stalled:?}"
+    );
 
     // A restarted controller lists every Canary at once; the bad one must not fail
     // that list. Ready means every watch listed.

@@ -7,6 +7,7 @@ mod canary_api;
 mod chaos;
 mod control_plane;
 mod gateway;
+mod gitops;
 mod hardening;
 mod plugin;
 mod rollout;

@@ -1,4 +1,4 @@
-//! Serin installed as the README says — `kubectl apply -f crds/ -f deploy/` — runs
+//! Serin installed as the README says — `kubectl apply -f deploy/serin.yaml` — runs
 //! from its own image on the real node, two replicas with one leader, reconciles a
 //! Canary of real pods, and Prometheus scrapes its `/metrics`.
 
