@@ -1,5 +1,5 @@
-//! Serin installed as a user installs it (`kubectl apply -f deploy/serin.yaml`, or
-//! the kustomize base `kubectl apply -k deploy/`) and
+//! Serin installed as a user installs it (`helm install`, or the kustomize base
+//! `kubectl apply -k deploy/`) and
 //! the controller run as a local process under the `serin` ServiceAccount's
 //! permissions, so every test proves the ClusterRole is enough.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
-use crate::cluster::repository_root;
+use crate::cluster::{default_bin_dir, repository_root};
 use crate::harness::Cluster;
 use crate::process::{Supervised, eventually, free_port, wait_until};
 
@@ -26,20 +26,24 @@ pub fn install(cluster: &Cluster) -> Result<&'static Path> {
     }
 }
 
-/// Serin installed as the README says, once per test binary: `kubectl apply -f
-/// deploy/serin.yaml` (the CRD, RBAC and the controller from its image, two
-/// replicas, one leader), then
-/// waits until the Deployment is Available. Needs the real node and `make image`.
+/// Serin installed as the README says, once per test binary: `helm install serin
+/// charts/serin -n serin-system --create-namespace` (the CRD, RBAC and the
+/// controller from its image, two replicas, one leader), then waits until the
+/// Deployment is Available. Needs the real node, `make image` and Helm
+/// (`make controlplane`).
 pub fn install_in_cluster(cluster: &Cluster) -> Result<()> {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
     let installed = INSTALLED.get_or_init(|| {
         let kubectl = &cluster.kubectl;
-        let root = repository_root();
+        let helm = kubectl.with_program(&default_bin_dir().join("helm"));
         (|| {
-            kubectl.run(&[
-                "apply",
-                "-f",
-                &root.join("deploy/serin.yaml").to_string_lossy(),
+            helm.run(&[
+                "install",
+                "serin",
+                &repository_root().join("charts/serin").to_string_lossy(),
+                "--namespace",
+                "serin-system",
+                "--create-namespace",
             ])?;
             kubectl.run(&[
                 "wait",

@@ -22,6 +22,12 @@ impl Kubectl {
         }
     }
 
+    /// Another program that takes `--kubeconfig` as kubectl does (helm), run
+    /// against the same cluster.
+    pub fn with_program(&self, program: &Path) -> Self {
+        Self::new(program, &self.kubeconfig)
+    }
+
     /// The kubeconfig this kubectl uses.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig

@@ -6,6 +6,7 @@ mod analysis;
 mod canary_api;
 mod chaos;
 mod control_plane;
+mod dashboard;
 mod gateway;
 mod gitops;
 mod hardening;

@@ -1,4 +1,4 @@
-//! Serin installed as the README says — `kubectl apply -f deploy/serin.yaml` — runs
+//! Serin installed as the README says — `helm install serin charts/serin` — runs
 //! from its own image on the real node, two replicas with one leader, reconciles a
 //! Canary of real pods, and Prometheus scrapes its `/metrics`.
 
@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serin_api::Phase;
+use serin_e2e::cluster::default_bin_dir;
 use serin_e2e::node::{NODE_NAME, image};
 use serin_e2e::process::eventually;
 use serin_e2e::prometheus::Prometheus;
@@ -15,7 +16,7 @@ use crate::cluster;
 use crate::traffic::{release, workload};
 
 #[test]
-fn serin_installed_as_the_readme_says_runs_from_its_image_with_one_leader() -> Result<()> {
+fn serin_installed_with_helm_runs_from_its_image_with_one_leader() -> Result<()> {
     let mut prometheus = Prometheus::start_discovering(&cluster().kubectl, Duration::from_secs(1))?;
     let rollout = Rollout::prepare_in_cluster(cluster(), "installed", "web")?;
     let kubectl = &cluster().kubectl;
@@ -40,6 +41,11 @@ fn serin_installed_as_the_readme_says_runs_from_its_image_with_one_leader() -> R
                 .to_owned(),
         );
     }
+    let helm = kubectl.with_program(&default_bin_dir().join("helm"));
+    let releases: serde_json::Value =
+        serde_json::from_str(&helm.run(&["list", "-n", "serin-system", "-o", "json"])?)?;
+    assert_eq!(releases[0]["name"], "serin", "{releases}");
+    assert_eq!(releases[0]["status"], "deployed", "{releases}");
     let lease = kubectl.get_json(&["lease", "serin-controller", "-n", "serin-system"])?;
     let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
     assert!(
