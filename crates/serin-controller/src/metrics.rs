@@ -436,11 +436,8 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    #[test]
-    fn exports_reconciles_per_canary_series_and_fleet_transitions() {
-        let metrics = Metrics::default();
-        metrics.reconciled(Duration::from_millis(3), None);
-        metrics.reconciled(Duration::from_millis(3), Some("apply"));
+    /// A Canary at step 1 with one error-rate metric under analysis.
+    fn analysed() -> CanaryStatus {
         let mut status = CanaryStatus {
             phase: Some(Phase::Progressing),
             weight: 25,
@@ -461,6 +458,15 @@ mod tests {
             at: None,
             message: None,
         });
+        status
+    }
+
+    #[test]
+    fn exports_reconciles_per_canary_series_and_fleet_transitions() {
+        let metrics = Metrics::default();
+        metrics.reconciled(Duration::from_millis(3), None);
+        metrics.reconciled(Duration::from_millis(3), Some("apply"));
+        let mut status = analysed();
         metrics.canary("demo", "web", &status, Some(20.0));
         metrics.transitions(["RolloutStarted", "StepAdvanced", "AnalysisFailed"]);
         let text = metrics.encode();
@@ -521,5 +527,26 @@ mod tests {
         let text = metrics.encode();
         assert!(!text.contains(r#"canary="web""#), "{text}");
         assert!(text.contains("serin_canaries_undecodable 0"), "{text}");
+    }
+
+    #[test]
+    fn every_metric_is_in_the_reference_page() {
+        let reference = include_str!("../../../docs/reference.md");
+        let metrics = Metrics::default();
+        metrics.reconciled(Duration::from_millis(1), Some("observe"));
+        metrics.canary("demo", "web", &analysed(), Some(20.0));
+        let text = metrics.encode();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# HELP "))
+            .filter_map(|line| line.split(' ').next())
+            .collect();
+        assert!(names.len() >= 13, "{names:?}");
+        for name in names {
+            assert!(
+                reference.contains(&format!("`{name}")),
+                "docs/reference.md does not name {name}"
+            );
+        }
     }
 }
