@@ -82,7 +82,9 @@ fn real(cluster: &Cluster) -> Result<()> {
     say("starting Prometheus beside the cluster: it discovers pods through the API server");
     let prometheus = Prometheus::start_discovering(kubectl, Duration::from_secs(1))?;
     prometheus.expose(kubectl, "prometheus")?;
-    say("installing Serin from its image: kubectl apply -f deploy/serin.yaml");
+    say(
+        "installing Serin from its image: helm install serin charts/serin -n serin-system --create-namespace",
+    );
     install_in_cluster(cluster)?;
     kubectl.run(&["create", "namespace", "demo"])?;
     let example = repository_root().join("docs/examples/demo.yaml");
