@@ -107,6 +107,22 @@ fn verdict_name(verdict: Verdict) -> &'static str {
     }
 }
 
+/// Sets a gauge to `value`, or removes its series when there is none, so a figure
+/// Serin no longer has is absent from `/metrics` rather than stale.
+fn set_or_remove<L>(family: &Family<L, Gauge<f64, AtomicU64>>, labels: &L, value: Option<f64>)
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    match value {
+        Some(value) => {
+            family.get_or_create(labels).set(value);
+        }
+        None => {
+            family.remove(labels);
+        }
+    }
+}
+
 const PHASES: [Phase; 6] = [
     Phase::Initializing,
     Phase::Healthy,
@@ -269,14 +285,7 @@ impl Metrics {
             .get_or_create(&labels)
             .set(i64::from(status.weight));
         self.step.get_or_create(&labels).set(i64::from(status.step));
-        match evidence_limit {
-            Some(limit) => {
-                self.evidence_limit.get_or_create(&labels).set(limit);
-            }
-            None => {
-                self.evidence_limit.remove(&labels);
-            }
-        }
+        set_or_remove(&self.evidence_limit, &labels, evidence_limit);
         for each in PHASES {
             let labels = PhaseLabels {
                 namespace: namespace.to_owned(),
@@ -302,14 +311,7 @@ impl Metrics {
                 canary: canary.to_owned(),
                 metric: metric.name.clone(),
             };
-            match metric.evidence {
-                Some(evidence) => {
-                    self.evidence.get_or_create(&labels).set(evidence);
-                }
-                None => {
-                    self.evidence.remove(&labels);
-                }
-            }
+            set_or_remove(&self.evidence, &labels, metric.evidence);
             for (arm, value) in [("canary", metric.canary), ("stable", metric.stable)] {
                 let labels = ArmLabels {
                     namespace: namespace.to_owned(),
@@ -317,14 +319,7 @@ impl Metrics {
                     metric: metric.name.clone(),
                     arm,
                 };
-                match value {
-                    Some(value) => {
-                        self.value.get_or_create(&labels).set(value);
-                    }
-                    None => {
-                        self.value.remove(&labels);
-                    }
-                }
+                set_or_remove(&self.value, &labels, value);
             }
             for verdict in VERDICTS {
                 let labels = VerdictLabels {

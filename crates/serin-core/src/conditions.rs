@@ -83,58 +83,36 @@ pub fn summarize(
     now: &Time,
     generation: i64,
 ) {
-    let said = |kind: &str| {
-        conditions
-            .iter()
-            .find(|c| c.type_ == kind && c.status == "True")
-            .map(|c| (c.reason.clone(), c.message.clone()))
-    };
-    let progressing = conditions
-        .iter()
-        .find(|c| c.type_ == PROGRESSING)
-        .map(|c| (c.reason.clone(), c.message.clone()))
+    let condition = |kind: &str| conditions.iter().find(|c| c.type_ == kind);
+    let said = |c: &Condition| (c.reason.clone(), c.message.clone());
+    let holds = |kind: &str| is_true(conditions, kind);
+    let progressing = condition(PROGRESSING)
+        .map(said)
         .unwrap_or_else(|| (reason::INITIALIZING.to_owned(), String::new()));
-    let available = said(AVAILABLE);
-    let stalled =
-        said(INVALID_SPEC).or_else(|| (phase == Some(Phase::Aborted)).then(|| progressing.clone()));
-    let summary = if let Some(why) = stalled {
-        (
-            ConditionStatus::False,
-            ConditionStatus::False,
-            ConditionStatus::True,
-            why,
-        )
-    } else if let (Some(Phase::Healthy), true, Some(why)) =
-        (phase, is_true(conditions, PROMOTED), available.clone())
-    {
-        (
-            ConditionStatus::True,
-            ConditionStatus::False,
-            ConditionStatus::False,
-            (reason::HEALTHY.to_owned(), why.1),
-        )
-    } else {
-        let why = match (phase, available) {
-            (Some(Phase::Healthy), None) => conditions
-                .iter()
-                .find(|c| c.type_ == AVAILABLE)
-                .map(|c| (c.reason.clone(), c.message.clone()))
-                .unwrap_or(progressing),
-            _ => progressing,
-        };
-        (
-            ConditionStatus::False,
-            ConditionStatus::True,
-            ConditionStatus::False,
-            why,
-        )
+    let healthy = phase == Some(Phase::Healthy);
+    // The one of the three that is True, and the reason all three give.
+    let (true_one, (why, message)) = match condition(INVALID_SPEC).filter(|c| c.status == "True") {
+        Some(invalid) => (STALLED, said(invalid)),
+        None if phase == Some(Phase::Aborted) => (STALLED, progressing),
+        None if healthy && holds(PROMOTED) && holds(AVAILABLE) => {
+            let serving = condition(AVAILABLE).map(|c| c.message.clone());
+            (
+                READY,
+                (reason::HEALTHY.to_owned(), serving.unwrap_or_default()),
+            )
+        }
+        None if healthy && !holds(AVAILABLE) => (
+            RECONCILING,
+            condition(AVAILABLE).map(said).unwrap_or(progressing),
+        ),
+        None => (RECONCILING, progressing),
     };
-    let (ready, reconciling, stalled, (why, message)) = summary;
-    for (kind, status) in [
-        (READY, ready),
-        (RECONCILING, reconciling),
-        (STALLED, stalled),
-    ] {
+    for kind in [READY, RECONCILING, STALLED] {
+        let status = if kind == true_one {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        };
         set(
             conditions,
             kind,
