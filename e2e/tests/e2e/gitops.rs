@@ -211,6 +211,17 @@ fn kstatus(objects: &[Value]) -> Result<Vec<String>> {
         .collect())
 }
 
+/// While `held`, a ResourceQuota of no pods in the rollout's namespace: the
+/// ReplicaSets cannot add a pod, so a phase that waits for pods lasts.
+fn hold_pods(rollout: &Rollout, held: bool) -> Result<()> {
+    let quota = "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: no-pods\nspec:\n  hard:\n    pods: \"0\"\n";
+    let verb = if held { "apply" } else { "delete" };
+    rollout
+        .kubectl
+        .run_with_input(&[verb, "-n", &rollout.namespace, "-f", "-"], Some(quota))?;
+    Ok(())
+}
+
 /// Every version of the Canary the test looked at.
 #[derive(Default)]
 struct Seen(Vec<Value>);
@@ -265,7 +276,13 @@ fn gitops_tools_read_every_phase_and_argo_cd_actions_steer_the_rollout() -> Resu
     let argocd = ArgoCd::load()?;
     let mut rollout = Rollout::prepare(cluster(), "gitops", "web")?;
     let mut seen = Seen::default();
+    // A quota of no pods holds the first revision in Initializing.
+    hold_pods(&rollout, true)?;
     rollout.apply("web:1", STEPS)?;
+    seen.until(&rollout, "initializing", |o| {
+        phase(o) == "Initializing" && acted_on(o)
+    })?;
+    hold_pods(&rollout, false)?;
     seen.until(&rollout, "healthy", |o| phase(o) == "Healthy")?;
     rollout.wait_condition("Ready", Duration::from_secs(30))?;
     rollout.wait_condition("Stalled=False", Duration::from_secs(5))?;
@@ -302,7 +319,11 @@ fn gitops_tools_read_every_phase_and_argo_cd_actions_steer_the_rollout() -> Resu
         phase(o) == "Progressing" && o["status"]["weight"] == 25
     })?;
     let stable = rollout.object()?["status"]["stableRevision"].clone();
+    // The quota holds the canary short of full size: Promoting lasts until it goes.
+    hold_pods(&rollout, true)?;
     argocd.act("promote-full", &rollout)?;
+    seen.until(&rollout, "promoting", |o| phase(o) == "Promoting")?;
+    hold_pods(&rollout, false)?;
     seen.until(&rollout, "promoted", |o| {
         phase(o) == "Healthy" && o["status"]["stableRevision"] != stable
     })?;
@@ -342,7 +363,14 @@ fn gitops_tools_read_every_phase_and_argo_cd_actions_steer_the_rollout() -> Resu
     for (row, (health, kstatus, message)) in &table {
         println!("{row:32} Argo CD {health:12} kstatus {kstatus:11} {message}");
     }
-    for phase in ["Healthy", "Paused", "Progressing", "Aborted"] {
+    for phase in [
+        "Initializing",
+        "Healthy",
+        "Paused",
+        "Progressing",
+        "Promoting",
+        "Aborted",
+    ] {
         ensure!(table.contains_key(phase), "never saw {phase}: {table:?}");
     }
     ensure!(table.keys().any(|row| row.contains("not yet seen")));
