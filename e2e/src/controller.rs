@@ -217,6 +217,16 @@ impl Controller {
         self.process.kill();
     }
 
+    /// Waits up to `limit` for the controller to exit by itself, as it does when
+    /// a flag is wrong; its exit status and output.
+    pub fn wait_exit(mut self, limit: Duration) -> Result<(std::process::ExitStatus, String)> {
+        let status = eventually("the controller exiting", limit, || {
+            Ok(self.process.exited())
+        })
+        .with_context(|| self.log())?;
+        Ok((status, self.log()))
+    }
+
     /// The controller's process id.
     pub fn pid(&self) -> u32 {
         self.process.id()

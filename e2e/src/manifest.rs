@@ -9,6 +9,8 @@ use crate::cluster::KWOK_PLACEMENT;
 #[derive(Clone, Debug)]
 pub struct CanaryManifest {
     name: String,
+    /// Labels of the Canary itself, `key: value` YAML pairs.
+    labels: Vec<String>,
     replicas: u32,
     containers: Vec<(String, String)>,
     /// Env of the first container, values written verbatim as YAML.
@@ -29,6 +31,7 @@ impl CanaryManifest {
     pub fn new(name: &str) -> Self {
         Self {
             name: name.to_owned(),
+            labels: Vec::new(),
             replicas: 4,
             containers: vec![("app".to_owned(), "web:1".to_owned())],
             env: Vec::new(),
@@ -62,6 +65,12 @@ impl CanaryManifest {
     /// Pods on the real node, as real containers (the image must be imported there).
     pub fn on_real_node(mut self) -> Self {
         self.real_pods = true;
+        self
+    }
+
+    /// A label on the Canary (not its pods), such as a shard's.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.push(format!("{key}: '{value}'"));
         self
     }
 
@@ -113,7 +122,7 @@ impl CanaryManifest {
         let mut yaml = format!(
             "apiVersion: serin.dev/v1alpha1
 kind: Canary
-metadata: {{name: {name}}}
+metadata: {{name: {name}, labels: {{{labels}}}}}
 spec:
   replicas: {replicas}
   selector: {{matchLabels: {{app: {name}}}}}
@@ -122,6 +131,7 @@ spec:
     spec:
 ",
             replicas = self.replicas,
+            labels = self.labels.join(", "),
             annotations = self.pod_annotations.join(", ")
         );
         if !self.real_pods {

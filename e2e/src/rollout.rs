@@ -44,8 +44,18 @@ impl Rollout {
 
     /// A namespace with its own controller, and no Canary yet.
     pub fn prepare(cluster: &'static Cluster, test: &str, name: &str) -> Result<Self> {
+        Self::prepare_with(cluster, test, name, &[])
+    }
+
+    /// As [`Self::prepare`], the controller given more `flags`.
+    pub fn prepare_with(
+        cluster: &'static Cluster,
+        test: &str,
+        name: &str,
+        flags: &[String],
+    ) -> Result<Self> {
         let namespace = cluster.namespace(test)?;
-        let controller = Controller::start(cluster, &namespace)?;
+        let controller = Controller::start_with(cluster, &namespace, flags)?;
         Ok(Self {
             kubectl: cluster.kubectl.clone(),
             namespace,
@@ -290,6 +300,15 @@ impl Rollout {
 
     /// The reasons of the Canary's Events.
     pub fn events(&self) -> Result<Vec<String>> {
+        Ok(self
+            .event_objects()?
+            .iter()
+            .filter_map(|event| event["reason"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// The Canary's Events as the API server returns them.
+    pub fn event_objects(&self) -> Result<Vec<Value>> {
         let events = self.kubectl.get_json(&[
             "events",
             "-n",
@@ -300,12 +319,7 @@ impl Rollout {
                 self.name
             ),
         ])?;
-        Ok(events["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|event| event["reason"].as_str().map(str::to_owned))
-            .collect())
+        Ok(events["items"].as_array().cloned().unwrap_or_default())
     }
 }
 

@@ -171,6 +171,8 @@ pub async fn reconcile_canary(
 pub struct Settings {
     /// Namespace to watch; None: every namespace.
     pub namespace: Option<String>,
+    /// Label selector on Canaries: the shard this controller owns; None: all.
+    pub shard_selector: Option<String>,
     /// Canaries reconciled at once.
     pub concurrency: u16,
     /// Prometheus for Canaries whose analysis names none.
@@ -190,28 +192,27 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let canary_type = ApiResource::erase::<Canary>(&());
-    let (canaries, replica_sets, services) = match &settings.namespace {
+    let canaries = canaries(&client, &settings);
+    let (replica_sets, services) = match &settings.namespace {
         Some(namespace) => (
-            Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &canary_type),
             Api::<PartialObjectMeta<ReplicaSet>>::namespaced(client.clone(), namespace),
             Api::<PartialObjectMeta<Service>>::namespaced(client.clone(), namespace),
         ),
         None => (
-            Api::<DynamicObject>::all_with(client.clone(), &canary_type),
             Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
             Api::<PartialObjectMeta<Service>>::all(client.clone()),
         ),
     };
+    let shard = match &settings.shard_selector {
+        Some(selector) => watcher::Config::default().labels(selector),
+        None => watcher::Config::default(),
+    };
     let owned = watcher::Config::default().labels(CANARY_LABEL);
     let writer = reflector::store::Writer::new(canary_type.clone());
     let store = writer.as_reader();
-    let canary_events = tracked(
-        "canaries",
-        watcher(canaries, watcher::Config::default()),
-        &health,
-    )
-    .reflect(writer)
-    .applied_objects();
+    let canary_events = tracked("canaries", watcher(canaries, shard), &health)
+        .reflect(writer)
+        .applied_objects();
     let replica_set_events =
         tracked("replicasets", watcher(replica_sets, owned.clone()), &health).touched_objects();
     let service_events = tracked("services", watcher(services, owned), &health).touched_objects();
@@ -233,6 +234,15 @@ pub async fn run(
         })
         .await;
     health.clear();
+}
+
+/// The Canaries in the controller's namespace (or all), as untyped objects.
+pub fn canaries(client: &Client, settings: &Settings) -> Api<DynamicObject> {
+    let canary_type = ApiResource::erase::<Canary>(&());
+    match &settings.namespace {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &canary_type),
+        None => Api::all_with(client.clone(), &canary_type),
+    }
 }
 
 /// A watch with back-off whose every outcome is reported to `health`.

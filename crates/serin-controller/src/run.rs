@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 use kube::Client;
+use kube::api::ListParams;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -16,8 +17,34 @@ use crate::http::{self, Handler, METRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use crate::metrics::Metrics;
 use crate::reconciler::{self, Settings};
 
-/// Name of the Lease the replicas compete for.
+/// Name of the Lease the replicas compete for, without a shard selector.
 pub const LEASE_NAME: &str = "serin-controller";
+
+/// The Lease of the replicas that own the Canaries `shard_selector` selects: one
+/// per selector, so every shard has its own leader, and two installs given the same
+/// selector share one (only one of them acts). Readable in `kubectl get leases`,
+/// with a hash of the exact selector so that two selectors never share a name.
+pub fn lease_name(shard_selector: Option<&str>) -> String {
+    let Some(selector) = shard_selector else {
+        return LEASE_NAME.to_owned();
+    };
+    let mut readable = String::new();
+    for c in selector.chars().map(|c| c.to_ascii_lowercase()).take(200) {
+        match c {
+            'a'..='z' | '0'..='9' => readable.push(c),
+            _ if !readable.is_empty() && !readable.ends_with('-') => readable.push('-'),
+            _ => {}
+        }
+    }
+    let hash = selector.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    let readable = readable.trim_end_matches('-');
+    match readable {
+        "" => format!("{LEASE_NAME}-{:06x}", hash & 0xff_ffff),
+        _ => format!("{LEASE_NAME}-{readable}-{:06x}", hash & 0xff_ffff),
+    }
+}
 
 /// Longest the process keeps going after SIGTERM: in-flight reconciles finish and
 /// the Lease is released within it, or the process exits anyway (the Lease then
@@ -35,7 +62,7 @@ pub struct Options {
     pub health_address: SocketAddr,
     /// Compete for a Lease so that only one replica acts.
     pub leader_election: bool,
-    /// Namespace of the Lease.
+    /// Namespace of the Lease (its name follows the shard, see [`lease_name`]).
     pub lease_namespace: String,
     /// This replica's name in the Lease.
     pub identity: String,
@@ -56,9 +83,25 @@ pub enum RunError {
     /// The API server did not answer.
     #[error("reaching the Kubernetes API: {0}")]
     Api(#[source] kube::Error),
+    /// The shard selector is not a label selector the API server accepts.
+    #[error(
+        "--shard-selector {selector:?} is refused by the API server: {message}; give a label selector such as serin.dev/shard=a"
+    )]
+    ShardSelector {
+        /// The selector given.
+        selector: String,
+        /// The API server's words.
+        message: String,
+    },
     /// Leader election failed.
-    #[error("leader election on Lease {LEASE_NAME}: {0}")]
-    Lease(#[source] kube_lease_manager::LeaseManagerError),
+    #[error("leader election on Lease {lease}: {source}")]
+    Lease {
+        /// The Lease's name.
+        lease: String,
+        /// Why.
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
 }
 
 /// Runs until SIGTERM or Ctrl-C: serves the endpoints, and reconciles while this
@@ -70,6 +113,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), RunError> {
     let ready = Arc::new(AtomicBool::new(false));
     serve_endpoints(&options, &metrics, &health, &ready).await?;
     client.apiserver_version().await.map_err(RunError::Api)?;
+    check_shard_selector(&client, &options.settings).await?;
     ready.store(true, Ordering::Relaxed);
 
     let (stop_tx, stop) = watch::channel(false);
@@ -165,14 +209,18 @@ async fn reconcile_while_leading(
         return Ok(());
     }
 
-    let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+    let lease = lease_name(options.settings.shard_selector.as_deref());
+    let manager = LeaseManagerBuilder::new(client.clone(), &lease)
         .with_namespace(&options.lease_namespace)
         .with_identity(&options.identity)
         .with_duration(15)
         .with_grace(5)
         .build()
         .await
-        .map_err(RunError::Lease)?;
+        .map_err(|source| RunError::Lease {
+            lease: lease.clone(),
+            source,
+        })?;
     let (mut leading, lease_task) = manager.watch().await;
     loop {
         let mut stop_waiting = stop.clone();
@@ -183,7 +231,7 @@ async fn reconcile_while_leading(
         if *stop_waiting.borrow_and_update() {
             break;
         }
-        info!(identity = %options.identity, "leading: reconciling");
+        info!(identity = %options.identity, %lease, "leading: reconciling");
         metrics.set_leader(true);
         let mut lost = leading.clone();
         let lost = async move { wait_for(&mut lost, false).await };
@@ -218,6 +266,27 @@ async fn reconcile_while_leading(
     Ok(())
 }
 
+/// Lists one Canary with the shard selector, so that a selector the API server
+/// refuses stops the process at start with its reason instead of a watch that
+/// retries forever.
+async fn check_shard_selector(client: &Client, settings: &Settings) -> Result<(), RunError> {
+    let Some(selector) = &settings.shard_selector else {
+        return Ok(());
+    };
+    let canaries = reconciler::canaries(client, settings);
+    match canaries
+        .list_metadata(&ListParams::default().labels(selector).limit(1))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 400 => Err(RunError::ShardSelector {
+            selector: selector.clone(),
+            message: status.message,
+        }),
+        Err(error) => Err(RunError::Api(error)),
+    }
+}
+
 /// Resolves once `receiver` holds `value` (or its sender is gone).
 async fn wait_for(receiver: &mut watch::Receiver<bool>, value: bool) {
     while *receiver.borrow_and_update() != value {
@@ -247,5 +316,38 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_shard_has_its_own_lease_named_after_its_selector() {
+        assert_eq!(lease_name(None), "serin-controller");
+        let a = lease_name(Some("serin.dev/shard=a"));
+        assert!(a.starts_with("serin-controller-serin-dev-shard-a-"), "{a}");
+        let names: std::collections::BTreeSet<String> = [
+            "serin.dev/shard=a",
+            "serin.dev/shard=b",
+            "serin.dev/shard!=a",
+            "serin.dev/shard==a",
+            "serin.dev/shard in (a)",
+            "Serin.dev/shard=a",
+        ]
+        .map(|selector| lease_name(Some(selector)))
+        .into();
+        assert_eq!(names.len(), 6, "{names:?}");
+        let odd = [lease_name(Some(&"x=".repeat(300))), lease_name(Some("!="))];
+        for name in names.iter().chain(&odd) {
+            assert!(name.len() <= 253, "{name}");
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{name}"
+            );
+            assert!(!name.ends_with('-') && !name.contains("--"), "{name}");
+        }
     }
 }

@@ -29,6 +29,11 @@ struct ControllerArgs {
     /// Namespace to watch; every namespace when absent.
     #[arg(long, env = "SERIN_NAMESPACE")]
     namespace: Option<String>,
+    /// Own only the Canaries this label selector selects (for example
+    /// serin.dev/shard=a), so several controllers split a fleet; each shard has its
+    /// own leader Lease.
+    #[arg(long, env = "SERIN_SHARD_SELECTOR")]
+    shard_selector: Option<String>,
     /// Canaries reconciled at once.
     #[arg(long, default_value_t = 4)]
     concurrency: u16,
@@ -80,6 +85,7 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let options = Options {
         settings: Settings {
             namespace: args.namespace,
+            shard_selector: args.shard_selector.filter(|selector| !selector.is_empty()),
             concurrency: args.concurrency,
             prometheus_address: args.prometheus_address,
         },

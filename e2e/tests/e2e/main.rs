@@ -12,6 +12,7 @@ mod gitops;
 mod hardening;
 mod plugin;
 mod rollout;
+mod sharding;
 
 use serin_e2e::harness::Cluster;
 
