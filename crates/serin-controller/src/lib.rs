@@ -4,6 +4,7 @@
 //! (leader election, endpoints, shutdown).
 
 pub mod analysis;
+pub mod cache;
 pub mod health;
 pub mod http;
 pub mod metrics;

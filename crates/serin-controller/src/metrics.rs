@@ -84,6 +84,51 @@ pub struct TransitionLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the API request count: what the controller asked the API server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    /// get, list, watch, create, patch, update or delete.
+    pub verb: &'static str,
+    /// The resource, such as `replicasets` or `canaries/status`.
+    pub resource: String,
+}
+
+/// The verb and resource of a request to the API server, from its method and
+/// path (`/api/v1/namespaces/shop/services/web` is a `get` of `services`); None
+/// for what is not a resource (`/version`).
+pub fn api_request(method: &str, path: &str, query: &str) -> Option<ApiRequestLabels> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match segments.as_slice() {
+        ["api", _version, rest @ ..] => rest,
+        ["apis", _group, _version, rest @ ..] => rest,
+        _ => return None,
+    };
+    let rest = match rest {
+        ["namespaces", _namespace, more @ ..] if !more.is_empty() => more,
+        rest => rest,
+    };
+    let (resource, named) = match rest {
+        [] => return None,
+        [resource] => ((*resource).to_owned(), false),
+        [resource, _name] => ((*resource).to_owned(), true),
+        [resource, _name, sub, ..] => (format!("{resource}/{sub}"), true),
+    };
+    let watching = query
+        .split('&')
+        .any(|pair| pair == "watch=true" || pair == "watch=1");
+    let verb = match method {
+        "GET" if watching => "watch",
+        "GET" if named => "get",
+        "GET" => "list",
+        "POST" => "create",
+        "PATCH" => "patch",
+        "PUT" => "update",
+        "DELETE" => "delete",
+        _ => "other",
+    };
+    Some(ApiRequestLabels { verb, resource })
+}
+
 /// The transitions the fleet view counts: rollouts started, promotions, rollbacks.
 /// Counted by reason without the Canary's name, so the series stay few whatever
 /// the fleet's size.
@@ -146,6 +191,7 @@ pub struct Metrics {
     value: Family<ArmLabels, Gauge<f64, AtomicU64>>,
     verdict: Family<VerdictLabels, Gauge<i64, AtomicI64>>,
     transitions: Family<TransitionLabels, Counter>,
+    api_requests: Family<ApiRequestLabels, Counter>,
     analysed: Mutex<BTreeMap<(String, String), BTreeSet<String>>>,
     leader: Gauge<i64, AtomicI64>,
     undecodable: Gauge<i64, AtomicI64>,
@@ -173,6 +219,7 @@ impl Default for Metrics {
                 .get_or_create(&TransitionLabels { reason })
                 .inc_by(0);
         }
+        let api_requests = Family::<ApiRequestLabels, Counter>::default();
         let leader = Gauge::default();
         let undecodable = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
@@ -227,6 +274,11 @@ impl Default for Metrics {
             transitions.clone(),
         );
         registry.register(
+            "api_requests",
+            "Requests the controller sent to the Kubernetes API server, by verb and resource",
+            api_requests.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica holds the leader Lease",
             leader.clone(),
@@ -249,6 +301,7 @@ impl Default for Metrics {
             value,
             verdict,
             transitions,
+            api_requests,
             analysed: Mutex::default(),
             leader,
             undecodable,
@@ -258,6 +311,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one request to the API server.
+    pub fn api_request(&self, labels: &ApiRequestLabels) {
+        self.api_requests.get_or_create(labels).inc();
+    }
+
     /// Counts one reconcile and its duration, and its failure by layer.
     pub fn reconciled(&self, took: Duration, failed_in: Option<&'static str>) {
         self.reconciles.inc();
@@ -430,6 +488,59 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_request_is_counted_by_its_verb_and_resource() {
+        let read = |method: &str, path: &str, query: &str| {
+            api_request(method, path, query).map(|labels| (labels.verb, labels.resource))
+        };
+        let named = |verb: &'static str, resource: &str| Some((verb, resource.to_owned()));
+        assert_eq!(
+            read("GET", "/api/v1/namespaces/shop/services/web", ""),
+            named("get", "services")
+        );
+        assert_eq!(
+            read(
+                "GET",
+                "/apis/apps/v1/namespaces/shop/replicasets",
+                "labelSelector=a"
+            ),
+            named("list", "replicasets")
+        );
+        assert_eq!(
+            read(
+                "GET",
+                "/apis/apps/v1/replicasets",
+                "watch=true&resourceVersion=5"
+            ),
+            named("watch", "replicasets")
+        );
+        assert_eq!(
+            read(
+                "PATCH",
+                "/apis/serin.dev/v1alpha1/namespaces/shop/canaries/web/status",
+                ""
+            ),
+            named("patch", "canaries/status")
+        );
+        assert_eq!(
+            read("POST", "/apis/events.k8s.io/v1/namespaces/shop/events", ""),
+            named("create", "events")
+        );
+        assert_eq!(
+            read("GET", "/api/v1/namespaces/shop", ""),
+            named("get", "namespaces")
+        );
+        assert_eq!(
+            read(
+                "PUT",
+                "/apis/coordination.k8s.io/v1/namespaces/serin-system/leases/serin-controller",
+                ""
+            ),
+            named("update", "leases")
+        );
+        assert_eq!(read("GET", "/version", ""), None);
+    }
 
     /// A Canary at step 1 with one error-rate metric under analysis.
     fn analysed() -> CanaryStatus {

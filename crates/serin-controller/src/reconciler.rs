@@ -16,7 +16,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Config, Controller};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -28,6 +27,7 @@ use serin_traffic::{Router, WeightRouter, Weights, Workload};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::analysis::Analyst;
+use crate::cache::{self, Cache, CacheGone};
 use crate::health::WatchHealth;
 use crate::metrics::Metrics;
 use crate::pods;
@@ -77,6 +77,9 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
+    /// The cache of ReplicaSets and Services is gone (the watches stopped).
+    #[error(transparent)]
+    Cache(#[from] CacheGone),
     /// Reading or writing Services or routes failed.
     #[error("{source}")]
     Traffic {
@@ -92,7 +95,7 @@ impl ReconcileError {
     /// The layer that failed (observe for a namespace-less Canary).
     pub fn layer(&self) -> Layer {
         match self {
-            Self::NoNamespace => Layer::Observe,
+            Self::NoNamespace | Self::Cache(_) => Layer::Observe,
             Self::Kube { layer, .. } | Self::Traffic { layer, .. } => *layer,
         }
     }
@@ -103,7 +106,7 @@ impl ReconcileError {
         match self {
             Self::Kube { source, .. } => is_conflict(source),
             Self::Traffic { source, .. } => source.kube_error().is_some_and(is_conflict),
-            Self::NoNamespace => false,
+            Self::NoNamespace | Self::Cache(_) => false,
         }
     }
 
@@ -139,13 +142,21 @@ pub struct Context {
     /// Who records the Events: the pod name in a cluster.
     instance: String,
     metrics: Arc<Metrics>,
+    /// Serin's ReplicaSets and Services, as the watches last saw them.
+    cache: Cache,
 }
 
 impl Context {
     /// What reconciles share: the client, the analyst with its default Prometheus,
-    /// and the metrics. Events are recorded as `$POD_NAME` (or `serin-<pid>`).
-    pub fn new(client: Client, prometheus_address: Option<String>, metrics: Arc<Metrics>) -> Self {
+    /// the metrics and the cache. Events are recorded as `$POD_NAME` (or `serin-<pid>`).
+    pub fn new(
+        client: Client,
+        prometheus_address: Option<String>,
+        metrics: Arc<Metrics>,
+        cache: Cache,
+    ) -> Self {
         Self {
+            cache,
             instance: std::env::var("POD_NAME")
                 .unwrap_or_else(|_| format!("serin-{}", std::process::id())),
             client,
@@ -195,12 +206,12 @@ pub async fn run(
     let canaries = canaries(&client, &settings);
     let (replica_sets, services) = match &settings.namespace {
         Some(namespace) => (
-            Api::<PartialObjectMeta<ReplicaSet>>::namespaced(client.clone(), namespace),
-            Api::<PartialObjectMeta<Service>>::namespaced(client.clone(), namespace),
+            Api::<ReplicaSet>::namespaced(client.clone(), namespace),
+            Api::<Service>::namespaced(client.clone(), namespace),
         ),
         None => (
-            Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
-            Api::<PartialObjectMeta<Service>>::all(client.clone()),
+            Api::<ReplicaSet>::all(client.clone()),
+            Api::<Service>::all(client.clone()),
         ),
     };
     let shard = match &settings.shard_selector {
@@ -213,13 +224,22 @@ pub async fn run(
     let canary_events = tracked("canaries", watcher(canaries, shard), &health)
         .reflect(writer)
         .applied_objects();
-    let replica_set_events =
-        tracked("replicasets", watcher(replica_sets, owned.clone()), &health).touched_objects();
-    let service_events = tracked("services", watcher(services, owned), &health).touched_objects();
+    let replica_set_writer = reflector::store::Writer::default();
+    let service_writer = reflector::store::Writer::default();
+    let cache = Cache::new(replica_set_writer.as_reader(), service_writer.as_reader());
+    let replica_set_events = tracked("replicasets", watcher(replica_sets, owned.clone()), &health)
+        .modify(cache::strip_replica_set)
+        .reflect(replica_set_writer)
+        .touched_objects();
+    let service_events = tracked("services", watcher(services, owned), &health)
+        .modify(cache::strip_service)
+        .reflect(service_writer)
+        .touched_objects();
     let context = Arc::new(Context::new(
         client,
         settings.prometheus_address.clone(),
         metrics,
+        cache,
     ));
     Controller::for_stream_with(canary_events, store, canary_type)
         .owns_stream(replica_set_events)
@@ -396,7 +416,12 @@ async fn reconcile_one(
         routed: canary.spec.traffic.is_some(),
         owner,
     };
-    let router = Router::new(&context.client, workload, canary.spec.traffic.as_ref());
+    let router = Router::new(
+        &context.client,
+        workload,
+        &context.cache,
+        canary.spec.traffic.as_ref(),
+    );
     let observed = observe(canary, namespace, name, &router, context).await?;
     let plan = decide(canary, observed.clone());
     apply(canary, namespace, name, &router, &observed, &plan, context).await?;
@@ -425,13 +450,13 @@ async fn observe(
     router: &Router<'_>,
     context: &Context,
 ) -> Result<Observed, ReconcileError> {
-    let replica_sets: Api<ReplicaSet> = Api::namespaced(context.client.clone(), namespace);
-    let owned = replica_sets
-        .list(&ListParams::default().labels(&format!("{CANARY_LABEL}={name}")))
-        .await
-        .map_err(kube_error(Layer::Observe, "listing ReplicaSets"))?;
-    let mut observed: Vec<ObservedReplicaSet> =
-        owned.items.iter().filter_map(observe_replica_set).collect();
+    context.cache.ready().await?;
+    let mut observed: Vec<ObservedReplicaSet> = context
+        .cache
+        .replica_sets(namespace, name)
+        .iter()
+        .filter_map(|rs| observe_replica_set(rs))
+        .collect();
     let revision = revision_of(&canary.spec.template);
     let now = Timestamp::now();
     let stable = canary
@@ -465,6 +490,7 @@ async fn observe(
         None if !observed.iter().any(|rs| rs.revision == revision) => {
             let owner = canary.controller_owner_ref(&()).unwrap_or_default();
             let rs = replica_set(canary, namespace, name, &revision, 0, owner);
+            let replica_sets: Api<ReplicaSet> = Api::namespaced(context.client.clone(), namespace);
             template_problem(&replica_sets, &rs).await?
         }
         invalid => invalid,
@@ -603,13 +629,19 @@ async fn apply(
             }
             Action::Delete { revision } => {
                 let rs_name = replica_set_name(name, revision);
-                replica_sets
+                match replica_sets
                     .delete(&rs_name, &DeleteParams::background())
                     .await
-                    .map_err(kube_error(
-                        Layer::Apply,
-                        format!("deleting ReplicaSet {rs_name}"),
-                    ))?;
+                {
+                    // Gone already: the cache had not seen the deletion yet.
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    result => {
+                        result.map_err(kube_error(
+                            Layer::Apply,
+                            format!("deleting ReplicaSet {rs_name}"),
+                        ))?;
+                    }
+                }
             }
         }
     }

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::health::WatchHealth;
 use crate::http::{self, Handler, METRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, api_request};
 use crate::reconciler::{self, Settings};
 
 /// Name of the Lease the replicas compete for, without a shard selector.
@@ -107,8 +107,9 @@ pub enum RunError {
 /// Runs until SIGTERM or Ctrl-C: serves the endpoints, and reconciles while this
 /// replica leads (always, without leader election). Returns at most
 /// [`SHUTDOWN_GRACE`] after the signal, whatever state the reconciler is in.
-pub async fn run(client: Client, options: Options) -> Result<(), RunError> {
+pub async fn run(config: kube::Config, options: Options) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
+    let client = counted_client(config, &metrics)?;
     let health = Arc::new(WatchHealth::default());
     let ready = Arc::new(AtomicBool::new(false));
     serve_endpoints(&options, &metrics, &health, &ready).await?;
@@ -136,6 +137,28 @@ pub async fn run(client: Client, options: Options) -> Result<(), RunError> {
             Ok(())
         }
     }
+}
+
+/// A client that counts every request it sends in `serin_api_requests_total`, so
+/// what the controller costs the API server is measured, not guessed.
+fn counted_client(config: kube::Config, metrics: &Arc<Metrics>) -> Result<Client, RunError> {
+    let metrics = Arc::clone(metrics);
+    let count =
+        tower::util::MapRequestLayer::new(move |request: ::http::Request<kube::client::Body>| {
+            let uri = request.uri();
+            if let Some(labels) = api_request(
+                request.method().as_str(),
+                uri.path(),
+                uri.query().unwrap_or_default(),
+            ) {
+                metrics.api_request(&labels);
+            }
+            request
+        });
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(RunError::Api)?
+        .with_layer(&count)
+        .build())
 }
 
 /// `/metrics` on one address; `/healthz`, and `/readyz` that fails until the API

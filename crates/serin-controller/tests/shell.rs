@@ -1,6 +1,7 @@
 //! The reconciler in-process, against a scripted API server: a `tower-test` mock
-//! that answers as the API server would (lists, creates, patches echoed back),
-//! records every request in order, and fails the one a test names. No control
+//! that answers as the API server would (creates and patches echoed back),
+//! records every request in order, and fails the one a test names; the cache
+//! holds the cluster's ReplicaSets and Services as the watches would. No control
 //! plane: these prove the shell's requests, their order and its error handling.
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
 use serin_api::{Canary, CanaryStatus, Phase};
+use serin_controller::cache::Cache;
 use serin_controller::metrics::Metrics;
 use serin_controller::reconciler::{Context, Layer, ReconcileError, reconcile_canary};
 use serin_core::revision::revision_of;
@@ -33,10 +35,12 @@ struct Failure {
     status: StatusCode,
 }
 
-/// What the fake API server holds: the Canary, its ReplicaSets and an HTTPRoute.
+/// What the fake API server holds: the Canary, its ReplicaSets and Services (seen
+/// through the cache) and an HTTPRoute.
 struct Cluster {
     canary: Value,
     replica_sets: Vec<Value>,
+    services: Vec<Value>,
     route: Option<Value>,
     failure: Option<Failure>,
 }
@@ -56,11 +60,6 @@ impl Cluster {
         }
         let path = seen.path.as_str();
         match seen.method {
-            Method::GET if path.ends_with("/replicasets") => (
-                StatusCode::OK,
-                json!({"apiVersion": "apps/v1", "kind": "ReplicaSetList",
-                       "metadata": {"resourceVersion": "1"}, "items": self.replica_sets}),
-            ),
             Method::GET if path.contains("/httproutes/") => match &self.route {
                 Some(route) => (StatusCode::OK, route.clone()),
                 None => (
@@ -78,6 +77,7 @@ impl Cluster {
 /// request the API server received, in order.
 async fn reconcile(canary: &Canary, cluster: Cluster) -> (Result<(), ReconcileError>, Vec<Seen>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let cache = Cache::holding(decode(&cluster.replica_sets), decode(&cluster.services));
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(async move {
         let mut seen = Vec::new();
@@ -106,6 +106,7 @@ async fn reconcile(canary: &Canary, cluster: Cluster) -> (Result<(), ReconcileEr
         Client::new(service, "default"),
         None,
         Arc::new(Metrics::default()),
+        cache,
     );
     let result = tokio::time::timeout(Duration::from_secs(20), reconcile_canary(canary, &context))
         .await
@@ -116,6 +117,14 @@ async fn reconcile(canary: &Canary, cluster: Cluster) -> (Result<(), ReconcileEr
         .await
         .unwrap_or_else(|e| panic!("the scripted API server failed: {e}"));
     (result, seen)
+}
+
+/// Objects as the API server returns them, typed as the cache holds them.
+fn decode<K: k8s_openapi::serde::de::DeserializeOwned>(objects: &[Value]) -> Vec<K> {
+    objects
+        .iter()
+        .map(|object| serde_json::from_value(object.clone()).unwrap_or_else(|e| panic!("{e}")))
+        .collect()
 }
 
 fn canary(extra: &str, status: Option<CanaryStatus>) -> Canary {
@@ -153,6 +162,7 @@ fn cluster(canary: &Canary) -> Cluster {
     Cluster {
         canary: serde_json::to_value(canary).unwrap_or_default(),
         replica_sets: Vec::new(),
+        services: Vec::new(),
         route: None,
         failure: None,
     }
@@ -188,7 +198,6 @@ async fn first_apply_checks_the_template_then_creates_routes_and_reports_in_orde
     assert_eq!(
         requests(&seen),
         [
-            "GET /apis/apps/v1/namespaces/shop/replicasets".to_owned(),
             "POST /apis/apps/v1/namespaces/shop/replicasets".to_owned(),
             format!("PATCH {rs}"),
             "PATCH /api/v1/namespaces/shop/services/web".to_owned(),
@@ -199,32 +208,25 @@ async fn first_apply_checks_the_template_then_creates_routes_and_reports_in_orde
         ]
     );
     assert!(
-        seen[0]
-            .query
-            .contains("labelSelector=serin.dev%2Fcanary%3Dweb"),
-        "{}",
+        seen[0].query.contains("dryRun=All"),
+        "the template is checked by a dry run: {}",
         seen[0].query
     );
-    assert!(
-        seen[1].query.contains("dryRun=All"),
-        "the template is checked by a dry run: {}",
-        seen[1].query
-    );
-    assert!(seen[2].query.contains("fieldManager=serin") && seen[2].query.contains("force=true"));
-    assert_eq!(seen[2].body["spec"]["replicas"], 4);
+    assert!(seen[1].query.contains("fieldManager=serin") && seen[1].query.contains("force=true"));
+    assert_eq!(seen[1].body["spec"]["replicas"], 4);
     assert_eq!(
-        seen[2].body["spec"]["template"]["metadata"]["labels"]["serin.dev/revision"],
+        seen[1].body["spec"]["template"]["metadata"]["labels"]["serin.dev/revision"],
         revision.as_str()
     );
     assert_eq!(
-        seen[2].body["metadata"]["ownerReferences"][0]["kind"],
+        seen[1].body["metadata"]["ownerReferences"][0]["kind"],
         "Canary"
     );
-    let status = &seen[6].body["status"];
+    let status = &seen[5].body["status"];
     assert_eq!(status["stableRevision"], revision.as_str());
     assert_eq!(status["phase"], "Initializing");
     assert_eq!(status["observedGeneration"], 2);
-    assert_eq!(seen[7].body["reason"], "Initializing");
+    assert_eq!(seen[6].body["reason"], "Initializing");
 }
 
 #[tokio::test]
@@ -365,16 +367,19 @@ async fn prometheus_unreachable_holds_the_step_as_inconclusive() {
 }
 
 #[tokio::test]
-async fn an_idle_canary_writes_no_status_and_no_replica_set() {
+async fn an_idle_canary_sends_no_request_at_all() {
     // Reconcile as the cluster answers: each written status is stored, each created
-    // ReplicaSet exists with its pods available, until a reconcile changes nothing.
+    // ReplicaSet exists with its pods available, each applied Service is stored and
+    // seen by the cache, until a reconcile changes nothing.
     let mut canary = canary("", None);
     let revision = revision_of(&canary.spec.template);
     let mut replica_sets = Vec::new();
+    let mut services: Vec<Value> = Vec::new();
     let mut last = Vec::new();
     for _ in 0..4 {
         let mut cluster = cluster(&canary);
         cluster.replica_sets = replica_sets.clone();
+        cluster.services = services.clone();
         let (result, seen) = reconcile(&canary, cluster).await;
         assert!(result.is_ok(), "{result:?}");
         if let Some(written) = seen.iter().find(|s| s.path.ends_with("/status")) {
@@ -386,24 +391,36 @@ async fn an_idle_canary_writes_no_status_and_no_replica_set() {
         {
             replica_sets = vec![replica_set(&revision, 4, 4)];
         }
+        for applied in seen
+            .iter()
+            .filter(|s| s.method == Method::PATCH && s.path.contains("/services/"))
+        {
+            services.retain(|s| s["metadata"]["name"] != applied.body["metadata"]["name"]);
+            services.push(applied.body.clone());
+        }
         last = seen;
     }
     assert_eq!(
         canary.status.as_ref().and_then(|s| s.phase),
         Some(Phase::Healthy)
     );
-    let writes: Vec<String> = requests(&last)
-        .into_iter()
-        .filter(|r| r.contains("/status") || r.contains("/replicasets/") || r.contains("/events"))
-        .collect();
-    assert!(writes.is_empty(), "an idle Canary wrote {writes:?}");
-    // Services are still applied each time (no-ops for the API server): skipping them
-    // needs a watch cache of them, so a hand edit is still repaired.
+    assert_eq!(services.len(), 3);
+    assert!(last.is_empty(), "an idle Canary sent {:?}", requests(&last));
+
+    // A Service a person changed is put back, and only that one.
+    if let Some(port) = services[1]["spec"]["ports"][0].as_object_mut() {
+        port.insert("targetPort".into(), json!(9999));
+    }
+    let mut cluster = cluster(&canary);
+    cluster.replica_sets = replica_sets;
+    cluster.services = services.clone();
+    let (result, seen) = reconcile(&canary, cluster).await;
+    assert!(result.is_ok(), "{result:?}");
     assert_eq!(
-        requests(&last)
-            .iter()
-            .filter(|r| r.starts_with("PATCH /api/v1/namespaces/shop/services/"))
-            .count(),
-        3
+        requests(&seen),
+        [format!(
+            "PATCH /api/v1/namespaces/shop/services/{}",
+            services[1]["metadata"]["name"].as_str().unwrap_or_default()
+        )]
     );
 }

@@ -9,6 +9,7 @@
 pub mod gateway;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -57,6 +58,13 @@ impl TrafficError {
     }
 }
 
+/// Serin's Services as a watch last saw them: a Service already as wanted is not
+/// written again, so an idle Canary costs the API server nothing.
+pub trait SeenServices: Sync {
+    /// Service `namespace/name`, if it was seen.
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>>;
+}
+
 /// Something that sends a share of requests to the canary revision.
 pub trait WeightRouter {
     /// Checks that the router can carry weights; a spec problem is reported with
@@ -74,6 +82,8 @@ pub enum Router<'a> {
         client: &'a Client,
         /// The workload.
         workload: Workload<'a>,
+        /// The Services as last seen.
+        seen: &'a dyn SeenServices,
     },
     /// Weights on Gateway API HTTPRoutes, between `<name>-stable` and `<name>-canary`.
     GatewayApi {
@@ -81,6 +91,8 @@ pub enum Router<'a> {
         client: &'a Client,
         /// The workload.
         workload: Workload<'a>,
+        /// The Services as last seen.
+        seen: &'a dyn SeenServices,
         /// The HTTPRoutes.
         routes: &'a [String],
     },
@@ -91,15 +103,21 @@ impl<'a> Router<'a> {
     pub fn new(
         client: &'a Client,
         workload: Workload<'a>,
+        seen: &'a dyn SeenServices,
         traffic: Option<&'a serin_api::Traffic>,
     ) -> Self {
         match traffic.and_then(|traffic| traffic.gateway_api.as_ref()) {
             Some(gateway) => Self::GatewayApi {
                 client,
                 workload,
+                seen,
                 routes: &gateway.http_routes,
             },
-            None => Self::PodCount { client, workload },
+            None => Self::PodCount {
+                client,
+                workload,
+                seen,
+            },
         }
     }
 }
@@ -112,6 +130,7 @@ impl WeightRouter for Router<'_> {
                 client,
                 workload,
                 routes,
+                ..
             } => {
                 let (stable, canary) = service_names(workload.name);
                 gateway::check(client, workload.namespace, routes, &stable, &canary).await?;
@@ -122,13 +141,18 @@ impl WeightRouter for Router<'_> {
 
     async fn apply(&self, weights: Weights<'_>) -> Result<(), TrafficError> {
         match self {
-            Self::PodCount { client, workload } => apply_services(client, workload, weights).await,
+            Self::PodCount {
+                client,
+                workload,
+                seen,
+            } => apply_services(client, workload, *seen, weights).await,
             Self::GatewayApi {
                 client,
                 workload,
+                seen,
                 routes,
             } => {
-                apply_services(client, workload, weights).await?;
+                apply_services(client, workload, *seen, weights).await?;
                 let (stable, canary) = service_names(workload.name);
                 gateway::apply(
                     client,
@@ -242,16 +266,62 @@ fn service(
     }
 }
 
-/// Applies the Services for `weights` with server-side apply.
+/// Whether `current` already is what `wanted` asks for, in every field Serin sets:
+/// its label, its owner, its selector and its one port. Anything else on it
+/// (fields the API server fills in, a person's annotations) does not matter.
+pub fn in_place(wanted: &Service, current: &Service) -> bool {
+    let labels = current.metadata.labels.as_ref();
+    let labelled = wanted
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .all(|(key, value)| labels.and_then(|labels| labels.get(key)) == Some(value));
+    let owners = current
+        .metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default();
+    let owned = wanted
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .all(|owner| {
+            owners
+                .iter()
+                .any(|o| o.uid == owner.uid && o.controller == owner.controller)
+        });
+    let (wanted, current) = (wanted.spec.as_ref(), current.spec.as_ref());
+    let selector = |spec: Option<&ServiceSpec>| spec.and_then(|s| s.selector.clone());
+    let ports = |spec: Option<&ServiceSpec>| {
+        spec.and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|p| (p.name.clone(), p.port, p.target_port.clone()))
+            .collect::<Vec<_>>()
+    };
+    labelled && owned && selector(wanted) == selector(current) && ports(wanted) == ports(current)
+}
+
+/// Applies the Services for `weights` with server-side apply, each only when the
+/// one last seen is not already as wanted.
 async fn apply_services(
     client: &Client,
     workload: &Workload<'_>,
+    seen: &dyn SeenServices,
     weights: Weights<'_>,
 ) -> Result<(), TrafficError> {
     let api: Api<Service> = Api::namespaced(client.clone(), workload.namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     for mut service in services(workload, weights) {
         let name = service.metadata.name.clone().unwrap_or_default();
+        if seen
+            .service(workload.namespace, &name)
+            .is_some_and(|current| in_place(&service, &current))
+        {
+            continue;
+        }
         service.metadata.managed_fields = None;
         let body = serde_json::json!({
             "apiVersion": "v1",
@@ -339,6 +409,62 @@ mod tests {
             .filter_map(|s| s.metadata.name.clone())
             .collect();
         assert_eq!(names, ["web", "web-stable", "web-canary"]);
+    }
+
+    #[test]
+    fn a_service_as_the_api_server_returns_it_is_in_place_until_a_field_serin_sets_differs() {
+        let labels = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
+        let ports = ServicePorts {
+            port: 80,
+            target_port: None,
+        };
+        let mut workload = workload(&labels, &ports, false);
+        workload.owner.uid = "u-1".into();
+        workload.owner.controller = Some(true);
+        let weights = Weights {
+            stable: "a",
+            canary: Some("b"),
+            weight: 25,
+        };
+        let wanted = services(&workload, weights).remove(0);
+        // What the API server stores: defaults filled in, a person's annotation.
+        let mut stored = wanted.clone();
+        stored.metadata.annotations = Some([("team".to_owned(), "shop".to_owned())].into());
+        stored.metadata.resource_version = Some("42".into());
+        if let Some(spec) = stored.spec.as_mut() {
+            spec.cluster_ip = Some("10.96.0.7".into());
+            spec.type_ = Some("ClusterIP".into());
+            for port in spec.ports.iter_mut().flatten() {
+                port.protocol = Some("TCP".into());
+            }
+        }
+        assert!(in_place(&wanted, &stored));
+
+        let moved = services(
+            &workload,
+            Weights {
+                weight: 0,
+                ..weights
+            },
+        )
+        .remove(0);
+        assert!(!in_place(&moved, &stored), "the selector changed");
+        let mut edited = stored.clone();
+        if let Some(port) = edited
+            .spec
+            .as_mut()
+            .and_then(|s| s.ports.as_mut())
+            .and_then(|p| p.first_mut())
+        {
+            port.target_port = Some(IntOrString::Int(9090));
+        }
+        assert!(!in_place(&wanted, &edited), "a person changed the port");
+        let mut orphaned = stored.clone();
+        orphaned.metadata.owner_references = None;
+        assert!(!in_place(&wanted, &orphaned), "the owner was removed");
+        let mut unlabelled = stored;
+        unlabelled.metadata.labels = None;
+        assert!(!in_place(&wanted, &unlabelled), "the label was removed");
     }
 
     #[test]

@@ -97,10 +97,10 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
-        let client = kube::Client::try_default()
+        let config = kube::Config::infer()
             .await
             .context("no Kubernetes credentials: set KUBECONFIG or run in a pod")?;
-        run::run(client, options).await?;
+        run::run(config, options).await?;
         anyhow::Ok(())
     });
     // Tasks still running (a reconcile past the grace period) are dropped, not awaited.

@@ -10,6 +10,7 @@ mod dashboard;
 mod gateway;
 mod gitops;
 mod hardening;
+mod idle;
 mod plugin;
 mod rollout;
 mod sharding;
