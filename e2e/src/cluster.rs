@@ -106,6 +106,10 @@ pub struct Options {
     pub nodes: usize,
     /// Whether to run a real node too, with images from this directory (`make image`).
     pub real_node: Option<RealNodeOptions>,
+    /// Requests per second the controller manager and the scheduler may send (their
+    /// defaults, 20 and 50, when None): a fleet of thousands needs more, or it
+    /// measures their client limits instead of Serin.
+    pub client_qps: Option<u32>,
 }
 
 /// A real node's programs and images.
@@ -165,14 +169,14 @@ impl ControlPlane {
             plane._node_lock = Some(node::lock_machine(Duration::from_secs(90))?);
             plane.real_node = true;
             node::prepare_host(&plane.dir)?;
-            plane.boot(&options.binaries, options.nodes, NODE_IP)?;
+            plane.boot(options, NODE_IP)?;
             let kubectl = plane.kubectl.clone();
             let started = node::start(&plane.dir, &node.binaries, &kubectl, &node.images, |own| {
                 ensure_all_running(own)
             })?;
             plane.processes.extend(started);
         } else {
-            plane.boot(&options.binaries, options.nodes, "127.0.0.1")?;
+            plane.boot(options, "127.0.0.1")?;
         }
         Ok(plane)
     }
@@ -185,6 +189,15 @@ impl ControlPlane {
     /// Fails if any process of the control plane has died.
     pub fn ensure_running(&mut self) -> Result<()> {
         ensure_all_running(&mut self.processes)
+    }
+
+    /// The process id of one of the cluster's programs (`etcd`, `kube-apiserver`,
+    /// ...), to measure it.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|process| process.name() == name)
+            .map(Supervised::id)
     }
 
     /// Stops the API server (SIGTERM) and starts it again with the same flags and
@@ -234,7 +247,8 @@ impl ControlPlane {
         fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
     }
 
-    fn boot(&mut self, binaries: &Binaries, nodes: usize, address: &str) -> Result<()> {
+    fn boot(&mut self, options: &Options, address: &str) -> Result<()> {
+        let (binaries, nodes) = (&options.binaries, options.nodes);
         let dir = self.dir.clone();
         let kubectl = self.kubectl.clone();
         let logs = dir.join("logs");
@@ -337,7 +351,10 @@ impl ControlPlane {
                 ),
                 format!("--root-ca-file={}", ca.display()),
                 "--profiling=false".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(qps_flags(options.client_qps))
+            .collect::<Vec<_>>(),
             &logs,
         )?;
         self.processes.push(controller_manager);
@@ -349,7 +366,10 @@ impl ControlPlane {
                 "--leader-elect=false".into(),
                 "--secure-port=0".into(),
                 "--profiling=false".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(qps_flags(options.client_qps))
+            .collect::<Vec<_>>(),
             &logs,
         )?;
         self.processes.push(scheduler);
@@ -406,6 +426,17 @@ impl Drop for ControlPlane {
             eprintln!("stopping the cluster: {error:#}");
         }
     }
+}
+
+/// `--kube-api-qps` and `--kube-api-burst` (twice the rate) for `qps`.
+fn qps_flags(qps: Option<u32>) -> Vec<String> {
+    qps.map(|qps| {
+        vec![
+            format!("--kube-api-qps={qps}"),
+            format!("--kube-api-burst={}", qps * 2),
+        ]
+    })
+    .unwrap_or_default()
 }
 
 fn ensure_all_running(processes: &mut [Supervised]) -> Result<()> {

@@ -45,14 +45,31 @@ pub fn install_in_cluster(cluster: &Cluster) -> Result<()> {
                 "serin-system",
                 "--create-namespace",
             ])?;
-            kubectl.run(&[
-                "wait",
-                "--for=condition=Available",
-                "deployment/serin-controller",
-                "-n",
-                "serin-system",
-                "--timeout=120s",
-            ])?;
+            kubectl
+                .run(&[
+                    "wait",
+                    "--for=condition=Available",
+                    "deployment/serin-controller",
+                    "-n",
+                    "serin-system",
+                    "--timeout=120s",
+                ])
+                .with_context(|| {
+                    // What the pods say, so a failure names its cause.
+                    let said =
+                        |args: &[&str]| kubectl.run(args).unwrap_or_else(|e| format!("{e:#}"));
+                    format!(
+                        "{}\n{}",
+                        said(&["get", "pods", "-n", "serin-system", "-o", "wide"]),
+                        said(&[
+                            "logs",
+                            "-n",
+                            "serin-system",
+                            "deployment/serin-controller",
+                            "--tail=20"
+                        ])
+                    )
+                })?;
             Ok::<_, anyhow::Error>(())
         })()
         .map_err(|e| format!("{e:#}"))

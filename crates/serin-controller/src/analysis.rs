@@ -3,7 +3,7 @@
 //! wrong on the way is no data (the step holds), never a pass.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -14,6 +14,7 @@ use kube::{Api, Client};
 use serin_analysis::{NoData, Reading, Window};
 use serin_api::{Analysis, Canary, CanaryStatus, ErrorCounts, MetricStatus, Phase, Verdict};
 use serin_prometheus::{Credentials, Prometheus, QueryError, Variables, render};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use serin_core::machine::StepVerdict;
 
@@ -34,18 +35,52 @@ struct Subject<'a> {
     revision: &'a str,
 }
 
+/// Queries in flight per Prometheus address, at most: a wave of analyses (a
+/// thousand Canaries changing image at once) queues here instead of hitting one
+/// Prometheus with thousands of queries at once.
+pub struct QueryLimits {
+    per_address: usize,
+    by_address: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl QueryLimits {
+    /// At most `per_address` queries at once to each address (at least one).
+    pub fn new(per_address: usize) -> Self {
+        Self {
+            per_address: per_address.max(1),
+            by_address: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits for a turn to query `address`; the turn ends when the permit drops.
+    pub async fn turn(&self, address: &str) -> Option<OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut by_address = self.by_address.lock().ok()?;
+            Arc::clone(
+                by_address
+                    .entry(address.to_owned())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_address))),
+            )
+        };
+        semaphore.acquire_owned().await.ok()
+    }
+}
+
 /// Reads metrics for every Canary; keeps one client per Prometheus and credentials.
 pub struct Analyst {
     default_address: Option<String>,
     clients: Mutex<HashMap<ClientKey, Prometheus>>,
+    limits: QueryLimits,
 }
 
 impl Analyst {
-    /// An analyst that uses `default_address` when a Canary names no Prometheus.
-    pub fn new(default_address: Option<String>) -> Self {
+    /// An analyst that uses `default_address` when a Canary names no Prometheus,
+    /// with at most `queries_per_address` queries in flight to each Prometheus.
+    pub fn new(default_address: Option<String>, queries_per_address: usize) -> Self {
         Self {
             default_address,
             clients: Mutex::new(HashMap::new()),
+            limits: QueryLimits::new(queries_per_address),
         }
     }
 
@@ -185,6 +220,8 @@ impl Analyst {
         let canary_arm = arm(revision, "canary");
         let stable_arm = arm(&stable_revision, "stable");
         let prometheus = self.client(client, namespace, analysis, interval).await;
+        let address = self.address(analysis).unwrap_or_default();
+        let limits = &self.limits;
         let readings = join_all(analysis.metrics.iter().map(|metric| {
             let prometheus = &prometheus;
             let (canary_arm, stable_arm) = (&canary_arm, &stable_arm);
@@ -194,6 +231,7 @@ impl Analyst {
                     async move {
                         let prometheus = prometheus.as_ref().map_err(|e| NoData(e.clone()))?;
                         let query = query.map_err(|e| NoData(format!("{what}: {e}")))?;
+                        let _turn = limits.turn(address).await;
                         prometheus
                             .value(&query)
                             .await
@@ -322,6 +360,27 @@ mod tests {
 
     use super::*;
 
+    #[tokio::test]
+    async fn queries_to_one_prometheus_wait_their_turn_and_others_do_not() {
+        let limits = QueryLimits::new(2);
+        let first = limits.turn("http://a:9090").await;
+        let second = limits.turn("http://a:9090").await;
+        assert!(first.is_some() && second.is_some());
+        let third = tokio::time::timeout(Duration::from_millis(50), limits.turn("http://a:9090"));
+        assert!(third.await.is_err(), "a third query to a ran beside two");
+        let elsewhere = tokio::time::timeout(Duration::from_secs(5), limits.turn("http://b:9090"));
+        assert!(
+            elsewhere.await.is_ok_and(|turn| turn.is_some()),
+            "b waited for a"
+        );
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(5), limits.turn("http://a:9090"));
+        assert!(
+            third.await.is_ok_and(|turn| turn.is_some()),
+            "a's turn never came"
+        );
+    }
+
     fn analysis(metrics: &str, address: &str) -> Analysis {
         let yaml = format!(
             "apiVersion: serin.dev/v1alpha1
@@ -346,7 +405,7 @@ spec:
     #[test]
     fn spec_problems_name_the_field_and_nothing_is_asked() {
         let with_address = "    prometheus: {address: 'http://prometheus:9090'}\n";
-        let analyst = Analyst::new(None);
+        let analyst = Analyst::new(None, 1);
         let fine = analysis(
             "[{name: up, query: 'up{pod=~\"{{pods}}\"}', max: 1}]",
             with_address,
@@ -377,7 +436,7 @@ spec:
             "{problem}"
         );
         assert_eq!(
-            Analyst::new(Some("http://prometheus:9090".into())).spec_problem(Some(&nowhere)),
+            Analyst::new(Some("http://prometheus:9090".into()), 1).spec_problem(Some(&nowhere)),
             None,
             "the controller's default address serves"
         );

@@ -1,21 +1,26 @@
 //! What the reconciler reads without asking the API server: Serin's own
-//! ReplicaSets and Services as the watches last saw them, so an idle fleet costs
-//! the API server nothing and a reconcile's reads cost no round trip.
+//! ReplicaSets and Services, and the HTTPRoutes, as the watches last saw them, so
+//! an idle fleet costs the API server nothing and a reconcile's reads cost no
+//! round trip.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
+use kube::api::DynamicObject;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use serin_api::CANARY_LABEL;
+use serin_traffic::gateway::{RouteSighting, http_route_resource};
 
-/// Serin's ReplicaSets and Services (those labelled with [`CANARY_LABEL`]).
+/// Serin's ReplicaSets and Services (those labelled with [`CANARY_LABEL`]), and
+/// the HTTPRoutes when Gateway API is served.
 #[derive(Clone)]
 pub struct Cache {
     replica_sets: Store<ReplicaSet>,
     services: Store<Service>,
+    routes: Option<Store<DynamicObject>>,
 }
 
 /// The cache is gone: its watches stopped before they listed once.
@@ -24,25 +29,33 @@ pub struct Cache {
 pub struct CacheGone;
 
 impl Cache {
-    /// A cache fed by the watches behind `replica_sets` and `services`.
-    pub fn new(replica_sets: Store<ReplicaSet>, services: Store<Service>) -> Self {
+    /// A cache fed by the watches behind `replica_sets`, `services` and, when
+    /// Gateway API is served, `routes`.
+    pub fn new(
+        replica_sets: Store<ReplicaSet>,
+        services: Store<Service>,
+        routes: Option<Store<DynamicObject>>,
+    ) -> Self {
         Self {
             replica_sets,
             services,
+            routes,
         }
     }
 
-    /// A cache holding `replica_sets` and `services`, for a caller that has them
-    /// already (the reconciler's in-process tests).
+    /// A cache holding `replica_sets` and `services`, and no watch of routes (they
+    /// are read from the API server), for a caller that has the objects already
+    /// (the reconciler's in-process tests).
     pub fn holding(replica_sets: Vec<ReplicaSet>, services: Vec<Service>) -> Self {
         Self {
-            replica_sets: filled(replica_sets),
-            services: filled(services),
+            replica_sets: filled(replica_sets, ()),
+            services: filled(services, ()),
+            routes: None,
         }
     }
 
-    /// Waits until both watches have listed once: a reconcile before that would
-    /// take a missing ReplicaSet for one to create.
+    /// Waits until every watch has listed once: a reconcile before that would
+    /// take a missing ReplicaSet for one to create, or a route for one missing.
     pub async fn ready(&self) -> Result<(), CacheGone> {
         self.replica_sets
             .wait_until_ready()
@@ -51,7 +64,11 @@ impl Cache {
         self.services
             .wait_until_ready()
             .await
-            .map_err(|_| CacheGone)
+            .map_err(|_| CacheGone)?;
+        if let Some(routes) = &self.routes {
+            routes.wait_until_ready().await.map_err(|_| CacheGone)?;
+        }
+        Ok(())
     }
 
     /// The ReplicaSets of Canary `namespace/canary`.
@@ -63,17 +80,45 @@ impl Cache {
     }
 }
 
-impl serin_traffic::SeenServices for Cache {
+impl serin_traffic::Seen for Cache {
     fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
         self.services.get(&ObjectRef::new(name).within(namespace))
     }
+
+    fn http_route(&self, namespace: &str, name: &str) -> RouteSighting {
+        let Some(routes) = &self.routes else {
+            return RouteSighting::NotWatched;
+        };
+        let key = ObjectRef::new_with(name, http_route_resource()).within(namespace);
+        match routes.get(&key) {
+            Some(route) => RouteSighting::Seen(route),
+            None => RouteSighting::Absent,
+        }
+    }
 }
 
-fn filled<K>(objects: Vec<K>) -> Store<K>
+/// The Canaries (untyped, as the controller's store holds them) whose
+/// `spec.traffic.gatewayAPI.httpRoutes` names `route` in its namespace: those to
+/// wake when the route changes.
+pub fn canaries_routed_by(
+    canaries: &Store<DynamicObject>,
+    route: &DynamicObject,
+) -> Vec<Arc<DynamicObject>> {
+    let (namespace, name) = (route.namespace(), route.name_any());
+    canaries.state_filter(|canary| {
+        canary.namespace() == namespace
+            && canary.data["spec"]["traffic"]["gatewayAPI"]["httpRoutes"]
+                .as_array()
+                .is_some_and(|routes| routes.iter().any(|r| r.as_str() == Some(name.as_str())))
+    })
+}
+
+fn filled<K>(objects: Vec<K>, resource: K::DynamicType) -> Store<K>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    let mut writer = reflector::store::Writer::default();
+    let mut writer = reflector::store::Writer::new(resource);
     writer.apply_watcher_event(&watcher::Event::Init);
     for object in objects {
         writer.apply_watcher_event(&watcher::Event::InitApply(object));
@@ -92,10 +137,22 @@ pub fn strip_replica_set(rs: &mut ReplicaSet) {
     }
 }
 
-/// Drops a Service's managed fields before it is cached.
-pub fn strip_service(service: &mut Service) {
-    service.metadata.managed_fields = None;
+/// Drops an object's managed fields before it is cached (Services, routes).
+pub fn strip_managed_fields<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
+
+/// Drops what the reconciler never reads before a Canary is cached: managed
+/// fields and kubectl's copy of the whole last applied manifest.
+pub fn strip_canary(canary: &mut DynamicObject) {
+    canary.metadata.managed_fields = None;
+    if let Some(annotations) = canary.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// The annotation `kubectl apply` (client-side) keeps the whole manifest in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 #[cfg(test)]
 mod tests {
@@ -103,7 +160,8 @@ mod tests {
     use k8s_openapi::api::apps::v1::ReplicaSetSpec;
     use k8s_openapi::api::core::v1::PodTemplateSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use serin_traffic::SeenServices;
+    use kube::api::ApiResource;
+    use serin_traffic::Seen;
 
     fn replica_set(namespace: &str, name: &str, canary: &str) -> ReplicaSet {
         ReplicaSet {
@@ -150,6 +208,67 @@ mod tests {
         assert_eq!(names, ["web-1", "web-2"]);
         assert!(cache.service("shop", "web").is_some());
         assert!(cache.service("blog", "web").is_none());
+    }
+
+    fn canary(namespace: &str, name: &str, routes: &[&str]) -> DynamicObject {
+        let mut canary = DynamicObject::new(name, &ApiResource::erase::<serin_api::Canary>(&()))
+            .within(namespace)
+            .data(serde_json::json!({
+                "spec": {"traffic": {"gatewayAPI": {"httpRoutes": routes}}}
+            }));
+        canary.metadata.annotations = Some(
+            [
+                (
+                    LAST_APPLIED.to_owned(),
+                    "{...the whole manifest...}".to_owned(),
+                ),
+                (
+                    serin_api::COMMAND_ANNOTATION.to_owned(),
+                    "promote/1".to_owned(),
+                ),
+            ]
+            .into(),
+        );
+        canary
+    }
+
+    #[test]
+    fn a_route_wakes_the_canaries_that_name_it_in_its_namespace() {
+        let writer_store = filled(
+            vec![
+                canary("shop", "web", &["web", "web-internal"]),
+                canary("shop", "api", &["api"]),
+                canary("shop", "pods", &[]),
+                canary("blog", "web", &["web"]),
+            ],
+            ApiResource::erase::<serin_api::Canary>(&()),
+        );
+        let route = DynamicObject::new("web", &http_route_resource()).within("shop");
+        let woken: Vec<String> = canaries_routed_by(&writer_store, &route)
+            .iter()
+            .map(|canary| {
+                format!(
+                    "{}/{}",
+                    canary.namespace().unwrap_or_default(),
+                    canary.name_any()
+                )
+            })
+            .collect();
+        assert_eq!(woken, ["shop/web"]);
+    }
+
+    #[test]
+    fn a_cached_canary_keeps_its_command_but_not_kubectls_copy_of_the_manifest() {
+        let mut cached = canary("shop", "web", &[]);
+        strip_canary(&mut cached);
+        let annotations = cached.metadata.annotations.unwrap_or_default();
+        assert!(!annotations.contains_key(LAST_APPLIED));
+        assert_eq!(
+            annotations
+                .get(serin_api::COMMAND_ANNOTATION)
+                .map(String::as_str),
+            Some("promote/1")
+        );
     }
 
     #[test]

@@ -17,12 +17,14 @@ use kube::api::{
     ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
 use kube::runtime::controller::{Action as Requeue, Config, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serin_api::{
     CANARY_LABEL, COMMAND_ANNOTATION, Canary, DecodeError, FIELD_MANAGER, REPORTING_CONTROLLER,
     REVISION_LABEL, SCALE_DOWN_AT_ANNOTATION, reason, replica_set_name,
 };
+use serin_traffic::gateway::http_route_resource;
 use serin_traffic::{Router, WeightRouter, Weights, Workload};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -149,18 +151,16 @@ pub struct Context {
 impl Context {
     /// What reconciles share: the client, the analyst with its default Prometheus,
     /// the metrics and the cache. Events are recorded as `$POD_NAME` (or `serin-<pid>`).
-    pub fn new(
-        client: Client,
-        prometheus_address: Option<String>,
-        metrics: Arc<Metrics>,
-        cache: Cache,
-    ) -> Self {
+    pub fn new(client: Client, settings: &Settings, metrics: Arc<Metrics>, cache: Cache) -> Self {
         Self {
             cache,
             instance: std::env::var("POD_NAME")
                 .unwrap_or_else(|_| format!("serin-{}", std::process::id())),
             client,
-            analyst: Analyst::new(prometheus_address),
+            analyst: Analyst::new(
+                settings.prometheus_address.clone(),
+                settings.prometheus_queries,
+            ),
             metrics,
             canary_type: ApiResource::erase::<Canary>(&()),
         }
@@ -188,6 +188,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// Prometheus for Canaries whose analysis names none.
     pub prometheus_address: Option<String>,
+    /// Queries in flight to one Prometheus address, at most.
+    pub prometheus_queries: usize,
 }
 
 /// Reconciles every Canary in scope until `stop` resolves.
@@ -222,28 +224,66 @@ pub async fn run(
     let writer = reflector::store::Writer::new(canary_type.clone());
     let store = writer.as_reader();
     let canary_events = tracked("canaries", watcher(canaries, shard), &health)
+        .modify(cache::strip_canary)
         .reflect(writer)
         .applied_objects();
     let replica_set_writer = reflector::store::Writer::default();
     let service_writer = reflector::store::Writer::default();
-    let cache = Cache::new(replica_set_writer.as_reader(), service_writer.as_reader());
+    let route_writer = reflector::store::Writer::new(http_route_resource());
+    let routes_served = http_routes_served(&client).await;
+    let cache = Cache::new(
+        replica_set_writer.as_reader(),
+        service_writer.as_reader(),
+        routes_served.then(|| route_writer.as_reader()),
+    );
     let replica_set_events = tracked("replicasets", watcher(replica_sets, owned.clone()), &health)
         .modify(cache::strip_replica_set)
         .reflect(replica_set_writer)
         .touched_objects();
     let service_events = tracked("services", watcher(services, owned), &health)
-        .modify(cache::strip_service)
+        .modify(cache::strip_managed_fields)
         .reflect(service_writer)
         .touched_objects();
-    let context = Arc::new(Context::new(
-        client,
-        settings.prometheus_address.clone(),
-        metrics,
-        cache,
-    ));
-    Controller::for_stream_with(canary_events, store, canary_type)
-        .owns_stream(replica_set_events)
-        .owns_stream(service_events)
+    let context = Arc::new(Context::new(client.clone(), &settings, metrics, cache));
+    let mut controller =
+        Controller::for_stream_with(canary_events, store.clone(), canary_type.clone())
+            .owns_stream(replica_set_events)
+            .owns_stream(service_events);
+    if routes_served {
+        let routes = match &settings.namespace {
+            Some(namespace) => Api::<DynamicObject>::namespaced_with(
+                client.clone(),
+                namespace,
+                &http_route_resource(),
+            ),
+            None => Api::<DynamicObject>::all_with(client.clone(), &http_route_resource()),
+        };
+        let route_events = tracked(
+            "httproutes",
+            watcher(routes, watcher::Config::default()),
+            &health,
+        )
+        .modify(cache::strip_managed_fields)
+        .reflect(route_writer)
+        .touched_objects();
+        // A route created or edited (by a person, a GitOps sync) wakes the Canaries
+        // that name it at once, not at their next retry.
+        controller = controller.watches_stream_with(
+            route_events,
+            move |route| {
+                cache::canaries_routed_by(&store, &route)
+                    .iter()
+                    .map(|canary| ObjectRef::from_obj_with(canary.as_ref(), canary_type.clone()))
+                    .collect::<Vec<_>>()
+            },
+            http_route_resource(),
+        );
+    } else {
+        info!(
+            "Gateway API's HTTPRoute is not served: routes are read on each reconcile (restart after installing Gateway API to watch them)"
+        );
+    }
+    controller
         .with_config(Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, context)
@@ -254,6 +294,23 @@ pub async fn run(
         })
         .await;
     health.clear();
+}
+
+/// Whether the API server serves `gateway.networking.k8s.io/v1` HTTPRoutes, so
+/// they can be watched. A failure to ask counts as no: routes are then read on
+/// each reconcile, which works either way.
+async fn http_routes_served(client: &Client) -> bool {
+    match client
+        .list_api_group_resources(&http_route_resource().api_version)
+        .await
+    {
+        Ok(list) => list.resources.iter().any(|r| r.name == "httproutes"),
+        Err(kube::Error::Api(status)) if status.code == 404 => false,
+        Err(error) => {
+            warn!(%error, "asking whether Gateway API is served");
+            false
+        }
+    }
 }
 
 /// The Canaries in the controller's namespace (or all), as untyped objects.

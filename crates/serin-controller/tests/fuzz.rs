@@ -176,7 +176,7 @@ proptest! {
         if let Some(problem) = canary.spec.problem() {
             prop_assert!(problem.starts_with("spec."), "{}", problem);
         }
-        if let Some(problem) = Analyst::new(None).spec_problem(canary.spec.analysis.as_ref()) {
+        if let Some(problem) = Analyst::new(None, 1).spec_problem(canary.spec.analysis.as_ref()) {
             prop_assert!(problem.starts_with("spec."), "{}", problem);
         }
         let now = Timestamp::from_second(1_800_000_000).unwrap_or(Timestamp::UNIX_EPOCH);

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use serin_api::{Canary, CanaryStatus, Phase};
 use serin_controller::cache::Cache;
 use serin_controller::metrics::Metrics;
-use serin_controller::reconciler::{Context, Layer, ReconcileError, reconcile_canary};
+use serin_controller::reconciler::{Context, Layer, ReconcileError, Settings, reconcile_canary};
 use serin_core::revision::revision_of;
 
 /// One request as the API server saw it.
@@ -102,9 +102,16 @@ async fn reconcile(canary: &Canary, cluster: Cluster) -> (Result<(), ReconcileEr
         }
         seen
     });
+    let settings = Settings {
+        namespace: None,
+        shard_selector: None,
+        concurrency: 1,
+        prometheus_address: None,
+        prometheus_queries: 1,
+    };
     let context = Context::new(
         Client::new(service, "default"),
-        None,
+        &settings,
         Arc::new(Metrics::default()),
         cache,
     );

@@ -7,9 +7,13 @@
 //! write carries the resourceVersion it read, so a concurrent edit is never
 //! overwritten (the write fails and the next reconcile starts from the new route).
 
+use std::sync::Arc;
+
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
+
+use crate::Seen;
 
 /// Why a route cannot carry the weights.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,9 +68,26 @@ pub enum RouteError {
     },
 }
 
-fn http_routes(client: &Client, namespace: &str) -> Api<DynamicObject> {
+/// The HTTPRoute resource, `gateway.networking.k8s.io/v1`.
+pub fn http_route_resource() -> ApiResource {
     let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
-    Api::namespaced_with(client.clone(), namespace, &ApiResource::from_gvk(&gvk))
+    ApiResource::from_gvk_with_plural(&gvk, "httproutes")
+}
+
+fn http_routes(client: &Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &http_route_resource())
+}
+
+/// What a watch last saw of one route.
+#[derive(Clone, Debug)]
+pub enum RouteSighting {
+    /// The route, as last seen.
+    Seen(Arc<DynamicObject>),
+    /// The watch has no such route.
+    Absent,
+    /// No watch of routes runs (Gateway API was not served when the controller
+    /// started): the route is read from the API server.
+    NotWatched,
 }
 
 /// Sets the weights in one route's JSON: in every rule with a backendRef to
@@ -134,6 +155,7 @@ pub fn set_weights(
 /// Checks that each route exists and has a rule Serin can set weights on.
 pub async fn check(
     client: &Client,
+    seen: &dyn Seen,
     namespace: &str,
     routes: &[String],
     stable: &str,
@@ -141,16 +163,18 @@ pub async fn check(
 ) -> Result<(), RouteError> {
     let api = http_routes(client, namespace);
     for route in routes {
-        let mut value = read(&api, namespace, route).await?;
+        let mut value = read(&api, seen, namespace, route).await?;
         set_weights(&mut value, route, stable, canary, 0)?;
     }
     Ok(())
 }
 
 /// Sets `weight` percent on the canary Service in each route, writing only routes
-/// whose weights differ.
+/// whose weights differ (as last seen: a write from a stale copy fails on its
+/// resourceVersion and is retried at once).
 pub async fn apply(
     client: &Client,
+    seen: &dyn Seen,
     namespace: &str,
     routes: &[String],
     stable: &str,
@@ -159,7 +183,7 @@ pub async fn apply(
 ) -> Result<(), RouteError> {
     let api = http_routes(client, namespace);
     for route in routes {
-        let mut value = read(&api, namespace, route).await?;
+        let mut value = read(&api, seen, namespace, route).await?;
         if !set_weights(&mut value, route, stable, canary, weight)? {
             continue;
         }
@@ -185,19 +209,31 @@ pub async fn apply(
     Ok(())
 }
 
-async fn read(api: &Api<DynamicObject>, namespace: &str, route: &str) -> Result<Value, RouteError> {
-    let object = api
-        .get_opt(route)
-        .await
-        .map_err(|source| RouteError::Api {
-            route: route.to_owned(),
-            source,
-        })?
-        .ok_or_else(|| RouteProblem::Missing {
-            route: route.to_owned(),
-            namespace: namespace.to_owned(),
-        })?;
-    serde_json::to_value(object).map_err(|source| RouteError::Json {
+/// The route as last seen by the watch, or from the API server without one.
+async fn read(
+    api: &Api<DynamicObject>,
+    seen: &dyn Seen,
+    namespace: &str,
+    route: &str,
+) -> Result<Value, RouteError> {
+    let missing = || RouteProblem::Missing {
+        route: route.to_owned(),
+        namespace: namespace.to_owned(),
+    };
+    let object = match seen.http_route(namespace, route) {
+        RouteSighting::Seen(object) => object,
+        RouteSighting::Absent => return Err(missing().into()),
+        RouteSighting::NotWatched => Arc::new(
+            api.get_opt(route)
+                .await
+                .map_err(|source| RouteError::Api {
+                    route: route.to_owned(),
+                    source,
+                })?
+                .ok_or_else(missing)?,
+        ),
+    };
+    serde_json::to_value(object.as_ref()).map_err(|source| RouteError::Json {
         route: route.to_owned(),
         source,
     })

@@ -58,11 +58,14 @@ impl TrafficError {
     }
 }
 
-/// Serin's Services as a watch last saw them: a Service already as wanted is not
-/// written again, so an idle Canary costs the API server nothing.
-pub trait SeenServices: Sync {
+/// Serin's Services and the routes as watches last saw them: reads cost no round
+/// trip, and a Service already as wanted is not written again, so an idle Canary
+/// costs the API server nothing.
+pub trait Seen: Sync {
     /// Service `namespace/name`, if it was seen.
     fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>>;
+    /// HTTPRoute `namespace/name`.
+    fn http_route(&self, namespace: &str, name: &str) -> gateway::RouteSighting;
 }
 
 /// Something that sends a share of requests to the canary revision.
@@ -83,7 +86,7 @@ pub enum Router<'a> {
         /// The workload.
         workload: Workload<'a>,
         /// The Services as last seen.
-        seen: &'a dyn SeenServices,
+        seen: &'a dyn Seen,
     },
     /// Weights on Gateway API HTTPRoutes, between `<name>-stable` and `<name>-canary`.
     GatewayApi {
@@ -92,7 +95,7 @@ pub enum Router<'a> {
         /// The workload.
         workload: Workload<'a>,
         /// The Services as last seen.
-        seen: &'a dyn SeenServices,
+        seen: &'a dyn Seen,
         /// The HTTPRoutes.
         routes: &'a [String],
     },
@@ -103,7 +106,7 @@ impl<'a> Router<'a> {
     pub fn new(
         client: &'a Client,
         workload: Workload<'a>,
-        seen: &'a dyn SeenServices,
+        seen: &'a dyn Seen,
         traffic: Option<&'a serin_api::Traffic>,
     ) -> Self {
         match traffic.and_then(|traffic| traffic.gateway_api.as_ref()) {
@@ -129,11 +132,11 @@ impl WeightRouter for Router<'_> {
             Self::GatewayApi {
                 client,
                 workload,
+                seen,
                 routes,
-                ..
             } => {
                 let (stable, canary) = service_names(workload.name);
-                gateway::check(client, workload.namespace, routes, &stable, &canary).await?;
+                gateway::check(client, *seen, workload.namespace, routes, &stable, &canary).await?;
                 Ok(())
             }
         }
@@ -156,6 +159,7 @@ impl WeightRouter for Router<'_> {
                 let (stable, canary) = service_names(workload.name);
                 gateway::apply(
                     client,
+                    *seen,
                     workload.namespace,
                     routes,
                     &stable,
@@ -309,7 +313,7 @@ pub fn in_place(wanted: &Service, current: &Service) -> bool {
 async fn apply_services(
     client: &Client,
     workload: &Workload<'_>,
-    seen: &dyn SeenServices,
+    seen: &dyn Seen,
     weights: Weights<'_>,
 ) -> Result<(), TrafficError> {
     let api: Api<Service> = Api::namespaced(client.clone(), workload.namespace);

@@ -56,6 +56,10 @@ struct ControllerArgs {
     /// for example http://prometheus.monitoring:9090.
     #[arg(long, env = "SERIN_PROMETHEUS_ADDRESS")]
     prometheus_address: Option<String>,
+    /// Queries in flight to one Prometheus at most; a wave of analyses waits its
+    /// turn instead of flooding it.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    prometheus_queries: u16,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,6 +92,7 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             shard_selector: args.shard_selector.filter(|selector| !selector.is_empty()),
             concurrency: args.concurrency,
             prometheus_address: args.prometheus_address,
+            prometheus_queries: usize::from(args.prometheus_queries),
         },
         metrics_address: args.metrics_address,
         health_address: args.health_address,

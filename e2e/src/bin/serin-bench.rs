@@ -52,6 +52,7 @@ fn main() -> Result<()> {
         binaries: binaries.clone(),
         nodes: 3,
         real_node: None,
+        client_qps: None,
     })?;
     let cluster = Cluster::external(Kubectl::new(&binaries.kubectl, plane.kubeconfig()));
     let kubectl = &cluster.kubectl;

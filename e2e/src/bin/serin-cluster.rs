@@ -91,6 +91,7 @@ fn run(at: &Where) -> Result<()> {
         binaries,
         nodes: at.nodes,
         real_node,
+        client_qps: None,
     })?;
     let dir = plane
         .kubeconfig()

@@ -60,6 +60,7 @@ fn main() -> Result<()> {
         binaries: binaries.clone(),
         nodes: if args.simulated { 3 } else { 1 },
         real_node,
+        client_qps: None,
     })?;
     say(&format!(
         "control plane ready in {:.1}s",
