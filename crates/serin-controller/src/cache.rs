@@ -5,13 +5,16 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Service;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
-use serin_api::CANARY_LABEL;
+use serin_api::{CANARY_LABEL, REVISION_LABEL, SCALE_DOWN_AT_ANNOTATION};
 use serin_traffic::gateway::{RouteSighting, http_route_resource};
 
 /// Serin's ReplicaSets and Services (those labelled with [`CANARY_LABEL`]), and
@@ -128,16 +131,76 @@ where
     writer.as_reader()
 }
 
-/// Drops what the reconciler never reads before a ReplicaSet is cached: its pod
-/// template (most of its size) and managed fields.
+/// Keeps of a ReplicaSet only what the reconciler reads (its identity, owner,
+/// Serin's labels and scale-down mark, the replica counts), before it is cached:
+/// the pod template alone is most of its size.
 pub fn strip_replica_set(rs: &mut ReplicaSet) {
-    rs.metadata.managed_fields = None;
-    if let Some(spec) = rs.spec.as_mut() {
-        spec.template = None;
+    rs.metadata = identity(
+        std::mem::take(&mut rs.metadata),
+        &[CANARY_LABEL, REVISION_LABEL],
+        &[SCALE_DOWN_AT_ANNOTATION],
+    );
+    rs.spec = rs.spec.take().map(|spec| ReplicaSetSpec {
+        replicas: spec.replicas,
+        ..ReplicaSetSpec::default()
+    });
+    rs.status = rs.status.take().map(|status| ReplicaSetStatus {
+        replicas: status.replicas,
+        available_replicas: status.available_replicas,
+        observed_generation: status.observed_generation,
+        ..ReplicaSetStatus::default()
+    });
+}
+
+/// Keeps of a Service only what [`serin_traffic::in_place`] compares (its
+/// identity, owner and Serin's label, its selector and ports), before it is cached.
+pub fn strip_service(service: &mut Service) {
+    service.metadata = identity(std::mem::take(&mut service.metadata), &[CANARY_LABEL], &[]);
+    service.spec = service.spec.take().map(|spec| ServiceSpec {
+        selector: spec.selector,
+        ports: spec.ports.map(|ports| {
+            ports
+                .into_iter()
+                .map(|port| ServicePort {
+                    name: port.name,
+                    port: port.port,
+                    target_port: port.target_port,
+                    ..ServicePort::default()
+                })
+                .collect()
+        }),
+        ..ServiceSpec::default()
+    });
+    service.status = None;
+}
+
+/// An object's name, namespace, uid, version, generation, creation time and
+/// owners, with only the `labels` and `annotations` named.
+fn identity(metadata: ObjectMeta, labels: &[&str], annotations: &[&str]) -> ObjectMeta {
+    let only = |map: Option<BTreeMap<String, String>>, keys: &[&str]| {
+        map.map(|map| {
+            map.into_iter()
+                .filter(|(key, _)| keys.contains(&key.as_str()))
+                .collect::<BTreeMap<_, _>>()
+        })
+        .filter(|map| !map.is_empty())
+    };
+    ObjectMeta {
+        name: metadata.name,
+        namespace: metadata.namespace,
+        uid: metadata.uid,
+        resource_version: metadata.resource_version,
+        generation: metadata.generation,
+        creation_timestamp: metadata.creation_timestamp,
+        owner_references: metadata.owner_references,
+        labels: only(metadata.labels, labels),
+        annotations: only(metadata.annotations, annotations),
+        ..ObjectMeta::default()
     }
 }
 
-/// Drops an object's managed fields before it is cached (Services, routes).
+/// Drops an object's managed fields before it is cached (routes, which are
+/// written back whole and so are kept whole otherwise).
 pub fn strip_managed_fields<K: kube::Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
@@ -159,7 +222,8 @@ mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::ReplicaSetSpec;
     use k8s_openapi::api::core::v1::PodTemplateSpec;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use kube::api::ApiResource;
     use serin_traffic::Seen;
 
@@ -272,15 +336,54 @@ mod tests {
     }
 
     #[test]
-    fn stripping_keeps_what_the_reconciler_reads() {
-        let mut rs = replica_set("shop", "web-1", "web");
-        strip_replica_set(&mut rs);
-        let spec = rs.spec.as_ref();
-        assert_eq!(spec.and_then(|s| s.replicas), Some(2));
-        assert!(spec.is_some_and(|s| s.template.is_none()));
-        assert_eq!(
-            rs.labels().get(CANARY_LABEL).map(String::as_str),
-            Some("web")
-        );
+    fn a_cached_service_is_in_place_exactly_when_the_whole_one_is() {
+        let owner = OwnerReference {
+            uid: "u-1".into(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        };
+        let wanted = Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("shop".into()),
+                labels: Some([(CANARY_LABEL.to_owned(), "web".to_owned())].into()),
+                owner_references: Some(vec![owner]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ServiceSpec {
+                selector: Some([("app".to_owned(), "web".to_owned())].into()),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    target_port: Some(IntOrString::Int(8080)),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        };
+        let mut stored = wanted.clone();
+        stored.metadata.annotations = Some([("team".to_owned(), "shop".to_owned())].into());
+        if let Some(spec) = stored.spec.as_mut() {
+            spec.cluster_ip = Some("10.96.0.7".into());
+            for port in spec.ports.iter_mut().flatten() {
+                port.protocol = Some("TCP".into());
+            }
+        }
+        let mut moved = stored.clone();
+        if let Some(spec) = moved.spec.as_mut() {
+            spec.selector = Some([("app".to_owned(), "api".to_owned())].into());
+        }
+        let mut unowned = stored.clone();
+        unowned.metadata.owner_references = None;
+        for whole in [stored, moved, unowned] {
+            let mut cached = whole.clone();
+            strip_service(&mut cached);
+            assert_eq!(
+                serin_traffic::in_place(&wanted, &cached),
+                serin_traffic::in_place(&wanted, &whole)
+            );
+            assert!(cached.metadata.annotations.is_none());
+        }
     }
 }

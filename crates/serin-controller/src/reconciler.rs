@@ -241,7 +241,7 @@ pub async fn run(
         .reflect(replica_set_writer)
         .touched_objects();
     let service_events = tracked("services", watcher(services, owned), &health)
-        .modify(cache::strip_managed_fields)
+        .modify(cache::strip_service)
         .reflect(service_writer)
         .touched_objects();
     let context = Arc::new(Context::new(client.clone(), &settings, metrics, cache));
@@ -974,6 +974,25 @@ mod tests {
                 available_replicas: Some(4),
                 ..ReplicaSetStatus::default()
             }),
+        }
+    }
+
+    /// The cache keeps too little of a ReplicaSet to change what is observed of it.
+    #[test]
+    fn a_cached_replica_set_is_observed_as_the_whole_one() {
+        for mark in [None, Some("2027-01-15T08:00:00Z")] {
+            let mut whole = observed_replica_set(mark);
+            whole.metadata.creation_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+            if let Some(status) = whole.status.as_mut() {
+                status.observed_generation = Some(2);
+            }
+            for generation in [2, 3] {
+                whole.metadata.generation = Some(generation);
+                let mut cached = whole.clone();
+                cache::strip_replica_set(&mut cached);
+                assert_eq!(observe_replica_set(&cached), observe_replica_set(&whole));
+                assert!(observe_replica_set(&cached).is_some());
+            }
         }
     }
 

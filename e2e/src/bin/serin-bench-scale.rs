@@ -5,11 +5,14 @@
 //!
 //! - the time from applying the fleet's new Canaries to every one Available;
 //! - at steady state, over a minute: the controller's resident memory, CPU seconds
-//!   per minute, and API requests per minute (its own `serin_api_requests_total`),
+//!   per minute, and API requests per minute (its own `serin_api_requests_total`,
+//!   watches and the leader Lease's renewals aside),
 //!   with the API server's and etcd's memory beside it (on this machine they are
 //!   the limit);
 //! - a wave: 10% of the fleet changes image at once, and the time from each
-//!   Canary's change to its first weight on the canary (median, p99).
+//!   Canary's change to its first weight on the canary (median, p99), and the
+//!   slowest of ten other Canaries changed just after the wave (are the others
+//!   starved while a wave drains?).
 //!
 //! Printed, with each figure against the control's, and written to
 //! `target/bench/scale.json`. A size that cannot be reached within the time limit
@@ -41,6 +44,8 @@ const NAMESPACE: &str = "scale";
 const APPLY_IN_FLIGHT: usize = 32;
 /// The steady-state window.
 const STEADY: Duration = Duration::from_secs(60);
+/// Canaries changed just after a wave, outside it.
+const BYSTANDERS: usize = 10;
 /// Pods one kwok node holds (see `cluster::fake_nodes`).
 const PODS_PER_NODE: usize = 1000;
 
@@ -77,6 +82,8 @@ struct Figures {
     wave: usize,
     wave_median: Option<Duration>,
     wave_p99: Option<Duration>,
+    /// The slowest of the Canaries changed just after the wave.
+    bystanders_max: Option<Duration>,
 }
 
 fn main() -> Result<()> {
@@ -181,26 +188,44 @@ impl Bench<'_> {
             )),
         );
 
-        let wave = &names[to - figures.wave.max(1).min(to)..];
+        let wave_start = to - figures.wave.max(1).min(to);
+        let wave = &names[wave_start..];
+        // Canaries outside the wave that change just after it: how long the
+        // others wait behind a wave.
+        let bystanders = &names[wave_start.saturating_sub(BYSTANDERS)..wave_start];
         figures.wave = wave.len();
-        println!("  wave: {} Canaries change image at once ...", wave.len());
-        let changed_at = self.runtime.block_on(apply(self.canaries, wave, "app:2"))?;
-        if self.wait("weighted", wave, |seen| &seen.weighted).is_some()
+        println!(
+            "  wave: {} Canaries change image at once, then {} others ...",
+            wave.len(),
+            bystanders.len()
+        );
+        let mut changed_at = self.runtime.block_on(apply(self.canaries, wave, "app:2"))?;
+        changed_at.extend(
+            self.runtime
+                .block_on(apply(self.canaries, bystanders, "app:2"))?,
+        );
+        let all: Vec<String> = wave.iter().chain(bystanders).cloned().collect();
+        if self.wait("weighted", &all, |seen| &seen.weighted).is_some()
             && let Ok(seen) = self.seen.lock()
         {
-            let mut delays: Vec<Duration> = wave
-                .iter()
-                .filter_map(|name| {
-                    Some(
-                        seen.weighted
-                            .get(name)?
-                            .duration_since(*changed_at.get(name)?),
-                    )
-                })
-                .collect();
-            delays.sort();
-            figures.wave_median = percentile(&delays, 0.5);
-            figures.wave_p99 = percentile(&delays, 0.99);
+            let delays = |names: &[String]| {
+                let mut delays: Vec<Duration> = names
+                    .iter()
+                    .filter_map(|name| {
+                        Some(
+                            seen.weighted
+                                .get(name)?
+                                .duration_since(*changed_at.get(name)?),
+                        )
+                    })
+                    .collect();
+                delays.sort();
+                delays
+            };
+            let (wave, bystanders) = (delays(wave), delays(bystanders));
+            figures.wave_median = percentile(&wave, 0.5);
+            figures.wave_p99 = percentile(&wave, 0.99);
+            figures.bystanders_max = bystanders.last().copied();
         }
         Ok(figures)
     }
@@ -224,6 +249,7 @@ impl Bench<'_> {
             wave,
             wave_median: None,
             wave_p99: None,
+            bystanders_max: None,
         }
     }
 
@@ -347,13 +373,17 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / per_second)
 }
 
-/// The controller's API requests so far, watches aside.
+/// The controller's API requests so far, watches and the leader Lease's renewals
+/// aside (a Lease renewal every few seconds is the price of a standby, whatever
+/// the fleet).
 fn requests(controller: &Controller) -> Result<f64> {
     Ok(controller
         .metrics()?
         .lines()
         .filter(|line| {
-            line.starts_with("serin_api_requests_total{") && !line.contains("verb=\"watch\"")
+            line.starts_with("serin_api_requests_total{")
+                && !line.contains("verb=\"watch\"")
+                && !line.contains("resource=\"leases\"")
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
@@ -396,7 +426,7 @@ fn report(results: &[Figures], concurrency: u16) -> Result<()> {
         "scale on the local control plane (kwok pods, 1 replica, pod-count routing, 3 Services each; controller --concurrency={concurrency}, release build)"
     );
     println!(
-        "{:>9} {:>14} {:>16} {:>14} {:>12} {:>12} {:>10} {:>14} {:>14}",
+        "{:>9} {:>14} {:>16} {:>14} {:>12} {:>12} {:>10} {:>14} {:>14} {:>12}",
         "canaries",
         "to Available",
         "controller RSS",
@@ -405,13 +435,14 @@ fn report(results: &[Figures], concurrency: u16) -> Result<()> {
         "apiserver",
         "etcd",
         "wave median",
-        "wave p99"
+        "wave p99",
+        "others max"
     );
     for figures in results {
         let secs =
             |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()));
         println!(
-            "{:>9} {:>14} {:>9.1} MiB {:>5} {:>7.2} {:>5} {:>12.1} {:>8.0} MiB {:>6.0} MiB {:>14} {:>14}",
+            "{:>9} {:>14} {:>9.1} MiB {:>5} {:>7.2} {:>5} {:>12.1} {:>8.0} MiB {:>6.0} MiB {:>14} {:>14} {:>12}",
             figures.canaries,
             secs(figures.to_available),
             mib(figures.controller_rss_kib),
@@ -429,6 +460,7 @@ fn report(results: &[Figures], concurrency: u16) -> Result<()> {
             mib(figures.etcd_rss_kib),
             secs(figures.wave_median),
             secs(figures.wave_p99),
+            secs(figures.bystanders_max),
         );
     }
     let measured: Vec<&Figures> = results
@@ -466,6 +498,7 @@ fn report(results: &[Figures], concurrency: u16) -> Result<()> {
                 "wave_canaries": f.wave,
                 "wave_first_weight_median_seconds": seconds(f.wave_median),
                 "wave_first_weight_p99_seconds": seconds(f.wave_p99),
+                "after_the_wave_first_weight_max_seconds": seconds(f.bystanders_max),
             })
         })
         .collect();
