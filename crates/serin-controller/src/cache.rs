@@ -3,9 +3,8 @@
 //! an idle fleet costs the API server nothing and a reconcile's reads cost no
 //! round trip.
 
-use std::sync::Arc;
-
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -28,7 +27,7 @@ pub struct Cache {
 
 /// The cache is gone: its watches stopped before they listed once.
 #[derive(Debug, thiserror::Error)]
-#[error("the watch of Serin's ReplicaSets and Services stopped before it listed them")]
+#[error("the watches of Serin's ReplicaSets, Services and routes stopped before they listed them")]
 pub struct CacheGone;
 
 impl Cache {
@@ -298,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_route_wakes_the_canaries_that_name_it_in_its_namespace() {
-        let writer_store = filled(
+        let canaries = filled(
             vec![
                 canary("shop", "web", &["web", "web-internal"]),
                 canary("shop", "api", &["api"]),
@@ -308,7 +307,7 @@ mod tests {
             ApiResource::erase::<serin_api::Canary>(&()),
         );
         let route = DynamicObject::new("web", &http_route_resource()).within("shop");
-        let woken: Vec<String> = canaries_routed_by(&writer_store, &route)
+        let woken: Vec<String> = canaries_routed_by(&canaries, &route)
             .iter()
             .map(|canary| {
                 format!(
