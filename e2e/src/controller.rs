@@ -3,6 +3,7 @@
 //! the controller run as a local process under the `serin` ServiceAccount's
 //! permissions, so every test proves the ClusterRole is enough.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -146,6 +147,15 @@ current-context: sa
     Ok((dir, kubeconfig))
 }
 
+/// What a controller has done so far, by its own count.
+#[derive(Clone, Debug, Default)]
+pub struct Work {
+    /// `serin_reconciles_total`.
+    pub reconciles: f64,
+    /// `serin_api_requests_total` by `(verb, resource)`.
+    pub requests: BTreeMap<(String, String), f64>,
+}
+
 /// A running `serin controller`.
 pub struct Controller {
     process: Supervised,
@@ -254,6 +264,38 @@ impl Controller {
         crate::http::get(self.metrics_port, "/metrics")
             .map(|(_, body)| body)
             .context("the controller's /metrics did not answer")
+    }
+
+    /// What the controller counts of its own work, from its `/metrics`.
+    pub fn work(&self) -> Result<Work> {
+        let mut work = Work::default();
+        for line in self.metrics()?.lines() {
+            let value = || {
+                line.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or_default()
+            };
+            if line.starts_with("serin_reconciles_total ") {
+                work.reconciles = value();
+            }
+            let Some((labels, _)) = line
+                .strip_prefix("serin_api_requests_total{")
+                .and_then(|rest| rest.split_once('}'))
+            else {
+                continue;
+            };
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_owned())
+                    .unwrap_or_default()
+            };
+            work.requests
+                .insert((label("verb"), label("resource")), value());
+        }
+        Ok(work)
     }
 
     /// The controller's output so far, to explain a failure.

@@ -12,6 +12,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+/// The resident memory (VmRSS) of process `pid`, in KiB: what the benchmarks report.
+pub fn resident_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")
+}
+
 /// A free TCP port on the loopback interface, for a server about to be started.
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;

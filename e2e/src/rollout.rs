@@ -106,10 +106,13 @@ impl Rollout {
 
     /// Applies `manifest`, which names this rollout's Canary or a sibling.
     pub fn apply_manifest(&self, manifest: &CanaryManifest) -> Result<()> {
-        self.kubectl.run_with_input(
-            &["apply", "-n", &self.namespace, "-f", "-"],
-            Some(&manifest.yaml()),
-        )?;
+        self.apply_yaml(&manifest.yaml())
+    }
+
+    /// `kubectl apply` of `yaml` (an HTTPRoute, a quota) in the rollout's namespace.
+    pub fn apply_yaml(&self, yaml: &str) -> Result<()> {
+        self.kubectl
+            .run_with_input(&["apply", "-n", &self.namespace, "-f", "-"], Some(yaml))?;
         Ok(())
     }
 
@@ -168,10 +171,7 @@ impl Rollout {
 
     /// The Canary as `kubectl get -o json` shows it.
     pub fn canary(&self) -> Result<Canary> {
-        let object = self
-            .kubectl
-            .get_json(&["canary", &self.name, "-n", &self.namespace])?;
-        Ok(serin_api::decode(object)?)
+        Ok(serin_api::decode(self.object()?)?)
     }
 
     /// Replicas and available pods of the ReplicaSet of `revision`.
@@ -245,10 +245,7 @@ impl Rollout {
 
     /// The status alone, as stored: readable even when the spec does not decode.
     pub fn stored_status(&self) -> Result<CanaryStatus> {
-        let object = self
-            .kubectl
-            .get_json(&["canary", &self.name, "-n", &self.namespace])?;
-        Ok(serde_json::from_value(object["status"].clone()).unwrap_or_default())
+        Ok(serde_json::from_value(self.object()?["status"].clone()).unwrap_or_default())
     }
 
     /// Polls the stored status until `done` holds, or fails after `limit`.

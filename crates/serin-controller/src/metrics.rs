@@ -152,6 +152,41 @@ fn verdict_name(verdict: Verdict) -> &'static str {
     }
 }
 
+/// The labels of every series of one analysed metric: its evidence, each arm's
+/// value (canary, then stable) and each verdict (in the order of [`VERDICTS`]).
+struct MetricSeries {
+    evidence: MetricLabels,
+    arms: [ArmLabels; 2],
+    verdicts: [VerdictLabels; 3],
+}
+
+impl MetricSeries {
+    fn of(namespace: &str, canary: &str, metric: &str) -> Self {
+        let evidence = MetricLabels {
+            namespace: namespace.to_owned(),
+            canary: canary.to_owned(),
+            metric: metric.to_owned(),
+        };
+        let arms = ["canary", "stable"].map(|arm| ArmLabels {
+            namespace: namespace.to_owned(),
+            canary: canary.to_owned(),
+            metric: metric.to_owned(),
+            arm,
+        });
+        let verdicts = VERDICTS.map(|verdict| VerdictLabels {
+            namespace: namespace.to_owned(),
+            canary: canary.to_owned(),
+            metric: metric.to_owned(),
+            verdict: verdict_name(verdict),
+        });
+        Self {
+            evidence,
+            arms,
+            verdicts,
+        }
+    }
+}
+
 /// Sets a gauge to `value`, or removes its series when there is none, so a figure
 /// Serin no longer has is absent from `/metrics` rather than stale.
 fn set_or_remove<L>(family: &Family<L, Gauge<f64, AtomicU64>>, labels: &L, value: Option<f64>)
@@ -364,32 +399,16 @@ impl Metrics {
             self.forget_metric(namespace, canary, gone);
         }
         for metric in &status.analysis {
-            let labels = MetricLabels {
-                namespace: namespace.to_owned(),
-                canary: canary.to_owned(),
-                metric: metric.name.clone(),
-            };
-            set_or_remove(&self.evidence, &labels, metric.evidence);
-            for (arm, value) in [("canary", metric.canary), ("stable", metric.stable)] {
-                let labels = ArmLabels {
-                    namespace: namespace.to_owned(),
-                    canary: canary.to_owned(),
-                    metric: metric.name.clone(),
-                    arm,
-                };
-                set_or_remove(&self.value, &labels, value);
+            let series = MetricSeries::of(namespace, canary, &metric.name);
+            set_or_remove(&self.evidence, &series.evidence, metric.evidence);
+            for (labels, value) in series.arms.iter().zip([metric.canary, metric.stable]) {
+                set_or_remove(&self.value, labels, value);
             }
-            for verdict in VERDICTS {
-                let labels = VerdictLabels {
-                    namespace: namespace.to_owned(),
-                    canary: canary.to_owned(),
-                    metric: metric.name.clone(),
-                    verdict: verdict_name(verdict),
-                };
+            for (labels, verdict) in series.verdicts.iter().zip(VERDICTS) {
                 if verdict == metric.verdict {
-                    self.verdict.get_or_create(&labels).set(1);
+                    self.verdict.get_or_create(labels).set(1);
                 } else {
-                    self.verdict.remove(&labels);
+                    self.verdict.remove(labels);
                 }
             }
         }
@@ -407,26 +426,13 @@ impl Metrics {
     }
 
     fn forget_metric(&self, namespace: &str, canary: &str, metric: &str) {
-        self.evidence.remove(&MetricLabels {
-            namespace: namespace.to_owned(),
-            canary: canary.to_owned(),
-            metric: metric.to_owned(),
-        });
-        for arm in ["canary", "stable"] {
-            self.value.remove(&ArmLabels {
-                namespace: namespace.to_owned(),
-                canary: canary.to_owned(),
-                metric: metric.to_owned(),
-                arm,
-            });
+        let series = MetricSeries::of(namespace, canary, metric);
+        self.evidence.remove(&series.evidence);
+        for labels in &series.arms {
+            self.value.remove(labels);
         }
-        for verdict in VERDICTS {
-            self.verdict.remove(&VerdictLabels {
-                namespace: namespace.to_owned(),
-                canary: canary.to_owned(),
-                metric: metric.to_owned(),
-                verdict: verdict_name(verdict),
-            });
+        for labels in &series.verdicts {
+            self.verdict.remove(labels);
         }
     }
 

@@ -79,7 +79,7 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
-    /// The cache of ReplicaSets and Services is gone (the watches stopped).
+    /// The cache of ReplicaSets, Services and routes is gone (the watches stopped).
     #[error(transparent)]
     Cache(#[from] CacheGone),
     /// Reading or writing Services or routes failed.
@@ -144,7 +144,7 @@ pub struct Context {
     /// Who records the Events: the pod name in a cluster.
     instance: String,
     metrics: Arc<Metrics>,
-    /// Serin's ReplicaSets and Services, as the watches last saw them.
+    /// Serin's ReplicaSets and Services and the routes, as the watches last saw them.
     cache: Cache,
 }
 
@@ -250,14 +250,7 @@ pub async fn run(
             .owns_stream(replica_set_events)
             .owns_stream(service_events);
     if routes_served {
-        let routes = match &settings.namespace {
-            Some(namespace) => Api::<DynamicObject>::namespaced_with(
-                client.clone(),
-                namespace,
-                &http_route_resource(),
-            ),
-            None => Api::<DynamicObject>::all_with(client.clone(), &http_route_resource()),
-        };
+        let routes = scoped(&client, &settings, &http_route_resource());
         let route_events = tracked(
             "httproutes",
             watcher(routes, watcher::Config::default()),
@@ -315,10 +308,14 @@ async fn http_routes_served(client: &Client) -> bool {
 
 /// The Canaries in the controller's namespace (or all), as untyped objects.
 pub fn canaries(client: &Client, settings: &Settings) -> Api<DynamicObject> {
-    let canary_type = ApiResource::erase::<Canary>(&());
+    scoped(client, settings, &ApiResource::erase::<Canary>(&()))
+}
+
+/// Objects of `resource` in the controller's namespace (or all), untyped.
+fn scoped(client: &Client, settings: &Settings, resource: &ApiResource) -> Api<DynamicObject> {
     match &settings.namespace {
-        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &canary_type),
-        None => Api::all_with(client.clone(), &canary_type),
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, resource),
+        None => Api::all_with(client.clone(), resource),
     }
 }
 

@@ -94,7 +94,7 @@ pub enum Router<'a> {
         client: &'a Client,
         /// The workload.
         workload: Workload<'a>,
-        /// The Services as last seen.
+        /// The Services and routes as last seen.
         seen: &'a dyn Seen,
         /// The HTTPRoutes.
         routes: &'a [String],

@@ -38,6 +38,7 @@ use serin_e2e::controller::Controller;
 use serin_e2e::harness::Cluster;
 use serin_e2e::kubectl::Kubectl;
 use serin_e2e::manifest::CanaryManifest;
+use serin_e2e::process::resident_kib;
 
 const NAMESPACE: &str = "scale";
 /// Canaries applied at once by the benchmark (server-side apply).
@@ -178,22 +179,22 @@ impl Bench<'_> {
         thread::sleep(STEADY);
         let (cpu_after, requests_after) = (cpu_seconds(pid)?, requests(self.controller)?);
         let minutes = STEADY.as_secs_f64() / 60.0;
+        // A tenth of the fleet, and at least the one Canary of the control.
+        let wave_start = to - (to / 10).max(1);
         let mut figures = self.figures(
             to,
             Some(to_available),
-            to / 10,
+            to - wave_start,
             Some((
                 (cpu_after - cpu_before) / minutes,
                 (requests_after - requests_before) / minutes,
             )),
         );
 
-        let wave_start = to - figures.wave.max(1).min(to);
         let wave = &names[wave_start..];
         // Canaries outside the wave that change just after it: how long the
         // others wait behind a wave.
         let bystanders = &names[wave_start.saturating_sub(BYSTANDERS)..wave_start];
-        figures.wave = wave.len();
         println!(
             "  wave: {} Canaries change image at once, then {} others ...",
             wave.len(),
@@ -241,11 +242,11 @@ impl Bench<'_> {
         Figures {
             canaries,
             to_available,
-            controller_rss_kib: resident_kib(Some(self.controller.pid())),
+            controller_rss_kib: rss(Some(self.controller.pid())),
             controller_cpu_per_minute: cpu,
             requests_per_minute: requests,
-            apiserver_rss_kib: resident_kib(self.plane.pid("kube-apiserver")),
-            etcd_rss_kib: resident_kib(self.plane.pid("etcd")),
+            apiserver_rss_kib: rss(self.plane.pid("kube-apiserver")),
+            etcd_rss_kib: rss(self.plane.pid("etcd")),
             wave,
             wave_median: None,
             wave_p99: None,
@@ -378,26 +379,17 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 /// the fleet).
 fn requests(controller: &Controller) -> Result<f64> {
     Ok(controller
-        .metrics()?
-        .lines()
-        .filter(|line| {
-            line.starts_with("serin_api_requests_total{")
-                && !line.contains("verb=\"watch\"")
-                && !line.contains("resource=\"leases\"")
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .work()?
+        .requests
+        .iter()
+        .filter(|((verb, resource), _)| verb != "watch" && resource != "leases")
+        .map(|(_, count)| count)
         .sum())
 }
 
-fn resident_kib(pid: Option<u32>) -> u64 {
-    pid.and_then(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+/// The RSS of `pid` in KiB, 0 for a process that is not there.
+fn rss(pid: Option<u32>) -> u64 {
+    pid.and_then(|pid| resident_kib(pid).ok()).unwrap_or(0)
 }
 
 fn percentile(sorted: &[Duration], at: f64) -> Option<Duration> {

@@ -10,15 +10,15 @@
 
 use serin_api::{COMMAND_ANNOTATION, canary_service};
 use serin_e2e::manifest::CanaryManifest;
-use std::fs;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serin_e2e::cluster::{Binaries, ControlPlane, Options, default_bin_dir, gateway_api_crds};
 use serin_e2e::controller::Controller;
 use serin_e2e::harness::Cluster;
 use serin_e2e::kubectl::Kubectl;
+use serin_e2e::process::resident_kib;
 
 const RUNS: usize = 7;
 const CANARIES: usize = 100;
@@ -227,13 +227,4 @@ fn median(times: &[Duration]) -> f64 {
     let mut seconds: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
     seconds.sort_by(f64::total_cmp);
     seconds.get(seconds.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-fn resident_kib(pid: u32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS in /proc/<pid>/status")
 }

@@ -75,9 +75,7 @@ pub(crate) fn weights(route: &Value) -> (Option<i64>, Option<i64>) {
 fn route_weights_follow_every_step_and_the_rest_of_the_route_is_untouched() -> Result<()> {
     install_gateway_api();
     let rollout = Rollout::prepare(cluster(), "gateway", "web")?;
-    rollout
-        .kubectl
-        .run_with_input(&["apply", "-n", &rollout.namespace, "-f", "-"], Some(ROUTE))?;
+    rollout.apply_yaml(ROUTE)?;
     let written = route(&rollout)?;
     rollout.apply("web:1", ROUTED)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
@@ -157,9 +155,7 @@ fn a_missing_route_is_an_invalid_spec_and_nothing_is_changed() -> Result<()> {
     assert!(rollout.events()?.contains(&"InvalidSpec".to_owned()));
 
     // The route watch wakes the Canary: a retry of an invalid spec would wait 30 s.
-    rollout
-        .kubectl
-        .run_with_input(&["apply", "-n", &rollout.namespace, "-f", "-"], Some(ROUTE))?;
+    rollout.apply_yaml(ROUTE)?;
     rollout.wait(
         "the new route acted on at once",
         ROUTE_WATCH_BOUND,
@@ -178,9 +174,7 @@ const ROUTE_WATCH_BOUND: Duration = Duration::from_secs(10);
 fn weights_a_person_changes_on_the_route_are_put_back_at_once() -> Result<()> {
     install_gateway_api();
     let rollout = Rollout::prepare(cluster(), "route-edit", "web")?;
-    rollout
-        .kubectl
-        .run_with_input(&["apply", "-n", &rollout.namespace, "-f", "-"], Some(ROUTE))?;
+    rollout.apply_yaml(ROUTE)?;
     rollout.apply("web:1", ROUTED)?;
     rollout.wait_promoted(Duration::from_secs(60))?;
     rollout.wait("100% stable on the route", Duration::from_secs(30), |_| {

@@ -85,6 +85,18 @@ impl ArgoCd {
             .collect())
     }
 
+    /// Fails unless Argo CD offers exactly `actions` on `object`.
+    fn ensure_offers(&self, object: &Value, actions: &[&str]) -> Result<()> {
+        let offered = self.offered(object)?;
+        let wanted: BTreeSet<String> = actions.iter().map(|a| (*a).to_owned()).collect();
+        ensure!(
+            offered == wanted,
+            "Argo CD offers {offered:?} on a {} Canary, not {wanted:?}",
+            phase(object)
+        );
+        Ok(())
+    }
+
     /// Runs action `name` as Argo CD does: the script changes the object, and the
     /// difference is sent as a merge patch. Checks that nothing but the command
     /// annotation and `spec.paused` changes.
@@ -293,12 +305,7 @@ fn gitops_tools_read_every_phase_and_argo_cd_actions_steer_the_rollout() -> Resu
     })?;
     rollout.set_image("web:2")?;
     let paused = seen.until(&rollout, "the rollout paused", |o| phase(o) == "Paused")?;
-    ensure!(
-        argocd.offered(&paused)?
-            == BTreeSet::from(["abort", "promote", "promote-full", "resume"].map(String::from)),
-        "{:?}",
-        argocd.offered(&paused)?
-    );
+    argocd.ensure_offers(&paused, &["abort", "promote", "promote-full", "resume"])?;
     argocd.act("resume", &rollout)?;
     seen.until(&rollout, "step 1", |o| {
         phase(o) == "Progressing" && o["status"]["weight"] == 25
@@ -309,11 +316,7 @@ fn gitops_tools_read_every_phase_and_argo_cd_actions_steer_the_rollout() -> Resu
     argocd.act("abort", &rollout)?;
     let aborted = seen.until(&rollout, "aborted", |o| phase(o) == "Aborted")?;
     rollout.wait_condition("Stalled", Duration::from_secs(5))?;
-    ensure!(
-        argocd.offered(&aborted)? == BTreeSet::from(["pause", "retry"].map(String::from)),
-        "{:?}",
-        argocd.offered(&aborted)?
-    );
+    argocd.ensure_offers(&aborted, &["pause", "retry"])?;
     argocd.act("retry", &rollout)?;
     seen.until(&rollout, "retried", |o| {
         phase(o) == "Progressing" && o["status"]["weight"] == 25

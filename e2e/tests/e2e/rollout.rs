@@ -201,9 +201,7 @@ fn restoring_the_stable_template_returns_to_healthy_at_once() -> Result<()> {
 fn a_killed_controller_restarted_finishes_the_same_rollout() -> Result<()> {
     install_gateway_api();
     let mut rollout = Rollout::prepare(cluster(), "killed", "web")?;
-    rollout
-        .kubectl
-        .run_with_input(&["apply", "-n", &rollout.namespace, "-f", "-"], Some(ROUTE))?;
+    rollout.apply_yaml(ROUTE)?;
     let routed =
         "  steps: [25, 50]\n  stepDuration: 4s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
     rollout.apply("web:1", routed)?;

@@ -55,9 +55,7 @@ fn requests_through_the_gateway_follow_the_route_weights_and_an_abort_takes_the_
 -> Result<()> {
     gateway()?;
     let rollout = Rollout::prepare_in_cluster(cluster(), "real-gateway", "web")?;
-    rollout
-        .kubectl
-        .run_with_input(&["apply", "-n", &rollout.namespace, "-f", "-"], Some(ROUTE))?;
+    rollout.apply_yaml(ROUTE)?;
     let steps = "  steps: [10, 50]\n  stepDuration: 20s\n  scaleDownDelay: 5s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
     rollout.apply_manifest(&workload("v1", steps))?;
     rollout.wait_promoted(Duration::from_secs(90))?;
