@@ -171,7 +171,7 @@ impl Rollout {
 
     /// The Canary as `kubectl get -o json` shows it.
     pub fn canary(&self) -> Result<Canary> {
-        Ok(serin_api::decode(self.object()?)?)
+        Ok(serin_api::decode(&self.object()?)?)
     }
 
     /// Replicas and available pods of the ReplicaSet of `revision`.

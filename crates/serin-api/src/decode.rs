@@ -18,7 +18,7 @@ pub struct DecodeError {
 }
 
 /// Decodes one stored Canary, or says which field does not fit and why.
-pub fn decode(object: Value) -> Result<Canary, DecodeError> {
+pub fn decode(object: &Value) -> Result<Canary, DecodeError> {
     serde_path_to_error::deserialize(object).map_err(|error| {
         let field = error.path().to_string();
         DecodeError {
@@ -56,13 +56,13 @@ mod tests {
 
     #[test]
     fn a_stored_canary_decodes() {
-        let decoded = decode(canary(json!("0.01")));
+        let decoded = decode(&canary(json!("0.01")));
         assert!(decoded.is_ok(), "{decoded:?}");
     }
 
     #[test]
     fn a_value_of_the_wrong_type_names_its_field() {
-        let error = decode(canary(json!(0.01))).err();
+        let error = decode(&canary(json!(0.01))).err();
         let error = error.unwrap_or_else(|| panic!("a number where a string belongs decoded"));
         assert_eq!(error.field, "spec.template.spec.containers[0].env[0].value");
         assert!(

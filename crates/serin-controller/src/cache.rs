@@ -16,6 +16,8 @@ use kube::runtime::watcher;
 use serin_api::{CANARY_LABEL, REVISION_LABEL, SCALE_DOWN_AT_ANNOTATION};
 use serin_traffic::gateway::{RouteSighting, http_route_resource};
 
+use crate::watched::WatchedCanary;
+
 /// Serin's ReplicaSets and Services (those labelled with [`CANARY_LABEL`]), and
 /// the HTTPRoutes when Gateway API is served.
 #[derive(Clone)]
@@ -99,19 +101,25 @@ impl serin_traffic::Seen for Cache {
     }
 }
 
-/// The Canaries (untyped, as the controller's store holds them) whose
-/// `spec.traffic.gatewayAPI.httpRoutes` names `route` in its namespace: those to
-/// wake when the route changes.
+/// The Canaries whose `spec.traffic.gatewayAPI.httpRoutes` names `route` in its
+/// namespace: those to wake when the route changes. One that does not decode
+/// names no route it can act on.
 pub fn canaries_routed_by(
-    canaries: &Store<DynamicObject>,
+    canaries: &Store<WatchedCanary>,
     route: &DynamicObject,
-) -> Vec<Arc<DynamicObject>> {
+) -> Vec<Arc<WatchedCanary>> {
     let (namespace, name) = (route.namespace(), route.name_any());
-    canaries.state_filter(|canary| {
+    canaries.state_filter(|watched| {
+        let WatchedCanary::Decoded(canary) = watched else {
+            return false;
+        };
         canary.namespace() == namespace
-            && canary.data["spec"]["traffic"]["gatewayAPI"]["httpRoutes"]
-                .as_array()
-                .is_some_and(|routes| routes.iter().any(|r| r.as_str() == Some(name.as_str())))
+            && canary
+                .spec
+                .traffic
+                .as_ref()
+                .and_then(|traffic| traffic.gateway_api.as_ref())
+                .is_some_and(|gateway| gateway.http_routes.contains(&name))
     })
 }
 
@@ -204,17 +212,6 @@ pub fn strip_managed_fields<K: kube::Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// Drops what the reconciler never reads before a Canary is cached: managed
-/// fields and kubectl's copy of the whole last applied manifest.
-pub fn strip_canary(canary: &mut DynamicObject) {
-    canary.metadata.managed_fields = None;
-    if let Some(annotations) = canary.metadata.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
-    }
-}
-
-/// The annotation `kubectl apply` (client-side) keeps the whole manifest in.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 #[cfg(test)]
 mod tests {
@@ -223,7 +220,6 @@ mod tests {
     use k8s_openapi::api::core::v1::PodTemplateSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    use kube::api::ApiResource;
     use serin_traffic::Seen;
 
     fn replica_set(namespace: &str, name: &str, canary: &str) -> ReplicaSet {
@@ -273,26 +269,21 @@ mod tests {
         assert!(cache.service("blog", "web").is_none());
     }
 
-    fn canary(namespace: &str, name: &str, routes: &[&str]) -> DynamicObject {
-        let mut canary = DynamicObject::new(name, &ApiResource::erase::<serin_api::Canary>(&()))
-            .within(namespace)
-            .data(serde_json::json!({
-                "spec": {"traffic": {"gatewayAPI": {"httpRoutes": routes}}}
-            }));
-        canary.metadata.annotations = Some(
-            [
-                (
-                    LAST_APPLIED.to_owned(),
-                    "{...the whole manifest...}".to_owned(),
-                ),
-                (
-                    serin_api::COMMAND_ANNOTATION.to_owned(),
-                    "promote/1".to_owned(),
-                ),
-            ]
-            .into(),
-        );
-        canary
+    fn canary(namespace: &str, name: &str, routes: &[&str]) -> WatchedCanary {
+        let stored = serde_json::json!({
+            "apiVersion": "serin.dev/v1alpha1",
+            "kind": "Canary",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "app", "image": "web:1"}]}
+                },
+                "traffic": {"gatewayAPI": {"httpRoutes": routes}}
+            }
+        });
+        WatchedCanary::from_stored(stored).unwrap()
     }
 
     #[test]
@@ -304,7 +295,7 @@ mod tests {
                 canary("shop", "pods", &[]),
                 canary("blog", "web", &["web"]),
             ],
-            ApiResource::erase::<serin_api::Canary>(&()),
+            (),
         );
         let route = DynamicObject::new("web", &http_route_resource()).within("shop");
         let woken: Vec<String> = canaries_routed_by(&canaries, &route)
@@ -318,20 +309,6 @@ mod tests {
             })
             .collect();
         assert_eq!(woken, ["shop/web"]);
-    }
-
-    #[test]
-    fn a_cached_canary_keeps_its_command_but_not_kubectls_copy_of_the_manifest() {
-        let mut cached = canary("shop", "web", &[]);
-        strip_canary(&mut cached);
-        let annotations = cached.metadata.annotations.unwrap_or_default();
-        assert!(!annotations.contains_key(LAST_APPLIED));
-        assert_eq!(
-            annotations
-                .get(serin_api::COMMAND_ANNOTATION)
-                .map(String::as_str),
-            Some("promote/1")
-        );
     }
 
     #[test]

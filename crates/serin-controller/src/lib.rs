@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod pods;
 pub mod reconciler;
 pub mod run;
+pub mod watched;

@@ -33,6 +33,7 @@ use crate::cache::{self, Cache, CacheGone};
 use crate::health::WatchHealth;
 use crate::metrics::Metrics;
 use crate::pods;
+use crate::watched::WatchedCanary;
 use serin_api::CanaryStatus;
 use serin_core::conditions::{self, ConditionStatus};
 use serin_core::machine::{
@@ -194,9 +195,9 @@ pub struct Settings {
 
 /// Reconciles every Canary in scope until `stop` resolves.
 ///
-/// Canaries are watched as untyped objects and decoded one at a time, so a Canary
-/// whose stored pod spec does not fit the types (the API server stores the pod spec
-/// without a schema) is reported on its own and cannot stop the watch of the others.
+/// Canaries are decoded one at a time as the watch delivers them (see
+/// [`WatchedCanary`]), so one that does not decode cannot stop the watch of the
+/// others.
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -204,8 +205,10 @@ pub async fn run(
     health: Arc<WatchHealth>,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let canary_type = ApiResource::erase::<Canary>(&());
-    let canaries = canaries(&client, &settings);
+    let canaries: Api<WatchedCanary> = match &settings.namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
     let (replica_sets, services) = match &settings.namespace {
         Some(namespace) => (
             Api::<ReplicaSet>::namespaced(client.clone(), namespace),
@@ -221,10 +224,9 @@ pub async fn run(
         None => watcher::Config::default(),
     };
     let owned = watcher::Config::default().labels(CANARY_LABEL);
-    let writer = reflector::store::Writer::new(canary_type.clone());
+    let writer = reflector::store::Writer::default();
     let store = writer.as_reader();
     let canary_events = tracked("canaries", watcher(canaries, shard), &health)
-        .modify(cache::strip_canary)
         .reflect(writer)
         .applied_objects();
     let replica_set_writer = reflector::store::Writer::default();
@@ -245,9 +247,8 @@ pub async fn run(
         .reflect(service_writer)
         .touched_objects();
     let context = Arc::new(Context::new(client.clone(), &settings, metrics, cache));
-    let mut controller =
-        Controller::for_stream_with(canary_events, store.clone(), canary_type.clone())
-            .owns_stream(replica_set_events)
+    let mut controller = Controller::for_stream(canary_events, store.clone())
+        .owns_stream(replica_set_events)
             .owns_stream(service_events);
     if routes_served {
         let routes = scoped(&client, &settings, &http_route_resource());
@@ -266,7 +267,7 @@ pub async fn run(
             move |route| {
                 cache::canaries_routed_by(&store, &route)
                     .iter()
-                    .map(|canary| ObjectRef::from_obj_with(canary.as_ref(), canary_type.clone()))
+                    .map(|canary| ObjectRef::from_obj(canary.as_ref()))
                     .collect::<Vec<_>>()
             },
             http_route_resource(),
@@ -335,7 +336,7 @@ fn tracked<K: Send + 'static>(
 /// Backs off by the kind of failure (see [`ReconcileError::retry_after`]); the
 /// failure is counted by layer when the reconcile ends.
 fn error_policy(
-    _canary: Arc<DynamicObject>,
+    _canary: Arc<WatchedCanary>,
     error: &ReconcileError,
     _context: Arc<Context>,
 ) -> Requeue {
@@ -343,32 +344,26 @@ fn error_policy(
 }
 
 async fn reconcile(
-    object: Arc<DynamicObject>,
+    watched: Arc<WatchedCanary>,
     context: Arc<Context>,
 ) -> Result<Requeue, ReconcileError> {
-    let namespace = object.namespace().ok_or(ReconcileError::NoNamespace)?;
-    let name = object.name_any();
+    let namespace = watched.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let name = watched.name_any();
     let span = info_span!("reconcile", canary = %format!("{namespace}/{name}"));
     let started = Instant::now();
     let result = async {
-        if object.metadata.deletion_timestamp.is_some() {
+        if watched.meta().deletion_timestamp.is_some() {
             context.metrics.forget(&namespace, &name);
             return Ok(Requeue::await_change());
         }
-        let decoded = serde_json::to_value(object.as_ref())
-            .map_err(|error| DecodeError {
-                field: "(the whole object)".into(),
-                problem: error.to_string(),
-            })
-            .and_then(serin_api::decode);
-        match decoded {
-            Ok(canary) => {
+        match watched.as_ref() {
+            WatchedCanary::Decoded(canary) => {
                 context.metrics.undecodable(&namespace, &name, false);
-                reconcile_canary(&canary, &context).await
+                reconcile_canary(canary, &context).await
             }
-            Err(error) => {
+            WatchedCanary::Undecodable { object, error } => {
                 context.metrics.undecodable(&namespace, &name, true);
-                report_undecodable(&object, &namespace, &name, &error, &context).await
+                report_undecodable(object, &namespace, &name, error, &context).await
             }
         }
     }

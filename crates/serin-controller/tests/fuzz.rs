@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use serin_api::{CanaryStatus, Phase};
 use serin_controller::analysis::Analyst;
+use serin_controller::watched::WatchedCanary;
 use serin_core::machine::{ObservedReplicaSet, Snapshot, StepVerdict, plan};
 use serin_core::revision::revision_of;
 
@@ -163,13 +164,19 @@ proptest! {
         for each in &mutations {
             mutate(&mut object, each);
         }
-        let canary = match serin_api::decode(object) {
+        // The controller's watch takes it in decoded exactly when it decodes.
+        let watched = WatchedCanary::from_stored(object.clone());
+        let canary = match serin_api::decode(&object) {
             Err(error) => {
                 prop_assert!(!error.field.is_empty());
                 prop_assert!(error.to_string().starts_with(&error.field), "{error}");
+                prop_assert!(!matches!(watched, Ok(WatchedCanary::Decoded(_))));
                 return Ok(());
             }
-            Ok(canary) => canary,
+            Ok(canary) => {
+                prop_assert!(matches!(watched, Ok(WatchedCanary::Decoded(_))));
+                canary
+            }
         };
         let revision = revision_of(&canary.spec.template);
         prop_assert_eq!(revision.len(), 10);

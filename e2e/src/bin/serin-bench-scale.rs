@@ -12,7 +12,10 @@
 //! - a wave: 10% of the fleet changes image at once, and the time from each
 //!   Canary's change to its first weight on the canary (median, p99), and the
 //!   slowest of ten other Canaries changed just after the wave (are the others
-//!   starved while a wave drains?).
+//!   starved while a wave drains?);
+//! - timed steps: ten Canaries mid-rollout whose 15 s step ends while the wave
+//!   drains, and how late each moved on, against their step before the wave
+//!   (do the others keep their cadence?).
 //!
 //! Printed, with each figure against the control's, and written to
 //! `target/bench/scale.json`. A size that cannot be reached within the time limit
@@ -47,6 +50,14 @@ const APPLY_IN_FLIGHT: usize = 32;
 const STEADY: Duration = Duration::from_secs(60);
 /// Canaries changed just after a wave, outside it.
 const BYSTANDERS: usize = 10;
+/// Canaries mid-rollout whose timed step ends during a wave.
+const TIMERS: usize = 10;
+/// Their step duration.
+const TIMER_STEP: Duration = Duration::from_secs(15);
+/// The rollout of the fleet and of the wave: a first weight, then an hour.
+const ROLLOUT: &str = "  steps: [10, 50]\n  stepDuration: 1h\n  progressDeadline: 2h\n";
+/// The timed Canaries' rollout: three steps of `TIMER_STEP`.
+const TIMED: &str = "  steps: [10, 50, 90]\n  stepDuration: 15s\n  progressDeadline: 2h\n";
 /// Pods one kwok node holds (see `cluster::fake_nodes`).
 const PODS_PER_NODE: usize = 1000;
 
@@ -69,6 +80,19 @@ struct Args {
 struct Seen {
     available: HashMap<String, Instant>,
     weighted: HashMap<String, Instant>,
+    /// Each step a Canary's status was at, in order, and when it was seen.
+    steps: HashMap<String, Vec<(i64, Instant)>>,
+}
+
+impl Seen {
+    /// When `name` was first seen at `step` or later.
+    fn at_step(&self, name: &str, step: i64) -> Option<Instant> {
+        self.steps
+            .get(name)?
+            .iter()
+            .find(|(seen, _)| *seen >= step)
+            .map(|(_, at)| *at)
+    }
 }
 
 /// One fleet size's figures.
@@ -85,6 +109,10 @@ struct Figures {
     wave_p99: Option<Duration>,
     /// The slowest of the Canaries changed just after the wave.
     bystanders_max: Option<Duration>,
+    /// How late the timed Canaries left their step before the wave, at most.
+    timer_late_quiet: Option<f64>,
+    /// And the step that ended while the wave drained.
+    timer_late_wave: Option<f64>,
 }
 
 fn main() -> Result<()> {
@@ -165,8 +193,10 @@ impl Bench<'_> {
         println!("{to} Canaries: applying {} ...", to - from);
         let started = Instant::now();
         self.runtime
-            .block_on(apply(self.canaries, &names[from..], "app:1"))?;
-        let to_available = self.wait("Available", &names, |seen| &seen.available);
+            .block_on(apply(self.canaries, &names[from..], "app:1", ROLLOUT))?;
+        let to_available = self.wait("Available", &names, |seen, name| {
+            seen.available.get(name).copied()
+        });
         let Some(to_available) = to_available.map(|at| at.duration_since(started)) else {
             return Ok(self.figures(to, None, 0, None));
         };
@@ -195,29 +225,55 @@ impl Bench<'_> {
         // Canaries outside the wave that change just after it: how long the
         // others wait behind a wave.
         let bystanders = &names[wave_start.saturating_sub(BYSTANDERS)..wave_start];
+        // Canaries mid-rollout whose step ends while the wave drains: whether the
+        // others keep their cadence.
+        let timers = &names[wave_start.saturating_sub(BYSTANDERS + TIMERS)
+            ..wave_start.saturating_sub(BYSTANDERS)];
+        if !timers.is_empty() {
+            self.start_timers(timers)?;
+        }
         println!(
             "  wave: {} Canaries change image at once, then {} others ...",
             wave.len(),
             bystanders.len()
         );
-        let mut changed_at = self.runtime.block_on(apply(self.canaries, wave, "app:2"))?;
-        changed_at.extend(
-            self.runtime
-                .block_on(apply(self.canaries, bystanders, "app:2"))?,
-        );
+        let mut changed_at = self
+            .runtime
+            .block_on(apply(self.canaries, wave, "app:2", ROLLOUT))?;
+        changed_at.extend(self.runtime.block_on(apply(
+            self.canaries,
+            bystanders,
+            "app:2",
+            ROLLOUT,
+        ))?);
         let all: Vec<String> = wave.iter().chain(bystanders).cloned().collect();
-        if self.wait("weighted", &all, |seen| &seen.weighted).is_some()
+        let weighted = self.wait("weighted", &all, |seen, name| seen.weighted.get(name).copied());
+        let timed = timers.is_empty()
+            || self
+                .wait("past their timed step", timers, |seen, name| {
+                    seen.at_step(name, 3)
+                })
+                .is_some();
+        if weighted.is_some()
+            && timed
             && let Ok(seen) = self.seen.lock()
         {
+            let late = |from: i64, to: i64| {
+                timers
+                    .iter()
+                    .filter_map(|name| {
+                        let step = seen.at_step(name, to)? - seen.at_step(name, from)?;
+                        Some(step.as_secs_f64() - TIMER_STEP.as_secs_f64())
+                    })
+                    .reduce(f64::max)
+            };
+            figures.timer_late_quiet = late(1, 2);
+            figures.timer_late_wave = late(2, 3);
             let delays = |names: &[String]| {
                 let mut delays: Vec<Duration> = names
                     .iter()
                     .filter_map(|name| {
-                        Some(
-                            seen.weighted
-                                .get(name)?
-                                .duration_since(*changed_at.get(name)?),
-                        )
+                        Some(seen.weighted.get(name)?.duration_since(*changed_at.get(name)?))
                     })
                     .collect();
                 delays.sort();
@@ -251,7 +307,34 @@ impl Bench<'_> {
             wave_median: None,
             wave_p99: None,
             bystanders_max: None,
+            timer_late_quiet: None,
+            timer_late_wave: None,
         }
+    }
+
+    /// Starts the timed Canaries' rollout and returns when their second step's
+    /// end is a few seconds away, so that it falls while the wave that follows
+    /// drains.
+    fn start_timers(&self, timers: &[String]) -> Result<()> {
+        println!(
+            "  timed steps: {} Canaries roll out in steps of {TIMER_STEP:?} ...",
+            timers.len()
+        );
+        self.runtime
+            .block_on(apply(self.canaries, timers, "app:2", TIMED))?;
+        self.wait("at their second step", timers, |seen, name| {
+            seen.at_step(name, 2)
+        })
+        .context("the timed Canaries did not reach their second step")?;
+        let first = self
+            .seen
+            .lock()
+            .ok()
+            .and_then(|seen| timers.iter().filter_map(|n| seen.at_step(n, 2)).min())
+            .context("no timed Canary seen at its second step")?;
+        let wave_at = first + TIMER_STEP - Duration::from_secs(3);
+        thread::sleep(wave_at.saturating_duration_since(Instant::now()));
+        Ok(())
     }
 
     /// Waits until every one of `names` is in the `map` of what was seen; the time
@@ -260,7 +343,7 @@ impl Bench<'_> {
         &self,
         what: &str,
         names: &[String],
-        map: impl Fn(&Seen) -> &HashMap<String, Instant>,
+        at: impl Fn(&Seen, &str) -> Option<Instant>,
     ) -> Option<Instant> {
         let until = Instant::now() + self.limit;
         let mut reported = Instant::now();
@@ -269,7 +352,7 @@ impl Bench<'_> {
                 Ok(seen) => {
                     let times: Vec<Instant> = names
                         .iter()
-                        .filter_map(|n| map(&seen).get(n).copied())
+                        .filter_map(|name| at(&seen, name))
                         .collect();
                     (times.len(), times.into_iter().max())
                 }
@@ -301,6 +384,7 @@ async fn apply(
     canaries: &Api<DynamicObject>,
     names: &[String],
     image: &str,
+    rollout: &str,
 ) -> Result<HashMap<String, Instant>> {
     let params = PatchParams::apply("serin-bench").force();
     futures::stream::iter(names)
@@ -311,7 +395,7 @@ async fn apply(
                     .image(image)
                     .replicas(1)
                     .service(Some("{port: 80}"))
-                    .spec("  steps: [10, 50]\n  stepDuration: 1h\n  progressDeadline: 2h\n")
+                    .spec(rollout)
                     .yaml();
                 let object: DynamicObject = serde_norway::from_str(&yaml)?;
                 canaries
@@ -326,8 +410,8 @@ async fn apply(
         .await
 }
 
-/// Watches the Canaries and notes when each was first Available and first had a
-/// weight on its canary.
+/// Watches the Canaries and notes when each was first Available, first had a
+/// weight on its canary, and reached each step.
 async fn track(canaries: Api<DynamicObject>, seen: Arc<Mutex<Seen>>) {
     watcher(canaries, watcher::Config::default())
         .default_backoff()
@@ -347,7 +431,14 @@ async fn track(canaries: Api<DynamicObject>, seen: Arc<Mutex<Seen>>) {
                         .or_insert_with(Instant::now);
                 }
                 if status["weight"].as_i64().is_some_and(|weight| weight > 0) {
-                    seen.weighted.entry(name).or_insert_with(Instant::now);
+                    seen.weighted
+                        .entry(name.clone())
+                        .or_insert_with(Instant::now);
+                }
+                let step = status["step"].as_i64().unwrap_or_default();
+                let steps = seen.steps.entry(name).or_default();
+                if steps.last().is_none_or(|(last, _)| *last != step) {
+                    steps.push((step, Instant::now()));
                 }
             }
             futures::future::ready(())
@@ -418,7 +509,7 @@ fn report(results: &[Figures], concurrency: u16) -> Result<()> {
         "scale on the local control plane (kwok pods, 1 replica, pod-count routing, 3 Services each; controller --concurrency={concurrency}, release build)"
     );
     println!(
-        "{:>9} {:>14} {:>16} {:>14} {:>12} {:>12} {:>10} {:>14} {:>14} {:>12}",
+        "{:>9} {:>14} {:>16} {:>14} {:>12} {:>12} {:>10} {:>14} {:>14} {:>12} {:>12} {:>12}",
         "canaries",
         "to Available",
         "controller RSS",
@@ -428,13 +519,16 @@ fn report(results: &[Figures], concurrency: u16) -> Result<()> {
         "etcd",
         "wave median",
         "wave p99",
-        "others max"
+        "others max",
+        "step late",
+        "… in wave"
     );
     for figures in results {
         let secs =
             |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()));
+        let late = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{s:+.1}s"));
         println!(
-            "{:>9} {:>14} {:>9.1} MiB {:>5} {:>7.2} {:>5} {:>12.1} {:>8.0} MiB {:>6.0} MiB {:>14} {:>14} {:>12}",
+            "{:>9} {:>14} {:>9.1} MiB {:>5} {:>7.2} {:>5} {:>12.1} {:>8.0} MiB {:>6.0} MiB {:>14} {:>14} {:>12} {:>12} {:>12}",
             figures.canaries,
             secs(figures.to_available),
             mib(figures.controller_rss_kib),
@@ -453,6 +547,8 @@ fn report(results: &[Figures], concurrency: u16) -> Result<()> {
             secs(figures.wave_median),
             secs(figures.wave_p99),
             secs(figures.bystanders_max),
+            late(figures.timer_late_quiet),
+            late(figures.timer_late_wave),
         );
     }
     let measured: Vec<&Figures> = results
@@ -491,6 +587,8 @@ fn report(results: &[Figures], concurrency: u16) -> Result<()> {
                 "wave_first_weight_median_seconds": seconds(f.wave_median),
                 "wave_first_weight_p99_seconds": seconds(f.wave_p99),
                 "after_the_wave_first_weight_max_seconds": seconds(f.bystanders_max),
+                "timed_step_late_max_seconds_before_the_wave": f.timer_late_quiet,
+                "timed_step_late_max_seconds_during_the_wave": f.timer_late_wave,
             })
         })
         .collect();

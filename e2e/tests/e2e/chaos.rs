@@ -117,7 +117,7 @@ fn look(judged: &Judged) -> Result<Look> {
         .find(|c| c["metadata"]["name"] == "web")
         .cloned()
         .context("no Canary web")?;
-    let canary = serin_api::decode(canary)?;
+    let canary = serin_api::decode(&canary)?;
     let replica_sets = of_kind("ReplicaSet")
         .map(|rs| {
             (
