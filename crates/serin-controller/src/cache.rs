@@ -75,6 +75,14 @@ impl Cache {
         Ok(())
     }
 
+    /// Whether Canary `namespace/canary` has a ReplicaSet of `revision`: if not,
+    /// a reconcile of that revision starts it.
+    pub fn has_revision(&self, namespace: &str, canary: &str, revision: &str) -> bool {
+        self.replica_sets(namespace, canary)
+            .iter()
+            .any(|rs| rs.labels().get(REVISION_LABEL).map(String::as_str) == Some(revision))
+    }
+
     /// The ReplicaSets of Canary `namespace/canary`.
     pub fn replica_sets(&self, namespace: &str, canary: &str) -> Vec<Arc<ReplicaSet>> {
         self.replica_sets.state_filter(|rs| {
@@ -211,7 +219,6 @@ fn identity(metadata: ObjectMeta, labels: &[&str], annotations: &[&str]) -> Obje
 pub fn strip_managed_fields<K: kube::Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
-
 
 #[cfg(test)]
 mod tests {

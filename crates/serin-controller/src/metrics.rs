@@ -216,6 +216,7 @@ const PHASES: [Phase; 6] = [
 pub struct Metrics {
     registry: Registry,
     reconciles: Counter,
+    starts_deferred: Counter,
     failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
     weight: Family<CanaryLabels, Gauge<i64, AtomicI64>>,
@@ -237,6 +238,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("serin");
         let reconciles = Counter::<u64, AtomicU64>::default();
+        let starts_deferred = Counter::<u64, AtomicU64>::default();
         let failures = Family::<ErrorLabels, Counter<u64, AtomicU64>>::default();
         let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
         let weight = Family::default();
@@ -258,6 +260,11 @@ impl Default for Metrics {
         let leader = Gauge::default();
         let undecodable = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
+        registry.register(
+            "revision_starts_deferred",
+            "Reconciles that would have started a new revision while half the reconciles in flight already were, put off for a second",
+            starts_deferred.clone(),
+        );
         registry.register(
             "reconcile_errors",
             "Reconciles that failed and will be retried, by the layer that failed",
@@ -326,6 +333,7 @@ impl Default for Metrics {
         Self {
             registry,
             reconciles,
+            starts_deferred,
             failures,
             duration,
             weight,
@@ -358,6 +366,11 @@ impl Metrics {
         if let Some(layer) = failed_in {
             self.failures.get_or_create(&ErrorLabels { layer }).inc();
         }
+    }
+
+    /// Counts a new revision put off because the start slots were taken.
+    pub fn start_deferred(&self) {
+        self.starts_deferred.inc();
     }
 
     /// Records a Canary's phase, weight, step and analysis after a reconcile. The

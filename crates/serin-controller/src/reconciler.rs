@@ -26,6 +26,7 @@ use serin_api::{
 };
 use serin_traffic::gateway::http_route_resource;
 use serin_traffic::{Router, WeightRouter, Weights, Workload};
+use tokio::sync::Semaphore;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::analysis::Analyst;
@@ -136,6 +137,12 @@ fn kube_error(layer: Layer, what: impl Into<String>) -> impl FnOnce(kube::Error)
     }
 }
 
+/// How long a reconcile that would start a new revision waits when the start
+/// slots are taken: the deferred reconcile costs a cache read, and a wave of new
+/// revisions then takes at most half the reconciles in flight, so timed steps and
+/// analyses of the rollouts already running keep their cadence.
+pub const START_DEFERRED: Duration = Duration::from_secs(1);
+
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
@@ -147,6 +154,8 @@ pub struct Context {
     metrics: Arc<Metrics>,
     /// Serin's ReplicaSets and Services and the routes, as the watches last saw them.
     cache: Cache,
+    /// Slots for reconciles that start a new revision: half the concurrency.
+    starts: Arc<Semaphore>,
 }
 
 impl Context {
@@ -155,6 +164,9 @@ impl Context {
     pub fn new(client: Client, settings: &Settings, metrics: Arc<Metrics>, cache: Cache) -> Self {
         Self {
             cache,
+            starts: Arc::new(Semaphore::new(usize::from(
+                (settings.concurrency / 2).max(1),
+            ))),
             instance: std::env::var("POD_NAME")
                 .unwrap_or_else(|_| format!("serin-{}", std::process::id())),
             client,
@@ -185,7 +197,7 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// Label selector on Canaries: the shard this controller owns; None: all.
     pub shard_selector: Option<String>,
-    /// Canaries reconciled at once.
+    /// Canaries reconciled at once; at most half of them start a new revision.
     pub concurrency: u16,
     /// Prometheus for Canaries whose analysis names none.
     pub prometheus_address: Option<String>,
@@ -249,7 +261,7 @@ pub async fn run(
     let context = Arc::new(Context::new(client.clone(), &settings, metrics, cache));
     let mut controller = Controller::for_stream(canary_events, store.clone())
         .owns_stream(replica_set_events)
-            .owns_stream(service_events);
+        .owns_stream(service_events);
     if routes_served {
         let routes = scoped(&client, &settings, &http_route_resource());
         let route_events = tracked(
@@ -471,7 +483,22 @@ async fn reconcile_one(
         &context.cache,
         canary.spec.traffic.as_ref(),
     );
-    let observed = observe(canary, namespace, name, &router, context).await?;
+    context.cache.ready().await?;
+    let revision = revision_of(&canary.spec.template);
+    // A new revision (its dry run, its ReplicaSet, its first status and Event)
+    // waits for a start slot; a reconcile of a revision that runs already never does.
+    let _start = if context.cache.has_revision(namespace, name, &revision) {
+        None
+    } else {
+        match Arc::clone(&context.starts).try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                context.metrics.start_deferred();
+                return Ok(Requeue::requeue(START_DEFERRED));
+            }
+        }
+    };
+    let observed = observe(canary, revision, namespace, name, &router, context).await?;
     let plan = decide(canary, observed.clone());
     apply(canary, namespace, name, &router, &observed, &plan, context).await?;
     report(canary, namespace, name, &plan, context).await
@@ -494,19 +521,18 @@ struct Observed {
 /// a dry run of a new revision's ReplicaSet) and runs the analysis when due.
 async fn observe(
     canary: &Canary,
+    revision: String,
     namespace: &str,
     name: &str,
     router: &Router<'_>,
     context: &Context,
 ) -> Result<Observed, ReconcileError> {
-    context.cache.ready().await?;
     let mut observed: Vec<ObservedReplicaSet> = context
         .cache
         .replica_sets(namespace, name)
         .iter()
         .filter_map(|rs| observe_replica_set(rs))
         .collect();
-    let revision = revision_of(&canary.spec.template);
     let now = Timestamp::now();
     let stable = canary
         .status

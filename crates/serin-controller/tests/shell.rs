@@ -12,11 +12,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Client;
 use kube::client::Body;
+use kube::runtime::controller::Action as Requeue;
 use serde_json::{Value, json};
 use serin_api::{Canary, CanaryStatus, Phase};
 use serin_controller::cache::Cache;
 use serin_controller::metrics::Metrics;
-use serin_controller::reconciler::{Context, Layer, ReconcileError, Settings, reconcile_canary};
+use serin_controller::reconciler::{
+    Context, Layer, ReconcileError, START_DEFERRED, Settings, reconcile_canary,
+};
 use serin_core::revision::revision_of;
 
 /// One request as the API server saw it.
@@ -430,4 +433,123 @@ async fn an_idle_canary_sends_no_request_at_all() {
             services[1]["metadata"]["name"].as_str().unwrap_or_default()
         )]
     );
+}
+
+#[tokio::test]
+async fn a_new_revision_waits_for_a_start_slot_and_a_running_one_never_does() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // "web" runs step 1 of its revision; "api" and "db" each start a new one.
+    let mut running = canary("", None);
+    let revision = revision_of(&running.spec.template);
+    running.status = Some(mid_rollout(&revision, Timestamp::now()));
+    let starting = |name: &str| {
+        let mut canary = canary("", None);
+        canary.metadata.name = Some(name.into());
+        canary
+    };
+    let cache = Cache::holding(
+        decode(&[
+            replica_set("aaaaaaaaaa", 4, 4),
+            replica_set(&revision, 1, 1),
+        ]),
+        Vec::new(),
+    );
+    // An API server that holds its first answer until told, answers every other
+    // request with an error at once, and notes each request as it arrives.
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let arrived = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (release, held) = tokio::sync::oneshot::channel::<()>();
+    let noted = Arc::clone(&arrived);
+    tokio::spawn(async move {
+        let mut held = Some(held);
+        while let Some((request, respond)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.unwrap_or_default();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if let Ok(mut noted) = noted.lock() {
+                noted.push(format!(
+                    "{} {} {}",
+                    parts.method,
+                    parts.uri.path(),
+                    body["metadata"]["name"].as_str().unwrap_or_default()
+                ));
+            }
+            let hold = held.take();
+            tokio::spawn(async move {
+                if let Some(hold) = hold {
+                    let _ = hold.await;
+                }
+                let answer = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                    "message": "scripted failure", "code": 500});
+                if let Ok(response) = Response::builder()
+                    .status(StatusCode::INTERNAL_SERVER_ERROR)
+                    .body(Body::from(answer.to_string().into_bytes()))
+                {
+                    respond.send_response(response);
+                }
+            });
+        }
+    });
+    let settings = Settings {
+        namespace: None,
+        shard_selector: None,
+        concurrency: 2,
+        prometheus_address: None,
+        prometheus_queries: 1,
+    };
+    let context = Arc::new(Context::new(
+        Client::new(service, "default"),
+        &settings,
+        Arc::new(Metrics::default()),
+        cache,
+    ));
+    let arrived_count = || arrived.lock().map(|a| a.len()).unwrap_or_default();
+
+    // "api" takes the one start slot (concurrency 2) and waits on its dry run.
+    let first = {
+        let (context, api) = (Arc::clone(&context), starting("api"));
+        tokio::spawn(async move { reconcile_canary(&api, &context).await })
+    };
+    within(async {
+        while arrived_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    // "db" is put off without a request; "web" goes on to the API server.
+    let deferred = within(reconcile_canary(&starting("db"), &context)).await;
+    assert_eq!(deferred.ok(), Some(Requeue::requeue(START_DEFERRED)));
+    assert_eq!(arrived_count(), 1, "{arrived:?}");
+    let on = within(reconcile_canary(&running, &context)).await;
+    assert_ne!(on.ok(), Some(Requeue::requeue(START_DEFERRED)));
+    assert!(
+        arrived_count() > 1
+            && arrived
+                .lock()
+                .map(|a| a.iter().skip(1).all(|r| !r.contains("db-")))
+                .unwrap_or_default(),
+        "{arrived:?}"
+    );
+
+    // Once "api" is done, "db" starts: its dry run goes out.
+    let _ = release.send(());
+    let _ = within(first).await;
+    let _ = within(reconcile_canary(&starting("db"), &context)).await;
+    assert!(
+        arrived
+            .lock()
+            .map(|a| a
+                .iter()
+                .any(|r| r.starts_with("POST /apis/apps/v1/namespaces/shop/replicasets db-")))
+            .unwrap_or_default(),
+        "{arrived:?}"
+    );
+}
+
+/// Awaits `future`, failing the test after 20 s.
+async fn within<F: Future>(future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), future)
+        .await
+        .unwrap_or_else(|_| panic!("not done within 20 s"))
 }

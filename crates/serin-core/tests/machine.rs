@@ -37,6 +37,7 @@ spec:
 }
 
 /// The cluster as the state machine sees it, and a clock.
+#[derive(Clone)]
 struct World {
     spec: CanarySpec,
     generation: i64,
@@ -1064,6 +1065,9 @@ mod random_walks {
     enum Happening {
         Wait(u64),
         NewTemplate(usize),
+        /// A new template whose first reconcile the shell puts off for some
+        /// seconds (every start slot taken by a wave).
+        StartPutOff(usize, u64),
         PodsStall,
         PodsFail(bool),
         PodsReady,
@@ -1077,6 +1081,8 @@ mod random_walks {
         prop_oneof![
             (1..120u64).prop_map(Happening::Wait),
             (0..3usize).prop_map(Happening::NewTemplate),
+            (0..3usize, 1..5u64)
+                .prop_map(|(which, seconds)| Happening::StartPutOff(which, seconds)),
             Just(Happening::PodsStall),
             any::<bool>().prop_map(Happening::PodsFail),
             Just(Happening::PodsReady),
@@ -1113,9 +1119,23 @@ mod random_walks {
                 let before = (world.status.step, world.status.phase, world.status.canary_revision.clone());
                 let reported_before = world.reason(conditions::PROGRESSING) == "CanaryPodsFailing";
                 let acknowledged = world.status.last_command.clone();
+                let mut started_at_once = None;
                 match happened {
                     Happening::Wait(seconds) => world.advance(Duration::from_secs(seconds)),
                     Happening::NewTemplate(which) => world.new_template(templates[which]),
+                    Happening::StartPutOff(which, seconds) => {
+                        let new = !world.replica_sets.iter().any(|rs| rs.revision == templates[which]);
+                        if new {
+                            let mut at_once = world.clone();
+                            at_once.new_template(templates[which]);
+                            at_once.reconcile();
+                            started_at_once = Some(at_once);
+                        }
+                        world.new_template(templates[which]);
+                        if new {
+                            world.advance(Duration::from_secs(seconds));
+                        }
+                    }
                     Happening::PodsStall => world.instant_pods = false,
                     Happening::PodsFail(failing) => {
                         world.pods_failing = failing.then(|| "pod web-x: CrashLoopBackOff".to_owned());
@@ -1133,6 +1153,14 @@ mod random_walks {
                 // World::apply asserts that no weight lands on a canary without an
                 // available pod, and that only the spec's revision is ever created.
                 world.reconcile();
+                // A new revision put off starts, when it is reconciled, as it would
+                // have at once: the same canary, step, phase and weight.
+                if let Some(at_once) = started_at_once {
+                    prop_assert_eq!(
+                        (&world.status.canary_revision, world.status.step, world.status.phase, world.weight()),
+                        (&at_once.status.canary_revision, at_once.status.step, at_once.status.phase, at_once.weight())
+                    );
+                }
                 // A plan that asks to wait is a fixed point: planning again at the same
                 // moment changes no status and records no Event, so the shell can skip
                 // writing an unchanged status.

@@ -34,7 +34,7 @@ struct ControllerArgs {
     /// own leader Lease.
     #[arg(long, env = "SERIN_SHARD_SELECTOR")]
     shard_selector: Option<String>,
-    /// Canaries reconciled at once.
+    /// Canaries reconciled at once; at most half of them start a new revision.
     #[arg(long, default_value_t = 4)]
     concurrency: u16,
     /// Address of `/metrics`.

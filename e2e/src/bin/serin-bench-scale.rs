@@ -227,8 +227,8 @@ impl Bench<'_> {
         let bystanders = &names[wave_start.saturating_sub(BYSTANDERS)..wave_start];
         // Canaries mid-rollout whose step ends while the wave drains: whether the
         // others keep their cadence.
-        let timers = &names[wave_start.saturating_sub(BYSTANDERS + TIMERS)
-            ..wave_start.saturating_sub(BYSTANDERS)];
+        let timers = &names
+            [wave_start.saturating_sub(BYSTANDERS + TIMERS)..wave_start.saturating_sub(BYSTANDERS)];
         if !timers.is_empty() {
             self.start_timers(timers)?;
         }
@@ -247,7 +247,9 @@ impl Bench<'_> {
             ROLLOUT,
         ))?);
         let all: Vec<String> = wave.iter().chain(bystanders).cloned().collect();
-        let weighted = self.wait("weighted", &all, |seen, name| seen.weighted.get(name).copied());
+        let weighted = self.wait("weighted", &all, |seen, name| {
+            seen.weighted.get(name).copied()
+        });
         let timed = timers.is_empty()
             || self
                 .wait("past their timed step", timers, |seen, name| {
@@ -273,7 +275,11 @@ impl Bench<'_> {
                 let mut delays: Vec<Duration> = names
                     .iter()
                     .filter_map(|name| {
-                        Some(seen.weighted.get(name)?.duration_since(*changed_at.get(name)?))
+                        Some(
+                            seen.weighted
+                                .get(name)?
+                                .duration_since(*changed_at.get(name)?),
+                        )
                     })
                     .collect();
                 delays.sort();
@@ -350,10 +356,8 @@ impl Bench<'_> {
         loop {
             let (done, last) = match self.seen.lock() {
                 Ok(seen) => {
-                    let times: Vec<Instant> = names
-                        .iter()
-                        .filter_map(|name| at(&seen, name))
-                        .collect();
+                    let times: Vec<Instant> =
+                        names.iter().filter_map(|name| at(&seen, name)).collect();
                     (times.len(), times.into_iter().max())
                 }
                 Err(_) => return None,
