@@ -117,18 +117,8 @@ pub fn canaries_routed_by(
     route: &DynamicObject,
 ) -> Vec<Arc<WatchedCanary>> {
     let (namespace, name) = (route.namespace(), route.name_any());
-    canaries.state_filter(|watched| {
-        let WatchedCanary::Decoded(canary) = watched else {
-            return false;
-        };
-        canary.namespace() == namespace
-            && canary
-                .spec
-                .traffic
-                .as_ref()
-                .and_then(|traffic| traffic.gateway_api.as_ref())
-                .is_some_and(|gateway| gateway.http_routes.contains(&name))
-    })
+    canaries
+        .state_filter(|canary| canary.namespace() == namespace && canary.names_http_route(&name))
 }
 
 fn filled<K>(objects: Vec<K>, resource: K::DynamicType) -> Store<K>

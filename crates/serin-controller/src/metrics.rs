@@ -262,7 +262,7 @@ impl Default for Metrics {
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "revision_starts_deferred",
-            "Reconciles that would have started a new revision while half the reconciles in flight already were, put off for a second",
+            "Reconciles starting a revision (until its first weight) put off for a second because half the reconciles in flight already were",
             starts_deferred.clone(),
         );
         registry.register(
@@ -368,7 +368,8 @@ impl Metrics {
         }
     }
 
-    /// Counts a new revision put off because the start slots were taken.
+    /// Counts a reconcile starting a revision put off because the start slots
+    /// were taken.
     pub fn start_deferred(&self) {
         self.starts_deferred.inc();
     }

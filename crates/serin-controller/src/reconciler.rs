@@ -34,8 +34,8 @@ use crate::cache::{self, Cache, CacheGone};
 use crate::health::WatchHealth;
 use crate::metrics::Metrics;
 use crate::pods;
-use crate::watched::WatchedCanary;
-use serin_api::CanaryStatus;
+use crate::watched::{Read, WatchedCanary};
+use serin_api::{CanaryStatus, Phase};
 use serin_core::conditions::{self, ConditionStatus};
 use serin_core::machine::{
     self, Action, EventType, ObservedReplicaSet, Plan, Snapshot, StepVerdict,
@@ -137,10 +137,10 @@ fn kube_error(layer: Layer, what: impl Into<String>) -> impl FnOnce(kube::Error)
     }
 }
 
-/// How long a reconcile that would start a new revision waits when the start
-/// slots are taken: the deferred reconcile costs a cache read, and a wave of new
-/// revisions then takes at most half the reconciles in flight, so timed steps and
-/// analyses of the rollouts already running keep their cadence.
+/// How long a reconcile that starts a revision (until its first weight) waits
+/// when the start slots are taken: the deferred reconcile costs a cache read, and
+/// a wave of new revisions then takes at most half the reconciles in flight, so
+/// timed steps and analyses of the rollouts already running keep their cadence.
 pub const START_DEFERRED: Duration = Duration::from_secs(1);
 
 /// What every reconcile shares.
@@ -154,7 +154,8 @@ pub struct Context {
     metrics: Arc<Metrics>,
     /// Serin's ReplicaSets and Services and the routes, as the watches last saw them.
     cache: Cache,
-    /// Slots for reconciles that start a new revision: half the concurrency.
+    /// Slots for reconciles that start a revision, until its first weight: half
+    /// the concurrency.
     starts: Arc<Semaphore>,
 }
 
@@ -197,7 +198,8 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// Label selector on Canaries: the shard this controller owns; None: all.
     pub shard_selector: Option<String>,
-    /// Canaries reconciled at once; at most half of them start a new revision.
+    /// Canaries reconciled at once; at most half of them start a revision (until
+    /// its first weight).
     pub concurrency: u16,
     /// Prometheus for Canaries whose analysis names none.
     pub prometheus_address: Option<String>,
@@ -368,14 +370,14 @@ async fn reconcile(
             context.metrics.forget(&namespace, &name);
             return Ok(Requeue::await_change());
         }
-        match watched.as_ref() {
-            WatchedCanary::Decoded(canary) => {
+        match watched.read() {
+            Read::Canary(canary) => {
                 context.metrics.undecodable(&namespace, &name, false);
-                reconcile_canary(canary, &context).await
+                reconcile_canary(&canary, &context).await
             }
-            WatchedCanary::Undecodable { object, error } => {
+            Read::Undecodable(object, error) => {
                 context.metrics.undecodable(&namespace, &name, true);
-                report_undecodable(object, &namespace, &name, error, &context).await
+                report_undecodable(&object, &namespace, &name, &error, &context).await
             }
         }
     }
@@ -485,9 +487,12 @@ async fn reconcile_one(
     );
     context.cache.ready().await?;
     let revision = revision_of(&canary.spec.template);
-    // A new revision (its dry run, its ReplicaSet, its first status and Event)
-    // waits for a start slot; a reconcile of a revision that runs already never does.
-    let _start = if context.cache.has_revision(namespace, name, &revision) {
+    // Starting a revision (its dry run and ReplicaSet, then each look until its
+    // first weight) waits for a start slot; a rollout past its first weight, with
+    // its timed steps and analyses, never does.
+    let starting = !context.cache.has_revision(namespace, name, &revision)
+        || before_first_weight(canary, &revision);
+    let _start = if !starting {
         None
     } else {
         match Arc::clone(&context.starts).try_acquire_owned() {
@@ -502,6 +507,16 @@ async fn reconcile_one(
     let plan = decide(canary, observed.clone());
     apply(canary, namespace, name, &router, &observed, &plan, context).await?;
     report(canary, namespace, name, &plan, context).await
+}
+
+/// A rollout of `revision` that has not put weight on it yet: its canary pods are
+/// still coming up, the part of a rollout that a wave of image changes is made of.
+fn before_first_weight(canary: &Canary, revision: &str) -> bool {
+    canary.status.as_ref().is_some_and(|status| {
+        status.phase == Some(Phase::Progressing)
+            && status.canary_revision.as_deref() == Some(revision)
+            && status.weight == 0
+    })
 }
 
 /// What one reconcile saw: the Canary's ReplicaSets, the spec's revision, a spec

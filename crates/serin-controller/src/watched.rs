@@ -1,11 +1,12 @@
-//! A Canary as the controller's watch keeps it: decoded once, when it arrives,
-//! and held typed, or held whole with the reason it does not decode.
+//! A Canary as the controller's watch keeps it: as compact JSON, checked once
+//! when it arrives, and decoded again at each reconcile.
 //!
-//! Typed, a Canary costs a fraction of its untyped JSON tree (a map of a handful
-//! of keys is a B-tree node of its own) and is not decoded again on every
-//! reconcile. Kept whole when it does not decode, one Canary whose stored pod
-//! spec does not fit the types (the API server stores the pod spec without a
-//! schema) is reported on its own and cannot stop the watch of the others.
+//! Compact JSON is a third of the typed Canary's heap and a tenth of its untyped
+//! JSON tree (a map of a handful of keys is a B-tree node of its own); decoding it
+//! again takes tens of microseconds, a reconcile's smallest part. Checked when it
+//! arrives, one Canary whose stored pod spec does not fit the types (the API
+//! server stores the pod spec without a schema) is reported on its own and
+//! cannot stop the watch of the others.
 
 use std::borrow::Cow;
 
@@ -17,11 +18,18 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use serin_api::{Canary, DecodeError};
 
-/// A Canary from the watch, decoded or not.
+/// A Canary from the watch, decodable or not.
 #[derive(Clone, Debug)]
 pub enum WatchedCanary {
-    /// It decodes: what the reconciler plans from.
-    Decoded(Box<Canary>),
+    /// It decodes.
+    Decodes {
+        /// Its metadata, for the store and the work queue.
+        metadata: Box<ObjectMeta>,
+        /// The stored object, as compact JSON.
+        stored: Box<str>,
+        /// The HTTPRoutes it names: a route that changes wakes it.
+        http_routes: Box<[String]>,
+    },
     /// It does not: the object as stored, and which field does not fit.
     Undecodable {
         /// The object, untyped.
@@ -31,9 +39,18 @@ pub enum WatchedCanary {
     },
 }
 
+/// What a reconcile reads from a [`WatchedCanary`].
+pub enum Read {
+    /// The Canary to plan from.
+    Canary(Box<Canary>),
+    /// An object that does not decode, and why.
+    Undecodable(Box<DynamicObject>, DecodeError),
+}
+
 impl WatchedCanary {
-    /// Decodes a stored Canary, dropping first what the reconciler never reads
-    /// (managed fields, kubectl's copy of the whole last applied manifest).
+    /// Checks a stored Canary and keeps it, dropping first what the reconciler
+    /// never reads (managed fields, kubectl's copy of the whole last applied
+    /// manifest). Fails only for an object whose metadata is not an object's.
     pub fn from_stored(mut object: Value) -> Result<Self, serde_json::Error> {
         if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
             metadata.remove("managedFields");
@@ -45,12 +62,58 @@ impl WatchedCanary {
             }
         }
         Ok(match serin_api::decode(&object) {
-            Ok(canary) => Self::Decoded(Box::new(canary)),
+            Ok(canary) => Self::Decodes {
+                metadata: Box::new(canary.metadata),
+                stored: object.to_string().into_boxed_str(),
+                http_routes: canary
+                    .spec
+                    .traffic
+                    .and_then(|traffic| traffic.gateway_api)
+                    .map(|gateway| gateway.http_routes.into_boxed_slice())
+                    .unwrap_or_default(),
+            },
             Err(error) => Self::Undecodable {
                 object: Box::new(serde_json::from_value(object)?),
                 error,
             },
         })
+    }
+
+    /// The Canary, decoded from what was stored, or the object and why it does
+    /// not decode.
+    pub fn read(&self) -> Read {
+        match self {
+            Self::Decodes {
+                metadata, stored, ..
+            } => match serde_json::from_str(stored)
+                .map_err(|error| DecodeError {
+                    field: "(the whole object)".into(),
+                    problem: error.to_string(),
+                })
+                .and_then(|object: Value| serin_api::decode(&object))
+            {
+                Ok(canary) => Read::Canary(Box::new(canary)),
+                // It decoded when it arrived, so this is not expected; the
+                // metadata is enough to report it.
+                Err(error) => Read::Undecodable(
+                    Box::new(DynamicObject {
+                        types: None,
+                        metadata: metadata.as_ref().clone(),
+                        data: Value::Null,
+                    }),
+                    error,
+                ),
+            },
+            Self::Undecodable { object, error } => Read::Undecodable(object.clone(), error.clone()),
+        }
+    }
+
+    /// Whether its `spec.traffic.gatewayAPI.httpRoutes` names `route`.
+    pub fn names_http_route(&self, route: &str) -> bool {
+        match self {
+            Self::Decodes { http_routes, .. } => http_routes.iter().any(|name| name == route),
+            Self::Undecodable { .. } => false,
+        }
     }
 }
 
@@ -86,14 +149,14 @@ impl Resource for WatchedCanary {
 
     fn meta(&self) -> &ObjectMeta {
         match self {
-            Self::Decoded(canary) => &canary.metadata,
+            Self::Decodes { metadata, .. } => metadata,
             Self::Undecodable { object, .. } => &object.metadata,
         }
     }
 
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         match self {
-            Self::Decoded(canary) => &mut canary.metadata,
+            Self::Decodes { metadata, .. } => metadata,
             Self::Undecodable { object, .. } => &mut object.metadata,
         }
     }
@@ -134,22 +197,28 @@ mod tests {
     fn a_watched_canary_keeps_its_command_but_not_kubectls_copy_of_the_manifest() {
         for env_value in [json!("0.01"), json!(0.01)] {
             let watched: WatchedCanary = serde_json::from_value(stored(env_value)).unwrap();
-            let annotations = watched.annotations();
-            assert!(!annotations.contains_key(LAST_APPLIED));
-            assert_eq!(
-                annotations
-                    .get(serin_api::COMMAND_ANNOTATION)
-                    .map(String::as_str),
-                Some("promote/1")
-            );
-            assert!(watched.meta().managed_fields.is_none());
+            let object = match watched.read() {
+                Read::Canary(canary) => serde_json::to_value(canary).unwrap(),
+                Read::Undecodable(object, _) => serde_json::to_value(object).unwrap(),
+            };
+            for metadata in [
+                serde_json::to_value(watched.meta()).unwrap(),
+                object["metadata"].clone(),
+            ] {
+                assert_eq!(metadata["annotations"][LAST_APPLIED], Value::Null);
+                assert_eq!(
+                    metadata["annotations"][serin_api::COMMAND_ANNOTATION],
+                    "promote/1"
+                );
+                assert_eq!(metadata["managedFields"], Value::Null);
+            }
         }
     }
 
     #[test]
     fn a_canary_that_does_not_decode_is_kept_whole_with_the_field_named() {
         let watched: WatchedCanary = serde_json::from_value(stored(json!(0.01))).unwrap();
-        let WatchedCanary::Undecodable { object, error } = watched else {
+        let Read::Undecodable(object, error) = watched.read() else {
             panic!("a number in an env value decoded");
         };
         assert_eq!(error.field, "spec.template.spec.containers[0].env[0].value");
@@ -158,11 +227,19 @@ mod tests {
     }
 
     #[test]
-    fn a_canary_that_decodes_is_held_typed() {
+    fn a_canary_that_decodes_reads_as_it_was_stored() {
         let watched: WatchedCanary = serde_json::from_value(stored(json!("0.01"))).unwrap();
-        let WatchedCanary::Decoded(canary) = watched else {
+        let Read::Canary(canary) = watched.read() else {
             panic!("a string env value did not decode");
         };
+        let mut expected = stored(json!("0.01"));
+        if let Some(metadata) = expected["metadata"].as_object_mut() {
+            metadata.remove("managedFields");
+            metadata["annotations"]
+                .as_object_mut()
+                .map(|annotations| annotations.remove(LAST_APPLIED));
+        }
+        assert_eq!(*canary, serin_api::decode(&expected).unwrap());
         assert_eq!(canary.spec.selector.match_labels["app"], "web");
     }
 }

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use serin_api::{CanaryStatus, Phase};
 use serin_controller::analysis::Analyst;
-use serin_controller::watched::WatchedCanary;
+use serin_controller::watched::{Read, WatchedCanary};
 use serin_core::machine::{ObservedReplicaSet, Snapshot, StepVerdict, plan};
 use serin_core::revision::revision_of;
 
@@ -170,11 +170,14 @@ proptest! {
             Err(error) => {
                 prop_assert!(!error.field.is_empty());
                 prop_assert!(error.to_string().starts_with(&error.field), "{error}");
-                prop_assert!(!matches!(watched, Ok(WatchedCanary::Decoded(_))));
+                let decodes = matches!(watched, Ok(WatchedCanary::Decodes { .. }));
+                prop_assert!(!decodes, "{:?}", watched);
                 return Ok(());
             }
             Ok(canary) => {
-                prop_assert!(matches!(watched, Ok(WatchedCanary::Decoded(_))));
+                prop_assert!(
+                    matches!(watched.as_ref().map(WatchedCanary::read), Ok(Read::Canary(read)) if *read == canary)
+                );
                 canary
             }
         };

@@ -438,7 +438,7 @@ async fn an_idle_canary_sends_no_request_at_all() {
 #[tokio::test]
 async fn a_new_revision_waits_for_a_start_slot_and_a_running_one_never_does() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // "web" runs step 1 of its revision; "api" and "db" each start a new one.
+    // "web" runs step 1 of its revision at 25%; "api" and "db" each start a new one.
     let mut running = canary("", None);
     let revision = revision_of(&running.spec.template);
     running.status = Some(mid_rollout(&revision, Timestamp::now()));
@@ -517,8 +517,16 @@ async fn a_new_revision_waits_for_a_start_slot_and_a_running_one_never_does() {
     })
     .await;
 
-    // "db" is put off without a request; "web" goes on to the API server.
+    // "db" is put off without a request, and so is "web" while its rollout
+    // waits for its canary's pods; past its first weight, "web" goes on to the
+    // API server.
     let deferred = within(reconcile_canary(&starting("db"), &context)).await;
+    assert_eq!(deferred.ok(), Some(Requeue::requeue(START_DEFERRED)));
+    let mut waiting = running.clone();
+    if let Some(status) = waiting.status.as_mut() {
+        status.weight = 0;
+    }
+    let deferred = within(reconcile_canary(&waiting, &context)).await;
     assert_eq!(deferred.ok(), Some(Requeue::requeue(START_DEFERRED)));
     assert_eq!(arrived_count(), 1, "{arrived:?}");
     let on = within(reconcile_canary(&running, &context)).await;

@@ -34,7 +34,8 @@ struct ControllerArgs {
     /// own leader Lease.
     #[arg(long, env = "SERIN_SHARD_SELECTOR")]
     shard_selector: Option<String>,
-    /// Canaries reconciled at once; at most half of them start a new revision.
+    /// Canaries reconciled at once; at most half of them start a revision (until
+    /// its first weight).
     #[arg(long, default_value_t = 4)]
     concurrency: u16,
     /// Address of `/metrics`.
