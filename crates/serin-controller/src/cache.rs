@@ -3,16 +3,20 @@
 //! an idle fleet costs the API server nothing and a reconcile's reads cost no
 //! round trip.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::ResourceExt;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 use serin_api::{CANARY_LABEL, REVISION_LABEL, SCALE_DOWN_AT_ANNOTATION};
 use serin_traffic::gateway::{RouteSighting, http_route_resource};
 
@@ -22,8 +26,8 @@ use crate::watched::WatchedCanary;
 /// the HTTPRoutes when Gateway API is served.
 #[derive(Clone)]
 pub struct Cache {
-    replica_sets: Store<ReplicaSet>,
-    services: Store<Service>,
+    replica_sets: Store<Compact<ReplicaSet>>,
+    services: Store<Compact<Service>>,
     routes: Option<Store<DynamicObject>>,
 }
 
@@ -36,8 +40,8 @@ impl Cache {
     /// A cache fed by the watches behind `replica_sets`, `services` and, when
     /// Gateway API is served, `routes`.
     pub fn new(
-        replica_sets: Store<ReplicaSet>,
-        services: Store<Service>,
+        replica_sets: Store<Compact<ReplicaSet>>,
+        services: Store<Compact<Service>>,
         routes: Option<Store<DynamicObject>>,
     ) -> Self {
         Self {
@@ -52,8 +56,8 @@ impl Cache {
     /// (the reconciler's in-process tests).
     pub fn holding(replica_sets: Vec<ReplicaSet>, services: Vec<Service>) -> Self {
         Self {
-            replica_sets: filled(replica_sets, ()),
-            services: filled(services, ()),
+            replica_sets: filled(replica_sets.into_iter().map(Compact::new).collect(), ()),
+            services: filled(services.into_iter().map(Compact::new).collect(), ()),
             routes: None,
         }
     }
@@ -78,15 +82,22 @@ impl Cache {
     /// Whether Canary `namespace/canary` has a ReplicaSet of `revision`: if not,
     /// a reconcile of that revision starts it.
     pub fn has_revision(&self, namespace: &str, canary: &str, revision: &str) -> bool {
-        self.replica_sets(namespace, canary)
+        self.compact_replica_sets(namespace, canary)
             .iter()
             .any(|rs| rs.labels().get(REVISION_LABEL).map(String::as_str) == Some(revision))
     }
 
     /// The ReplicaSets of Canary `namespace/canary`.
-    pub fn replica_sets(&self, namespace: &str, canary: &str) -> Vec<Arc<ReplicaSet>> {
+    pub fn replica_sets(&self, namespace: &str, canary: &str) -> Vec<ReplicaSet> {
+        self.compact_replica_sets(namespace, canary)
+            .iter()
+            .filter_map(|rs| rs.object())
+            .collect()
+    }
+
+    fn compact_replica_sets(&self, namespace: &str, canary: &str) -> Vec<Arc<Compact<ReplicaSet>>> {
         self.replica_sets.state_filter(|rs| {
-            rs.metadata.namespace.as_deref() == Some(namespace)
+            rs.namespace().as_deref() == Some(namespace)
                 && rs.labels().get(CANARY_LABEL).map(String::as_str) == Some(canary)
         })
     }
@@ -94,7 +105,10 @@ impl Cache {
 
 impl serin_traffic::Seen for Cache {
     fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
-        self.services.get(&ObjectRef::new(name).within(namespace))
+        self.services
+            .get(&ObjectRef::new(name).within(namespace))
+            .and_then(|service| service.object())
+            .map(Arc::new)
     }
 
     fn http_route(&self, namespace: &str, name: &str) -> RouteSighting {
@@ -136,10 +150,98 @@ where
     writer.as_reader()
 }
 
+/// An object of the cache, stripped to the fields the reconciler reads and kept as
+/// compact JSON beside its metadata: a typed object is mostly empty fields (a
+/// Service's spec alone is hundreds of bytes of `None`), and decoding one again
+/// when a reconcile reads it takes microseconds.
+#[derive(Clone, Debug)]
+pub struct Compact<K> {
+    metadata: Box<ObjectMeta>,
+    /// The object without its metadata, as JSON.
+    rest: Box<str>,
+    kind: PhantomData<K>,
+}
+
+/// A kind the cache keeps compact, with what of it the reconciler reads.
+pub trait Cached: Resource<DynamicType = ()> + Serialize + DeserializeOwned {
+    /// Drops what the reconciler never reads.
+    fn strip(&mut self);
+}
+
+impl<K: Cached> Compact<K> {
+    /// `object`, stripped and compacted.
+    pub fn new(mut object: K) -> Self {
+        object.strip();
+        let metadata = Box::new(std::mem::take(object.meta_mut()));
+        Self {
+            metadata,
+            rest: serde_json::to_string(&object)
+                .unwrap_or_default()
+                .into_boxed_str(),
+            kind: PhantomData,
+        }
+    }
+
+    /// The object as cached (None only if its JSON no longer decodes, which
+    /// the cache never writes).
+    pub fn object(&self) -> Option<K> {
+        let mut object: K = serde_json::from_str(&self.rest).ok()?;
+        *object.meta_mut() = self.metadata.as_ref().clone();
+        Some(object)
+    }
+}
+
+impl<'de, K: Cached> Deserialize<'de> for Compact<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        K::deserialize(deserializer).map(Self::new)
+    }
+}
+
+impl<K: Cached> Resource for Compact<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        K::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        K::version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl Cached for ReplicaSet {
+    fn strip(&mut self) {
+        strip_replica_set(self);
+    }
+}
+
+impl Cached for Service {
+    fn strip(&mut self) {
+        strip_service(self);
+    }
+}
+
 /// Keeps of a ReplicaSet only what the reconciler reads (its identity, owner,
 /// Serin's labels and scale-down mark, the replica counts), before it is cached:
 /// the pod template alone is most of its size.
-pub fn strip_replica_set(rs: &mut ReplicaSet) {
+fn strip_replica_set(rs: &mut ReplicaSet) {
     rs.metadata = identity(
         std::mem::take(&mut rs.metadata),
         &[CANARY_LABEL, REVISION_LABEL],
@@ -159,7 +261,7 @@ pub fn strip_replica_set(rs: &mut ReplicaSet) {
 
 /// Keeps of a Service only what [`serin_traffic::in_place`] compares (its
 /// identity, owner and Serin's label, its selector and ports), before it is cached.
-pub fn strip_service(service: &mut Service) {
+fn strip_service(service: &mut Service) {
     service.metadata = identity(std::mem::take(&mut service.metadata), &[CANARY_LABEL], &[]);
     service.spec = service.spec.take().map(|spec| ServiceSpec {
         selector: spec.selector,
@@ -350,8 +452,7 @@ mod tests {
         let mut unowned = stored.clone();
         unowned.metadata.owner_references = None;
         for whole in [stored, moved, unowned] {
-            let mut cached = whole.clone();
-            strip_service(&mut cached);
+            let cached = Compact::new(whole.clone()).object().unwrap();
             assert_eq!(
                 serin_traffic::in_place(&wanted, &cached),
                 serin_traffic::in_place(&wanted, &whole)

@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::analysis::Analyst;
-use crate::cache::{self, Cache, CacheGone};
+use crate::cache::{self, Cache, CacheGone, Compact};
 use crate::health::WatchHealth;
 use crate::metrics::Metrics;
 use crate::pods;
@@ -225,12 +225,12 @@ pub async fn run(
     };
     let (replica_sets, services) = match &settings.namespace {
         Some(namespace) => (
-            Api::<ReplicaSet>::namespaced(client.clone(), namespace),
-            Api::<Service>::namespaced(client.clone(), namespace),
+            Api::<Compact<ReplicaSet>>::namespaced(client.clone(), namespace),
+            Api::<Compact<Service>>::namespaced(client.clone(), namespace),
         ),
         None => (
-            Api::<ReplicaSet>::all(client.clone()),
-            Api::<Service>::all(client.clone()),
+            Api::<Compact<ReplicaSet>>::all(client.clone()),
+            Api::<Compact<Service>>::all(client.clone()),
         ),
     };
     let shard = match &settings.shard_selector {
@@ -253,11 +253,9 @@ pub async fn run(
         routes_served.then(|| route_writer.as_reader()),
     );
     let replica_set_events = tracked("replicasets", watcher(replica_sets, owned.clone()), &health)
-        .modify(cache::strip_replica_set)
         .reflect(replica_set_writer)
         .touched_objects();
     let service_events = tracked("services", watcher(services, owned), &health)
-        .modify(cache::strip_service)
         .reflect(service_writer)
         .touched_objects();
     let context = Arc::new(Context::new(client.clone(), &settings, metrics, cache));
@@ -546,7 +544,7 @@ async fn observe(
         .cache
         .replica_sets(namespace, name)
         .iter()
-        .filter_map(|rs| observe_replica_set(rs))
+        .filter_map(observe_replica_set)
         .collect();
     let now = Timestamp::now();
     let stable = canary
@@ -1021,8 +1019,7 @@ mod tests {
             }
             for generation in [2, 3] {
                 whole.metadata.generation = Some(generation);
-                let mut cached = whole.clone();
-                cache::strip_replica_set(&mut cached);
+                let cached = cache::Compact::new(whole.clone()).object().unwrap();
                 assert_eq!(observe_replica_set(&cached), observe_replica_set(&whole));
                 assert!(observe_replica_set(&cached).is_some());
             }
