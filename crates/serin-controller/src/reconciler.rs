@@ -209,7 +209,7 @@ pub struct Settings {
 
 /// Reconciles every Canary in scope until `stop` resolves.
 ///
-/// Canaries are decoded one at a time as the watch delivers them (see
+/// Canaries are checked one at a time as the watch delivers them (see
 /// [`WatchedCanary`]), so one that does not decode cannot stop the watch of the
 /// others.
 pub async fn run(
