@@ -1,8 +1,8 @@
-//! A Canary as the controller's watch keeps it: as compact JSON, checked once
-//! when it arrives, and decoded again at each reconcile.
+//! A Canary as the controller's watch keeps it: checked once when it arrives,
+//! then kept compact (see [`Compact`]) and decoded again at each reconcile.
 //!
-//! Compact JSON is a third of the typed Canary's heap and a tenth of its untyped
-//! JSON tree (a map of a handful of keys is a B-tree node of its own); decoding it
+//! Compact, a Canary is a third of its typed heap and a tenth of its untyped JSON
+//! tree (a map of a handful of keys is a B-tree node of its own); decoding it
 //! again takes tens of microseconds, a reconcile's smallest part. Checked when it
 //! arrives, one Canary whose stored pod spec does not fit the types (the API
 //! server stores the pod spec without a schema) is reported on its own and
@@ -18,15 +18,15 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use serin_api::{Canary, DecodeError};
 
+use crate::cache::{Cached, Compact};
+
 /// A Canary from the watch, decodable or not.
 #[derive(Clone, Debug)]
 pub enum WatchedCanary {
     /// It decodes.
     Decodes {
-        /// Its metadata, for the store and the work queue.
-        metadata: Box<ObjectMeta>,
-        /// The stored object, as compact JSON.
-        stored: Box<str>,
+        /// The Canary, compact.
+        canary: Compact<Canary>,
         /// The HTTPRoutes it names: a route that changes wakes it.
         http_routes: Box<[String]>,
     },
@@ -48,60 +48,50 @@ pub enum Read {
 }
 
 impl WatchedCanary {
-    /// Checks a stored Canary and keeps it, dropping first what the reconciler
-    /// never reads (managed fields, kubectl's copy of the whole last applied
-    /// manifest). Fails only for an object whose metadata is not an object's.
-    pub fn from_stored(mut object: Value) -> Result<Self, serde_json::Error> {
-        if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-            metadata.remove("managedFields");
-            if let Some(annotations) = metadata
-                .get_mut("annotations")
-                .and_then(Value::as_object_mut)
-            {
-                annotations.remove(LAST_APPLIED);
-            }
-        }
+    /// Checks a stored Canary and keeps it, without what the reconciler never
+    /// reads (managed fields, kubectl's copy of the whole last applied manifest).
+    /// Fails only for an object whose metadata is not an object's.
+    pub fn from_stored(object: Value) -> Result<Self, serde_json::Error> {
         Ok(match serin_api::decode(&object) {
             Ok(canary) => Self::Decodes {
-                metadata: Box::new(canary.metadata),
-                stored: object.to_string().into_boxed_str(),
                 http_routes: canary
                     .spec
                     .traffic
-                    .and_then(|traffic| traffic.gateway_api)
-                    .map(|gateway| gateway.http_routes.into_boxed_slice())
+                    .as_ref()
+                    .and_then(|traffic| traffic.gateway_api.as_ref())
+                    .map(|gateway| gateway.http_routes.clone().into_boxed_slice())
                     .unwrap_or_default(),
+                canary: Compact::new(canary),
             },
-            Err(error) => Self::Undecodable {
-                object: Box::new(serde_json::from_value(object)?),
-                error,
-            },
+            Err(error) => {
+                let mut object: DynamicObject = serde_json::from_value(object)?;
+                strip_metadata(&mut object.metadata);
+                Self::Undecodable {
+                    object: Box::new(object),
+                    error,
+                }
+            }
         })
     }
 
-    /// The Canary, decoded from what was stored, or the object and why it does
+    /// The Canary, decoded from what was kept, or the object and why it does
     /// not decode.
     pub fn read(&self) -> Read {
         match self {
-            Self::Decodes {
-                metadata, stored, ..
-            } => match serde_json::from_str(stored)
-                .map_err(|error| DecodeError {
-                    field: "(the whole object)".into(),
-                    problem: error.to_string(),
-                })
-                .and_then(|object: Value| serin_api::decode(&object))
-            {
-                Ok(canary) => Read::Canary(Box::new(canary)),
+            Self::Decodes { canary, .. } => match canary.object() {
+                Some(decoded) => Read::Canary(Box::new(decoded)),
                 // It decoded when it arrived, so this is not expected; the
                 // metadata is enough to report it.
-                Err(error) => Read::Undecodable(
+                None => Read::Undecodable(
                     Box::new(DynamicObject {
                         types: None,
-                        metadata: metadata.as_ref().clone(),
+                        metadata: canary.meta().clone(),
                         data: Value::Null,
                     }),
-                    error,
+                    DecodeError {
+                        field: "(the whole object)".into(),
+                        problem: "it no longer decodes as it did when it arrived".into(),
+                    },
                 ),
             },
             Self::Undecodable { object, error } => Read::Undecodable(object.clone(), error.clone()),
@@ -114,6 +104,20 @@ impl WatchedCanary {
             Self::Decodes { http_routes, .. } => http_routes.iter().any(|name| name == route),
             Self::Undecodable { .. } => false,
         }
+    }
+}
+
+impl Cached for Canary {
+    fn strip(&mut self) {
+        strip_metadata(&mut self.metadata);
+    }
+}
+
+/// Drops what the reconciler never reads of a Canary's metadata.
+fn strip_metadata(metadata: &mut ObjectMeta) {
+    metadata.managed_fields = None;
+    if let Some(annotations) = metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
     }
 }
 
@@ -149,14 +153,14 @@ impl Resource for WatchedCanary {
 
     fn meta(&self) -> &ObjectMeta {
         match self {
-            Self::Decodes { metadata, .. } => metadata,
+            Self::Decodes { canary, .. } => canary.meta(),
             Self::Undecodable { object, .. } => &object.metadata,
         }
     }
 
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         match self {
-            Self::Decodes { metadata, .. } => metadata,
+            Self::Decodes { canary, .. } => canary.meta_mut(),
             Self::Undecodable { object, .. } => &mut object.metadata,
         }
     }
