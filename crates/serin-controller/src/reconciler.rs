@@ -240,7 +240,15 @@ pub async fn run(
     let owned = watcher::Config::default().labels(CANARY_LABEL);
     let writer = reflector::store::Writer::default();
     let store = writer.as_reader();
+    let gone = Arc::clone(&metrics);
     let canary_events = tracked("canaries", watcher(canaries, shard), &health)
+        // A Canary deleted, or moved out of this shard by a label edit, leaves
+        // the watch without a reconcile to see it go: its series go here.
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Delete(canary)) = event {
+                gone.forget(&canary.namespace().unwrap_or_default(), &canary.name_any());
+            }
+        })
         .reflect(writer)
         .applied_objects();
     let replica_set_writer = reflector::store::Writer::default();

@@ -6,13 +6,14 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use serin_api::{Phase, canary_service};
 use serin_controller::run::lease_name;
 use serin_e2e::cluster::{default_bin_dir, repository_root};
 use serin_e2e::controller::{Controller, install};
 use serin_e2e::manifest::CanaryManifest;
+use serin_e2e::process::eventually;
 use serin_e2e::rollout::{Rollout, phase, revisions};
 
 use crate::cluster;
@@ -162,7 +163,19 @@ fn two_shards_never_touch_each_others_canaries() -> Result<()> {
         "each shard should hold a Lease of its own: {holders:?}"
     );
 
-    // A label edit moves a Canary: shard b takes `loose` on, and web-a over.
+    // A label edit moves a Canary: shard b takes `loose` on, and web-a over;
+    // shard a's /metrics lets go of web-a.
+    let series_of_web_a = |controller: &Controller| -> Result<bool> {
+        Ok(controller.metrics()?.contains("canary=\"web-a\""))
+    };
+    let controller_a_process = shard_a
+        .controller
+        .as_ref()
+        .context("shard a runs a controller")?;
+    ensure!(
+        series_of_web_a(controller_a_process)?,
+        "shard a shows no series of web-a"
+    );
     loose.kubectl.run(&[
         "label",
         "canary",
@@ -183,6 +196,11 @@ fn two_shards_never_touch_each_others_canaries() -> Result<()> {
         &format!("{SHARD}=b"),
     ])?;
     let (old, _) = revisions(&shard_a.canary()?);
+    eventually(
+        "shard a's series of web-a gone",
+        Duration::from_secs(10),
+        || Ok((!series_of_web_a(controller_a_process)?).then_some(())),
+    )?;
     shard_a.set_image("web:3")?;
     shard_a.wait("promoted by shard b", Duration::from_secs(60), |c| {
         let (stable, _) = revisions(c);
