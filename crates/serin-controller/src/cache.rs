@@ -79,27 +79,16 @@ impl Cache {
         Ok(())
     }
 
-    /// Whether Canary `namespace/canary` has a ReplicaSet of `revision`: if not,
-    /// a reconcile of that revision starts it.
-    pub fn has_revision(&self, namespace: &str, canary: &str, revision: &str) -> bool {
-        self.compact_replica_sets(namespace, canary)
-            .iter()
-            .any(|rs| rs.labels().get(REVISION_LABEL).map(String::as_str) == Some(revision))
-    }
-
     /// The ReplicaSets of Canary `namespace/canary`.
     pub fn replica_sets(&self, namespace: &str, canary: &str) -> Vec<ReplicaSet> {
-        self.compact_replica_sets(namespace, canary)
+        self.replica_sets
+            .state_filter(|rs| {
+                rs.namespace().as_deref() == Some(namespace)
+                    && rs.labels().get(CANARY_LABEL).map(String::as_str) == Some(canary)
+            })
             .iter()
             .filter_map(|rs| rs.object())
             .collect()
-    }
-
-    fn compact_replica_sets(&self, namespace: &str, canary: &str) -> Vec<Arc<Compact<ReplicaSet>>> {
-        self.replica_sets.state_filter(|rs| {
-            rs.namespace().as_deref() == Some(namespace)
-                && rs.labels().get(CANARY_LABEL).map(String::as_str) == Some(canary)
-        })
     }
 }
 

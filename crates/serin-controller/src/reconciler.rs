@@ -493,10 +493,16 @@ async fn reconcile_one(
     );
     context.cache.ready().await?;
     let revision = revision_of(&canary.spec.template);
+    let replica_sets: Vec<ObservedReplicaSet> = context
+        .cache
+        .replica_sets(namespace, name)
+        .iter()
+        .filter_map(observe_replica_set)
+        .collect();
     // Starting a revision (its dry run and ReplicaSet, then each look until its
     // first weight) waits for a start slot; a rollout past its first weight, with
     // its timed steps and analyses, never does.
-    let starting = !context.cache.has_revision(namespace, name, &revision)
+    let starting = !replica_sets.iter().any(|rs| rs.revision == revision)
         || before_first_weight(canary, &revision);
     let _start = if !starting {
         None
@@ -509,7 +515,16 @@ async fn reconcile_one(
             }
         }
     };
-    let observed = observe(canary, revision, namespace, name, &router, context).await?;
+    let observed = observe(
+        canary,
+        revision,
+        replica_sets,
+        namespace,
+        name,
+        &router,
+        context,
+    )
+    .await?;
     let plan = decide(canary, observed.clone());
     apply(canary, namespace, name, &router, &observed, &plan, context).await?;
     report(canary, namespace, name, &plan, context).await
@@ -543,17 +558,12 @@ struct Observed {
 async fn observe(
     canary: &Canary,
     revision: String,
+    mut observed: Vec<ObservedReplicaSet>,
     namespace: &str,
     name: &str,
     router: &Router<'_>,
     context: &Context,
 ) -> Result<Observed, ReconcileError> {
-    let mut observed: Vec<ObservedReplicaSet> = context
-        .cache
-        .replica_sets(namespace, name)
-        .iter()
-        .filter_map(observe_replica_set)
-        .collect();
     let now = Timestamp::now();
     let stable = canary
         .status
