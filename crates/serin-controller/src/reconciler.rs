@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec, Service};
 use k8s_openapi::api::events::v1::Event;
@@ -219,20 +220,9 @@ pub async fn run(
     health: Arc<WatchHealth>,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let canaries: Api<WatchedCanary> = match &settings.namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    };
-    let (replica_sets, services) = match &settings.namespace {
-        Some(namespace) => (
-            Api::<Compact<ReplicaSet>>::namespaced(client.clone(), namespace),
-            Api::<Compact<Service>>::namespaced(client.clone(), namespace),
-        ),
-        None => (
-            Api::<Compact<ReplicaSet>>::all(client.clone()),
-            Api::<Compact<Service>>::all(client.clone()),
-        ),
-    };
+    let canaries: Api<WatchedCanary> = in_scope(&client, &settings);
+    let replica_sets: Api<Compact<ReplicaSet>> = in_scope(&client, &settings);
+    let services: Api<Compact<Service>> = in_scope(&client, &settings);
     let shard = match &settings.shard_selector {
         Some(selector) => watcher::Config::default().labels(selector),
         None => watcher::Config::default(),
@@ -330,6 +320,17 @@ async fn http_routes_served(client: &Client) -> bool {
 /// The Canaries in the controller's namespace (or all), as untyped objects.
 pub fn canaries(client: &Client, settings: &Settings) -> Api<DynamicObject> {
     scoped(client, settings, &ApiResource::erase::<Canary>(&()))
+}
+
+/// Objects of kind `K` in the controller's namespace (or all).
+fn in_scope<K>(client: &Client, settings: &Settings) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+{
+    match &settings.namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Objects of `resource` in the controller's namespace (or all), untyped.

@@ -105,19 +105,7 @@ async fn reconcile(canary: &Canary, cluster: Cluster) -> (Result<(), ReconcileEr
         }
         seen
     });
-    let settings = Settings {
-        namespace: None,
-        shard_selector: None,
-        concurrency: 1,
-        prometheus_address: None,
-        prometheus_queries: 1,
-    };
-    let context = Context::new(
-        Client::new(service, "default"),
-        &settings,
-        Arc::new(Metrics::default()),
-        cache,
-    );
+    let context = context(service, cache, 1);
     let result = tokio::time::timeout(Duration::from_secs(20), reconcile_canary(canary, &context))
         .await
         .unwrap_or_else(|_| panic!("the reconcile did not finish"))
@@ -127,6 +115,28 @@ async fn reconcile(canary: &Canary, cluster: Cluster) -> (Result<(), ReconcileEr
         .await
         .unwrap_or_else(|e| panic!("the scripted API server failed: {e}"));
     (result, seen)
+}
+
+/// A controller's context over the scripted API server `service`, reconciling
+/// `concurrency` Canaries at once.
+fn context(
+    service: tower_test::mock::Mock<Request<Body>, Response<Body>>,
+    cache: Cache,
+    concurrency: u16,
+) -> Context {
+    let settings = Settings {
+        namespace: None,
+        shard_selector: None,
+        concurrency,
+        prometheus_address: None,
+        prometheus_queries: 1,
+    };
+    Context::new(
+        Client::new(service, "default"),
+        &settings,
+        Arc::new(Metrics::default()),
+        cache,
+    )
 }
 
 /// Objects as the API server returns them, typed as the cache holds them.
@@ -490,19 +500,7 @@ async fn a_new_revision_waits_for_a_start_slot_and_a_running_one_never_does() {
             });
         }
     });
-    let settings = Settings {
-        namespace: None,
-        shard_selector: None,
-        concurrency: 2,
-        prometheus_address: None,
-        prometheus_queries: 1,
-    };
-    let context = Arc::new(Context::new(
-        Client::new(service, "default"),
-        &settings,
-        Arc::new(Metrics::default()),
-        cache,
-    ));
+    let context = Arc::new(context(service, cache, 2));
     let arrived_count = || arrived.lock().map(|a| a.len()).unwrap_or_default();
 
     // "api" takes the one start slot (concurrency 2) and waits on its dry run.
