@@ -133,11 +133,9 @@ pub struct ControlPlane {
     processes: Vec<Supervised>,
     /// How the API server was started, to start it again the same way.
     apiserver: Option<(PathBuf, Vec<String>)>,
-    /// Whether a real node was (being) set up, so stop cleans up after it.
-    real_node: bool,
-    /// The machine's real-node lock, released after the cleanup (fields drop after
-    /// `Drop::drop` has stopped everything).
-    _node_lock: Option<fs::File>,
+    /// The machine's real-node lock when a real node was (being) set up: stop cleans
+    /// up after the node, then releases it.
+    node_lock: Option<node::MachineLock>,
 }
 
 /// The file in a cluster's directory that counts API server restarts, written once
@@ -162,12 +160,13 @@ impl ControlPlane {
             dir,
             processes: Vec::new(),
             apiserver: None,
-            real_node: false,
-            _node_lock: None,
+            node_lock: None,
         };
         if let Some(node) = &options.real_node {
-            plane._node_lock = Some(node::lock_machine(Duration::from_secs(90))?);
-            plane.real_node = true;
+            plane.node_lock = Some(node::MachineLock::acquire(
+                &plane.dir,
+                Duration::from_secs(90),
+            )?);
             node::prepare_host(&plane.dir)?;
             plane.boot(options, NODE_IP)?;
             let kubectl = plane.kubectl.clone();
@@ -241,8 +240,9 @@ impl ControlPlane {
         if !self.dir.exists() {
             return Ok(());
         }
-        if self.real_node {
+        if let Some(lock) = self.node_lock.take() {
             node::clean_up(&self.dir)?;
+            lock.release()?;
         }
         fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
     }

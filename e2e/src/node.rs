@@ -9,7 +9,8 @@
 //! kube-proxy's iptables chains are global. [`clean_up`] removes everything the node
 //! made (processes, mounts, veths, the bridge, iptables chains, cgroups) from what is
 //! on disk and in the kernel, so it also works after the launcher was killed;
-//! [`leftovers`] lists what remains, for the test that checks it.
+//! [`leftovers`] lists what remains, for the test that checks it. [`MachineLock`]
+//! runs it for a node whose whole run was killed, when the next node starts.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -92,29 +93,72 @@ impl NodeBinaries {
 /// The machine-wide lock of the real node, held by the process that runs one
 /// until it has cleaned up after it: the next test binary's node waits for the last
 /// one's cleanup instead of finding its bridge. The kernel releases it when the
-/// holder dies, however it dies.
-pub fn lock_machine(wait: Duration) -> Result<fs::File> {
-    let path = std::env::temp_dir().join("serin-real-node.lock");
-    let file = fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    let deadline = std::time::Instant::now() + wait;
-    loop {
+/// holder dies, however it dies; the file names the holder's cluster directory
+/// until a clean stop, so the next holder finds what a killed one left behind.
+pub struct MachineLock {
+    file: fs::File,
+}
+
+impl MachineLock {
+    /// Takes the lock for the cluster in `dir`, waiting up to `wait` for another
+    /// node to stop, and first cleans up the node of a holder that died before it
+    /// could (a killed session, a machine's CI run cut short).
+    pub fn acquire(dir: &Path, wait: Duration) -> Result<Self> {
+        let path = std::env::temp_dir().join("serin-real-node.lock");
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let deadline = std::time::Instant::now() + wait;
         // SAFETY: flock on a file descriptor this function owns.
-        if unsafe {
+        while unsafe {
             libc::flock(
                 std::os::fd::AsRawFd::as_raw_fd(&file),
                 libc::LOCK_EX | libc::LOCK_NB,
             )
-        } == 0
+        } != 0
         {
-            return Ok(file);
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "another real node runs on this machine ({} is locked for {wait:?}): stop it first (`make cluster-down`)",
+                    path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "another real node runs on this machine ({} is locked for {wait:?}): stop it first (`make cluster-down`)",
-                path.display()
-            );
+        let mut holder = String::new();
+        std::io::Read::read_to_string(&mut file, &mut holder)?;
+        let abandoned = PathBuf::from(holder.trim());
+        if !holder.trim().is_empty() && abandoned != dir {
+            clean_up(&abandoned).with_context(|| {
+                format!(
+                    "cleaning up the real node a killed run left in {}",
+                    abandoned.display()
+                )
+            })?;
+            let _ = fs::remove_dir_all(&abandoned);
         }
-        std::thread::sleep(Duration::from_millis(200));
+        let lock = Self { file };
+        lock.record(dir.as_os_str().as_encoded_bytes())?;
+        Ok(lock)
+    }
+
+    /// Clears the record once the node is cleaned up, and lets the lock go.
+    pub fn release(self) -> Result<()> {
+        self.record(b"")
+    }
+
+    fn record(&self, holder: &[u8]) -> Result<()> {
+        use std::io::{Seek, Write};
+        let mut file = &self.file;
+        file.set_len(0)?;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        file.write_all(holder)?;
+        file.sync_all()?;
+        Ok(())
     }
 }
 
