@@ -33,6 +33,16 @@ impl Kubectl {
         &self.kubeconfig
     }
 
+    /// A kube-rs client for the same cluster and user, for tests and benchmarks
+    /// that watch or drive the controller's own code in-process.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let options = kube::config::KubeConfigOptions::default();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
     /// A command with the kubeconfig set, to add arguments to.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.program);

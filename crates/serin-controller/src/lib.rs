@@ -8,6 +8,7 @@ pub mod cache;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod own_writes;
 pub mod pods;
 pub mod reconciler;
 pub mod run;

@@ -217,6 +217,7 @@ pub struct Metrics {
     registry: Registry,
     reconciles: Counter,
     starts_deferred: Counter,
+    stale_reads: Counter,
     failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
     weight: Family<CanaryLabels, Gauge<i64, AtomicI64>>,
@@ -239,6 +240,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("serin");
         let reconciles = Counter::<u64, AtomicU64>::default();
         let starts_deferred = Counter::<u64, AtomicU64>::default();
+        let stale_reads = Counter::<u64, AtomicU64>::default();
         let failures = Family::<ErrorLabels, Counter<u64, AtomicU64>>::default();
         let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
         let weight = Family::default();
@@ -264,6 +266,11 @@ impl Default for Metrics {
             "revision_starts_deferred",
             "Reconciles starting a revision (until its first weight) put off for a second because half the reconciles in flight already were",
             starts_deferred.clone(),
+        );
+        registry.register(
+            "stale_reads",
+            "Reconciles put off because the watch had not yet shown the Canary's last status write: judging or acting on the status before it would analyse and record Events twice",
+            stale_reads.clone(),
         );
         registry.register(
             "reconcile_errors",
@@ -334,6 +341,7 @@ impl Default for Metrics {
             registry,
             reconciles,
             starts_deferred,
+            stale_reads,
             failures,
             duration,
             weight,
@@ -372,6 +380,12 @@ impl Metrics {
     /// were taken.
     pub fn start_deferred(&self) {
         self.starts_deferred.inc();
+    }
+
+    /// Counts a reconcile put off because it read the Canary from before its own
+    /// last status write.
+    pub fn stale_read(&self) {
+        self.stale_reads.inc();
     }
 
     /// Records a Canary's phase, weight, step and analysis after a reconcile. The

@@ -34,6 +34,7 @@ use crate::analysis::Analyst;
 use crate::cache::{self, Cache, CacheGone, Compact};
 use crate::health::WatchHealth;
 use crate::metrics::Metrics;
+use crate::own_writes::OwnWrites;
 use crate::pods;
 use crate::watched::{Read, WatchedCanary};
 use serin_api::{CanaryStatus, Phase};
@@ -144,6 +145,11 @@ fn kube_error(layer: Layer, what: impl Into<String>) -> impl FnOnce(kube::Error)
 /// timed steps and analyses of the rollouts already running keep their cadence.
 pub const START_DEFERRED: Duration = Duration::from_secs(1);
 
+/// When to look again at a Canary read from before its own last status write, in
+/// case the watch event that ends the wait never comes (it normally comes within
+/// milliseconds and wakes the Canary itself).
+pub const STALE_READ_RETRY: Duration = Duration::from_secs(1);
+
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
@@ -158,6 +164,8 @@ pub struct Context {
     /// Slots for reconciles that start a revision, until its first weight: half
     /// the concurrency.
     starts: Arc<Semaphore>,
+    /// Status writes the watch has not shown yet.
+    own_writes: OwnWrites,
 }
 
 impl Context {
@@ -178,6 +186,7 @@ impl Context {
             ),
             metrics,
             canary_type: ApiResource::erase::<Canary>(&()),
+            own_writes: OwnWrites::default(),
         }
     }
 }
@@ -477,6 +486,14 @@ async fn reconcile_one(
     name: &str,
     context: &Context,
 ) -> Result<Requeue, ReconcileError> {
+    let version = canary.resource_version();
+    if context
+        .own_writes
+        .is_stale(namespace, name, version.as_deref())
+    {
+        context.metrics.stale_read();
+        return Ok(Requeue::requeue(STALE_READ_RETRY));
+    }
     let owner = canary.controller_owner_ref(&()).unwrap_or_default();
     let workload = Workload {
         namespace,
@@ -784,7 +801,9 @@ async fn create_replica_set(
 
 /// Writes the new status when it differs from the stored one (server-side apply
 /// of status alone, forced: Serin owns it), updates the per-Canary metrics and
-/// records the Events.
+/// records the Events. The write carries the resourceVersion the plan was made
+/// from: a plan from a Canary that changed since is refused (a conflict, planned
+/// again at once) before any of its Events is recorded.
 async fn report(
     canary: &Canary,
     namespace: &str,
@@ -794,12 +813,14 @@ async fn report(
 ) -> Result<Requeue, ReconcileError> {
     if canary.status.as_ref() != Some(&plan.status) {
         let canaries: Api<Canary> = Api::namespaced(context.client.clone(), namespace);
+        let read = canary.resource_version();
         let status = serde_json::json!({
             "apiVersion": Canary::api_version(&()),
             "kind": Canary::kind(&()),
+            "metadata": {"resourceVersion": read},
             "status": plan.status,
         });
-        canaries
+        let stored = canaries
             .patch_status(
                 name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
@@ -807,6 +828,12 @@ async fn report(
             )
             .await
             .map_err(kube_error(Layer::Report, "writing status"))?;
+        context.own_writes.wrote(
+            namespace,
+            name,
+            read.as_deref(),
+            stored.resource_version().as_deref(),
+        );
     }
     let evidence_limit = canary
         .spec

@@ -151,7 +151,7 @@ fn canary(extra: &str, status: Option<CanaryStatus>) -> Canary {
     let yaml = format!(
         "apiVersion: serin.dev/v1alpha1
 kind: Canary
-metadata: {{name: web, namespace: shop, uid: 0f0e0d0c-0000-4000-8000-000000000001, generation: 2}}
+metadata: {{name: web, namespace: shop, uid: 0f0e0d0c-0000-4000-8000-000000000001, generation: 2, resourceVersion: '41'}}
 spec:
   replicas: 4
   selector: {{matchLabels: {{app: web}}}}
@@ -241,6 +241,10 @@ async fn first_apply_checks_the_template_then_creates_routes_and_reports_in_orde
     assert_eq!(
         seen[1].body["metadata"]["ownerReferences"][0]["kind"],
         "Canary"
+    );
+    assert_eq!(
+        seen[5].body["metadata"]["resourceVersion"], "41",
+        "the status is written on the condition that the Canary is as read"
     );
     let status = &seen[5].body["status"];
     assert_eq!(status["stableRevision"], revision.as_str());

@@ -31,9 +31,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use serin_api::Canary;
 use serin_e2e::cluster::{Binaries, ControlPlane, Options, default_bin_dir, repository_root};
@@ -136,14 +135,8 @@ fn main() -> Result<()> {
         NAMESPACE,
         &[format!("--concurrency={}", args.concurrency)],
     )?;
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Runtime::new()?;
-    let client = runtime.block_on(async {
-        let kubeconfig = Kubeconfig::read_from(plane.kubeconfig())?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-        anyhow::Ok(Client::try_from(config)?)
-    })?;
+    let client = runtime.block_on(cluster.kubectl.client())?;
     let canaries: Api<DynamicObject> =
         Api::namespaced_with(client, NAMESPACE, &ApiResource::erase::<Canary>(&()));
     let seen = Arc::new(Mutex::new(Seen::default()));

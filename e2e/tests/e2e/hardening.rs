@@ -1,14 +1,23 @@
 //! What a hostile first week does to a controller: a Canary that does not decode, a
 //! pod template the API server refuses, a controller that cannot list, a SIGTERM in
-//! a bad state, and promotion after promotion that must each drain gracefully.
+//! a bad state, promotion after promotion that must each drain gracefully, and a
+//! reconcile from a Canary older than the controller's own last write.
 
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
 use serin_api::{Canary, CanaryStatus, Phase};
+use serin_controller::cache::Cache;
+use serin_controller::metrics::Metrics;
+use serin_controller::reconciler::{Context as Shared, Layer, Settings, reconcile_canary};
 use serin_controller::run::SHUTDOWN_GRACE;
-use serin_e2e::controller::{Controller, service_account_kubeconfig};
+use serin_e2e::controller::{Controller, install_crds, service_account_kubeconfig};
 use serin_e2e::manifest::CanaryManifest;
 use serin_e2e::process::eventually;
 
@@ -314,4 +323,93 @@ fn serin_is_installed_with_least_privilege() -> Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// The Events recorded on Canary `name`.
+fn event_count(namespace: &str, name: &str) -> Result<usize> {
+    let events = cluster().kubectl.get_json(&[
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        &format!("involvedObject.kind=Canary,involvedObject.name={name}"),
+    ])?;
+    Ok(events["items"].as_array().map_or(0, Vec::len))
+}
+
+/// The controller's reconcile, run in-process on a Canary as it was before its
+/// own status write (what a reconcile sees when the watch has not caught up): the
+/// same controller waits for the watch, and one without that memory (another
+/// replica, a restart) is refused by the write's precondition. Neither writes the
+/// status again or records a transition's Events twice.
+#[test]
+fn a_reconcile_from_a_canary_older_than_its_own_write_changes_nothing() -> Result<()> {
+    install_crds(cluster())?;
+    let namespace = cluster().namespace("stale")?;
+    let manifest = CanaryManifest::new("web").image("web:1").spec(FAST_STEPS);
+    cluster().kubectl.run_with_input(
+        &["apply", "-n", &namespace, "-f", "-"],
+        Some(&manifest.yaml()),
+    )?;
+    let settings = Settings {
+        namespace: Some(namespace.clone()),
+        shard_selector: None,
+        concurrency: 1,
+        prometheus_address: None,
+        prometheus_queries: 1,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = cluster().kubectl.client().await?;
+        let canaries: Api<Canary> = Api::namespaced(client.clone(), &namespace);
+        let controller = |replica_sets: Vec<ReplicaSet>, services: Vec<Service>| {
+            let metrics = Arc::new(Metrics::default());
+            let cache = Cache::holding(replica_sets, services);
+            Shared::new(client.clone(), &settings, metrics, cache)
+        };
+        let version = |canary: &Canary| canary.resource_version().unwrap_or_default();
+        let before = canaries.get("web").await?;
+        let first = controller(Vec::new(), Vec::new());
+        reconcile_canary(&before, &first).await?;
+        let written = canaries.get("web").await?;
+        ensure!(
+            version(&written) != version(&before),
+            "the first reconcile wrote no status"
+        );
+        let events = event_count(&namespace, "web")?;
+        ensure!(events > 0, "the first reconcile recorded no Event");
+
+        reconcile_canary(&before, &first).await?;
+        ensure!(
+            version(&canaries.get("web").await?) == version(&written),
+            "the status was written again from the older Canary"
+        );
+        ensure!(
+            event_count(&namespace, "web")? == events,
+            "Events recorded again from the older Canary"
+        );
+
+        // Its watches show what the first one made.
+        let everything = ListParams::default();
+        let replica_sets = Api::<ReplicaSet>::namespaced(client.clone(), &namespace);
+        let services = Api::<Service>::namespaced(client.clone(), &namespace);
+        let restarted = controller(
+            replica_sets.list(&everything).await?.items,
+            services.list(&everything).await?.items,
+        );
+        let refused = reconcile_canary(&before, &restarted).await;
+        let error = refused
+            .err()
+            .context("a controller without the memory wrote from the older Canary")?;
+        ensure!(
+            error.is_conflict() && error.layer() == Layer::Report,
+            "not the write's conflict: {error}"
+        );
+        ensure!(version(&canaries.get("web").await?) == version(&written));
+        ensure!(
+            event_count(&namespace, "web")? == events,
+            "Events recorded by a refused plan"
+        );
+        Ok(())
+    })
 }
