@@ -1,8 +1,9 @@
-//! Serin's Prometheus client against the real server: one finite number per query,
+//! Serin's Prometheus client against the real server: one finite number per query
+//! (evaluated at the time it is given, to the millisecond),
 //! and an empty result, NaN, several series or an unreachable server each reported
 //! as its own kind of no data, never as zero.
 
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Result;
 use serin_e2e::process::free_port;
@@ -20,6 +21,12 @@ fn the_client_reads_one_number_and_reports_everything_else_as_no_data() -> Resul
     runtime.block_on(async {
         assert_eq!(client.value("vector(42)").await, Ok(42.0));
         assert_eq!(client.value("scalar(vector(0.5))").await, Ok(0.5));
+        // An analysis' queries are evaluated at its own time, to the millisecond.
+        let at = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+        assert_eq!(
+            client.value_at("time()", Some(at)).await,
+            Ok(1_795_000_000.123)
+        );
         assert_eq!(
             client.value("serin_no_such_metric_total").await,
             Err(QueryError::Empty)

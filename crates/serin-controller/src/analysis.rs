@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Secret;
@@ -162,9 +162,13 @@ impl Analyst {
                 namespace,
                 revision,
             };
+            // The analysis' time to the millisecond: its queries are evaluated at
+            // this time with `{{elapsed}}` to the millisecond, so every analysis of
+            // the window counts from exactly `since`.
+            let at = Timestamp::from_millisecond(now.as_millisecond()).unwrap_or(now);
             let window = Window {
                 since: since.clone(),
-                at: Time(now),
+                at: Time(at),
             };
             let metrics = self.analyse(&subject, status, window).await;
             status.analysis = metrics;
@@ -233,7 +237,7 @@ impl Analyst {
                         let query = query.map_err(|e| NoData(format!("{what}: {e}")))?;
                         let _turn = limits.turn(address).await;
                         prometheus
-                            .value(&query)
+                            .value_at(&query, Some(SystemTime::from(now)))
                             .await
                             .map_err(|e| NoData(format!("{what}: {}", explain(&e, &what))))
                     }

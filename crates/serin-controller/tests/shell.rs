@@ -563,3 +563,109 @@ async fn within<F: Future>(future: F) -> F::Output {
         .await
         .unwrap_or_else(|_| panic!("not done within 20 s"))
 }
+
+/// A Prometheus for request shapes: answers every instant query with 10 and sends
+/// each query's parameters to the test.
+fn recording_prometheus() -> (String, std::sync::mpsc::Receiver<Vec<(String, String)>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap_or_else(|e| panic!("binding a loopback port: {e}"));
+    let address = listener
+        .local_addr()
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (sender, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(64) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(&mut stream);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let mut header = String::new();
+            while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                header.clear();
+            }
+            let target = line.split(' ').nth(1).unwrap_or_default();
+            let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+            let params = url::form_urlencoded::parse(query.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let _ = sender.send(params);
+            let body = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[0,"10"]}]}}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (address, received)
+}
+
+/// Milliseconds in a PromQL range as Serin writes it (`75s`, `75900ms`).
+fn range_millis(query: &str) -> i64 {
+    let range = query
+        .rsplit_once('[')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(range, _)| range)
+        .unwrap_or_else(|| panic!("no range in {query}"));
+    match range.strip_suffix("ms") {
+        Some(millis) => millis.parse().unwrap_or_else(|e| panic!("{range}: {e}")),
+        None => range
+            .strip_suffix('s')
+            .and_then(|s| s.parse::<i64>().ok())
+            .map(|s| s * 1000)
+            .unwrap_or_else(|| panic!("{range}")),
+    }
+}
+
+#[tokio::test]
+async fn every_analysis_of_a_window_counts_from_exactly_its_start() {
+    let (address, queries) = recording_prometheus();
+    let analysis = "  analysis:
+    interval: 5s
+    prometheus: {address: 'ADDRESS'}
+    metrics: [{name: errors, errorRate: {requests: 'sum(increase(r{pod=~\"{{pods}}\"}[{{elapsed}}]))', errors: 'sum(increase(e{pod=~\"{{pods}}\"}[{{elapsed}}]))'}}]\n"
+        .replace("ADDRESS", &address);
+    let revision = revision_of(&canary(&analysis, None).spec.template);
+    // A step's start as the status stores it: whole seconds.
+    let since =
+        Timestamp::from_second(Timestamp::now().as_second() - 30).unwrap_or_else(|e| panic!("{e}"));
+    let canary = canary(&analysis, Some(mid_rollout(&revision, since)));
+    let mut times = Vec::new();
+    for _ in 0..2 {
+        let mut cluster = cluster(&canary);
+        cluster.replica_sets = vec![
+            replica_set("aaaaaaaaaa", 4, 4),
+            replica_set(&revision, 1, 1),
+        ];
+        let (result, _) = reconcile(&canary, cluster).await;
+        assert!(result.is_ok(), "{result:?}");
+        for _ in 0..4 {
+            let params = queries
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("four queries per analysis: {e}"));
+            let param = |name: &str| {
+                params
+                    .iter()
+                    .find(|(key, _)| key == name)
+                    .map(|(_, value)| value.clone())
+                    .unwrap_or_else(|| panic!("no {name} in {params:?}"))
+            };
+            let at: f64 = param("time").parse().unwrap_or_else(|e| panic!("{e}"));
+            #[allow(clippy::cast_possible_truncation)]
+            let at_millis = (at * 1000.0).round() as i64;
+            assert_eq!(
+                at_millis - range_millis(&param("query")),
+                since.as_millisecond(),
+                "the window starts where the step's weight took effect: {params:?}"
+            );
+            times.push(at_millis);
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert!(
+        times.first() < times.last(),
+        "two analyses at two times: {times:?}"
+    );
+}

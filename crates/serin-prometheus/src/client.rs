@@ -2,7 +2,7 @@
 //! anything short of a finite number reported as no data, never as zero.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -176,11 +176,22 @@ impl Prometheus {
         Ok(Self { client })
     }
 
-    /// Runs an instant query that must produce one finite number.
+    /// Runs an instant query that must produce one finite number, at Prometheus'
+    /// own time.
     pub async fn value(&self, query: &str) -> Result<f64, QueryError> {
-        let response = self
-            .client
-            .query(query)
+        self.value_at(query, None).await
+    }
+
+    /// Runs an instant query that must produce one finite number, evaluated at
+    /// `at` (to the millisecond) when given: an analysis' window then ends where
+    /// its analysis says, not when the query happened to arrive.
+    pub async fn value_at(&self, query: &str, at: Option<SystemTime>) -> Result<f64, QueryError> {
+        let mut request = self.client.query(query);
+        if let Some(at) = at {
+            let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+            request = request.query("time", format!("{:.3}", since_epoch.as_secs_f64()));
+        }
+        let response = request
             .get()
             .await
             .map_err(|e| QueryError::Failed(error_chain(&e)))?;

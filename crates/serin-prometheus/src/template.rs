@@ -24,7 +24,8 @@ pub struct Variables {
     pub service: String,
     /// The analysis interval.
     pub interval: Duration,
-    /// Time since the step's weight took effect.
+    /// Time since the step's weight took effect, to the millisecond: with the
+    /// query evaluated at the analysis' own time, the range starts exactly there.
     pub elapsed: Duration,
 }
 
@@ -86,7 +87,7 @@ impl Variables {
             "pods" => string_content(&self.pods()),
             "service" => string_content(&self.service),
             "interval" => duration(self.interval),
-            "elapsed" => duration(self.elapsed),
+            "elapsed" => window(self.elapsed),
             _ => return None,
         })
     }
@@ -162,4 +163,17 @@ pub fn regex_literal(value: &str) -> String {
 /// A duration as PromQL writes it: whole seconds, at least one.
 pub fn duration(value: Duration) -> String {
     format!("{}s", value.as_secs().max(1))
+}
+
+/// A window's length as PromQL writes it, to the millisecond (`75s`, `75900ms`):
+/// rounding it to a second would move the window's start by up to a second
+/// between two analyses of one window, and a scrape at the edge would fall in and
+/// out of the count.
+pub fn window(value: Duration) -> String {
+    let millis = value.as_millis().max(1);
+    if millis.is_multiple_of(1000) {
+        format!("{}s", millis / 1000)
+    } else {
+        format!("{millis}ms")
+    }
 }

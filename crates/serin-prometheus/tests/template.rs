@@ -50,7 +50,7 @@ fn every_variable_is_filled_in_for_the_arm() {
         &arm(),
     )
     .expect("renders");
-    assert!(query.contains("[75s]"), "{query}");
+    assert!(query.contains("[75900ms]"), "{query}");
     let found = matchers(&query);
     let value = |label: &str| {
         found
@@ -67,6 +67,12 @@ fn every_variable_is_filled_in_for_the_arm() {
     assert_eq!(value("pod"), "podinfo-5d9f8c7b6a-[a-z0-9]{5}");
     let interval = render("rate(x[{{interval}}])", &arm()).expect("renders");
     assert_eq!(interval, "rate(x[15s])");
+    let whole = Variables {
+        elapsed: Duration::from_secs(75),
+        ..arm()
+    };
+    let elapsed = render("increase(x[{{elapsed}}])", &whole).expect("renders");
+    assert_eq!(elapsed, "increase(x[75s])", "whole seconds read as such");
 }
 
 #[test]
