@@ -3,16 +3,18 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use serin_e2e::prometheus::{Prometheus, ScrapeJob};
+use serin_prometheus::{Prometheus as Client, Variables, counted};
 
-/// Serves one counter in the Prometheus text format until `stop` is set.
-fn serve_counter(listener: TcpListener, value: u64, stop: Arc<AtomicBool>) {
+/// Serves `body` (the Prometheus text format, changed by the test as it goes)
+/// until `stop` is set.
+fn serve(listener: TcpListener, body: Arc<Mutex<String>>, stop: Arc<AtomicBool>) {
     listener.set_nonblocking(true).ok();
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
@@ -21,9 +23,7 @@ fn serve_counter(listener: TcpListener, value: u64, stop: Arc<AtomicBool>) {
                 stream.set_read_timeout(Some(Duration::from_secs(2))).ok();
                 let mut request = [0u8; 4096];
                 let _ = stream.read(&mut request);
-                let body = format!(
-                    "# TYPE serin_probe_requests_total counter\nserin_probe_requests_total {value}\n"
-                );
+                let body = body.lock().map(|b| b.clone()).unwrap_or_default();
                 let _ = write!(
                     stream,
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -35,15 +35,24 @@ fn serve_counter(listener: TcpListener, value: u64, stop: Arc<AtomicBool>) {
     }
 }
 
-#[test]
-fn prometheus_scrapes_a_target_and_answers_queries_then_stops() -> Result<()> {
+/// A scrape target on a loopback port serving `body`, and its stop switch.
+fn target(body: &Arc<Mutex<String>>) -> Result<(String, Arc<AtomicBool>, thread::JoinHandle<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
-    let target = listener.local_addr()?.to_string();
+    let address = listener.local_addr()?.to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let server = thread::spawn({
-        let stop = Arc::clone(&stop);
-        move || serve_counter(listener, 42, stop)
+        let (body, stop) = (Arc::clone(body), Arc::clone(&stop));
+        move || serve(listener, body, stop)
     });
+    Ok((address, stop, server))
+}
+
+#[test]
+fn prometheus_scrapes_a_target_and_answers_queries_then_stops() -> Result<()> {
+    let body = Arc::new(Mutex::new(
+        "# TYPE serin_probe_requests_total counter\nserin_probe_requests_total 42\n".to_owned(),
+    ));
+    let (target, stop, server) = target(&body)?;
 
     let mut prometheus = Prometheus::start(
         &[ScrapeJob {
@@ -74,6 +83,88 @@ fn prometheus_scrapes_a_target_and_answers_queries_then_stops() -> Result<()> {
     assert!(
         TcpStream::connect(address).is_err(),
         "prometheus still listens on {address} after being dropped"
+    );
+    stop.store(true, Ordering::Relaxed);
+    server.join().ok();
+    Ok(())
+}
+
+/// Waits until `query` has a sample, for at most 30 s.
+fn wait_for_sample(prometheus: &mut Prometheus, query: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prometheus.query(query)?[0]["value"][1].as_str().is_none() {
+        anyhow::ensure!(Instant::now() < deadline, "no sample of {query} within 30s");
+        thread::sleep(Duration::from_millis(250));
+    }
+    Ok(())
+}
+
+/// The error-rate judge's counters against the real server: each series counts
+/// what it gained between its samples at the window's two ends, a series that
+/// appears in the window (a new pod, its first errors) counts from zero, and one
+/// that restarted counts from its restart. `increase()` over the same window, the
+/// query form's usual reading, misses the new series' first values.
+#[test]
+fn counters_are_read_from_their_samples_at_both_ends_of_the_window() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let body = Arc::new(Mutex::new(
+        "# TYPE req_total counter
+req_total{pod=\"old\",code=\"200\"} 100
+req_total{pod=\"restarted\",code=\"200\"} 1000
+"
+        .to_owned(),
+    ));
+    let (address, stop, server) = target(&body)?;
+    let jobs = [ScrapeJob {
+        name: "counters".into(),
+        targets: vec![address],
+    }];
+    let mut prometheus = Prometheus::start(&jobs, Duration::from_secs(1))?;
+    wait_for_sample(&mut prometheus, "req_total{pod=\"old\"}")?;
+    thread::sleep(Duration::from_millis(1500));
+    let since = SystemTime::now();
+    thread::sleep(Duration::from_millis(2500));
+    if let Ok(mut body) = body.lock() {
+        *body = "# TYPE req_total counter
+req_total{pod=\"old\",code=\"200\"} 160
+req_total{pod=\"restarted\",code=\"200\"} 7
+req_total{pod=\"new\",code=\"200\"} 42
+req_total{pod=\"new\",code=\"500\"} 3
+"
+        .to_owned();
+    }
+    thread::sleep(Duration::from_millis(3000));
+    let at = SystemTime::now();
+
+    let client = Client::new(&prometheus.url(), None, Duration::from_secs(5))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let arm = Variables::example();
+    let read = |query: String| runtime.block_on(client.value_at(&query, Some(at)));
+    let requests = read(counted(r#"req_total{job="counters"}"#, &arm, since, false)?);
+    let errors = read(counted(
+        r#"req_total{job="counters",code="500"}"#,
+        &arm,
+        since,
+        true,
+    )?);
+    assert_eq!(requests, Ok(60.0 + 7.0 + 42.0 + 3.0), "requests");
+    assert_eq!(errors, Ok(3.0), "errors");
+    let none = read(counted(
+        r#"req_total{job="counters",code="503"}"#,
+        &arm,
+        since,
+        true,
+    )?);
+    assert_eq!(none, Ok(0.0), "no errors series reads as zero errors");
+
+    let elapsed = at.duration_since(since)?.as_millis();
+    let increase = |selector: &str| read(format!("sum(increase({selector}[{elapsed}ms]))"));
+    let increased = increase(r#"req_total{job="counters",code="500"}"#);
+    assert!(
+        increased.as_ref().is_ok_and(|errors| *errors < 3.0),
+        "increase() sees the new series' errors after all: {increased:?}"
     );
     stop.store(true, Ordering::Relaxed);
     server.join().ok();

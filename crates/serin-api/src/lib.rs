@@ -25,8 +25,9 @@ pub use decode::{DecodeError, decode};
 /// A Go-style duration as written in the spec (`30s`, `2m`).
 pub use kube::core::Duration;
 pub use spec::{
-    Analysis, Canary, CanarySpec, ErrorRateMetric, GatewayApiRouter, Metric, PodTemplate,
-    PrometheusSource, SecretReference, ServicePorts, Traffic, WorkloadSelector,
+    Analysis, Canary, CanarySpec, Counting, ErrorCounters, ErrorRateMetric, GatewayApiRouter,
+    Metric, PodTemplate, PrometheusSource, SecretReference, ServicePorts, Traffic,
+    WorkloadSelector,
 };
 pub use status::{
     AcknowledgedCommand, CanaryStatus, ErrorCounts, MetricStatus, Phase, RatioInterval, Verdict,

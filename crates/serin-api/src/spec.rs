@@ -301,19 +301,34 @@ pub struct Metric {
 }
 
 /// Request and error counts of one arm, and the tolerances of the comparison.
+/// The counts come from raw counters (`counters`, read at the window's two ends) or
+/// from two queries (`requests` and `errors`); exactly one of the two.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.counters) != (has(self.requests) || has(self.errors))")
+        .message("set either counters (request and error counters, read at the window's two ends) or requests and errors (queries), not both"),
+    validation = Rule::new("has(self.counters) || (has(self.requests) && has(self.errors))")
+        .message("set counters, or both requests and errors: the counts of requests and of the failed ones"),
+)]
 pub struct ErrorRateMetric {
+    /// The request and error counters of an arm, as series selectors; Serin counts
+    /// each series from its samples at the window's start and end. Recommended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<ErrorCounters>,
+
     /// PromQL for the number of requests an arm served since the step's analysis began,
     /// for example `sum(increase(http_requests_total{pod=~"{{pods}}"}[{{elapsed}}]))`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     #[x_kube(validation = Rule::new(KNOWN_VARIABLES).message(KNOWN_VARIABLES_MESSAGE))]
-    pub requests: String,
+    pub requests: Option<String>,
 
     /// PromQL for the number of those requests that failed, in the same window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     #[x_kube(validation = Rule::new(KNOWN_VARIABLES).message(KNOWN_VARIABLES_MESSAGE))]
-    pub errors: String,
+    pub errors: Option<String>,
 
     /// Tolerated ratio of the canary's error rate to stable's; at least 1. Default 1.0.
     #[serde(default = "default_max_ratio")]
@@ -327,6 +342,53 @@ pub struct ErrorRateMetric {
     #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0")
         .message("is a fraction of requests, above 0 and at most 1, for example 0.05 for 5%"))]
     pub max_rate: Option<f64>,
+}
+
+/// Counters of requests and of failed requests, each a series selector with
+/// template variables, for example
+/// `http_requests_total{namespace="{{namespace}}",pod=~"{{pods}}"}`. Every series
+/// counts what it gained between its last samples at the window's start and end; a
+/// series that appears in the window (a new pod, a first error) counts from zero,
+/// and one that restarted counts from its restart. Counts are whole numbers, read
+/// the same way for both arms, with no extrapolation.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ErrorCounters {
+    /// Selector of the request counters.
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new(KNOWN_VARIABLES).message(KNOWN_VARIABLES_MESSAGE))]
+    pub requests: String,
+
+    /// Selector of the failed-request counters; no series (no error yet) is zero.
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new(KNOWN_VARIABLES).message(KNOWN_VARIABLES_MESSAGE))]
+    pub errors: String,
+}
+
+/// Where an error-rate metric's counts come from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Counting<'a> {
+    /// Raw counters read at the window's two ends.
+    Counters(&'a ErrorCounters),
+    /// Two queries that each return a count.
+    Queries {
+        /// The requests query.
+        requests: &'a str,
+        /// The errors query.
+        errors: &'a str,
+    },
+}
+
+impl ErrorRateMetric {
+    /// The one source of counts the spec names; None when it names neither or
+    /// both (refused by the schema, and by [`crate::CanarySpec::problem`] for
+    /// objects stored under an older one).
+    pub fn counting(&self) -> Option<Counting<'_>> {
+        match (&self.counters, &self.requests, &self.errors) {
+            (Some(counters), None, None) => Some(Counting::Counters(counters)),
+            (None, Some(requests), Some(errors)) => Some(Counting::Queries { requests, errors }),
+            _ => None,
+        }
+    }
 }
 
 impl Metric {

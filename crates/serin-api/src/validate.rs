@@ -70,6 +70,9 @@ impl CanarySpec {
                             "{field}.errorRate.maxRate: must be above 0 and at most 1"
                         ))
                     }
+                    (None, Some(rate)) if rate.counting().is_none() => Some(format!(
+                        "{field}.errorRate: set either counters, or both requests and errors"
+                    )),
                     (None, Some(_)) => None,
                     _ => Some(format!("{field}: set exactly one of query or errorRate")),
                 }
@@ -133,6 +136,14 @@ spec:
             (
                 "  analysis: {metrics: [{name: x, errorRate: {requests: a, errors: b, maxRatio: 0.5}}]}\n",
                 "spec.analysis.metrics[0].errorRate.maxRatio",
+            ),
+            (
+                "  analysis: {metrics: [{name: x, errorRate: {requests: a}}]}\n",
+                "spec.analysis.metrics[0].errorRate: set either counters",
+            ),
+            (
+                "  analysis: {metrics: [{name: x, errorRate: {requests: a, errors: b, counters: {requests: a, errors: b}}}]}\n",
+                "spec.analysis.metrics[0].errorRate: set either counters",
             ),
         ] {
             let problem = spec(extra).problem().unwrap_or_default();

@@ -53,7 +53,10 @@ fn podinfo_example_reads_every_section() {
         .unwrap_or_else(|| panic!("errorRate"));
     assert_eq!(error_rate.max_ratio, 1.0);
     assert_eq!(error_rate.max_rate, Some(0.05));
-    assert!(error_rate.requests.contains("{{pods}}"));
+    let Some(serin_api::Counting::Counters(counters)) = error_rate.counting() else {
+        panic!("the example counts from counters");
+    };
+    assert!(counters.requests.contains("{{pods}}") && counters.errors.contains("5.."));
     let latency = &analysis.metrics[1];
     assert_eq!(latency.max, Some(0.5));
     assert_eq!(latency.failure_limit(), 3);

@@ -12,14 +12,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, Client};
 use serin_analysis::{NoData, Reading, Window};
-use serin_api::{Analysis, Canary, CanaryStatus, ErrorCounts, MetricStatus, Phase, Verdict};
-use serin_prometheus::{Credentials, Prometheus, QueryError, Variables, render};
+use serin_api::{
+    Analysis, Canary, CanaryStatus, Counting, ErrorCounts, MetricStatus, Phase, Verdict,
+};
+use serin_prometheus::{
+    Credentials, Prometheus, QueryError, TemplateError, Variables, counted, render,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use serin_core::machine::StepVerdict;
 
 /// Longest a query may take; shorter when the interval is.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a template is checked before anything is sent: as a query, or as a
+/// counter's series selector.
+type Check = fn(&str) -> Result<(), TemplateError>;
 
 /// What makes two Canaries share a client: a rotated Secret gets a new one.
 type ClientKey = (String, Option<Credentials>, Duration);
@@ -90,16 +98,24 @@ impl Analyst {
     pub fn spec_problem(&self, analysis: Option<&Analysis>) -> Option<String> {
         let analysis = analysis?;
         for (index, metric) in analysis.metrics.iter().enumerate() {
-            let mut templates = Vec::new();
+            let mut templates: Vec<(&str, &str, Check)> = Vec::new();
             if let Some(query) = &metric.query {
-                templates.push(("query", query));
+                templates.push(("query", query, serin_prometheus::check));
             }
-            if let Some(error_rate) = &metric.error_rate {
-                templates.push(("errorRate.requests", &error_rate.requests));
-                templates.push(("errorRate.errors", &error_rate.errors));
+            match metric.error_rate.as_ref().and_then(|e| e.counting()) {
+                Some(Counting::Queries { requests, errors }) => {
+                    templates.push(("errorRate.requests", requests, serin_prometheus::check));
+                    templates.push(("errorRate.errors", errors, serin_prometheus::check));
+                }
+                Some(Counting::Counters(counters)) => {
+                    let selector = serin_prometheus::check_selector;
+                    templates.push(("errorRate.counters.requests", &counters.requests, selector));
+                    templates.push(("errorRate.counters.errors", &counters.errors, selector));
+                }
+                None => {}
             }
-            for (field, template) in templates {
-                if let Err(error) = serin_prometheus::check(template) {
+            for (field, template, check) in templates {
+                if let Err(error) = check(template) {
                     return Some(format!(
                         "spec.analysis.metrics[{index}].{field} (metric {}): {error}",
                         metric.name
@@ -230,24 +246,40 @@ impl Analyst {
             let prometheus = &prometheus;
             let (canary_arm, stable_arm) = (&canary_arm, &stable_arm);
             async move {
-                let value = |template: &str, arm: &Variables, what: String| {
-                    let query = render(template, arm);
-                    async move {
-                        let prometheus = prometheus.as_ref().map_err(|e| NoData(e.clone()))?;
-                        let query = query.map_err(|e| NoData(format!("{what}: {e}")))?;
-                        let _turn = limits.turn(address).await;
-                        prometheus
-                            .value_at(&query, Some(SystemTime::from(now)))
-                            .await
-                            .map_err(|e| NoData(format!("{what}: {}", explain(&e, &what))))
-                    }
+                let value = |query: Result<String, TemplateError>, what: String| async move {
+                    let prometheus = prometheus.as_ref().map_err(|e| NoData(e.clone()))?;
+                    let query = query.map_err(|e| NoData(format!("{what}: {e}")))?;
+                    let _turn = limits.turn(address).await;
+                    prometheus
+                        .value_at(&query, Some(SystemTime::from(now)))
+                        .await
+                        .map_err(|e| NoData(format!("{what}: {}", explain(&e, &what))))
                 };
                 if let Some(spec) = &metric.error_rate {
+                    let Some(counting) = spec.counting() else {
+                        return Reading::Counts(Err(NoData(
+                            "errorRate: set counters, or both requests and errors".into(),
+                        )));
+                    };
+                    let count = |arm: &Variables, errors: bool| match counting {
+                        Counting::Queries {
+                            requests,
+                            errors: failed,
+                        } => render(if errors { failed } else { requests }, arm),
+                        Counting::Counters(counters) => {
+                            let selector = if errors {
+                                &counters.errors
+                            } else {
+                                &counters.requests
+                            };
+                            counted(selector, arm, SystemTime::from(since.0), errors)
+                        }
+                    };
                     let (cr, ce, sr, se) = futures::join!(
-                        value(&spec.requests, canary_arm, "requests (canary)".into()),
-                        value(&spec.errors, canary_arm, "errors (canary)".into()),
-                        value(&spec.requests, stable_arm, "requests (stable)".into()),
-                        value(&spec.errors, stable_arm, "errors (stable)".into()),
+                        value(count(canary_arm, false), "requests (canary)".into()),
+                        value(count(canary_arm, true), "errors (canary)".into()),
+                        value(count(stable_arm, false), "requests (stable)".into()),
+                        value(count(stable_arm, true), "errors (stable)".into()),
                     );
                     Reading::Counts((|| {
                         Ok(ErrorCounts {
@@ -260,8 +292,8 @@ impl Analyst {
                 } else {
                     let query = metric.query.clone().unwrap_or_default();
                     let (canary, stable) = futures::join!(
-                        value(&query, canary_arm, "canary".into()),
-                        value(&query, stable_arm, "stable".into()),
+                        value(render(&query, canary_arm), "canary".into()),
+                        value(render(&query, stable_arm), "stable".into()),
                     );
                     Reading::Values { canary, stable }
                 }
@@ -430,6 +462,17 @@ spec:
         let problem = analyst.spec_problem(Some(&errors)).unwrap_or_default();
         assert!(
             problem.starts_with("spec.analysis.metrics[0].errorRate.errors"),
+            "{problem}"
+        );
+
+        let counters = analysis(
+            "[{name: errors, errorRate: {counters: {requests: 'r{pod=~\"{{pods}}\"}', errors: 'sum(e{pod=~\"{{pods}}\"})'}}}]",
+            with_address,
+        );
+        let problem = analyst.spec_problem(Some(&counters)).unwrap_or_default();
+        assert!(
+            problem.starts_with("spec.analysis.metrics[0].errorRate.counters.errors")
+                && problem.contains("series selector"),
             "{problem}"
         );
 

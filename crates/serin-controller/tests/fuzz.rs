@@ -43,6 +43,9 @@ fn valid() -> Value {
                         "requests": "sum(increase(http_requests_total{pod=~\"{{pods}}\"}[{{elapsed}}]))",
                         "errors": "sum(increase(http_requests_total{pod=~\"{{pods}}\",code=~\"5..\"}[{{elapsed}}]))",
                         "maxRatio": 1.5}},
+                    {"name": "errors-counted", "errorRate": {"counters": {
+                        "requests": "http_requests_total{pod=~\"{{pods}}\"}",
+                        "errors": "http_requests_total{pod=~\"{{pods}}\",code=~\"5..\"}"}}},
                     {"name": "latency", "query": "histogram_quantile(0.99, rate(x_bucket[{{interval}}]))", "max": 0.5}
                 ]
             }

@@ -5,4 +5,4 @@ pub mod client;
 pub mod template;
 
 pub use client::{ClientError, Credentials, Prometheus, QueryError};
-pub use template::{TemplateError, VARIABLES, Variables, check, render};
+pub use template::{TemplateError, VARIABLES, Variables, check, check_selector, counted, render};

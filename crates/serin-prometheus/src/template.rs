@@ -2,7 +2,7 @@
 //! and the result parsed before it is ever sent.
 
 use std::fmt::Write;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
@@ -43,6 +43,14 @@ pub enum TemplateError {
     Unclosed {
         /// Byte offset of the `{{`.
         at: usize,
+    },
+    /// A counter, filled in, is not a series selector.
+    #[error(
+        "must be a series selector of counters such as http_requests_total{{pod=~\"{{{{pods}}}}\"}}, not an expression ({query}): Serin reads each series itself"
+    )]
+    NotASelector {
+        /// The selector as it would have been used.
+        query: String,
     },
     /// The filled-in query is not PromQL.
     #[error("is not valid PromQL once filled in ({query}): {message}")]
@@ -125,6 +133,44 @@ pub fn render(template: &str, variables: &Variables) -> Result<String, TemplateE
 /// not parse are found before any rollout.
 pub fn check(template: &str) -> Result<(), TemplateError> {
     render(template, &Variables::example()).map(drop)
+}
+
+/// The query for what the counters of `selector` gained from `since` to the time
+/// the query is evaluated at: for each series, its last sample at the end less its
+/// last sample at `since`; a series with no sample at `since` (a new pod, a first
+/// error) counts from zero, and one whose value fell (a restart) counts from its
+/// restart. Raw samples, no extrapolation: whole numbers, read alike for both arms.
+/// With `zero_when_none`, no series at all reads as 0 (no error has happened).
+pub fn counted(
+    selector: &str,
+    variables: &Variables,
+    since: SystemTime,
+    zero_when_none: bool,
+) -> Result<String, TemplateError> {
+    let series = render_selector(selector, variables)?;
+    let start = since
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let (seconds, millis) = (start / 1000, start % 1000);
+    let mut query = format!("sum(({series} - {series} @ {seconds}.{millis:03}) >= 0 or {series})");
+    if zero_when_none {
+        query.push_str(" or vector(0)");
+    }
+    Ok(query)
+}
+
+/// Checks a counter selector with placeholder values, as [`check`] does a query.
+pub fn check_selector(template: &str) -> Result<(), TemplateError> {
+    render_selector(template, &Variables::example()).map(drop)
+}
+
+fn render_selector(template: &str, variables: &Variables) -> Result<String, TemplateError> {
+    let series = render(template, variables)?;
+    match promql_parser::parser::parse(&series) {
+        Ok(promql_parser::parser::Expr::VectorSelector(_)) => Ok(series),
+        _ => Err(TemplateError::NotASelector { query: series }),
+    }
 }
 
 /// Escapes a value for the inside of a double-quoted PromQL string (templates put

@@ -144,3 +144,48 @@ fn a_query_that_does_not_parse_is_refused_before_it_is_sent() {
     assert!(error.to_string().contains("app-0123456789"), "{error}");
     assert!(check("sum(rate(x[{{interval}}])) by (").is_err());
 }
+
+#[test]
+fn a_counter_is_read_from_its_samples_at_both_ends_of_the_window() {
+    use serin_prometheus::counted;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let since: SystemTime = UNIX_EPOCH + Duration::from_millis(1_795_000_000_040);
+    let selector = r#"http_requests_total{pod=~"{{pods}}",code=~"5.."}"#;
+    let query = counted(selector, &arm(), since, true).expect("a selector");
+    let series = r#"http_requests_total{pod=~"podinfo-5d9f8c7b6a-[a-z0-9]{5}",code=~"5.."}"#;
+    assert_eq!(
+        query,
+        format!("sum(({series} - {series} @ 1795000000.040) >= 0 or {series}) or vector(0)")
+    );
+    parser::parse(&query).expect("the query parses");
+    let requests = counted("r", &arm(), since, false).expect("a selector");
+    assert!(
+        !requests.contains("vector(0)"),
+        "no requests is no data: {requests}"
+    );
+}
+
+#[test]
+fn a_counter_must_be_a_series_selector() {
+    use serin_prometheus::check_selector;
+    assert_eq!(
+        check_selector(r#"http_requests_total{pod=~"{{pods}}"}"#),
+        Ok(())
+    );
+    for expression in [
+        r#"sum(http_requests_total{pod=~"{{pods}}"})"#,
+        r#"increase(http_requests_total{pod=~"{{pods}}"}[{{elapsed}}])"#,
+        "vector(1)",
+    ] {
+        let error = check_selector(expression).expect_err(expression);
+        assert!(
+            matches!(error, TemplateError::NotASelector { .. }),
+            "{expression}: {error}"
+        );
+        assert!(error.to_string().contains("series selector"), "{error}");
+    }
+    assert!(matches!(
+        check_selector("x{pod=~\"{{pod}}\"}"),
+        Err(TemplateError::UnknownVariable { .. })
+    ));
+}

@@ -20,7 +20,16 @@ use crate::rollout::{
 /// Seconds between two analyses in these tests.
 pub(crate) const INTERVAL: u64 = 5;
 
+/// The error-rate metric from counters, as the docs recommend.
 pub(crate) const ERRORS_METRIC: &str = r#"    - name: errors
+      errorRate:
+        counters:
+          requests: http_requests_total{namespace="{{namespace}}",pod=~"{{pods}}"}
+          errors: http_requests_total{namespace="{{namespace}}",pod=~"{{pods}}",code="500"}
+"#;
+
+/// The same metric from two queries over `increase()`, the other form.
+const ERRORS_QUERIES: &str = r#"    - name: errors
       errorRate:
         requests: sum(increase(http_requests_total{namespace="{{namespace}}",pod=~"{{pods}}"}[{{elapsed}}]))
         errors: sum(increase(http_requests_total{namespace="{{namespace}}",pod=~"{{pods}}",code="500"}[{{elapsed}}]))
@@ -200,6 +209,15 @@ fn twice_the_stable_error_rate_is_rolled_back_by_the_analysis() -> Result<()> {
             && errors.ratio.as_ref().map(|r| r.lower) > Some(1.0),
         "{errors:#?}"
     );
+    // Counters are read from raw samples: whole numbers, nothing extrapolated.
+    let counts = errors.counts.as_ref().context("no counts")?;
+    let whole = [
+        counts.canary_requests,
+        counts.canary_errors,
+        counts.stable_requests,
+        counts.stable_errors,
+    ];
+    ensure!(whole.iter().all(|n| n.fract() == 0.0), "{counts:?}");
     ensure!(
         judged
             .rollout
@@ -216,7 +234,7 @@ fn twenty_percent_errors_are_rolled_back_by_the_guard_rail_within_two_intervals(
         "analysis-guard-rail",
         200.0,
         "  steps: [25, 50]\n  stepDuration: 60s",
-        &format!("    metrics:\n{ERRORS_METRIC}        maxRatio: 2\n        maxRate: 0.05\n"),
+        &format!("    metrics:\n{ERRORS_QUERIES}        maxRatio: 2\n        maxRate: 0.05\n"),
         Behaviour {
             error_rate: 0.15,
             latency_ms: 20,
