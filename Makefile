@@ -6,6 +6,7 @@
 #   make bench          detection: time to roll back and false rollbacks, Serin vs a threshold rule vs Wald's bound
 #   make bench-rollout  reaction times and controller memory on the local control plane
 #   make bench-scale    1,000 and 10,000 Canaries on one controller: memory, CPU, API requests, a 10% wave
+#   make bench-e2e-judge  false rollbacks and time to rollback through real Prometheus scrapes (about an hour)
 #   make test           every test: unit, Prometheus, and end-to-end on a local control plane
 #                       (kwok's fake nodes, and a real node running real containers)
 #   make cluster-up     start the control plane and a real node in the background
@@ -29,7 +30,7 @@ VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1
 TRIPLE      := $(shell uname -m)-unknown-linux-gnu
 STATIC_DIR  := target/$(TRIPLE)/release
 
-.PHONY: arch-check build image system-packages controlplane demo bench bench-rollout bench-scale test unit e2e crds crds-check manifests manifests-check lint cluster-up cluster-down clean
+.PHONY: arch-check build image system-packages controlplane demo bench bench-rollout bench-scale bench-e2e-judge test unit e2e crds crds-check manifests manifests-check lint cluster-up cluster-down clean
 
 ## Debian packages the demo and the tests run: installed when missing (as root),
 ## otherwise the command to run is printed.
@@ -117,6 +118,12 @@ bench:
 bench-rollout: controlplane
 	cargo build --quiet --locked --release -p serin -p serin-e2e
 	target/release/serin-bench
+
+## The judge through the real pipeline; figures also in target/bench/e2e-judge.json.
+## QUICK=1 runs the first configuration only (1 s scrapes, 200 req/s).
+bench-e2e-judge: system-packages controlplane
+	cargo build --quiet --locked --release -p serin -p serin-e2e
+	target/release/serin-bench-judge $(if $(filter 1,$(QUICK)),--quick)
 
 ## The scale benchmark of record; figures also in target/bench/scale.json.
 ## FLEETS=1000 for a shorter run.

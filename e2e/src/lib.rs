@@ -7,6 +7,7 @@ pub mod controller;
 pub mod gateway;
 pub mod harness;
 pub mod http;
+pub mod judgement;
 pub mod kubectl;
 pub mod load;
 pub mod manifest;
