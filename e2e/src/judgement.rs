@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serin_analysis::Tolerance;
 use serin_analysis::detection::{Method, Scenario};
-use serin_api::{Canary, Phase};
+use serin_api::{Canary, ErrorCounts, Phase};
 use statrs::distribution::{Beta, Binomial, ContinuousCDF, DiscreteCDF};
 
 use crate::controller::Controller;
@@ -62,6 +62,14 @@ pub struct Outcome {
     pub rollback_seconds: Vec<f64>,
     /// Wall-clock seconds the rollouts took, from the first apply.
     pub seconds: f64,
+    /// Events beyond one per transition: `RolloutStarted` beyond the revisions
+    /// applied, `AnalysisFailed` beyond the rollbacks.
+    pub duplicate_events: usize,
+    /// Analyses whose counts fell below the previous analysis' of the same window
+    /// (a count can only grow while its window does).
+    pub shrunk_counts: usize,
+    /// Analyses seen, one per window and analysis time.
+    pub analyses: usize,
 }
 
 impl Outcome {
@@ -217,6 +225,7 @@ pub fn run(cluster: &Cluster, plan: &Plan) -> Result<Outcome> {
         names.iter().map(|n| (n.as_str(), Rollout::Idle)).collect();
     let mut revision = 0;
     let mut applied = 0;
+    let mut last_counts: BTreeMap<String, (String, String, ErrorCounts)> = BTreeMap::new();
     while outcome.rollouts() < plan.rollouts && Instant::now() < deadline {
         for (name, rollout) in &mut rollouts {
             if matches!(rollout, Rollout::Idle) && applied < plan.rollouts {
@@ -231,6 +240,9 @@ pub fn run(cluster: &Cluster, plan: &Plan) -> Result<Outcome> {
         }
         std::thread::sleep(Duration::from_secs(1));
         let seen = canaries(kubectl, &namespace)?;
+        for (name, canary) in &seen {
+            track_counts(name, canary, &mut last_counts, &mut outcome);
+        }
         for (name, rollout) in &mut rollouts {
             let Some(canary) = seen.get(*name) else {
                 continue;
@@ -241,6 +253,14 @@ pub fn run(cluster: &Cluster, plan: &Plan) -> Result<Outcome> {
         }
     }
     outcome.seconds = started.elapsed().as_secs_f64();
+    let events = kubectl.get_json(&["events", "-n", &namespace])?;
+    let recorded = |reason: &str| {
+        events["items"].as_array().map_or(0, |items| {
+            items.iter().filter(|e| e["reason"] == reason).count()
+        })
+    };
+    outcome.duplicate_events = recorded("RolloutStarted").saturating_sub(applied)
+        + recorded("AnalysisFailed").saturating_sub(outcome.rolled_back);
     drop(prometheus);
     drop(traffic);
     let _ = kubectl.run(&["delete", "namespace", &namespace, "--wait=false"]);
@@ -300,6 +320,41 @@ fn advance(
             weighted,
         }),
     }
+}
+
+/// Counts an analysis of `canary`'s error-rate metric not seen before, and whether
+/// its counts fell below the last analysis' of the same window.
+fn track_counts(
+    name: &str,
+    canary: &Canary,
+    last: &mut BTreeMap<String, (String, String, ErrorCounts)>,
+    outcome: &mut Outcome,
+) {
+    let Some(metric) = canary
+        .status
+        .as_ref()
+        .and_then(|status| status.analysis.first())
+    else {
+        return;
+    };
+    let (Some(since), Some(at), Some(counts)) = (&metric.since, &metric.at, &metric.counts) else {
+        return;
+    };
+    let (since, at) = (since.0.to_string(), at.0.to_string());
+    if let Some((last_since, last_at, before)) = last.get(name) {
+        if *last_since == since && *last_at == at {
+            return;
+        }
+        let fell = counts.canary_requests < before.canary_requests
+            || counts.canary_errors < before.canary_errors
+            || counts.stable_requests < before.stable_requests
+            || counts.stable_errors < before.stable_errors;
+        if *last_since == since && fell {
+            outcome.shrunk_counts += 1;
+        }
+    }
+    outcome.analyses += 1;
+    last.insert(name.to_owned(), (since, at, *counts));
 }
 
 fn phase(canary: &Canary) -> Option<Phase> {

@@ -41,6 +41,17 @@ fn healthy_canaries_are_rolled_back_no_more_often_than_the_confidence_allows() -
         "rollouts that neither promoted nor failed the analysis: {:?}",
         outcome.other
     );
+    ensure!(
+        outcome.duplicate_events == 0,
+        "{} Events recorded twice for one transition",
+        outcome.duplicate_events
+    );
+    ensure!(
+        outcome.shrunk_counts == 0,
+        "{} of {} analyses counted less than the one before in the same window",
+        outcome.shrunk_counts,
+        outcome.analyses
+    );
     let p = at_least(
         outcome.rolled_back,
         outcome.rollouts(),

@@ -101,8 +101,9 @@ fn wait_for_sample(prometheus: &mut Prometheus, query: &str) -> Result<()> {
 
 /// The error-rate judge's counters against the real server: each series counts
 /// what it gained between its samples at the window's two ends, a series that
-/// appears in the window (a new pod, its first errors) counts from zero, and one
-/// that restarted counts from its restart. `increase()` over the same window, the
+/// appears in the window (a new pod, its first errors) counts from zero, one that
+/// restarted counts from its restart, and one that ended (a pod scaled away) keeps
+/// what it counted. `increase()` over the same window, the
 /// query form's usual reading, misses the new series' first values.
 #[test]
 fn counters_are_read_from_their_samples_at_both_ends_of_the_window() -> Result<()> {
@@ -110,6 +111,7 @@ fn counters_are_read_from_their_samples_at_both_ends_of_the_window() -> Result<(
     let body = Arc::new(Mutex::new(
         "# TYPE req_total counter
 req_total{pod=\"old\",code=\"200\"} 100
+req_total{pod=\"gone\",code=\"200\"} 50
 req_total{pod=\"restarted\",code=\"200\"} 1000
 "
         .to_owned(),
@@ -124,15 +126,30 @@ req_total{pod=\"restarted\",code=\"200\"} 1000
     thread::sleep(Duration::from_millis(1500));
     let since = SystemTime::now();
     thread::sleep(Duration::from_millis(2500));
-    if let Ok(mut body) = body.lock() {
-        *body = "# TYPE req_total counter
+    let serve_text = |text: &str| {
+        if let Ok(mut body) = body.lock() {
+            *body = text.to_owned();
+        }
+    };
+    serve_text(
+        "# TYPE req_total counter
+req_total{pod=\"old\",code=\"200\"} 160
+req_total{pod=\"gone\",code=\"200\"} 70
+req_total{pod=\"restarted\",code=\"200\"} 7
+req_total{pod=\"new\",code=\"200\"} 42
+req_total{pod=\"new\",code=\"500\"} 3
+",
+    );
+    thread::sleep(Duration::from_millis(2500));
+    // A pod scaled away mid-window: its series ends, what it counted stays.
+    serve_text(
+        "# TYPE req_total counter
 req_total{pod=\"old\",code=\"200\"} 160
 req_total{pod=\"restarted\",code=\"200\"} 7
 req_total{pod=\"new\",code=\"200\"} 42
 req_total{pod=\"new\",code=\"500\"} 3
-"
-        .to_owned();
-    }
+",
+    );
     thread::sleep(Duration::from_millis(3000));
     let at = SystemTime::now();
 
@@ -149,7 +166,7 @@ req_total{pod=\"new\",code=\"500\"} 3
         since,
         true,
     )?);
-    assert_eq!(requests, Ok(60.0 + 7.0 + 42.0 + 3.0), "requests");
+    assert_eq!(requests, Ok(60.0 + 20.0 + 7.0 + 42.0 + 3.0), "requests");
     assert_eq!(errors, Ok(3.0), "errors");
     let none = read(counted(
         r#"req_total{job="counters",code="503"}"#,

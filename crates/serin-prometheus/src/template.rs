@@ -135,12 +135,14 @@ pub fn check(template: &str) -> Result<(), TemplateError> {
     render(template, &Variables::example()).map(drop)
 }
 
-/// The query for what the counters of `selector` gained from `since` to the time
-/// the query is evaluated at: for each series, its last sample at the end less its
-/// last sample at `since`; a series with no sample at `since` (a new pod, a first
-/// error) counts from zero, and one whose value fell (a restart) counts from its
-/// restart. Raw samples, no extrapolation: whole numbers, read alike for both arms.
-/// With `zero_when_none`, no series at all reads as 0 (no error has happened).
+/// The query for what the counters of `selector` gained over the window that
+/// starts at `since` and ends `variables.elapsed` later, where the query is
+/// evaluated: for each series, its last sample in the window less its last sample
+/// at `since`. A series with no sample at `since` (a new pod, a first error) counts
+/// from zero, one whose value fell (a restart) counts from its restart, and one
+/// that ended in the window (a pod scaled away) keeps what it counted. Raw
+/// samples, no extrapolation: whole numbers, read alike for both arms. With
+/// `zero_when_none`, no series at all reads as 0 (no error has happened).
 pub fn counted(
     selector: &str,
     variables: &Variables,
@@ -153,7 +155,8 @@ pub fn counted(
         .unwrap_or_default()
         .as_millis();
     let (seconds, millis) = (start / 1000, start % 1000);
-    let mut query = format!("sum(({series} - {series} @ {seconds}.{millis:03}) >= 0 or {series})");
+    let last = format!("last_over_time({series}[{}])", window(variables.elapsed));
+    let mut query = format!("sum(({last} - {series} @ {seconds}.{millis:03}) >= 0 or {last})");
     if zero_when_none {
         query.push_str(" or vector(0)");
     }

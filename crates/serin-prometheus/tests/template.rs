@@ -153,9 +153,10 @@ fn a_counter_is_read_from_its_samples_at_both_ends_of_the_window() {
     let selector = r#"http_requests_total{pod=~"{{pods}}",code=~"5.."}"#;
     let query = counted(selector, &arm(), since, true).expect("a selector");
     let series = r#"http_requests_total{pod=~"podinfo-5d9f8c7b6a-[a-z0-9]{5}",code=~"5.."}"#;
+    let last = format!("last_over_time({series}[75900ms])");
     assert_eq!(
         query,
-        format!("sum(({series} - {series} @ 1795000000.040) >= 0 or {series}) or vector(0)")
+        format!("sum(({last} - {series} @ 1795000000.040) >= 0 or {last}) or vector(0)")
     );
     parser::parse(&query).expect("the query parses");
     let requests = counted("r", &arm(), since, false).expect("a selector");

@@ -153,6 +153,10 @@ fn main() -> Result<()> {
         if !healthy.other.is_empty() {
             println!("  ended otherwise: {:?}", healthy.other);
         }
+        println!(
+            "  {} Events recorded twice; {} of {} analyses counted less than the one before in their window; healthy rollouts took {:.0}s",
+            healthy.duplicate_events, healthy.shrunk_counts, healthy.analyses, healthy.seconds
+        );
         rows.push(json!({
             "configuration": configuration.name,
             "scrape_seconds": configuration.scrape.as_secs(),
@@ -169,6 +173,9 @@ fn main() -> Result<()> {
             "false_rollback_interval_95": [lower, upper],
             "simulated_false_rollback_rate": predicted_rate,
             "ended_otherwise": healthy.other,
+            "duplicate_events": healthy.duplicate_events,
+            "analyses": healthy.analyses,
+            "analyses_whose_counts_shrank": healthy.shrunk_counts,
             "seconds": healthy.seconds,
             "regression": regressed.as_ref().map(|r| json!({
                 "ratio": regressed_plan.ratio,
