@@ -223,15 +223,16 @@ pub fn run(cluster: &Cluster, plan: &Plan) -> Result<Outcome> {
     let mut outcome = Outcome::default();
     let mut rollouts: BTreeMap<&str, Rollout> =
         names.iter().map(|n| (n.as_str(), Rollout::Idle)).collect();
-    let mut revision = 0;
     let mut applied = 0;
     let mut last_counts: BTreeMap<String, (String, String, ErrorCounts)> = BTreeMap::new();
-    while outcome.rollouts() < plan.rollouts && Instant::now() < deadline {
+    while outcome.rollouts() < plan.rollouts
+        && Instant::now() < deadline
+        && !rollouts.values().all(|r| matches!(r, Rollout::Done))
+    {
         for (name, rollout) in &mut rollouts {
             if matches!(rollout, Rollout::Idle) && applied < plan.rollouts {
-                revision += 1;
                 applied += 1;
-                apply(name, revision, canary_error_rate)?;
+                apply(name, applied, canary_error_rate)?;
                 *rollout = Rollout::Running {
                     generation: None,
                     weighted: None,

@@ -133,13 +133,18 @@ impl MachineLock {
         std::io::Read::read_to_string(&mut file, &mut holder)?;
         let abandoned = PathBuf::from(holder.trim());
         if !holder.trim().is_empty() && abandoned != dir {
+            // Only a directory a node was prepared in is removed: the record is a
+            // file anyone could write.
+            let prepared = abandoned.join(IP_FORWARD_SAVED).is_file();
             clean_up(&abandoned).with_context(|| {
                 format!(
                     "cleaning up the real node a killed run left in {}",
                     abandoned.display()
                 )
             })?;
-            let _ = fs::remove_dir_all(&abandoned);
+            if prepared {
+                let _ = fs::remove_dir_all(&abandoned);
+            }
         }
         let lock = Self { file };
         lock.record(dir.as_os_str().as_encoded_bytes())?;

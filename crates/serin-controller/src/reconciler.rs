@@ -814,12 +814,14 @@ async fn report(
     if canary.status.as_ref() != Some(&plan.status) {
         let canaries: Api<Canary> = Api::namespaced(context.client.clone(), namespace);
         let read = canary.resource_version();
-        let status = serde_json::json!({
+        let mut status = serde_json::json!({
             "apiVersion": Canary::api_version(&()),
             "kind": Canary::kind(&()),
-            "metadata": {"resourceVersion": read},
             "status": plan.status,
         });
+        if let Some(read) = &read {
+            status["metadata"] = serde_json::json!({"resourceVersion": read});
+        }
         let stored = canaries
             .patch_status(
                 name,
