@@ -17,12 +17,14 @@ use crate::harness::Cluster;
 use crate::process::{Supervised, eventually, free_port, wait_until};
 
 /// Installs the kustomize base `deploy/` once per test run, and returns a kubeconfig
-/// with the `serin` ServiceAccount's token.
+/// with the `serin` ServiceAccount's token, kept beside the cluster's own (so it
+/// goes with the cluster: a static is never dropped, a temporary directory held by
+/// one would outlive every run).
 pub fn install(cluster: &Cluster) -> Result<&'static Path> {
-    static INSTALLED: OnceLock<Result<(TempDir, PathBuf), String>> = OnceLock::new();
+    static INSTALLED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let installed = INSTALLED.get_or_init(|| install_once(cluster).map_err(|e| format!("{e:#}")));
     match installed {
-        Ok((_, kubeconfig)) => Ok(kubeconfig),
+        Ok(kubeconfig) => Ok(kubeconfig),
         Err(error) => bail!("installing Serin: {error}"),
     }
 }
@@ -110,12 +112,16 @@ pub fn install_crds(cluster: &Cluster) -> Result<()> {
     }
 }
 
-fn install_once(cluster: &Cluster) -> Result<(TempDir, PathBuf)> {
+fn install_once(cluster: &Cluster) -> Result<PathBuf> {
     let kubectl = &cluster.kubectl;
     let root = repository_root();
     install_crds(cluster)?;
     kubectl.run(&["apply", "-k", &root.join("deploy").to_string_lossy()])?;
-    service_account_kubeconfig(cluster, "serin-system", "serin")
+    let kubeconfig = kubectl
+        .kubeconfig()
+        .with_file_name(format!("serin-sa-{}.kubeconfig", std::process::id()));
+    write_service_account_kubeconfig(cluster, "serin-system", "serin", &kubeconfig)?;
+    Ok(kubeconfig)
 }
 
 /// A kubeconfig that acts as ServiceAccount `namespace/name`, in a directory that
@@ -125,14 +131,25 @@ pub fn service_account_kubeconfig(
     namespace: &str,
     name: &str,
 ) -> Result<(TempDir, PathBuf)> {
+    let dir = tempfile::Builder::new().prefix("serin-e2e-sa-").tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_service_account_kubeconfig(cluster, namespace, name, &kubeconfig)?;
+    Ok((dir, kubeconfig))
+}
+
+/// Writes to `path` a kubeconfig that acts as ServiceAccount `namespace/name`.
+fn write_service_account_kubeconfig(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    path: &Path,
+) -> Result<()> {
     let kubectl = &cluster.kubectl;
     let token = kubectl.run(&["create", "token", name, "-n", namespace, "--duration=24h"])?;
     let server = kubectl.config(".clusters[0].cluster.server")?;
     let ca = kubectl.config(".clusters[0].cluster.certificate-authority")?;
-    let dir = tempfile::Builder::new().prefix("serin-e2e-sa-").tempdir()?;
-    let kubeconfig = dir.path().join("kubeconfig");
     fs::write(
-        &kubeconfig,
+        path,
         format!(
             "apiVersion: v1
 kind: Config
@@ -144,7 +161,7 @@ current-context: sa
             token.trim()
         ),
     )?;
-    Ok((dir, kubeconfig))
+    Ok(())
 }
 
 /// What a controller has done so far, by its own count.
