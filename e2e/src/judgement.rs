@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serin_analysis::Tolerance;
 use serin_analysis::detection::{Method, Scenario};
+use serin_analysis::error_rate::clopper_pearson;
 use serin_api::{Canary, ErrorCounts, Phase};
-use statrs::distribution::{Beta, Binomial, ContinuousCDF, DiscreteCDF};
+use statrs::distribution::{Binomial, DiscreteCDF};
 
 use crate::controller::Controller;
 use crate::harness::Cluster;
 use crate::manifest::CanaryManifest;
 use crate::prometheus::{Prometheus, ScrapeJob};
+use crate::rollout::{phase, reason};
 use crate::traffic::Traffic;
 
 /// One run: how many Canaries at once, how many rollouts to finish, and the
@@ -83,9 +85,10 @@ impl Outcome {
         self.rolled_back as f64 / self.rollouts().max(1) as f64
     }
 
-    /// The exact (Clopper–Pearson) two-sided 95% interval of the rollback rate.
+    /// The exact (Clopper–Pearson) two-sided 95% interval of the rollback rate;
+    /// (0, 1) before any rollout ended.
     pub fn rollback_interval(&self) -> (f64, f64) {
-        clopper_pearson(self.rolled_back, self.rollouts(), 0.95)
+        clopper_pearson(self.rolled_back as f64, self.rollouts() as f64, 0.95).unwrap_or((0.0, 1.0))
     }
 
     /// The median time to rollback, seconds.
@@ -303,7 +306,7 @@ fn advance(
             })
         }
         Some(Phase::Aborted) => {
-            let reason = progressing_reason(canary);
+            let reason = reason(canary, "Progressing");
             if reason == "AnalysisFailed" {
                 outcome.rolled_back += 1;
                 if let Some(weighted) = weighted {
@@ -358,19 +361,6 @@ fn track_counts(
     last.insert(name.to_owned(), (since, at, *counts));
 }
 
-fn phase(canary: &Canary) -> Option<Phase> {
-    canary.status.as_ref().and_then(|status| status.phase)
-}
-
-fn progressing_reason(canary: &Canary) -> String {
-    canary
-        .status
-        .as_ref()
-        .and_then(|status| status.conditions.iter().find(|c| c.type_ == "Progressing"))
-        .map(|condition| condition.reason.clone())
-        .unwrap_or_default()
-}
-
 /// The namespace's Canaries by name, in one request.
 fn canaries(
     kubectl: &crate::kubectl::Kubectl,
@@ -386,21 +376,6 @@ fn canaries(
             Ok((canary.metadata.name.clone().unwrap_or_default(), canary))
         })
         .collect()
-}
-
-/// The exact two-sided interval of a binomial proportion at `level`.
-pub fn clopper_pearson(successes: usize, trials: usize, level: f64) -> (f64, f64) {
-    if trials == 0 {
-        return (0.0, 1.0);
-    }
-    let (k, n) = (successes as f64, trials as f64);
-    let tail = (1.0 - level) / 2.0;
-    let lower = Beta::new(k, n - k + 1.0).map_or(0.0, |beta| beta.inverse_cdf(tail));
-    let upper = Beta::new(k + 1.0, n - k).map_or(1.0, |beta| beta.inverse_cdf(1.0 - tail));
-    (
-        if successes == 0 { 0.0 } else { lower },
-        if successes == trials { 1.0 } else { upper },
-    )
 }
 
 /// The chance of `successes` or more in `trials` when each happens with
@@ -420,10 +395,20 @@ mod tests {
     #[test]
     fn the_exact_interval_and_the_binomial_tail_match_known_values() {
         // 11 of 655: 0.8%–3.0% (the external measurement).
-        let (lower, upper) = clopper_pearson(11, 655, 0.95);
+        let eleven = Outcome {
+            promoted: 644,
+            rolled_back: 11,
+            ..Outcome::default()
+        };
+        let (lower, upper) = eleven.rollback_interval();
         assert!((0.0083..0.0085).contains(&lower), "{lower}");
         assert!((0.0297..0.0300).contains(&upper), "{upper}");
-        assert_eq!(clopper_pearson(0, 10, 0.95).0, 0.0);
+        let none = Outcome {
+            promoted: 10,
+            ..Outcome::default()
+        };
+        assert_eq!(none.rollback_interval().0, 0.0);
+        assert_eq!(Outcome::default().rollback_interval(), (0.0, 1.0));
         // P(X >= 1) for n = 10, p = 0.5 is 1 - 1/1024.
         assert!((at_least(1, 10, 0.5) - (1.0 - 1.0 / 1024.0)).abs() < 1e-12);
         assert_eq!(at_least(0, 10, 0.05), 1.0);

@@ -306,18 +306,20 @@ impl Rollout {
 
     /// The Canary's Events as the API server returns them.
     pub fn event_objects(&self) -> Result<Vec<Value>> {
-        let events = self.kubectl.get_json(&[
-            "events",
-            "-n",
-            &self.namespace,
-            "--field-selector",
-            &format!(
-                "involvedObject.kind=Canary,involvedObject.name={}",
-                self.name
-            ),
-        ])?;
-        Ok(events["items"].as_array().cloned().unwrap_or_default())
+        canary_events(&self.kubectl, &self.namespace, &self.name)
     }
+}
+
+/// The Events recorded on Canary `namespace/name`, as the API server returns them.
+pub fn canary_events(kubectl: &Kubectl, namespace: &str, name: &str) -> Result<Vec<Value>> {
+    let events = kubectl.get_json(&[
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        &format!("involvedObject.kind=Canary,involvedObject.name={name}"),
+    ])?;
+    Ok(events["items"].as_array().cloned().unwrap_or_default())
 }
 
 /// The Canary's status (the default before the first one is written).

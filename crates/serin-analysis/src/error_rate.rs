@@ -143,27 +143,34 @@ pub fn ratio_interval(counts: &ErrorCounts, confidence: f64) -> Option<RatioInte
         return None;
     }
     let share = counts.canary_requests / (counts.canary_requests + counts.stable_requests);
-    let tail = (1.0 - confidence) / 2.0;
-    let from_canary = counts.canary_errors;
-    let lower_share = if from_canary <= 0.0 {
-        0.0
-    } else {
-        Beta::new(from_canary, errors - from_canary + 1.0)
-            .ok()?
-            .inverse_cdf(tail)
-    };
-    let upper_share = if from_canary >= errors {
-        1.0
-    } else {
-        Beta::new(from_canary + 1.0, errors - from_canary)
-            .ok()?
-            .inverse_cdf(1.0 - tail)
-    };
+    let (lower_share, upper_share) = clopper_pearson(counts.canary_errors, errors, confidence)?;
     let to_ratio = |theta: f64| theta * (1.0 - share) / (share * (1.0 - theta));
     Some(RatioInterval {
         lower: to_ratio(lower_share),
         upper: (upper_share < 1.0).then(|| to_ratio(upper_share)),
     })
+}
+
+/// The exact (Clopper–Pearson) two-sided interval at `confidence` of a
+/// proportion seen `successes` times in `trials` (counts may be fractional, as
+/// `increase()` makes them); None when the counts give no Beta distribution.
+pub fn clopper_pearson(successes: f64, trials: f64, confidence: f64) -> Option<(f64, f64)> {
+    let tail = (1.0 - confidence) / 2.0;
+    let lower = if successes <= 0.0 {
+        0.0
+    } else {
+        Beta::new(successes, trials - successes + 1.0)
+            .ok()?
+            .inverse_cdf(tail)
+    };
+    let upper = if successes >= trials {
+        1.0
+    } else {
+        Beta::new(successes + 1.0, trials - successes)
+            .ok()?
+            .inverse_cdf(1.0 - tail)
+    };
+    Some((lower, upper))
 }
 
 /// ln(mean(exp(x))) without overflow.

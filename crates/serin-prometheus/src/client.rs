@@ -2,13 +2,15 @@
 //! anything short of a finite number reported as no data, never as zero.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use prometheus_http_query::response::Data;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use thiserror::Error;
+
+use crate::template::unix_seconds;
 
 /// Keys of the credentials Secret.
 pub const TOKEN_KEY: &str = "token";
@@ -188,8 +190,7 @@ impl Prometheus {
     pub async fn value_at(&self, query: &str, at: Option<SystemTime>) -> Result<f64, QueryError> {
         let mut request = self.client.query(query);
         if let Some(at) = at {
-            let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-            request = request.query("time", format!("{:.3}", since_epoch.as_secs_f64()));
+            request = request.query("time", unix_seconds(at));
         }
         let response = request
             .get()

@@ -150,13 +150,9 @@ pub fn counted(
     zero_when_none: bool,
 ) -> Result<String, TemplateError> {
     let series = render_selector(selector, variables)?;
-    let start = since
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    let (seconds, millis) = (start / 1000, start % 1000);
+    let start = unix_seconds(since);
     let last = format!("last_over_time({series}[{}])", window(variables.elapsed));
-    let mut query = format!("sum(({last} - {series} @ {seconds}.{millis:03}) >= 0 or {last})");
+    let mut query = format!("sum(({last} - {series} @ {start}) >= 0 or {last})");
     if zero_when_none {
         query.push_str(" or vector(0)");
     }
@@ -212,6 +208,16 @@ pub fn regex_literal(value: &str) -> String {
 /// A duration as PromQL writes it: whole seconds, at least one.
 pub fn duration(value: Duration) -> String {
     format!("{}s", value.as_secs().max(1))
+}
+
+/// A time as Prometheus takes it (an `@` modifier, a query's `time`): Unix
+/// seconds to the millisecond, `1795000000.040`.
+pub(crate) fn unix_seconds(at: SystemTime) -> String {
+    let millis = at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    format!("{}.{:03}", millis / 1000, millis % 1000)
 }
 
 /// A window's length as PromQL writes it, to the millisecond (`75s`, `75900ms`):

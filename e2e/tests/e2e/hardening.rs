@@ -20,6 +20,7 @@ use serin_controller::run::SHUTDOWN_GRACE;
 use serin_e2e::controller::{Controller, install_crds, service_account_kubeconfig};
 use serin_e2e::manifest::CanaryManifest;
 use serin_e2e::process::eventually;
+use serin_e2e::rollout::canary_events;
 
 use crate::cluster;
 use crate::rollout::{
@@ -325,16 +326,9 @@ fn serin_is_installed_with_least_privilege() -> Result<()> {
     Ok(())
 }
 
-/// The Events recorded on Canary `name`.
+/// How many Events are recorded on Canary `name`.
 fn event_count(namespace: &str, name: &str) -> Result<usize> {
-    let events = cluster().kubectl.get_json(&[
-        "events",
-        "-n",
-        namespace,
-        "--field-selector",
-        &format!("involvedObject.kind=Canary,involvedObject.name={name}"),
-    ])?;
-    Ok(events["items"].as_array().map_or(0, Vec::len))
+    Ok(canary_events(&cluster().kubectl, namespace, name)?.len())
 }
 
 /// The controller's reconcile, run in-process on a Canary as it was before its
