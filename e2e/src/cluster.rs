@@ -528,9 +528,30 @@ pub const GATEWAY_API_VERSION: &str = "v1.3.0";
 /// The standard-channel Gateway API CRDs, from the `sigs.k8s.io/gateway-api` Go
 /// module (downloaded through the module proxy into the module cache, not committed).
 pub fn gateway_api_crds() -> Result<PathBuf> {
-    let module = format!("sigs.k8s.io/gateway-api@{GATEWAY_API_VERSION}");
+    Ok(
+        go_module_dir(&format!("sigs.k8s.io/gateway-api@{GATEWAY_API_VERSION}"))?
+            .join("config/crd/standard"),
+    )
+}
+
+/// The prometheus-operator release whose CRDs the chart's ServiceMonitor and
+/// PrometheusRule are checked against.
+pub const PROMETHEUS_OPERATOR_VERSION: &str = "v0.81.0";
+
+/// prometheus-operator's CRDs (ServiceMonitor, PrometheusRule, ...), from its Go
+/// module, as its releases ship them.
+pub fn prometheus_operator_crds() -> Result<PathBuf> {
+    Ok(go_module_dir(&format!(
+        "github.com/prometheus-operator/prometheus-operator@{PROMETHEUS_OPERATOR_VERSION}"
+    ))?
+    .join("example/prometheus-operator-crd"))
+}
+
+/// The directory of Go module `module` (`path@version`) in the module cache,
+/// downloaded through the module proxy when it is not there.
+fn go_module_dir(module: &str) -> Result<PathBuf> {
     let output = Command::new("go")
-        .args(["mod", "download", "-json", &module])
+        .args(["mod", "download", "-json", module])
         .current_dir(std::env::temp_dir())
         .env("GO111MODULE", "on")
         .output()
@@ -545,5 +566,5 @@ pub fn gateway_api_crds() -> Result<PathBuf> {
     let dir = info["Dir"]
         .as_str()
         .with_context(|| format!("go mod download {module} printed no Dir"))?;
-    Ok(Path::new(dir).join("config/crd/standard"))
+    Ok(PathBuf::from(dir))
 }
