@@ -9,8 +9,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
+use serin_analysis::latency::slow_requests;
 use serin_e2e::prometheus::{Prometheus, ScrapeJob};
-use serin_prometheus::{Prometheus as Client, Variables, counted};
+use serin_prometheus::{Prometheus as Client, Variables, counted, counted_buckets};
 
 /// Serves `body` (the Prometheus text format, changed by the test as it goes)
 /// until `stop` is set.
@@ -182,6 +183,76 @@ req_total{pod=\"new\",code=\"500\"} 3
     assert!(
         increased.as_ref().is_ok_and(|errors| *errors < 3.0),
         "increase() sees the new series' errors after all: {increased:?}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    server.join().ok();
+    Ok(())
+}
+
+/// A latency metric's buckets against the real server: each bucket bound counts
+/// what its series gained in the window, as counters are read (a pod that appears
+/// mid-window counts from zero), and the slow requests are every request less
+/// those in the threshold's bucket.
+#[test]
+fn a_histograms_buckets_are_read_per_bound_from_their_samples_at_both_ends() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let histogram = |pod: &str, fast: u32, under_one: u32, all: u32| {
+        format!(
+            "latency_seconds_bucket{{pod=\"{pod}\",le=\"0.25\"}} {fast}
+latency_seconds_bucket{{pod=\"{pod}\",le=\"1\"}} {under_one}
+latency_seconds_bucket{{pod=\"{pod}\",le=\"+Inf\"}} {all}
+latency_seconds_sum{{pod=\"{pod}\"}} 0
+latency_seconds_count{{pod=\"{pod}\"}} {all}
+"
+        )
+    };
+    let header = "# TYPE latency_seconds histogram\n";
+    let body = Arc::new(Mutex::new(format!(
+        "{header}{}",
+        histogram("old", 900, 990, 1000)
+    )));
+    let (address, stop, server) = target(&body)?;
+    let jobs = [ScrapeJob {
+        name: "histogram".into(),
+        targets: vec![address],
+    }];
+    let mut prometheus = Prometheus::start(&jobs, Duration::from_secs(1))?;
+    wait_for_sample(&mut prometheus, "latency_seconds_count")?;
+    thread::sleep(Duration::from_millis(1500));
+    let since = SystemTime::now();
+    thread::sleep(Duration::from_millis(2500));
+    if let Ok(mut body) = body.lock() {
+        *body = format!(
+            "{header}{}{}",
+            histogram("old", 1080, 1190, 1200),
+            histogram("new", 40, 45, 50)
+        );
+    }
+    thread::sleep(Duration::from_millis(3000));
+    let at = SystemTime::now();
+
+    let client = Client::new(&prometheus.url(), None, Duration::from_secs(5))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let query = counted_buckets(
+        r#"latency_seconds_bucket{job="histogram"}"#,
+        &Variables::example(),
+        since,
+    )?;
+    let mut buckets = runtime.block_on(client.values_by_at(&query, "le", at))?;
+    buckets.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected =
+        [("+Inf", 250.0), ("0.25", 220.0), ("1", 245.0)].map(|(le, count)| (le.to_owned(), count));
+    assert_eq!(buckets, expected);
+    assert_eq!(slow_requests(&buckets, 0.25), Ok((250.0, 30.0)));
+    assert_eq!(slow_requests(&buckets, 1.0), Ok((250.0, 5.0)));
+    let no_bound = slow_requests(&buckets, 0.5);
+    assert!(
+        no_bound
+            .as_ref()
+            .is_err_and(|why| why.0.contains("0.25, 1")),
+        "{no_bound:?}"
     );
     stop.store(true, Ordering::Relaxed);
     server.join().ok();

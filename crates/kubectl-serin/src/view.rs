@@ -115,11 +115,34 @@ pub fn render(canary: &Canary, replica_sets: &[ReplicaSet], events: &[EventLine]
         analysis.load_style(UTF8_BORDERS_ONLY).set_header([
             "METRIC", "CANARY", "STABLE", "RATIO", "EVIDENCE", "VERDICT", "WHY",
         ]);
+        let latency: Vec<&str> = canary
+            .spec
+            .analysis
+            .iter()
+            .flat_map(|analysis| &analysis.metrics)
+            .filter(|metric| metric.latency.is_some())
+            .map(|metric| metric.name.as_str())
+            .collect();
         for metric in &status.analysis {
+            let bad = if latency.contains(&metric.name.as_str()) {
+                "slow"
+            } else {
+                "errors"
+            };
             let (canary, stable) = match &metric.counts {
                 Some(counts) => (
-                    arm(metric.canary, counts.canary_errors, counts.canary_requests),
-                    arm(metric.stable, counts.stable_errors, counts.stable_requests),
+                    arm(
+                        metric.canary,
+                        counts.canary_errors,
+                        counts.canary_requests,
+                        bad,
+                    ),
+                    arm(
+                        metric.stable,
+                        counts.stable_errors,
+                        counts.stable_requests,
+                        bad,
+                    ),
                 ),
                 None => (number(metric.canary), number(metric.stable)),
             };
@@ -162,10 +185,11 @@ fn number(value: Option<f64>) -> String {
     value.map_or("-".to_owned(), |v| format!("{v:.4}"))
 }
 
-/// An arm's error rate with the counts behind it, `2.10% (12/571)`.
-fn arm(rate: Option<f64>, errors: f64, requests: f64) -> String {
+/// An arm's share of bad requests with the counts behind it, `2.10% (12/571
+/// errors)`, or `slow` for a latency metric.
+fn arm(rate: Option<f64>, bad: f64, requests: f64, what: &str) -> String {
     rate.map_or("-".to_owned(), |r| {
-        format!("{:.2}% ({errors:.0}/{requests:.0})", r * 100.0)
+        format!("{:.2}% ({bad:.0}/{requests:.0} {what})", r * 100.0)
     })
 }
 
@@ -218,7 +242,7 @@ mod tests {
         assert!(text.contains(" 25% canary"), "{text}");
         assert!(text.contains("bbbbbbbbbb"), "{text}");
         assert!(text.contains("RolloutStarted"), "{text}");
-        assert!(text.contains("2.10% (12/571)"), "{text}");
+        assert!(text.contains("2.10% (12/571 errors)"), "{text}");
         assert!(text.contains("1.20–∞"), "{text}");
         assert!(text.contains("3.500"), "{text}");
     }

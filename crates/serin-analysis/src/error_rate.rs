@@ -10,7 +10,7 @@
 //! the canary's own error rate (p ≤ maxRate); when both are set the judge averages the
 //! two, which is an e-process for "both hold".
 
-use serin_api::{ErrorCounts, ErrorRateMetric, RatioInterval};
+use serin_api::{ErrorCounts, ErrorRateMetric, LatencyMetric, RatioInterval};
 use statrs::distribution::{Beta, ContinuousCDF};
 
 /// Multiples of `maxRatio` the judge weighs as alternatives: from a regression barely
@@ -35,6 +35,15 @@ impl From<&ErrorRateMetric> for Tolerance {
         Self {
             max_ratio: spec.max_ratio,
             max_rate: spec.max_rate.filter(|rate| *rate < 1.0),
+        }
+    }
+}
+
+impl From<&LatencyMetric> for Tolerance {
+    fn from(spec: &LatencyMetric) -> Self {
+        Self {
+            max_ratio: spec.max_ratio,
+            max_rate: spec.max_slow_share.filter(|share| *share < 1.0),
         }
     }
 }

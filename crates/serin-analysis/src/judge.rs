@@ -33,13 +33,50 @@ pub struct Window {
     pub at: Time,
 }
 
-/// Share of `1 - confidence` each error-rate metric may spend: the false-rollback
-/// rate the user set holds for all error-rate metrics together.
+/// What a metric compared with stable counts against the canary.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bad {
+    /// A failed request (`errorRate`).
+    Error,
+    /// A request slower than this bucket bound (`latency`), in the histogram's unit.
+    SlowerThan(f64),
+}
+
+impl Bad {
+    /// The share of bad requests, as a message names it.
+    fn share(self) -> String {
+        match self {
+            Self::Error => "error rate".into(),
+            Self::SlowerThan(threshold) => format!("share slower than {threshold}"),
+        }
+    }
+
+    /// The guard rail's field, as a message names it.
+    fn guard_rail(self) -> &'static str {
+        match self {
+            Self::Error => "maxRate",
+            Self::SlowerThan(_) => "maxSlowShare",
+        }
+    }
+}
+
+/// How `metric` is compared with stable, if it is: its tolerances and what it
+/// counts as bad.
+pub fn comparison(metric: &Metric) -> Option<(Tolerance, Bad)> {
+    match (&metric.error_rate, &metric.latency) {
+        (Some(spec), _) => Some((Tolerance::from(spec), Bad::Error)),
+        (None, Some(spec)) => Some((Tolerance::from(spec), Bad::SlowerThan(spec.threshold))),
+        (None, None) => None,
+    }
+}
+
+/// Share of `1 - confidence` each metric compared with stable may spend: the
+/// false-rollback rate the user set holds for all of them together.
 pub fn alpha_per_metric(analysis: &Analysis) -> f64 {
     let judged = analysis
         .metrics
         .iter()
-        .filter(|metric| metric.error_rate.is_some())
+        .filter(|metric| comparison(metric).is_some())
         .count()
         .max(1);
     (1.0 - analysis.confidence) / judged as f64
@@ -67,11 +104,10 @@ pub fn analyse(
         at: Some(window.at.clone()),
         message: None,
     };
-    match (&metric.error_rate, reading) {
-        (Some(spec), Reading::Counts(counts)) => {
-            let tolerance = Tolerance::from(spec);
+    match (comparison(metric), reading) {
+        (Some((tolerance, bad)), Reading::Counts(counts)) => {
             status.carried = carried(&tolerance, previous, &window.since);
-            judge_error_rate(&mut status, &tolerance, analysis, counts);
+            judge_counts(&mut status, &tolerance, bad, analysis, counts);
         }
         (None, Reading::Values { canary, stable }) => {
             status.failures = Some(previous.and_then(|p| p.failures).unwrap_or(0));
@@ -106,9 +142,10 @@ fn carried(tolerance: &Tolerance, previous: Option<&MetricStatus>, since: &Time)
     carried
 }
 
-fn judge_error_rate(
+fn judge_counts(
     status: &mut MetricStatus,
     tolerance: &Tolerance,
+    bad: Bad,
     analysis: &Analysis,
     counts: Result<ErrorCounts, NoData>,
 ) {
@@ -140,13 +177,16 @@ fn judge_error_rate(
     let (verdict, message) = if log_evidence >= bar {
         let against = if tolerance.guard_rail_dominates(&log_ratios) {
             format!(
-                "canary error rate {} is above maxRate {}",
+                "canary {} {} is above {} {}",
+                bad.share(),
                 percent(status.canary),
+                bad.guard_rail(),
                 percent(tolerance.max_rate)
             )
         } else {
             format!(
-                "canary error rate {} vs stable {} exceeds maxRatio {}{}",
+                "canary {} {} vs stable {} exceeds maxRatio {}{}",
+                bad.share(),
                 percent(status.canary),
                 percent(status.stable),
                 tolerance.max_ratio,
@@ -181,7 +221,8 @@ fn judge_error_rate(
             Some(_) => (
                 Verdict::Pass,
                 format!(
-                    "canary {} vs stable {}; {evidence_text}",
+                    "canary {} {} vs stable {}; {evidence_text}",
+                    bad.share(),
                     percent(status.canary),
                     percent(status.stable)
                 ),

@@ -1,11 +1,14 @@
 //! Serin's judges: threshold metrics as Flagger and Argo have them, and the sequential
-//! error-rate judge that compares the canary with stable; plus the detection simulator
-//! that measures both. Pure functions of their inputs: no client, no clock, and no
+//! judge that compares the canary's error rate, or its share of slow requests, with
+//! stable's; plus the detection simulator that measures them. Pure functions of their inputs: no client, no clock, and no
 //! randomness but from the seeds the caller gives.
 
 pub mod detection;
 pub mod error_rate;
 pub mod judge;
+pub mod latency;
 
 pub use error_rate::Tolerance;
-pub use judge::{NoData, Overall, Reading, Window, alpha_per_metric, analyse, overall};
+pub use judge::{
+    Bad, NoData, Overall, Reading, Window, alpha_per_metric, analyse, comparison, overall,
+};

@@ -226,3 +226,70 @@ fn the_error_budget_is_split_between_error_rate_metrics() {
     );
     assert!((serin_analysis::alpha_per_metric(&two) - 0.05).abs() < 1e-12);
 }
+
+#[test]
+fn latency_metrics_share_the_budget_with_error_rate_metrics() {
+    let both = analysis(
+        "confidence: 0.9\nmetrics: [{name: a, errorRate: {requests: r, errors: e}}, {name: b, latency: {buckets: b, threshold: 0.25}}, {name: c, query: q, max: 1}]",
+    );
+    assert!((serin_analysis::alpha_per_metric(&both) - 0.05).abs() < 1e-12);
+}
+
+#[test]
+fn a_latency_metric_is_judged_on_slow_requests_within_its_tolerance() {
+    let spec = analysis("metrics: [{name: latency, latency: {buckets: b, threshold: 0.25}}]");
+    // Stable: 2% slower than 250 ms; canary 2.8%, within the default 1.5x.
+    let within = analyse(
+        metric(&spec),
+        &spec,
+        None,
+        &window(0, 15),
+        counts(5000.0, 140.0, 45000.0, 900.0),
+    );
+    assert_eq!(within.verdict, Verdict::Pass, "{:?}", within.message);
+    let message = within.message.clone().unwrap_or_default();
+    assert!(message.contains("share slower than 0.25"), "{message}");
+    // Canary 8%: four times stable's share, well past 1.5x.
+    let slower = analyse(
+        metric(&spec),
+        &spec,
+        None,
+        &window(0, 15),
+        counts(5000.0, 400.0, 45000.0, 900.0),
+    );
+    assert_eq!(slower.verdict, Verdict::Fail, "{:?}", slower.message);
+    let message = slower.message.unwrap_or_default();
+    assert!(
+        message.contains("share slower than 0.25 8.00% vs stable 2.00% exceeds maxRatio 1.5"),
+        "{message}"
+    );
+    // The same counts as errors, judged at maxRatio 1, fail earlier: the tolerance
+    // is the latency metric's, not the error-rate default.
+    let strict =
+        analysis("metrics: [{name: latency, latency: {buckets: b, threshold: 0.25, maxRatio: 1}}]");
+    let at_one = analyse(
+        metric(&strict),
+        &strict,
+        None,
+        &window(0, 15),
+        counts(5000.0, 140.0, 45000.0, 900.0),
+    );
+    assert!(at_one.evidence > within.evidence, "{at_one:?} {within:?}");
+}
+
+#[test]
+fn a_latency_guard_rail_fails_a_canary_slow_as_stable_but_past_max_slow_share() {
+    let spec = analysis(
+        "metrics: [{name: latency, latency: {buckets: b, threshold: 0.25, maxSlowShare: 0.05}}]",
+    );
+    let status = analyse(
+        metric(&spec),
+        &spec,
+        None,
+        &window(0, 15),
+        counts(2000.0, 400.0, 18000.0, 3600.0),
+    );
+    assert_eq!(status.verdict, Verdict::Fail);
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("is above maxSlowShare 5.00%"), "{message}");
+}

@@ -26,7 +26,7 @@ pub use decode::{DecodeError, decode};
 pub use kube::core::Duration;
 pub use spec::{
     Analysis, Canary, CanarySpec, Counting, ErrorCounters, ErrorRateMetric, GatewayApiRouter,
-    Metric, PodTemplate, PrometheusSource, SecretReference, ServicePorts, Traffic,
+    LatencyMetric, Metric, PodTemplate, PrometheusSource, SecretReference, ServicePorts, Traffic,
     WorkloadSelector,
 };
 pub use status::{

@@ -248,13 +248,14 @@ pub struct SecretReference {
     pub name: String,
 }
 
-/// One metric: a threshold on a query (`query` with `min`/`max`), or an error rate
-/// judged canary against stable (`errorRate`). Exactly one of the two.
+/// One metric: a threshold on a query (`query` with `min`/`max`), an error rate
+/// judged canary against stable (`errorRate`), or latency judged canary against
+/// stable (`latency`). Exactly one of the three.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("has(self.query) != has(self.errorRate)")
-        .message("set exactly one of query (a threshold metric, with min and/or max) or errorRate (canary against stable error counts)"),
+    validation = Rule::new("[has(self.query), has(self.errorRate), has(self.latency)].exists_one(set, set)")
+        .message("set exactly one of query (a threshold metric, with min and/or max), errorRate (canary against stable error counts) or latency (canary against stable slow requests)"),
     validation = Rule::new("!has(self.query) || has(self.min) || has(self.max)")
         .message("a query metric needs min, max or both: the bounds each arm's value must stay within")
         .field_path(".query"),
@@ -264,6 +265,9 @@ pub struct SecretReference {
     validation = Rule::new("!has(self.errorRate) || (!has(self.min) && !has(self.max) && !has(self.failureLimit))")
         .message("min, max and failureLimit belong to query metrics; an errorRate metric is bounded by errorRate.maxRatio and errorRate.maxRate")
         .field_path(".errorRate"),
+    validation = Rule::new("!has(self.latency) || (!has(self.min) && !has(self.max) && !has(self.failureLimit))")
+        .message("min, max and failureLimit belong to query metrics; a latency metric is bounded by latency.maxRatio and latency.maxSlowShare")
+        .field_path(".latency"),
 )]
 pub struct Metric {
     /// Name of the metric, shown in status and events. Unique within the analysis.
@@ -298,6 +302,11 @@ pub struct Metric {
     /// with a sequential test that stays valid however often it looks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_rate: Option<ErrorRateMetric>,
+
+    /// Judge the canary's share of slow requests against stable's from a histogram,
+    /// with the same sequential test as `errorRate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyMetric>,
 }
 
 /// Request and error counts of one arm, and the tolerances of the comparison.
@@ -362,6 +371,42 @@ pub struct ErrorCounters {
     #[schemars(length(min = 1, max = 4096))]
     #[x_kube(validation = Rule::new(KNOWN_VARIABLES).message(KNOWN_VARIABLES_MESSAGE))]
     pub errors: String,
+}
+
+/// Latency as operators write their objectives: the share of requests slower than a
+/// threshold. Each arm's requests and slow requests are counted from a Prometheus
+/// histogram's bucket counters, read like `errorRate.counters` (each series' gain
+/// between its samples at the window's two ends, no extrapolation), and judged by
+/// the error-rate judge with a slow request in place of a failed one.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyMetric {
+    /// Selector of the histogram's bucket counters, with template variables, for
+    /// example `http_request_duration_seconds_bucket{namespace="{{namespace}}",pod=~"{{pods}}"}`.
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new(KNOWN_VARIABLES).message(KNOWN_VARIABLES_MESSAGE))]
+    pub buckets: String,
+
+    /// A request slower than this is slow: one of the histogram's bucket bounds
+    /// (`le`), in its unit, for example 0.25 for 250 ms in a `_seconds` histogram.
+    #[x_kube(validation = Rule::new("self > 0.0")
+        .message("must be above 0: a bucket bound (le) of the histogram, in its unit, for example 0.25"))]
+    pub threshold: f64,
+
+    /// Tolerated ratio of the canary's share of slow requests to stable's, at least
+    /// one; default 1.5, since a new revision's pods start cold (caches, JIT,
+    /// connection pools) and a tolerance of exactly stable's share would judge that.
+    #[serde(default = "default_latency_max_ratio")]
+    #[x_kube(validation = Rule::new("self >= 1.0 && self <= 1000.0")
+        .message("must be from 1 to 1000: the canary's share of slow requests may be at most this many times stable's"))]
+    pub max_ratio: f64,
+
+    /// Absolute guard rail: the canary fails once its share of slow requests is
+    /// clearly above this fraction, whatever stable does. Default: no guard rail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0")
+        .message("is a fraction of requests, above 0 and at most 1, for example 0.05 for 5%"))]
+    pub max_slow_share: Option<f64>,
 }
 
 /// Where an error-rate metric's counts come from.
@@ -436,4 +481,8 @@ fn default_confidence() -> f64 {
 
 fn default_max_ratio() -> f64 {
     1.0
+}
+
+fn default_latency_max_ratio() -> f64 {
+    1.5
 }

@@ -87,25 +87,28 @@ pub enum Phase {
 pub struct MetricStatus {
     /// The metric's name in spec.
     pub name: String,
-    /// Latest value for the canary arm (an error rate, or the query's value).
+    /// Latest value for the canary arm: an error rate, a share of slow requests
+    /// (latency metrics), or the query's value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<f64>,
     /// Latest value for the stable arm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable: Option<f64>,
-    /// Error-rate metrics: the request and error counts of both arms in the window.
+    /// Error-rate and latency metrics: the request and error counts of both arms in
+    /// the window (for latency, the errors are the requests slower than its threshold).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counts: Option<ErrorCounts>,
-    /// Error-rate metrics: evidence against "canary no worse", as an e-value over the
+    /// Error-rate and latency metrics: evidence against "canary no worse", as an e-value over the
     /// whole rollout; the canary fails when it reaches 1 / (1 - confidence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<f64>,
-    /// Error-rate metrics: log-likelihood ratios of the earlier windows of this
+    /// Error-rate and latency metrics: log-likelihood ratios of the earlier windows of this
     /// rollout, one per alternative the judge weighs. Kept in status so that evidence
     /// survives a new step and a restarted controller; not meant for people.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub carried: Vec<f64>,
-    /// Error-rate metrics: an interval for the canary/stable error-rate ratio.
+    /// Error-rate and latency metrics: an interval for the ratio of the canary's
+    /// error rate (or share of slow requests) to stable's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratio: Option<RatioInterval>,
     /// Threshold metrics: intervals out of bounds so far.
@@ -125,7 +128,8 @@ pub struct MetricStatus {
 }
 
 /// Requests and errors of both arms in one analysis window, as Prometheus counted
-/// them (possibly fractional: `increase()` extrapolates).
+/// them (possibly fractional: `increase()` extrapolates). For a latency metric an
+/// error is a request slower than its threshold.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorCounts {

@@ -55,26 +55,37 @@ impl CanarySpec {
             .enumerate()
             .find_map(|(index, metric)| {
                 let field = format!("spec.analysis.metrics[{index}]");
-                match (&metric.query, &metric.error_rate) {
-                    (Some(_), None) if metric.min.is_none() && metric.max.is_none() => {
+                let not_a_fraction = |max: Option<f64>| max.is_some_and(|max| !(max > 0.0 && max <= 1.0));
+                match (&metric.query, &metric.error_rate, &metric.latency) {
+                    (Some(_), None, None) if metric.min.is_none() && metric.max.is_none() => {
                         Some(format!("{field}.query: needs min, max or both"))
                     }
-                    (Some(_), None) => None,
-                    (None, Some(rate)) if !(1.0..=1000.0).contains(&rate.max_ratio) => Some(
+                    (Some(_), None, None) => None,
+                    (None, Some(rate), None) if !(1.0..=1000.0).contains(&rate.max_ratio) => Some(
                         format!("{field}.errorRate.maxRatio: must be from 1 to 1000"),
                     ),
-                    (None, Some(rate))
-                        if rate.max_rate.is_some_and(|max| !(max > 0.0 && max <= 1.0)) =>
-                    {
-                        Some(format!(
-                            "{field}.errorRate.maxRate: must be above 0 and at most 1"
-                        ))
-                    }
-                    (None, Some(rate)) if rate.counting().is_none() => Some(format!(
+                    (None, Some(rate), None) if not_a_fraction(rate.max_rate) => Some(format!(
+                        "{field}.errorRate.maxRate: must be above 0 and at most 1"
+                    )),
+                    (None, Some(rate), None) if rate.counting().is_none() => Some(format!(
                         "{field}.errorRate: set either counters, or both requests and errors"
                     )),
-                    (None, Some(_)) => None,
-                    _ => Some(format!("{field}: set exactly one of query or errorRate")),
+                    (None, Some(_), None) => None,
+                    (None, None, Some(latency)) if latency.threshold.is_nan() || latency.threshold <= 0.0 => Some(format!(
+                        "{field}.latency.threshold: must be above 0, a bucket bound (le) of the histogram"
+                    )),
+                    (None, None, Some(latency)) if !(1.0..=1000.0).contains(&latency.max_ratio) => {
+                        Some(format!("{field}.latency.maxRatio: must be from 1 to 1000"))
+                    }
+                    (None, None, Some(latency)) if not_a_fraction(latency.max_slow_share) => {
+                        Some(format!(
+                            "{field}.latency.maxSlowShare: must be above 0 and at most 1"
+                        ))
+                    }
+                    (None, None, Some(_)) => None,
+                    _ => Some(format!(
+                        "{field}: set exactly one of query, errorRate or latency"
+                    )),
                 }
             })
     }
@@ -144,6 +155,22 @@ spec:
             (
                 "  analysis: {metrics: [{name: x, errorRate: {requests: a, errors: b, counters: {requests: a, errors: b}}}]}\n",
                 "spec.analysis.metrics[0].errorRate: set either counters",
+            ),
+            (
+                "  analysis: {metrics: [{name: x, latency: {buckets: b, threshold: 0}}]}\n",
+                "spec.analysis.metrics[0].latency.threshold",
+            ),
+            (
+                "  analysis: {metrics: [{name: x, latency: {buckets: b, threshold: 0.25, maxRatio: 0.9}}]}\n",
+                "spec.analysis.metrics[0].latency.maxRatio",
+            ),
+            (
+                "  analysis: {metrics: [{name: x, latency: {buckets: b, threshold: 0.25, maxSlowShare: 2}}]}\n",
+                "spec.analysis.metrics[0].latency.maxSlowShare",
+            ),
+            (
+                "  analysis: {metrics: [{name: x, query: up, max: 1, latency: {buckets: b, threshold: 0.25}}]}\n",
+                "spec.analysis.metrics[0]: set exactly one of query, errorRate or latency",
             ),
         ] {
             let problem = spec(extra).problem().unwrap_or_default();

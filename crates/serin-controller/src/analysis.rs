@@ -16,7 +16,7 @@ use serin_api::{
     Analysis, Canary, CanaryStatus, Counting, ErrorCounts, MetricStatus, Phase, Verdict,
 };
 use serin_prometheus::{
-    Credentials, Prometheus, QueryError, TemplateError, Variables, counted, render,
+    Credentials, Prometheus, QueryError, TemplateError, Variables, counted, counted_buckets, render,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -113,6 +113,13 @@ impl Analyst {
                     templates.push(("errorRate.counters.errors", &counters.errors, selector));
                 }
                 None => {}
+            }
+            if let Some(latency) = &metric.latency {
+                templates.push((
+                    "latency.buckets",
+                    &latency.buckets,
+                    serin_prometheus::check_selector,
+                ));
             }
             for (field, template, check) in templates {
                 if let Err(error) = check(template) {
@@ -287,6 +294,35 @@ impl Analyst {
                             canary_errors: ce?,
                             stable_requests: sr?,
                             stable_errors: se?,
+                        })
+                    })())
+                } else if let Some(spec) = &metric.latency {
+                    let slow = |arm: Variables, what: &'static str| async move {
+                        let prometheus = prometheus.as_ref().map_err(|e| NoData(e.clone()))?;
+                        let query = counted_buckets(&spec.buckets, &arm, SystemTime::from(since.0))
+                            .map_err(|e| NoData(format!("buckets ({what}): {e}")))?;
+                        let _turn = limits.turn(address).await;
+                        let buckets = prometheus
+                            .values_by_at(&query, "le", SystemTime::from(now))
+                            .await
+                            .map_err(|e| {
+                                NoData(format!("buckets ({what}): {}", explain(&e, what)))
+                            })?;
+                        serin_analysis::latency::slow_requests(&buckets, spec.threshold)
+                            .map_err(|NoData(why)| NoData(format!("buckets ({what}): {why}")))
+                    };
+                    let (canary, stable) = futures::join!(
+                        slow(canary_arm.clone(), "canary"),
+                        slow(stable_arm.clone(), "stable")
+                    );
+                    Reading::Counts((|| {
+                        let ((canary_requests, canary_slow), (stable_requests, stable_slow)) =
+                            (canary?, stable?);
+                        Ok(ErrorCounts {
+                            canary_requests,
+                            canary_errors: canary_slow,
+                            stable_requests,
+                            stable_errors: stable_slow,
                         })
                     })())
                 } else {

@@ -132,6 +132,9 @@ pub enum QueryError {
     /// The query returned several series where one number was wanted.
     #[error("the query returned {0} series; aggregate it to one, for example with sum()")]
     Ambiguous(usize),
+    /// A series without the label that tells the series apart.
+    #[error("a series of the result has no {0} label")]
+    Unlabelled(String),
     /// A range vector instead of a number.
     #[error("the query returned a range vector; use an instant query such as sum(rate(...[1m]))")]
     RangeVector,
@@ -205,11 +208,51 @@ impl Prometheus {
             },
             Data::Matrix(_) => return Err(QueryError::RangeVector),
         };
-        if sample.is_finite() {
-            Ok(sample)
-        } else {
-            Err(QueryError::NotFinite(sample.to_string()))
+        finite(sample)
+    }
+
+    /// Runs an instant query, evaluated at `at`, that must produce one or more
+    /// series, each told apart by `label` and carrying a finite number: a
+    /// histogram's buckets by `le`, say. Pairs of the label's value and the number.
+    pub async fn values_by_at(
+        &self,
+        query: &str,
+        label: &str,
+        at: SystemTime,
+    ) -> Result<Vec<(String, f64)>, QueryError> {
+        let response = self
+            .client
+            .query(query)
+            .query("time", unix_seconds(at))
+            .get()
+            .await
+            .map_err(|e| QueryError::Failed(error_chain(&e)))?;
+        let series = match response.data() {
+            Data::Vector(series) => series,
+            Data::Scalar(_) => return Err(QueryError::Unlabelled(label.to_owned())),
+            Data::Matrix(_) => return Err(QueryError::RangeVector),
+        };
+        if series.is_empty() {
+            return Err(QueryError::Empty);
         }
+        series
+            .iter()
+            .map(|one| {
+                let value = one
+                    .metric()
+                    .get(label)
+                    .ok_or_else(|| QueryError::Unlabelled(label.to_owned()))?;
+                Ok((value.clone(), finite(one.sample().value())?))
+            })
+            .collect()
+    }
+}
+
+fn finite(sample: f64) -> Result<f64, QueryError> {
+    if sample.is_finite() {
+        Ok(sample)
+    } else {
+        Err(QueryError::NotFinite(sample.to_string()))
     }
 }
 

@@ -5,4 +5,6 @@ pub mod client;
 pub mod template;
 
 pub use client::{ClientError, Credentials, Prometheus, QueryError};
-pub use template::{TemplateError, VARIABLES, Variables, check, check_selector, counted, render};
+pub use template::{
+    TemplateError, VARIABLES, Variables, check, check_selector, counted, counted_buckets, render,
+};

@@ -149,14 +149,37 @@ pub fn counted(
     since: SystemTime,
     zero_when_none: bool,
 ) -> Result<String, TemplateError> {
-    let series = render_selector(selector, variables)?;
-    let start = unix_seconds(since);
-    let last = format!("last_over_time({series}[{}])", window(variables.elapsed));
-    let mut query = format!("sum(({last} - {series} @ {start}) >= 0 or {last})");
+    let mut query = format!("sum({})", gains(selector, variables, since)?);
     if zero_when_none {
         query.push_str(" or vector(0)");
     }
     Ok(query)
+}
+
+/// The query for what a histogram's bucket counters of `selector` gained over the
+/// window, read as [`counted`] reads counters, summed per bucket bound: one series
+/// per `le`, the cumulative count of requests at most that slow.
+pub fn counted_buckets(
+    selector: &str,
+    variables: &Variables,
+    since: SystemTime,
+) -> Result<String, TemplateError> {
+    Ok(format!(
+        "sum by (le) ({})",
+        gains(selector, variables, since)?
+    ))
+}
+
+/// Each series' gain over the window, as [`counted`] explains it.
+fn gains(
+    selector: &str,
+    variables: &Variables,
+    since: SystemTime,
+) -> Result<String, TemplateError> {
+    let series = render_selector(selector, variables)?;
+    let start = unix_seconds(since);
+    let last = format!("last_over_time({series}[{}])", window(variables.elapsed));
+    Ok(format!("({last} - {series} @ {start}) >= 0 or {last}"))
 }
 
 /// Checks a counter selector with placeholder values, as [`check`] does a query.

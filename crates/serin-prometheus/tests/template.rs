@@ -167,6 +167,26 @@ fn a_counter_is_read_from_its_samples_at_both_ends_of_the_window() {
 }
 
 #[test]
+fn a_histograms_buckets_are_read_like_counters_one_series_per_bound() {
+    use serin_prometheus::counted_buckets;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let since: SystemTime = UNIX_EPOCH + Duration::from_millis(1_795_000_000_040);
+    let selector = r#"http_request_duration_seconds_bucket{pod=~"{{pods}}"}"#;
+    let query = counted_buckets(selector, &arm(), since).expect("a selector");
+    let series = r#"http_request_duration_seconds_bucket{pod=~"podinfo-5d9f8c7b6a-[a-z0-9]{5}"}"#;
+    let last = format!("last_over_time({series}[75900ms])");
+    assert_eq!(
+        query,
+        format!("sum by (le) (({last} - {series} @ 1795000000.040) >= 0 or {last})")
+    );
+    parser::parse(&query).expect("the query parses");
+    assert!(matches!(
+        counted_buckets("histogram_quantile(0.99, x)", &arm(), since),
+        Err(TemplateError::NotASelector { .. })
+    ));
+}
+
+#[test]
 fn a_counter_must_be_a_series_selector() {
     use serin_prometheus::check_selector;
     assert_eq!(

@@ -28,6 +28,14 @@ pub(crate) const ERRORS_METRIC: &str = r#"    - name: errors
           errors: http_requests_total{namespace="{{namespace}}",pod=~"{{pods}}",code="500"}
 "#;
 
+/// Latency against stable: the share of requests slower than 250 ms, from the
+/// histogram's buckets.
+pub(crate) const LATENCY_METRIC: &str = r#"    - name: latency
+      latency:
+        buckets: http_request_duration_seconds_bucket{namespace="{{namespace}}",pod=~"{{pods}}"}
+        threshold: 0.25
+"#;
+
 /// The same metric from two queries over `increase()`, the other form.
 const ERRORS_QUERIES: &str = r#"    - name: errors
       errorRate:
@@ -134,9 +142,11 @@ fn analysed(canary: &Canary, name: &str) -> Result<MetricStatus> {
 
 #[test]
 fn a_canary_as_good_as_stable_is_promoted_by_the_analysis() -> Result<()> {
+    // Both arms: 2% errors, and 8% of requests slower than 250 ms (exponential
+    // latencies with a mean of 100 ms).
     let good = || Behaviour {
         error_rate: 0.02,
-        latency_ms: 20,
+        latency_ms: 100,
     };
     // confidence 0.999: a healthy canary is rolled back at most 1 time in 1000, so
     // this test does not flake on the 5% the default allows.
@@ -144,10 +154,27 @@ fn a_canary_as_good_as_stable_is_promoted_by_the_analysis() -> Result<()> {
         "analysis-good",
         200.0,
         "  steps: [25, 50]\n  stepDuration: 20s",
-        &format!("    confidence: 0.999\n    metrics:\n{ERRORS_METRIC}"),
+        &format!("    confidence: 0.999\n    metrics:\n{ERRORS_METRIC}{LATENCY_METRIC}"),
         good(),
     )?;
     let (stable, _) = revisions(&judged.rollout.canary()?);
+    judged.apply("v2", &good())?;
+    // Mid-rollout, both metrics are judged and pass; the latency metric on slow
+    // requests of both arms.
+    judged.rollout.wait(
+        "both metrics pass on slow requests and errors",
+        Duration::from_secs(60),
+        |c| {
+            let passes = |name: &str| {
+                metric(c, name).is_some_and(|m| {
+                    m.verdict == Verdict::Pass
+                        && m.counts
+                            .is_some_and(|n| n.canary_errors > 0.0 && n.stable_errors > 0.0)
+                })
+            };
+            passes("errors") && passes("latency")
+        },
+    )?;
     let canary = judged.roll_out_and_wait("v2", &good(), Duration::from_secs(150))?;
     ensure!(
         phase(&canary) == Some(Phase::Healthy),
@@ -160,6 +187,64 @@ fn a_canary_as_good_as_stable_is_promoted_by_the_analysis() -> Result<()> {
     ensure!(
         events.iter().filter(|e| *e == "StepAdvanced").count() >= 2,
         "{events:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_canary_slower_than_stable_is_rolled_back_by_the_latency_metric() -> Result<()> {
+    // Stable: 8% of requests slower than 250 ms; the canary 29% (a mean of 200 ms
+    // instead of 100), past the default tolerance of 1.5 times stable's share.
+    let judged = Judged::start(
+        "analysis-slower",
+        200.0,
+        "  steps: [25, 50]\n  stepDuration: 60s",
+        &format!("    metrics:\n{LATENCY_METRIC}"),
+        Behaviour {
+            error_rate: 0.0,
+            latency_ms: 100,
+        },
+    )?;
+    let (stable, _) = revisions(&judged.rollout.canary()?);
+    let slower = Behaviour {
+        error_rate: 0.0,
+        latency_ms: 200,
+    };
+    let canary = judged.roll_out_and_wait("v2", &slower, Duration::from_secs(90))?;
+    ensure!(
+        phase(&canary) == Some(Phase::Aborted)
+            && reason(&canary, "Progressing") == "AnalysisFailed",
+        "{:#?}",
+        status(&canary)
+    );
+    let message = message(&canary, "Progressing");
+    ensure!(
+        message.contains("latency: canary share slower than 0.25")
+            && message.contains("exceeds maxRatio 1.5"),
+        "{message}"
+    );
+    ensure!(revisions(&canary).0 == stable, "stable is unchanged");
+    let latency = analysed(&canary, "latency")?;
+    ensure!(latency.verdict == Verdict::Fail, "{latency:#?}");
+    let (canary_share, stable_share) = (
+        latency.canary.context("no canary share")?,
+        latency.stable.context("no stable share")?,
+    );
+    ensure!(
+        (0.03..0.15).contains(&stable_share) && canary_share > 2.0 * stable_share,
+        "shares slower than 250 ms: canary {canary_share}, stable {stable_share}"
+    );
+    let counts = latency.counts.as_ref().context("no counts")?;
+    ensure!(
+        [
+            counts.canary_requests,
+            counts.canary_errors,
+            counts.stable_requests,
+            counts.stable_errors
+        ]
+        .iter()
+        .all(|n| n.fract() == 0.0),
+        "bucket counts are read from raw samples: {counts:?}"
     );
     Ok(())
 }
