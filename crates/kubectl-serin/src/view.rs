@@ -246,4 +246,26 @@ mod tests {
         assert!(text.contains("1.20–∞"), "{text}");
         assert!(text.contains("3.500"), "{text}");
     }
+
+    #[test]
+    fn a_latency_metric_counts_slow_requests() {
+        let canary: Canary = serde_json::from_value(serde_json::json!({
+            "apiVersion": "serin.dev/v1alpha1", "kind": "Canary",
+            "metadata": {"name": "web", "namespace": "demo"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "web:2"}]}},
+                "analysis": {"metrics": [{"name": "latency", "latency": {"buckets": "b", "threshold": 0.25}}]}
+            },
+            "status": {"phase": "Progressing", "step": 1, "weight": 10,
+                       "analysis": [{"name": "latency", "canary": 0.08, "stable": 0.02,
+                                     "counts": {"canaryRequests": 500.0, "canaryErrors": 40.0,
+                                                "stableRequests": 4500.0, "stableErrors": 90.0},
+                                     "verdict": "Fail", "message": "canary share slower than 0.25 8.00% vs stable 2.00%"}]}
+        }))
+        .unwrap();
+        let text = render(&canary, &[], &[]);
+        assert!(text.contains("8.00% (40/500 slow)"), "{text}");
+        assert!(text.contains("2.00% (90/4500 slow)"), "{text}");
+    }
 }

@@ -293,3 +293,59 @@ fn a_latency_guard_rail_fails_a_canary_slow_as_stable_but_past_max_slow_share() 
     let message = status.message.unwrap_or_default();
     assert!(message.contains("is above maxSlowShare 5.00%"), "{message}");
 }
+
+#[test]
+fn a_latency_metric_is_the_error_rate_judge_on_slow_requests_whatever_the_counts() {
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+    let latency = analysis(
+        "confidence: 0.9\nmetrics: [{name: m, latency: {buckets: b, threshold: 0.25, maxRatio: 1.5, maxSlowShare: 0.2}}]",
+    );
+    let errors = analysis(
+        "confidence: 0.9\nmetrics: [{name: m, errorRate: {requests: r, errors: e, maxRatio: 1.5, maxRate: 0.2}}]",
+    );
+    let mut rng = StdRng::seed_from_u64(11);
+    let (mut as_latency, mut as_errors) = (None, None);
+    let mut seen = std::collections::BTreeSet::new();
+    for window_start in 0..300 {
+        // One reading in ten before the canary's first request.
+        let canary_requests = if rng.random_bool(0.1) {
+            0.0
+        } else {
+            rng.random_range(0.0..2000.0)
+        };
+        let requests = [canary_requests, rng.random_range(0.0..20000.0)];
+        let reading = counts(
+            requests[0],
+            (requests[0] * rng.random_range(0.0..0.4)).round(),
+            requests[1],
+            (requests[1] * rng.random_range(0.0..0.2)).round(),
+        );
+        // A new window every fifth reading, so evidence is carried too.
+        let window = window(window_start / 5 * 60, window_start / 5 * 60 + 15);
+        let next_latency = analyse(
+            metric(&latency),
+            &latency,
+            as_latency.as_ref(),
+            &window,
+            reading.clone(),
+        );
+        let next_errors = analyse(
+            metric(&errors),
+            &errors,
+            as_errors.as_ref(),
+            &window,
+            reading,
+        );
+        assert_eq!(next_latency.verdict, next_errors.verdict);
+        assert_eq!(next_latency.evidence, next_errors.evidence);
+        assert_eq!(next_latency.carried, next_errors.carried);
+        assert_eq!(next_latency.ratio, next_errors.ratio);
+        seen.insert(format!("{:?}", next_latency.verdict));
+        // Start over after a failure, as a new rollout would.
+        let failed = next_latency.verdict == Verdict::Fail;
+        as_latency = (!failed).then_some(next_latency);
+        as_errors = (!failed).then_some(next_errors);
+    }
+    assert_eq!(seen.len(), 3, "the readings reached only {seen:?}");
+}
