@@ -114,6 +114,8 @@ demo: system-packages controlplane $(if $(filter 1,$(REAL_NODE)),image)
 bench:
 	cargo build --quiet --locked --release -p kubectl-serin
 	target/release/kubectl-serin simulate --grid --json target/bench/detection.json
+	target/release/kubectl-serin simulate --grid --kind latency --regression 1.25,1.5,2 \
+		--json target/bench/detection-latency.json
 
 bench-rollout: controlplane
 	cargo build --quiet --locked --release -p serin -p serin-e2e

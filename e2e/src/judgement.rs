@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serin_analysis::Tolerance;
-use serin_analysis::detection::{Method, Scenario};
+use serin_analysis::detection::{Method, Requests, Scenario};
 use serin_analysis::error_rate::clopper_pearson;
 use serin_api::{Canary, ErrorCounts, Phase};
 use statrs::distribution::{Binomial, DiscreteCDF};
@@ -106,7 +106,9 @@ impl Plan {
         Scenario {
             total_rps: self.rps,
             swing: 0.0,
-            stable_error_rate: self.stable_error_rate,
+            requests: Requests::Errors {
+                stable_error_rate: self.stable_error_rate,
+            },
             shares: self.steps.iter().map(|s| f64::from(*s) / 100.0).collect(),
             step_seconds: self.step_seconds,
             interval_seconds: self.interval_seconds,

@@ -10,7 +10,9 @@ use anyhow::{Context, Result, bail};
 use comfy_table::Table;
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use serde_json::json;
-use serin_analysis::detection::{Cell, Method, Report, Scenario};
+use serin_analysis::detection::{
+    Cell, DEFAULT_BUCKETS, LatencyModel, Method, Report, Requests, Scenario,
+};
 use serin_analysis::{Tolerance, alpha_per_metric};
 use serin_api::Canary;
 
@@ -20,6 +22,18 @@ pub const GRID_TRAFFIC: [f64; 4] = [1.0, 10.0, 100.0, 1000.0];
 pub const GRID_RATIOS: [f64; 3] = [1.5, 2.0, 5.0];
 /// Wald's bound under which the grid expects Serin within 1.5 × the bound.
 const WALD_GOAL_LIMIT: f64 = 1800.0;
+/// The latency threshold of the grid, seconds.
+const GRID_THRESHOLD: f64 = 0.25;
+
+/// Which regression to simulate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// More errors; `--regression` multiplies stable's error rate.
+    Errors,
+    /// Slower requests; `--regression` multiplies every latency, judged by a
+    /// latency metric against a p99 threshold rule.
+    Latency,
+}
 
 /// What to simulate.
 #[derive(Clone, Debug, clap::Args)]
@@ -31,10 +45,22 @@ pub struct SimulateArgs {
     /// Requests per second to the workload, both revisions together.
     #[arg(long, default_value_t = 100.0)]
     pub rps: f64,
+    /// Regressions in errors (the manifest's first errorRate metric) or in latency
+    /// (its first latency metric).
+    #[arg(long, value_enum, default_value_t = Kind::Errors)]
+    pub kind: Kind,
     /// Stable's error rate, a fraction (0.01 = 1%).
     #[arg(long = "error-rate", default_value_t = 0.01)]
     pub error_rate: f64,
-    /// Regressions to simulate: the canary's error rate as a multiple of stable's.
+    /// Latency: stable's median latency, seconds; latencies are lognormal.
+    #[arg(long, default_value_t = 0.05)]
+    pub p50: f64,
+    /// Latency: the spread, the standard deviation of the latency's logarithm
+    /// (0.8 puts stable's p99 at 6.4 times its median).
+    #[arg(long, default_value_t = 0.8)]
+    pub spread: f64,
+    /// Regressions to simulate: the canary's error rate, or its latency, as a
+    /// multiple of stable's.
     #[arg(long, value_delimiter = ',', default_values_t = GRID_RATIOS)]
     pub regression: Vec<f64>,
     /// Simulated rollouts per regression size.
@@ -44,7 +70,9 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Run the benchmark grid instead: 1, 10, 100 and 1000 req/s, the canary at 10%
-    /// for an hour, stable at 1% errors, ratios 1.5, 2 and 5, confidence 0.95.
+    /// for an hour, stable at 1% errors (or, with `--kind latency`, latency as
+    /// `--p50` and `--spread` say against a 250 ms threshold), the regressions
+    /// given, confidence 0.95.
     #[arg(long, conflicts_with = "manifest")]
     pub grid: bool,
     /// Analysis interval of the grid, in seconds (a manifest brings its own).
@@ -61,11 +89,11 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
     let scenarios: Vec<Scenario> = if args.grid {
         GRID_TRAFFIC
             .iter()
-            .map(|rps| grid_scenario(*rps, args.error_rate, args.interval))
+            .map(|rps| grid_scenario(*rps, args))
             .collect()
     } else {
         let path = args.manifest.as_deref().unwrap_or(Path::new("-"));
-        vec![scenario_from_manifest(path, args.rps, args.error_rate)?]
+        vec![scenario_from_manifest(path, args)?]
     };
     let reports: Vec<Report> = std::thread::scope(|scope| {
         let handles: Vec<_> = scenarios
@@ -89,7 +117,11 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
         let _ = writeln!(out, "{}", table(scenario, report, args.runs));
         for cell in &report.cells {
             cells.push(json!({
+                "kind": scenario.requests.kind(),
                 "traffic": scenario.total_rps,
+                "share": scenario.shares.first(),
+                "stable_bad_share": scenario.requests.stable_bad_share(),
+                "bad_share_ratio": scenario.requests.bad_share_ratio(cell.ratio),
                 "ratio": cell.ratio,
                 "method": cell.method.as_str(),
                 "median_s": cell.median,
@@ -134,9 +166,17 @@ fn check(args: &SimulateArgs) -> Result<()> {
             "--regression {bad}: each regression is a ratio of at least 1, for example --regression 1.5,2,5"
         );
     }
-    if args.regression.iter().any(|r| r * args.error_rate > 1.0) {
+    if args.kind == Kind::Errors && args.regression.iter().any(|r| r * args.error_rate > 1.0) {
         bail!(
             "--regression × --error-rate must stay at most 1 (a canary cannot fail more than every request)"
+        );
+    }
+    if args.kind == Kind::Latency && !(args.p50 > 0.0 && args.p50.is_finite()) {
+        bail!("--p50 is stable's median latency in seconds, above 0, for example --p50 0.05");
+    }
+    if args.kind == Kind::Latency && !(args.spread > 0.0 && args.spread.is_finite()) {
+        bail!(
+            "--spread is the standard deviation of log latency, above 0, for example --spread 0.8"
         );
     }
     if args.runs < 20 {
@@ -145,25 +185,52 @@ fn check(args: &SimulateArgs) -> Result<()> {
     Ok(())
 }
 
+/// The requests of `args`' kind, with a latency metric's `threshold` for latency.
+fn requests(args: &SimulateArgs, threshold: f64) -> Requests {
+    match args.kind {
+        Kind::Errors => Requests::Errors {
+            stable_error_rate: args.error_rate,
+        },
+        Kind::Latency => {
+            let mut bounds = DEFAULT_BUCKETS.to_vec();
+            if !bounds.contains(&threshold) {
+                bounds.push(threshold);
+                bounds.sort_by(f64::total_cmp);
+            }
+            Requests::Latency(LatencyModel {
+                median_seconds: args.p50,
+                sigma: args.spread,
+                bounds,
+                threshold,
+            })
+        }
+    }
+}
+
 /// The benchmark of record: one step at 10% for an hour.
-fn grid_scenario(total_rps: f64, stable_error_rate: f64, interval_seconds: u64) -> Scenario {
+fn grid_scenario(total_rps: f64, args: &SimulateArgs) -> Scenario {
     Scenario {
         total_rps,
         swing: 0.0,
-        stable_error_rate,
+        requests: requests(args, GRID_THRESHOLD),
         shares: vec![0.1],
         step_seconds: 3600,
-        interval_seconds: interval_seconds.max(1),
+        interval_seconds: args.interval.max(1),
+        // Each kind's default tolerance: no worse than stable for errors, 1.5 times
+        // stable's share of slow requests for latency.
         tolerance: Tolerance {
-            max_ratio: 1.0,
+            max_ratio: match args.kind {
+                Kind::Errors => 1.0,
+                Kind::Latency => 1.5,
+            },
             max_rate: None,
         },
         alpha: 0.05,
     }
 }
 
-/// The manifest's rollout: its steps, times and first error-rate metric.
-fn scenario_from_manifest(path: &Path, total_rps: f64, stable_error_rate: f64) -> Result<Scenario> {
+/// The manifest's rollout: its steps, times and first metric of the kind simulated.
+fn scenario_from_manifest(path: &Path, args: &SimulateArgs) -> Result<Scenario> {
     let text = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin()).context("reading the manifest from stdin")?
     } else {
@@ -174,15 +241,29 @@ fn scenario_from_manifest(path: &Path, total_rps: f64, stable_error_rate: f64) -
     let spec = &canary.spec;
     let Some(analysis) = &spec.analysis else {
         bail!(
-            "{}: spec.analysis is missing; simulate judges an errorRate metric, add one under spec.analysis.metrics",
+            "{}: spec.analysis is missing; simulate judges an errorRate or latency metric, add one under spec.analysis.metrics",
             path.display()
         );
     };
-    let Some(metric) = analysis.metrics.iter().find_map(|m| m.error_rate.as_ref()) else {
-        bail!(
-            "{}: spec.analysis.metrics has no errorRate metric to simulate; add one (see docs/analysis.md)",
-            path.display()
-        );
+    let (tolerance, threshold) = match args.kind {
+        Kind::Errors => {
+            let Some(metric) = analysis.metrics.iter().find_map(|m| m.error_rate.as_ref()) else {
+                bail!(
+                    "{}: spec.analysis.metrics has no errorRate metric to simulate; add one (see docs/analysis.md), or simulate a latency metric with --kind latency",
+                    path.display()
+                );
+            };
+            (Tolerance::from(metric), GRID_THRESHOLD)
+        }
+        Kind::Latency => {
+            let Some(metric) = analysis.metrics.iter().find_map(|m| m.latency.as_ref()) else {
+                bail!(
+                    "{}: spec.analysis.metrics has no latency metric to simulate with --kind latency; add one (see docs/analysis.md)",
+                    path.display()
+                );
+            };
+            (Tolerance::from(metric), metric.threshold)
+        }
     };
     if spec.steps.is_empty() || spec.steps.iter().any(|w| !(1..=100).contains(w)) {
         bail!(
@@ -194,13 +275,13 @@ fn scenario_from_manifest(path: &Path, total_rps: f64, stable_error_rate: f64) -
     let interval = seconds(analysis.interval).max(1);
     let step = seconds(spec.step_duration).max(interval);
     Ok(Scenario {
-        total_rps,
+        total_rps: args.rps,
         swing: 0.0,
-        stable_error_rate,
+        requests: requests(args, threshold),
         shares: spec.steps.iter().map(|w| f64::from(*w) / 100.0).collect(),
         step_seconds: step.div_ceil(interval) * interval,
         interval_seconds: interval,
-        tolerance: Tolerance::from(metric),
+        tolerance,
         alpha: alpha_per_metric(analysis),
     })
 }
@@ -211,21 +292,44 @@ fn table(scenario: &Scenario, report: &Report, runs: usize) -> String {
         .iter()
         .map(|s| format!("{}%", s * 100.0))
         .collect();
+    let (stable, rule) = match &scenario.requests {
+        Requests::Errors { stable_error_rate } => (
+            format!("stable errors {:.2}%", stable_error_rate * 100.0),
+            format!(
+                "canary error rate over 1m windows above {:.3}%",
+                report.rule_threshold * 100.0
+            ),
+        ),
+        Requests::Latency(model) => (
+            format!(
+                "stable latency lognormal (median {}ms, spread {}), {:.2}% slower than {}; regressions multiply the canary's latency",
+                model.median_seconds * 1000.0,
+                model.sigma,
+                model.slow_share(1.0) * 100.0,
+                model.threshold
+            ),
+            format!(
+                "canary p99 over 1m windows above {:.0}ms",
+                report.rule_threshold * 1000.0
+            ),
+        ),
+    };
     let mut out = format!(
-        "{} req/s, stable errors {:.2}%, canary at {} for {} each, analysis every {}s, \
-         false-rollback budget {:.1}%, {runs} rollouts per row; threshold rule: canary error \
-         rate over 1m windows above {:.3}%, rollback at the 5th failed check\n",
+        "{} req/s, {stable}, canary at {} for {} each, analysis every {}s, \
+         false-rollback budget {:.1}%, {runs} rollouts per row; threshold rule: {rule}, \
+         rollback at the 5th failed check\n",
         scenario.total_rps,
-        scenario.stable_error_rate * 100.0,
         shares.join(" → "),
         seconds(Some(scenario.step_seconds as f64)),
         scenario.interval_seconds,
         scenario.alpha * 100.0,
-        report.rule_threshold * 100.0,
     );
     let mut table = Table::new();
     table.load_style(UTF8_BORDERS_ONLY).set_header([
-        "RATIO",
+        match scenario.requests {
+            Requests::Errors { .. } => "RATIO",
+            Requests::Latency(_) => "SLOWER ×",
+        },
         "SERIN MEDIAN",
         "SERIN P90",
         "SERIN ROLLED BACK",
@@ -368,7 +472,7 @@ spec:
 "#,
         )
         .unwrap();
-        let scenario = scenario_from_manifest(&path, 50.0, 0.02).unwrap();
+        let scenario = scenario_from_manifest(&path, &args(Kind::Errors)).unwrap();
         assert_eq!(scenario.shares, vec![0.05, 0.5]);
         assert_eq!(scenario.step_seconds, 120);
         assert_eq!(scenario.interval_seconds, 10);
@@ -386,23 +490,71 @@ spec:
             "apiVersion: serin.dev/v1alpha1\nkind: Canary\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template: {metadata: {labels: {app: web}}, spec: {containers: [{name: web, image: web}]}}\n",
         )
         .unwrap();
-        let error = scenario_from_manifest(&path, 50.0, 0.02).unwrap_err();
+        let error = scenario_from_manifest(&path, &args(Kind::Errors)).unwrap_err();
         assert!(error.to_string().contains("spec.analysis"), "{error}");
     }
 
     #[test]
-    fn bad_flags_are_refused_with_the_fix() {
-        let mut args = SimulateArgs {
+    fn a_manifests_latency_metric_gives_the_threshold_and_tolerances() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("canary.yaml");
+        std::fs::write(
+            &path,
+            r#"apiVersion: serin.dev/v1alpha1
+kind: Canary
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  template: {metadata: {labels: {app: web}}, spec: {containers: [{name: web, image: web}]}}
+  analysis:
+    metrics:
+    - name: errors
+      errorRate: {requests: "a", errors: "b"}
+    - name: latency
+      latency: {buckets: "b", threshold: 0.3, maxSlowShare: 0.1}
+"#,
+        )
+        .unwrap();
+        let scenario = scenario_from_manifest(&path, &args(Kind::Latency)).unwrap();
+        let Requests::Latency(model) = &scenario.requests else {
+            panic!("not latency: {scenario:?}");
+        };
+        assert_eq!(model.threshold, 0.3);
+        assert!(model.bounds.contains(&0.3) && model.bounds.is_sorted());
+        assert_eq!(scenario.tolerance.max_ratio, 1.5);
+        assert_eq!(scenario.tolerance.max_rate, Some(0.1));
+        assert!(
+            (scenario.alpha - 0.025).abs() < 1e-12,
+            "two metrics share 5%"
+        );
+        let no_latency = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("    - name: latency\n      latency: {buckets: \"b\", threshold: 0.3, maxSlowShare: 0.1}\n", "");
+        std::fs::write(&path, no_latency).unwrap();
+        let error = scenario_from_manifest(&path, &args(Kind::Latency)).unwrap_err();
+        assert!(error.to_string().contains("no latency metric"), "{error}");
+    }
+
+    fn args(kind: Kind) -> SimulateArgs {
+        SimulateArgs {
             manifest: None,
-            rps: 100.0,
-            error_rate: 0.01,
+            rps: 50.0,
+            kind,
+            error_rate: 0.02,
+            p50: 0.05,
+            spread: 0.8,
             regression: vec![2.0],
             runs: 100,
             seed: 1,
             grid: true,
             interval: 15,
             json: None,
-        };
+        }
+    }
+
+    #[test]
+    fn bad_flags_are_refused_with_the_fix() {
+        let mut args = args(Kind::Errors);
         assert!(check(&args).is_ok());
         args.regression = vec![0.5];
         assert!(
@@ -419,5 +571,9 @@ spec:
                 .to_string()
                 .contains("--error-rate")
         );
+        args.error_rate = 0.01;
+        args.kind = Kind::Latency;
+        args.p50 = 0.0;
+        assert!(check(&args).unwrap_err().to_string().contains("--p50"));
     }
 }

@@ -62,6 +62,50 @@ fn simulate_reads_a_manifest_and_writes_tables_and_json() {
 }
 
 #[test]
+fn simulate_judges_a_manifests_latency_metric_against_a_calibrated_p99_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("latency.json");
+    let manifest = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/examples/podinfo.yaml"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_kubectl-serin"))
+        .args(["simulate", "-f", manifest, "--kind", "latency"])
+        .args(["--rps", "100", "--p50", "0.05", "--regression", "2"])
+        .args(["--runs", "200", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("slower than 0.25") && stdout.contains("canary p99 over 1m windows"),
+        "{stdout}"
+    );
+    let cells: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let cells = cells.as_array().unwrap();
+    assert!(cells.iter().all(|c| c["kind"] == "latency"), "{cells:?}");
+    let serin = cells
+        .iter()
+        .find(|c| c["method"] == "serin" && c["ratio"] == 2.0)
+        .unwrap();
+    let rule = cells
+        .iter()
+        .find(|c| c["method"] == "threshold" && c["ratio"] == 2.0)
+        .unwrap();
+    assert!(serin["rollback_rate"].as_f64().unwrap() > 0.9, "{serin}");
+    assert!(
+        serin["bad_share_ratio"].as_f64().unwrap() > 2.0,
+        "twice as slow puts more than twice the requests over 250 ms: {serin}"
+    );
+    assert!(
+        rule["median_s"].as_f64().unwrap() > serin["median_s"].as_f64().unwrap(),
+        "{rule} against {serin}"
+    );
+}
+
+#[test]
 fn simulate_refuses_a_manifest_it_cannot_judge() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("canary.yaml");

@@ -3,15 +3,17 @@
 //!
 //! Both methods see the same streams: Serin's judge (an analysis every interval over
 //! the step's window, evidence carried across steps) and a Flagger-style threshold
-//! rule (the canary's error rate over 1-minute windows against an absolute threshold,
-//! rollback at the 5th failed check), whose threshold is set so that its false-rollback
-//! rate matches the one the user allows. Wald's bound is the least expected time any
-//! test with the same error probabilities can take.
+//! rule (the canary's error rate, or its p99 latency from the histogram's buckets,
+//! over 1-minute windows against an absolute threshold, rollback at the 5th failed
+//! check), whose threshold is set so that its false-rollback rate matches the one
+//! the user allows. Wald's bound is the least expected time any test with the same
+//! error probabilities can take.
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Poisson};
 use serin_api::ErrorCounts;
+use statrs::distribution::{ContinuousCDF, Normal};
 
 use crate::error_rate::{Tolerance, error_share};
 
@@ -21,6 +23,124 @@ pub const RULE_WINDOW_SECONDS: u64 = 60;
 pub const RULE_FAILED_CHECKS: usize = 5;
 /// Miss probability in Wald's bound.
 pub const WALD_BETA: f64 = 0.1;
+/// The quantile the latency rule watches, as Flagger's `request-duration` does.
+pub const RULE_QUANTILE: f64 = 0.99;
+/// Prometheus client libraries' default histogram buckets, in seconds.
+pub const DEFAULT_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// What a regression does to the canary's requests.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Requests {
+    /// Some fail: stable fails this share of its requests, and a regression of
+    /// ratio r fails r times as many of the canary's.
+    Errors {
+        /// Stable's error rate, a fraction.
+        stable_error_rate: f64,
+    },
+    /// Some are slow: latencies are lognormal, and a regression of ratio r makes
+    /// every canary request r times slower; a request over the threshold is slow.
+    Latency(LatencyModel),
+}
+
+/// Lognormal latencies seen through a Prometheus histogram.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatencyModel {
+    /// Stable's median latency, seconds.
+    pub median_seconds: f64,
+    /// Spread: the standard deviation of the latency's logarithm.
+    pub sigma: f64,
+    /// The histogram's finite bucket bounds, ascending, seconds.
+    pub bounds: Vec<f64>,
+    /// The latency metric's threshold, one of the bounds.
+    pub threshold: f64,
+}
+
+impl LatencyModel {
+    /// Share of requests at most `seconds` slow, for latencies `factor` times stable's.
+    fn at_most(&self, seconds: f64, factor: f64) -> f64 {
+        let normal = Normal::standard();
+        normal.cdf((seconds / (self.median_seconds * factor)).ln() / self.sigma)
+    }
+
+    /// Share of requests slower than the threshold, at `factor` times stable's latency.
+    pub fn slow_share(&self, factor: f64) -> f64 {
+        1.0 - self.at_most(self.threshold, factor)
+    }
+
+    /// Share of requests in each bucket (the finite bounds, then `+Inf`), not
+    /// cumulative, at `factor` times stable's latency.
+    fn bucket_shares(&self, factor: f64) -> Vec<f64> {
+        let mut below = 0.0;
+        let mut shares: Vec<f64> = self
+            .bounds
+            .iter()
+            .map(|bound| {
+                let upto = self.at_most(*bound, factor);
+                let share = upto - below;
+                below = upto;
+                share
+            })
+            .collect();
+        shares.push(1.0 - below);
+        shares
+    }
+
+    /// The `q` quantile of a window's bucket counts (the finite bounds, then `+Inf`),
+    /// as Prometheus' `histogram_quantile` interpolates it; None without requests.
+    fn quantile(&self, counts: &[f64], q: f64) -> Option<f64> {
+        let total: f64 = counts.iter().sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        let mut below = 0.0;
+        for (index, count) in counts.iter().enumerate() {
+            if below + count >= rank && *count > 0.0 {
+                let Some(upper) = self.bounds.get(index) else {
+                    return self.bounds.last().copied();
+                };
+                let lower = if index == 0 {
+                    0.0
+                } else {
+                    self.bounds[index - 1]
+                };
+                return Some(lower + (upper - lower) * (rank - below) / count);
+            }
+            below += count;
+        }
+        self.bounds.last().copied()
+    }
+}
+
+impl Requests {
+    /// Stable's share of bad requests: its error rate, or its share of slow ones.
+    pub fn stable_bad_share(&self) -> f64 {
+        match self {
+            Self::Errors { stable_error_rate } => *stable_error_rate,
+            Self::Latency(model) => model.slow_share(1.0),
+        }
+    }
+
+    /// The canary/stable ratio of bad-request shares a regression of `ratio` gives:
+    /// `ratio` itself for errors; for latency, how many times stable's share of
+    /// slow requests the slower canary has.
+    pub fn bad_share_ratio(&self, ratio: f64) -> f64 {
+        match self {
+            Self::Errors { .. } => ratio,
+            Self::Latency(model) => model.slow_share(ratio) / model.slow_share(1.0),
+        }
+    }
+
+    /// Name in tables and JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Errors { .. } => "errors",
+            Self::Latency(_) => "latency",
+        }
+    }
+}
 
 /// One rollout to simulate.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,8 +150,8 @@ pub struct Scenario {
     /// How far traffic swings around the average, a fraction: the rate follows
     /// `total_rps × (1 + swing × sin(2πt / 10 min))`. 0 for steady traffic.
     pub swing: f64,
-    /// Stable's error rate, a fraction.
-    pub stable_error_rate: f64,
+    /// What goes wrong with the canary's requests, and how stable's look.
+    pub requests: Requests,
     /// The canary's share of requests at each step, fractions.
     pub shares: Vec<f64>,
     /// Time at each step, seconds; the canary is promoted after the last.
@@ -91,8 +211,13 @@ pub struct Report {
     pub rule_threshold: f64,
 }
 
-/// Counts of one tick: requests and errors of each arm.
-type Tick = ErrorCounts;
+/// Counts of one tick: requests and bad requests of each arm, and for latency the
+/// canary's requests per bucket (the finite bounds, then `+Inf`), which the rule reads.
+#[derive(Clone, Debug, Default)]
+struct Tick {
+    counts: ErrorCounts,
+    canary_buckets: Vec<f64>,
+}
 
 impl Scenario {
     /// Seconds simulated: every step, then promotion.
@@ -112,7 +237,19 @@ impl Scenario {
     fn stream(&self, ratio: f64, seed: u64) -> Vec<Tick> {
         let tick = self.tick_seconds() as f64;
         let mut rng = StdRng::seed_from_u64(seed);
-        let canary_rate = (self.stable_error_rate * ratio).min(1.0);
+        let stable_bad = self.requests.stable_bad_share();
+        let (canary_bad, canary_buckets) = match &self.requests {
+            Requests::Errors { stable_error_rate } => ((stable_error_rate * ratio).min(1.0), None),
+            Requests::Latency(model) => {
+                let buckets = model.bucket_shares(ratio);
+                let slow_from = model
+                    .bounds
+                    .iter()
+                    .take_while(|b| **b <= model.threshold)
+                    .count();
+                (model.slow_share(ratio), Some((buckets, slow_from)))
+            }
+        };
         let ticks_per_step = self.step_seconds / self.tick_seconds();
         let mut draw = |mean: f64| poisson(mean).map_or(0.0, |d| d.sample(&mut rng));
         let mut stream = Vec::new();
@@ -123,15 +260,28 @@ impl Scenario {
                     * (1.0 + self.swing * (std::f64::consts::TAU * t / 600.0).sin()).max(0.0);
                 let canary = rps * share * tick;
                 let stable = rps * (1.0 - share) * tick;
-                let canary_ok = draw(canary * (1.0 - canary_rate));
-                let canary_errors = draw(canary * canary_rate);
-                let stable_ok = draw(stable * (1.0 - self.stable_error_rate));
-                let stable_errors = draw(stable * self.stable_error_rate);
+                let (canary_requests, canary_errors, buckets) = match &canary_buckets {
+                    None => {
+                        let ok = draw(canary * (1.0 - canary_bad));
+                        let bad = draw(canary * canary_bad);
+                        (ok + bad, bad, Vec::new())
+                    }
+                    Some((shares, slow_from)) => {
+                        let buckets: Vec<f64> = shares.iter().map(|p| draw(canary * p)).collect();
+                        let slow = buckets[*slow_from..].iter().sum();
+                        (buckets.iter().sum(), slow, buckets)
+                    }
+                };
+                let stable_ok = draw(stable * (1.0 - stable_bad));
+                let stable_errors = draw(stable * stable_bad);
                 stream.push(Tick {
-                    canary_requests: canary_ok + canary_errors,
-                    canary_errors,
-                    stable_requests: stable_ok + stable_errors,
-                    stable_errors,
+                    counts: ErrorCounts {
+                        canary_requests,
+                        canary_errors,
+                        stable_requests: stable_ok + stable_errors,
+                        stable_errors,
+                    },
+                    canary_buckets: buckets,
                 });
             }
         }
@@ -146,7 +296,7 @@ impl Scenario {
         let bar = (1.0 / self.alpha).ln();
         let mut carried = vec![0.0; self.tolerance.components()];
         let mut window = ErrorCounts::default();
-        for (i, counts) in stream.iter().enumerate() {
+        for (i, counts) in stream.iter().map(|t| &t.counts).enumerate() {
             add(&mut window, counts);
             let in_step = i % ticks_per_step + 1;
             if in_step.is_multiple_of(ticks_per_check) {
@@ -174,16 +324,28 @@ impl Scenario {
         None
     }
 
-    /// The canary's error rate in each 1-minute window of the stream (None: no requests).
+    /// What the rule checks in each 1-minute window of the stream: the canary's
+    /// error rate, or its p99 latency (None: no requests).
     fn rule_windows(&self, stream: &[Tick]) -> Vec<Option<f64>> {
         let per_window = (RULE_WINDOW_SECONDS / self.tick_seconds()) as usize;
         stream
             .chunks(per_window)
             .filter(|chunk| chunk.len() == per_window)
-            .map(|chunk| {
-                let requests: f64 = chunk.iter().map(|c| c.canary_requests).sum();
-                let errors: f64 = chunk.iter().map(|c| c.canary_errors).sum();
-                (requests > 0.0).then(|| errors / requests)
+            .map(|chunk| match &self.requests {
+                Requests::Errors { .. } => {
+                    let requests: f64 = chunk.iter().map(|c| c.counts.canary_requests).sum();
+                    let errors: f64 = chunk.iter().map(|c| c.counts.canary_errors).sum();
+                    (requests > 0.0).then(|| errors / requests)
+                }
+                Requests::Latency(model) => {
+                    let mut buckets = vec![0.0; model.bounds.len() + 1];
+                    for tick in chunk {
+                        for (sum, count) in buckets.iter_mut().zip(&tick.canary_buckets) {
+                            *sum += count;
+                        }
+                    }
+                    model.quantile(&buckets, RULE_QUANTILE)
+                }
             })
             .collect()
     }
@@ -245,6 +407,7 @@ impl Scenario {
     /// test with false-rollback rate α and miss rate β, at the first step's share.
     pub fn wald_bound(&self, ratio: f64) -> Option<f64> {
         let share = *self.shares.first()?;
+        let ratio = self.requests.bad_share_ratio(ratio);
         let null = error_share(share, self.tolerance.max_ratio);
         let alternative = error_share(share, ratio);
         if alternative <= null {
@@ -253,7 +416,7 @@ impl Scenario {
         let divergence = alternative * (alternative / null).ln()
             + (1.0 - alternative) * ((1.0 - alternative) / (1.0 - null)).ln();
         let errors_per_second =
-            self.total_rps * self.stable_error_rate * (share * ratio + 1.0 - share);
+            self.total_rps * self.requests.stable_bad_share() * (share * ratio + 1.0 - share);
         let (alpha, beta) = (self.alpha, WALD_BETA);
         let nats = (1.0 - beta) * ((1.0 - beta) / alpha).ln() + beta * (beta / (1.0 - alpha)).ln();
         Some(nats / (divergence * errors_per_second))
@@ -322,7 +485,9 @@ mod tests {
         let scenario = Scenario {
             total_rps: 100.0,
             swing: 0.0,
-            stable_error_rate: 0.01,
+            requests: Requests::Errors {
+                stable_error_rate: 0.01,
+            },
             shares: vec![0.1],
             step_seconds: 3600,
             interval_seconds: 15,
@@ -335,6 +500,52 @@ mod tests {
         let bound = scenario.wald_bound(2.0).expect("a bound");
         assert!((65.0..75.0).contains(&bound), "{bound}");
         assert_eq!(scenario.wald_bound(1.0), None);
+    }
+
+    fn latency() -> LatencyModel {
+        LatencyModel {
+            median_seconds: 0.05,
+            sigma: 0.8,
+            bounds: DEFAULT_BUCKETS.to_vec(),
+            threshold: 0.25,
+        }
+    }
+
+    #[test]
+    fn lognormal_latencies_give_the_slow_share_and_bucket_shares_they_should() {
+        let model = latency();
+        // ln(0.25 / 0.05) / 0.8 = 2.01 standard deviations: 2.2% are slower.
+        assert!(
+            (model.slow_share(1.0) - 0.0222).abs() < 0.001,
+            "{}",
+            model.slow_share(1.0)
+        );
+        // Twice as slow: ln(2.5) / 0.8 = 1.15: 12.6%.
+        assert!(
+            (model.slow_share(2.0) - 0.1255).abs() < 0.001,
+            "{}",
+            model.slow_share(2.0)
+        );
+        let shares = model.bucket_shares(1.0);
+        assert_eq!(shares.len(), DEFAULT_BUCKETS.len() + 1);
+        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        let over: f64 = shares[6..].iter().sum();
+        assert!((over - model.slow_share(1.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_rules_quantile_interpolates_within_a_bucket_as_prometheus_does() {
+        let model = LatencyModel {
+            bounds: vec![0.1, 0.2, 0.4],
+            ..latency()
+        };
+        // 100 requests: 50 up to 0.1, 40 up to 0.2, 10 up to 0.4. Rank 99 lies 9/10
+        // into the last finite bucket.
+        let p99 = model.quantile(&[50.0, 40.0, 10.0, 0.0], 0.99);
+        assert!(p99.is_some_and(|q| (q - 0.38).abs() < 1e-9), "{p99:?}");
+        // In the +Inf bucket: the highest finite bound.
+        assert_eq!(model.quantile(&[0.0, 0.0, 0.0, 5.0], 0.99), Some(0.4));
+        assert_eq!(model.quantile(&[0.0; 4], 0.99), None);
     }
 
     #[test]

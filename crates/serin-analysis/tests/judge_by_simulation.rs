@@ -4,7 +4,7 @@
 //! caught, near Wald's bound when traffic allows.
 
 use serin_analysis::Tolerance;
-use serin_analysis::detection::{Cell, Method, Scenario};
+use serin_analysis::detection::{Cell, DEFAULT_BUCKETS, LatencyModel, Method, Requests, Scenario};
 
 const RUNS: usize = 1000;
 
@@ -12,7 +12,9 @@ fn scenario(total_rps: f64, shares: Vec<f64>, step_seconds: u64) -> Scenario {
     Scenario {
         total_rps,
         swing: 0.0,
-        stable_error_rate: 0.01,
+        requests: Requests::Errors {
+            stable_error_rate: 0.01,
+        },
         shares,
         step_seconds,
         interval_seconds: 15,
@@ -67,7 +69,9 @@ fn canary_exactly_at_max_ratio_is_rarely_rolled_back() {
 #[test]
 fn canary_exactly_at_the_guard_rail_is_rarely_rolled_back() {
     let mut railed = scenario(100.0, vec![0.2], 1800);
-    railed.stable_error_rate = 0.02;
+    railed.requests = Requests::Errors {
+        stable_error_rate: 0.02,
+    };
     railed.tolerance.max_ratio = 2.0;
     railed.tolerance.max_rate = Some(0.04);
     let report = railed.evaluate(&[2.0], RUNS, 4);
@@ -78,7 +82,9 @@ fn canary_exactly_at_the_guard_rail_is_rarely_rolled_back() {
 #[test]
 fn guard_rail_catches_a_canary_as_bad_as_a_bad_stable() {
     let mut railed = scenario(100.0, vec![0.2], 600);
-    railed.stable_error_rate = 0.1;
+    railed.requests = Requests::Errors {
+        stable_error_rate: 0.1,
+    };
     railed.tolerance.max_rate = Some(0.05);
     let report = railed.evaluate(&[], 200, 5);
     let caught = serin(&report.cells, 1.0);
@@ -111,4 +117,59 @@ fn a_regression_carried_across_steps_is_caught_at_low_traffic() {
     let report = scenario(10.0, vec![0.1, 0.25, 0.5], 600).evaluate(&[5.0], 500, 7);
     let judge = serin(&report.cells, 5.0);
     assert!(judge.rollback_rate >= 0.9, "{judge:?}");
+}
+
+/// Latency as `kubectl serin simulate --kind latency` models it: lognormal with a
+/// 50 ms median, 2.2% of stable's requests over the 250 ms threshold.
+fn latency(total_rps: f64, shares: Vec<f64>, step_seconds: u64) -> Scenario {
+    Scenario {
+        requests: Requests::Latency(LatencyModel {
+            median_seconds: 0.05,
+            sigma: 0.8,
+            bounds: DEFAULT_BUCKETS.to_vec(),
+            threshold: 0.25,
+        }),
+        tolerance: Tolerance {
+            max_ratio: 1.5,
+            max_rate: None,
+        },
+        ..scenario(total_rps, shares, step_seconds)
+    }
+}
+
+#[test]
+fn a_canary_as_fast_as_stable_is_rarely_rolled_back_by_the_latency_judge() {
+    for total_rps in [10.0, 100.0, 1000.0] {
+        let report = latency(total_rps, vec![0.1, 0.5], 900).evaluate(&[], RUNS, 8);
+        let healthy = serin(&report.cells, 1.0);
+        assert!(
+            healthy.rollback_rate <= 0.05,
+            "{total_rps} req/s: {healthy:?}"
+        );
+    }
+}
+
+#[test]
+fn a_canary_twice_as_slow_is_caught_near_walds_bound_and_faster_than_a_calibrated_p99_rule() {
+    let report = latency(10.0, vec![0.1], 3600).evaluate(&[2.0], RUNS, 9);
+    let judge = serin(&report.cells, 2.0);
+    let median = judge.median.expect("most runs roll back");
+    let bound = judge.wald_bound.expect("a bound");
+    assert!(judge.rollback_rate >= 0.99, "{judge:?}");
+    assert!(median <= 2.0 * bound, "{judge:?}");
+    let rule = report
+        .cells
+        .iter()
+        .find(|c| c.method == Method::Threshold && c.ratio == 2.0)
+        .expect("a rule cell");
+    assert!(
+        rule.median.is_none_or(|rule| rule >= 2.0 * median),
+        "rule {rule:?} against Serin {judge:?}"
+    );
+    // The rule's threshold is a p99 latency, calibrated on the healthy streams.
+    assert!(
+        (0.1..1.0).contains(&report.rule_threshold),
+        "{}",
+        report.rule_threshold
+    );
 }
