@@ -1,5 +1,7 @@
 //! One analysis of one metric, and the verdict over all metrics.
 
+use std::time::Duration;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serin_api::{Analysis, ErrorCounts, Metric, MetricStatus, Verdict};
 
@@ -67,6 +69,28 @@ pub fn comparison(metric: &Metric) -> Option<(Tolerance, Bad)> {
         (Some(spec), _) => Some((Tolerance::from(spec), Bad::Error)),
         (None, Some(spec)) => Some((Tolerance::from(spec), Bad::SlowerThan(spec.threshold))),
         (None, None) => None,
+    }
+}
+
+/// How long after its last look in a window (or the window's start) `metric` is
+/// looked at again. A metric compared with stable is looked at every `scrape`
+/// while its evidence against the canary is at least 1, that is while it leans
+/// against the canary or nothing has been seen yet, and every `interval` once it
+/// leans the canary's way: a clear regression is acted on within a scrape or two,
+/// and a healthy canary costs Prometheus one look per interval. Threshold metrics
+/// keep `interval`, which their `failureLimit` counts. The e-process is valid at
+/// any looks, so looking more often costs no false rollbacks.
+pub fn look_after(
+    metric: &Metric,
+    latest: Option<&MetricStatus>,
+    interval: Duration,
+    scrape: Duration,
+) -> Duration {
+    let leaning_against = latest.and_then(|m| m.evidence).unwrap_or(1.0) >= 1.0;
+    if comparison(metric).is_some() && leaning_against {
+        scrape.min(interval)
+    } else {
+        interval
     }
 }
 

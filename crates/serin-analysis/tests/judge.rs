@@ -349,3 +349,38 @@ fn a_latency_metric_is_the_error_rate_judge_on_slow_requests_whatever_the_counts
     }
     assert_eq!(seen.len(), 3, "the readings reached only {seen:?}");
 }
+
+#[test]
+fn compared_metrics_look_every_scrape_while_evidence_leans_against_the_canary() {
+    use serin_analysis::look_after;
+    use std::time::Duration;
+    let spec = analysis(
+        "metrics: [{name: errors, errorRate: {requests: r, errors: e}}, {name: p99, query: q, max: 1}]",
+    );
+    let (interval, scrape) = (Duration::from_secs(15), Duration::from_secs(2));
+    let judged = |counts: Reading| analyse(&spec.metrics[0], &spec, None, &window(0, 15), counts);
+    let errors = &spec.metrics[0];
+    // Nothing seen yet: look at the scrape cadence from the step's start.
+    assert_eq!(look_after(errors, None, interval, scrape), scrape);
+    // The canary looks worse than stable: evidence above 1, keep looking quickly.
+    let leaning = judged(counts(1000.0, 20.0, 9000.0, 90.0));
+    assert!(leaning.evidence > Some(1.0), "{leaning:?}");
+    assert_eq!(look_after(errors, Some(&leaning), interval, scrape), scrape);
+    // As good as stable: evidence below 1, back to every interval.
+    let healthy = judged(counts(1000.0, 8.0, 9000.0, 90.0));
+    assert!(healthy.evidence < Some(1.0), "{healthy:?}");
+    assert_eq!(
+        look_after(errors, Some(&healthy), interval, scrape),
+        interval
+    );
+    // A threshold metric counts intervals: always every interval.
+    assert_eq!(
+        look_after(&spec.metrics[1], None, interval, scrape),
+        interval
+    );
+    // A scrape slower than the interval changes nothing.
+    assert_eq!(
+        look_after(errors, None, interval, Duration::from_secs(60)),
+        interval
+    );
+}

@@ -207,6 +207,16 @@ pub struct Analysis {
     #[schemars(length(max = 32))]
     pub interval: Duration,
 
+    /// How often Prometheus scrapes the workload. While a metric compared with stable
+    /// leans against the canary (and at a step's start, before anything is seen),
+    /// Serin looks at it this often instead of every `interval`, so a clear
+    /// regression is acted on within a scrape or two; a canary that looks healthy is
+    /// looked at every `interval`. Default: `interval` (no quicker looks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(POSITIVE_DURATION).message(POSITIVE_DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub scrape_interval: Option<Duration>,
+
     /// Where the metrics are. Default: the controller's `--prometheus-address` flag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusSource>,

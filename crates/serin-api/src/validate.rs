@@ -43,6 +43,14 @@ impl CanarySpec {
         if !is_positive(analysis.interval) {
             return Some("spec.analysis.interval: must be a positive duration such as 15s".into());
         }
+        if analysis
+            .scrape_interval
+            .is_some_and(|scrape| !is_positive(scrape))
+        {
+            return Some(
+                "spec.analysis.scrapeInterval: must be a positive duration such as 15s".into(),
+            );
+        }
         if !(analysis.confidence > 0.0 && analysis.confidence < 1.0) {
             return Some("spec.analysis.confidence: must be between 0 and 1, exclusive".into());
         }
@@ -140,6 +148,10 @@ spec:
                 "spec.analysis.confidence",
             ),
             ("  analysis: {metrics: []}\n", "spec.analysis.metrics"),
+            (
+                "  analysis: {scrapeInterval: 0s, metrics: [{name: x, query: up, max: 1}]}\n",
+                "spec.analysis.scrapeInterval",
+            ),
             (
                 "  analysis: {metrics: [{name: x, query: up}]}\n",
                 "spec.analysis.metrics[0].query",

@@ -44,7 +44,7 @@ fn podinfo_example_reads_every_section() {
         .map(|router| router.http_routes.clone());
     assert_eq!(routes, Some(vec!["podinfo".to_owned()]));
     let analysis = spec.analysis.as_ref().unwrap_or_else(|| panic!("analysis"));
-    assert_eq!(Duration::from(analysis.interval), Duration::from_secs(15));
+    assert_eq!(Duration::from(analysis.interval), Duration::from_secs(30));
     assert_eq!(analysis.confidence, 0.95);
     let errors = &analysis.metrics[0];
     let error_rate = errors
@@ -57,9 +57,23 @@ fn podinfo_example_reads_every_section() {
         panic!("the example counts from counters");
     };
     assert!(counters.requests.contains("{{pods}}") && counters.errors.contains("5.."));
-    let latency = &analysis.metrics[1];
-    assert_eq!(latency.max, Some(0.5));
-    assert_eq!(latency.failure_limit(), 3);
+    let latency = analysis.metrics[1]
+        .latency
+        .as_ref()
+        .unwrap_or_else(|| panic!("latency"));
+    assert_eq!((latency.threshold, latency.max_ratio), (0.25, 1.5));
+    assert!(
+        latency
+            .buckets
+            .ends_with("_bucket{namespace=\"{{namespace}}\",pod=~\"{{pods}}\"}")
+    );
+    assert_eq!(
+        analysis.scrape_interval.map(Duration::from),
+        Some(Duration::from_secs(15))
+    );
+    let p99 = &analysis.metrics[2];
+    assert_eq!(p99.max, Some(0.5));
+    assert_eq!(p99.failure_limit(), 3);
 }
 
 #[test]

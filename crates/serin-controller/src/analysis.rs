@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Api, Client};
 use serin_analysis::{NoData, Reading, Window};
 use serin_api::{
-    Analysis, Canary, CanaryStatus, Counting, ErrorCounts, MetricStatus, Phase, Verdict,
+    Analysis, Canary, CanaryStatus, Counting, ErrorCounts, Metric, MetricStatus, Phase, Verdict,
 };
 use serin_prometheus::{
     Credentials, Prometheus, QueryError, TemplateError, Variables, counted, counted_buckets, render,
@@ -21,6 +21,9 @@ use serin_prometheus::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use serin_core::machine::StepVerdict;
+
+/// The quickest cadence of looks, whatever `scrapeInterval` says: never a spin.
+const LOOK_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 
 /// Longest a query may take; shorter when the interval is.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,6 +75,15 @@ impl QueryLimits {
         };
         semaphore.acquire_owned().await.ok()
     }
+}
+
+/// The analysis' word on the current step, and how soon it looks again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepAnalysis {
+    /// The verdict over every metric.
+    pub verdict: StepVerdict,
+    /// How soon the next metric is due; None while the step's weight is not in effect.
+    pub next_look: Option<Duration>,
 }
 
 /// Reads metrics for every Canary; keeps one client per Prometheus and credentials.
@@ -146,7 +158,7 @@ impl Analyst {
             .or(self.default_address.as_deref())
     }
 
-    /// The current step's verdict, analysing first when an analysis is due; new
+    /// The current step's verdict, analysing first the metrics that are due; new
     /// readings are written into `status.analysis`. None when the spec has no analysis.
     pub async fn step_verdict(
         &self,
@@ -156,28 +168,44 @@ impl Analyst {
         revision: &str,
         status: &mut CanaryStatus,
         now: Timestamp,
-    ) -> Option<StepVerdict> {
+    ) -> Option<StepAnalysis> {
         let analysis = canary.spec.analysis.as_ref()?;
         let running = matches!(status.phase, Some(Phase::Progressing))
             && status.canary_revision.as_deref() == Some(revision);
         let since = status.analysis_started_at.clone();
         let (Some(since), true) = (since, running) else {
-            return Some(StepVerdict::Pending(
-                "the step's weight is not in effect yet".into(),
-            ));
+            return Some(StepAnalysis {
+                verdict: StepVerdict::Pending("the step's weight is not in effect yet".into()),
+                next_look: None,
+            });
         };
         let interval = std_duration(analysis.interval);
+        let scrape = analysis.scrape_interval.map_or(interval, std_duration);
         let this_window = |m: &&MetricStatus| m.since.as_ref() == Some(&since);
-        let analysed = status.analysis.iter().filter(this_window).count() > 0;
-        let last = status
-            .analysis
+        // When each metric is next due: from its last look in this window, or the
+        // window's start, at its own cadence.
+        let due = |status: &CanaryStatus| -> Vec<Timestamp> {
+            analysis
+                .metrics
+                .iter()
+                .map(|metric| {
+                    let latest = status.analysis.iter().find(|m| m.name == metric.name);
+                    let last = latest
+                        .filter(this_window)
+                        .and_then(|m| m.at.as_ref())
+                        .map_or(since.0, |at| at.0);
+                    last + serin_analysis::look_after(metric, latest, interval, scrape)
+                })
+                .collect()
+        };
+        let due_now: Vec<&Metric> = analysis
+            .metrics
             .iter()
-            .filter(this_window)
-            .filter_map(|m| m.at.as_ref())
-            .map(|t| t.0)
-            .min();
-        let due = last.unwrap_or(since.0) + interval;
-        if now >= due {
+            .zip(due(status))
+            .filter(|(_, due)| now >= *due)
+            .map(|(metric, _)| metric)
+            .collect();
+        if !due_now.is_empty() {
             let subject = Subject {
                 client,
                 canary,
@@ -193,14 +221,29 @@ impl Analyst {
                 since: since.clone(),
                 at: Time(at),
             };
-            let metrics = self.analyse(&subject, status, window).await;
-            status.analysis = metrics;
-        } else if !analysed {
-            let seconds = (due - now).get_seconds().max(0);
-            return Some(StepVerdict::Pending(format!(
-                "first analysis of this step in {seconds}s"
-            )));
+            let mut fresh = self.analyse(&subject, status, window, &due_now).await;
+            // The spec's metrics in its order: each freshly judged, or as it was.
+            status.analysis = analysis
+                .metrics
+                .iter()
+                .filter_map(
+                    |metric| match fresh.iter().position(|m| m.name == metric.name) {
+                        Some(index) => Some(fresh.swap_remove(index)),
+                        None => status
+                            .analysis
+                            .iter()
+                            .find(|m| m.name == metric.name)
+                            .cloned(),
+                    },
+                )
+                .collect();
         }
+        let next_due = due(status);
+        let next_look = next_due.iter().min().map(|due| {
+            Duration::try_from(*due - now)
+                .unwrap_or_default()
+                .max(LOOK_AT_MOST_EVERY)
+        });
         let current: Vec<MetricStatus> = status
             .analysis
             .iter()
@@ -208,11 +251,24 @@ impl Analyst {
             .cloned()
             .collect();
         let overall = serin_analysis::overall(&current);
-        Some(match overall.verdict {
-            Verdict::Pass => StepVerdict::Pass,
-            Verdict::Fail => StepVerdict::Fail(overall.reason),
-            Verdict::Inconclusive => StepVerdict::Inconclusive(overall.reason),
-        })
+        let first_look = analysis
+            .metrics
+            .iter()
+            .zip(&next_due)
+            .filter(|(metric, _)| !current.iter().any(|m| m.name == metric.name))
+            .map(|(metric, due)| (metric, (*due - now).get_seconds().max(0)))
+            .min_by_key(|(_, seconds)| *seconds);
+        let verdict = match (overall.verdict, first_look) {
+            // A failing metric fails the step at once, whatever is still to come.
+            (Verdict::Fail, _) => StepVerdict::Fail(overall.reason),
+            (_, Some((metric, seconds))) => StepVerdict::Pending(format!(
+                "first analysis of {} in this step in {seconds}s",
+                metric.name
+            )),
+            (Verdict::Pass, None) => StepVerdict::Pass,
+            (Verdict::Inconclusive, None) => StepVerdict::Inconclusive(overall.reason),
+        };
+        Some(StepAnalysis { verdict, next_look })
     }
 
     /// Reads every metric for both arms over `window` and judges each, carrying
@@ -222,6 +278,7 @@ impl Analyst {
         subject: &Subject<'_>,
         status: &CanaryStatus,
         window: Window,
+        metrics: &[&Metric],
     ) -> Vec<MetricStatus> {
         let Subject {
             client,
@@ -249,7 +306,7 @@ impl Analyst {
         let prometheus = self.client(client, namespace, analysis, interval).await;
         let address = self.address(analysis).unwrap_or_default();
         let limits = &self.limits;
-        let readings = join_all(analysis.metrics.iter().map(|metric| {
+        let readings = join_all(metrics.iter().map(|metric| {
             let prometheus = &prometheus;
             let (canary_arm, stable_arm) = (&canary_arm, &stable_arm);
             async move {
@@ -336,8 +393,7 @@ impl Analyst {
             }
         }))
         .await;
-        analysis
-            .metrics
+        metrics
             .iter()
             .zip(readings)
             .map(|(metric, reading)| {

@@ -566,6 +566,8 @@ struct Observed {
     replica_sets: Vec<ObservedReplicaSet>,
     invalid: Option<String>,
     analysis: Option<StepVerdict>,
+    /// How soon the analysis looks again.
+    next_look: Option<std::time::Duration>,
     /// The stored status, with the analysis just run written into it.
     status: CanaryStatus,
     now: Timestamp,
@@ -620,7 +622,7 @@ async fn observe(
         invalid => invalid,
     };
     let mut status = canary.status.clone().unwrap_or_default();
-    let analysis = match invalid {
+    let step = match invalid {
         None => {
             context
                 .analyst
@@ -636,11 +638,16 @@ async fn observe(
         }
         Some(_) => None,
     };
+    let (analysis, next_look) = match step {
+        Some(step) => (Some(step.verdict), step.next_look),
+        None => (None, None),
+    };
     Ok(Observed {
         revision,
         replica_sets: observed,
         invalid,
         analysis,
+        next_look,
         status,
         now,
     })
@@ -685,6 +692,7 @@ fn decide(canary: &Canary, observed: Observed) -> Plan {
         replica_sets: observed.replica_sets,
         invalid: observed.invalid,
         analysis: observed.analysis,
+        next_look: observed.next_look,
         now: observed.now,
     })
 }

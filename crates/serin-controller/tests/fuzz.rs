@@ -209,6 +209,7 @@ proptest! {
                 revision: revision.clone(),
                 invalid: None,
                 analysis: verdict,
+                next_look: None,
                 now,
             };
             let planned = plan(&snapshot);

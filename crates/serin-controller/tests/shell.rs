@@ -14,7 +14,7 @@ use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action as Requeue;
 use serde_json::{Value, json};
-use serin_api::{Canary, CanaryStatus, Phase};
+use serin_api::{Canary, CanaryStatus, MetricStatus, Phase, Verdict};
 use serin_controller::cache::Cache;
 use serin_controller::metrics::Metrics;
 use serin_controller::reconciler::{
@@ -668,4 +668,65 @@ async fn every_analysis_of_a_window_counts_from_exactly_its_start() {
         times.first() < times.last(),
         "two analyses at two times: {times:?}"
     );
+}
+
+#[tokio::test]
+async fn a_metric_leaning_against_the_canary_is_looked_at_every_scrape_a_healthy_one_every_interval()
+ {
+    let (address, queries) = recording_prometheus();
+    let analysis = "  analysis:
+    interval: 30s
+    scrapeInterval: 2s
+    prometheus: {address: 'ADDRESS'}
+    metrics: [{name: errors, errorRate: {requests: 'sum(r{pod=~\"{{pods}}\"})', errors: 'sum(e{pod=~\"{{pods}}\"})'}}]\n"
+        .replace("ADDRESS", &address);
+    let revision = revision_of(&canary(&analysis, None).spec.template);
+    let now = Timestamp::now().as_second();
+    let at = |seconds_ago: i64| {
+        Timestamp::from_second(now - seconds_ago).unwrap_or_else(|e| panic!("{e}"))
+    };
+    // The step's weight took effect 5 s ago: one scrape interval has passed, the
+    // interval has not.
+    let since = at(5);
+    let looked_at = |evidence: f64| MetricStatus {
+        name: "errors".into(),
+        canary: None,
+        stable: None,
+        counts: None,
+        evidence: Some(evidence),
+        carried: vec![0.0; 4],
+        ratio: None,
+        failures: None,
+        verdict: Verdict::Pass,
+        since: Some(Time(since)),
+        at: Some(Time(at(3))),
+        message: None,
+    };
+    let queries_sent = |expected: usize| {
+        let mut sent = 0;
+        while queries.recv_timeout(Duration::from_millis(1500)).is_ok() {
+            sent += 1;
+        }
+        assert_eq!(sent, expected, "queries sent");
+    };
+    for (analysed, expected) in [
+        // Nothing seen yet in the step: look after one scrape interval.
+        (None, 4),
+        // The last look, 3 s ago, leaned against the canary: look again.
+        (Some(looked_at(3.0)), 4),
+        // It leaned the canary's way: wait for the interval.
+        (Some(looked_at(0.5)), 0),
+    ] {
+        let mut status = mid_rollout(&revision, since);
+        status.analysis = analysed.into_iter().collect();
+        let canary = canary(&analysis, Some(status));
+        let mut cluster = cluster(&canary);
+        cluster.replica_sets = vec![
+            replica_set("aaaaaaaaaa", 4, 4),
+            replica_set(&revision, 1, 1),
+        ];
+        let (result, _) = reconcile(&canary, cluster).await;
+        assert!(result.is_ok(), "{result:?}");
+        queries_sent(expected);
+    }
 }

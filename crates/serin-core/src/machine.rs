@@ -79,6 +79,9 @@ pub struct Snapshot<'a> {
     pub invalid: Option<String>,
     /// The verdict on the current step; None when the spec has no analysis.
     pub analysis: Option<StepVerdict>,
+    /// How soon the analysis looks again: sooner than `analysis.interval` while a
+    /// metric leans against the canary. None: every interval.
+    pub next_look: Option<Duration>,
     /// The current time.
     pub now: Timestamp,
 }
@@ -636,7 +639,7 @@ impl<'s, 'a> Planner<'s, 'a> {
                     reason::INCONCLUSIVE,
                     format!("step {step} at {weight}%: {why}"),
                 );
-                self.wake_in(self.analysis_interval().min(clock.left()));
+                self.wake_in(self.next_look().min(clock.left()));
             }
             StepVerdict::Pass if at_weight >= step_duration => {
                 self.advance(stable, target, step, format!("step {step} passed"));
@@ -656,7 +659,7 @@ impl<'s, 'a> Planner<'s, 'a> {
                     ),
                 );
                 self.wake_in(
-                    self.analysis_interval()
+                    self.next_look()
                         .min(step_duration.saturating_sub(at_weight)),
                 );
             }
@@ -878,6 +881,13 @@ impl<'s, 'a> Planner<'s, 'a> {
             .iter()
             .find(|rs| rs.revision == revision)
             .and_then(|rs| rs.pods_failing.clone())
+    }
+
+    /// When the analysis looks again, as the shell said, or its interval.
+    fn next_look(&self) -> Duration {
+        self.snap
+            .next_look
+            .unwrap_or_else(|| self.analysis_interval())
     }
 
     fn analysis_interval(&self) -> Duration {

@@ -46,6 +46,8 @@ struct World {
     replica_sets: Vec<ObservedReplicaSet>,
     command: Option<String>,
     analysis: Option<StepVerdict>,
+    /// How soon the shell says the analysis looks again.
+    next_look: Option<Duration>,
     invalid: Option<String>,
     now: Timestamp,
     /// Pods become available as soon as they are asked for.
@@ -72,6 +74,7 @@ impl World {
             replica_sets: Vec::new(),
             command: None,
             analysis: None,
+            next_look: None,
             invalid: None,
             now: Timestamp::from_second(1_800_000_000).unwrap_or_else(|e| panic!("{e}")),
             instant_pods: true,
@@ -131,6 +134,7 @@ impl World {
             replica_sets,
             invalid: self.invalid.clone(),
             analysis: self.analysis.clone(),
+            next_look: self.next_look,
             now: self.now,
         };
         let plan = plan(&snapshot);
@@ -1074,6 +1078,9 @@ mod random_walks {
         Pause(bool),
         Command(&'static str),
         Analysis(Option<StepVerdict>),
+        /// The analysis asks to look again this many seconds from now (None: at
+        /// its interval).
+        NextLook(Option<u64>),
         Invalid(bool),
     }
 
@@ -1103,6 +1110,7 @@ mod random_walks {
                 Just(Some(StepVerdict::Pending("first analysis in 5s".into()))),
             ]
             .prop_map(Happening::Analysis),
+            prop::option::of(1..20u64).prop_map(Happening::NextLook),
             any::<bool>().prop_map(Happening::Invalid),
         ]
     }
@@ -1148,6 +1156,7 @@ mod random_walks {
                     Happening::Pause(paused) => world.spec.paused = paused,
                     Happening::Command(command) => world.command = Some(format!("{command}/{index}")),
                     Happening::Analysis(verdict) => world.analysis = verdict,
+                    Happening::NextLook(seconds) => world.next_look = seconds.map(Duration::from_secs),
                     Happening::Invalid(invalid) => world.invalid = invalid.then(|| "route missing".to_owned()),
                 }
                 // World::apply asserts that no weight lands on a canary without an
@@ -1169,6 +1178,19 @@ mod random_walks {
                     let again = world.reconcile_once();
                     prop_assert_eq!(&again.status, &settled, "status changed with nothing new");
                     prop_assert!(again.events.is_empty(), "events with nothing new: {:?}", again.events);
+                }
+                // A step being judged wakes no later than the analysis' next look, so a
+                // quicker look (evidence building against the canary) is not slept through.
+                let judging = matches!(
+                    world.reason(conditions::PROGRESSING).as_str(),
+                    "StepInProgress" | "Inconclusive"
+                ) && world.status.phase == Some(Phase::Progressing)
+                    && world.invalid.is_none();
+                if let (true, Some(look)) = (judging, world.next_look) {
+                    prop_assert!(
+                        world.last_wait <= look,
+                        "slept {:?} past the next look in {look:?}", world.last_wait
+                    );
                 }
                 let status = &world.status;
                 // A promote runs when it is acknowledged, which may be later than it was
