@@ -112,6 +112,7 @@ impl Plan {
             shares: self.steps.iter().map(|s| f64::from(*s) / 100.0).collect(),
             step_seconds: self.step_seconds,
             interval_seconds: self.interval_seconds,
+            scrape_seconds: self.scrape.as_secs().max(1),
             tolerance: Tolerance {
                 max_ratio: 1.0,
                 max_rate: None,
@@ -148,6 +149,7 @@ impl Plan {
   scaleDownDelay: 1s
   analysis:
     interval: {interval}s
+    scrapeInterval: {scrape}ms
     confidence: {confidence}
     prometheus: {{address: 'ADDRESS'}}
     metrics:
@@ -160,6 +162,7 @@ impl Plan {
                 step = self.step_seconds,
                 deadline = self.step_seconds * 10,
                 interval = self.interval_seconds,
+                scrape = self.scrape.as_millis(),
                 confidence = self.confidence,
             ))
     }

@@ -16,6 +16,7 @@ use serin_api::ErrorCounts;
 use statrs::distribution::{ContinuousCDF, Normal};
 
 use crate::error_rate::{Tolerance, error_share};
+use crate::judge::cadence;
 
 /// Window of the threshold rule, in seconds.
 pub const RULE_WINDOW_SECONDS: u64 = 60;
@@ -158,6 +159,10 @@ pub struct Scenario {
     pub step_seconds: u64,
     /// Time between two analyses, seconds.
     pub interval_seconds: u64,
+    /// Prometheus' scrape interval, seconds: the judge looks this often while its
+    /// evidence leans against the canary (`analysis.scrapeInterval`); the
+    /// interval when it equals it.
+    pub scrape_seconds: u64,
     /// What the judge tolerates.
     pub tolerance: Tolerance,
     /// The false-rollback rate the user allows, 1 − confidence.
@@ -200,6 +205,9 @@ pub struct Cell {
     pub false_rollback_rate: f64,
     /// Wald's lower bound on the expected time to rollback, at the first step's share.
     pub wald_bound: Option<f64>,
+    /// Looks per minute of rollout, on average: Serin's analyses (each one query per
+    /// arm and count), the rule's checks (one a minute).
+    pub looks_per_minute: f64,
 }
 
 /// Figures for a scenario at each ratio, both methods.
@@ -228,8 +236,11 @@ impl Scenario {
     /// Resolution of the streams: every analysis, rule check and step starts on a tick.
     fn tick_seconds(&self) -> u64 {
         gcd(
-            gcd(self.interval_seconds.max(1), RULE_WINDOW_SECONDS),
-            self.step_seconds.max(1),
+            gcd(
+                gcd(self.interval_seconds.max(1), RULE_WINDOW_SECONDS),
+                self.step_seconds.max(1),
+            ),
+            self.scrape_seconds.max(1),
         )
     }
 
@@ -288,18 +299,32 @@ impl Scenario {
         stream
     }
 
-    /// When Serin's judge rolls back on this stream, seconds after the first step began.
-    fn judge(&self, stream: &[Tick]) -> Option<f64> {
+    /// When Serin's judge rolls back on this stream, seconds after the first step
+    /// began, and how many looks it took. It looks as the controller does (`crate::look_after`): every scrape
+    /// while the evidence leans against the canary, every interval otherwise.
+    fn judge(&self, stream: &[Tick]) -> (Option<f64>, usize) {
         let tick = self.tick_seconds();
         let ticks_per_step = (self.step_seconds / tick) as usize;
-        let ticks_per_check = (self.interval_seconds.max(1) / tick) as usize;
+        // The controller's cadence, in whole ticks (at least one).
+        let next = |log_evidence: f64, seen: Option<(f64, f64)>| {
+            let seconds = cadence(
+                log_evidence.exp(),
+                seen,
+                self.scrape_seconds as f64,
+                self.interval_seconds as f64,
+            );
+            ((seconds / tick as f64).round() as usize).max(1)
+        };
         let bar = (1.0 / self.alpha).ln();
         let mut carried = vec![0.0; self.tolerance.components()];
         let mut window = ErrorCounts::default();
+        let mut next_look = next(0.0, None);
+        let mut looks = 0;
         for (i, counts) in stream.iter().map(|t| &t.counts).enumerate() {
             add(&mut window, counts);
             let in_step = i % ticks_per_step + 1;
-            if in_step.is_multiple_of(ticks_per_check) {
+            if in_step >= next_look {
+                looks += 1;
                 let mut total = carried.clone();
                 for (sum, ratio) in total
                     .iter_mut()
@@ -307,9 +332,15 @@ impl Scenario {
                 {
                     *sum += ratio;
                 }
-                if self.tolerance.log_evidence(&total) >= bar {
-                    return Some(((i + 1) as u64 * tick) as f64);
+                let log_evidence = self.tolerance.log_evidence(&total);
+                if log_evidence >= bar {
+                    return (Some(((i + 1) as u64 * tick) as f64), looks);
                 }
+                let seen = (
+                    window.canary_errors + window.stable_errors,
+                    (in_step as u64 * tick) as f64,
+                );
+                next_look = in_step + next(log_evidence, Some(seen));
             }
             if in_step == ticks_per_step {
                 for (sum, ratio) in carried
@@ -318,10 +349,15 @@ impl Scenario {
                 {
                     *sum += ratio;
                 }
+                let seen = (
+                    window.canary_errors + window.stable_errors,
+                    self.step_seconds as f64,
+                );
                 window = ErrorCounts::default();
+                next_look = next(self.tolerance.log_evidence(&carried), Some(seen));
             }
         }
-        None
+        (None, looks)
     }
 
     /// What the rule checks in each 1-minute window of the stream: the canary's
@@ -372,15 +408,22 @@ impl Scenario {
             };
             let wald = self.wald_bound(ratio);
             for (index, method) in [Method::Serin, Method::Threshold].into_iter().enumerate() {
-                let times: Vec<Option<f64>> = streams
+                let judged: Vec<(Option<f64>, usize)> = streams
                     .iter()
                     .map(|stream| match method {
                         Method::Serin => self.judge(stream),
-                        Method::Threshold => {
-                            rule_rollback(&self.rule_windows(stream), rule_threshold)
-                        }
+                        Method::Threshold => (
+                            rule_rollback(&self.rule_windows(stream), rule_threshold),
+                            self.horizon_seconds().div_ceil(RULE_WINDOW_SECONDS) as usize,
+                        ),
                     })
                     .collect();
+                let times: Vec<Option<f64>> = judged.iter().map(|(time, _)| *time).collect();
+                let looks: usize = judged.iter().map(|(_, looks)| looks).sum();
+                let minutes: f64 = times
+                    .iter()
+                    .map(|time| time.unwrap_or(self.horizon_seconds() as f64) / 60.0)
+                    .sum();
                 let rollback_rate =
                     times.iter().filter(|t| t.is_some()).count() as f64 / runs.max(1) as f64;
                 if ratio == 1.0 {
@@ -394,6 +437,7 @@ impl Scenario {
                     rollback_rate,
                     false_rollback_rate: false_rates[index],
                     wald_bound: wald,
+                    looks_per_minute: looks as f64 / minutes.max(f64::MIN_POSITIVE),
                 });
             }
         }
@@ -491,6 +535,7 @@ mod tests {
             shares: vec![0.1],
             step_seconds: 3600,
             interval_seconds: 15,
+            scrape_seconds: 15,
             tolerance: Tolerance {
                 max_ratio: 1.0,
                 max_rate: None,

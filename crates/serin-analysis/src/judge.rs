@@ -72,26 +72,55 @@ pub fn comparison(metric: &Metric) -> Option<(Tolerance, Bad)> {
     }
 }
 
+/// The evidence from which a metric compared with stable is looked at quickly.
+pub const QUICK_LOOKS_FROM: f64 = 0.1;
+
+/// Seconds between two looks at a metric compared with stable, from its latest
+/// evidence and what its window has seen (`bad` requests, errors or slow ones, in
+/// `elapsed` seconds; None before its first look). While the evidence is at least
+/// [`QUICK_LOOKS_FROM`] (it leans against the canary, or has not left it yet) the
+/// next look comes when about one more bad request is expected, since they are
+/// what moves the evidence, but no sooner than `quick` (a scrape: nothing newer
+/// exists) and no later than `interval`; once the evidence leans the canary's way,
+/// every `interval`. At high traffic a clear regression is acted on within a
+/// scrape or two; at low traffic, where a scrape brings no news, quick looks would
+/// only cost queries.
+pub fn cadence(evidence: f64, seen: Option<(f64, f64)>, quick: f64, interval: f64) -> f64 {
+    let quick = quick.min(interval);
+    if evidence < QUICK_LOOKS_FROM {
+        return interval;
+    }
+    match seen {
+        None => quick,
+        Some((bad, elapsed)) => (elapsed.max(0.0) / (bad.max(0.0) + 1.0)).clamp(quick, interval),
+    }
+}
+
 /// How long after its last look in a window (or the window's start) `metric` is
-/// looked at again. A metric compared with stable is looked at every `scrape`
-/// while its evidence against the canary is at least 1, that is while it leans
-/// against the canary or nothing has been seen yet, and every `interval` once it
-/// leans the canary's way: a clear regression is acted on within a scrape or two,
-/// and a healthy canary costs Prometheus one look per interval. Threshold metrics
-/// keep `interval`, which their `failureLimit` counts. The e-process is valid at
-/// any looks, so looking more often costs no false rollbacks.
+/// looked at again: [`cadence`] for a metric compared with stable, the interval
+/// for a threshold metric (its `failureLimit` counts intervals). The e-process is
+/// valid at any looks, so looking more often costs no false rollbacks.
 pub fn look_after(
     metric: &Metric,
     latest: Option<&MetricStatus>,
     interval: Duration,
     scrape: Duration,
 ) -> Duration {
-    let leaning_against = latest.and_then(|m| m.evidence).unwrap_or(1.0) >= 1.0;
-    if comparison(metric).is_some() && leaning_against {
-        scrape.min(interval)
-    } else {
-        interval
+    if comparison(metric).is_none() {
+        return interval;
     }
+    let seen = latest.and_then(|m| {
+        let elapsed = m.at.as_ref()?.0.duration_since(m.since.as_ref()?.0);
+        let bad = m.counts.map_or(0.0, |c| c.canary_errors + c.stable_errors);
+        Some((bad, elapsed.as_secs_f64()))
+    });
+    let evidence = latest.and_then(|m| m.evidence).unwrap_or(1.0);
+    Duration::from_secs_f64(cadence(
+        evidence,
+        seen,
+        scrape.as_secs_f64(),
+        interval.as_secs_f64(),
+    ))
 }
 
 /// Share of `1 - confidence` each metric compared with stable may spend: the

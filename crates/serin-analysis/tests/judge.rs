@@ -351,7 +351,7 @@ fn a_latency_metric_is_the_error_rate_judge_on_slow_requests_whatever_the_counts
 }
 
 #[test]
-fn compared_metrics_look_every_scrape_while_evidence_leans_against_the_canary() {
+fn compared_metrics_look_quickly_while_evidence_leans_against_the_canary_and_news_arrives() {
     use serin_analysis::look_after;
     use std::time::Duration;
     let spec = analysis(
@@ -372,6 +372,14 @@ fn compared_metrics_look_every_scrape_while_evidence_leans_against_the_canary() 
     assert_eq!(
         look_after(errors, Some(&healthy), interval, scrape),
         interval
+    );
+    // Little traffic: two bad requests in 15 s, evidence still near 1. The next
+    // look comes when about one more is expected (every 5 s), not at every scrape.
+    let quiet = judged(counts(20.0, 1.0, 180.0, 1.0));
+    assert!(quiet.evidence >= Some(0.1), "{quiet:?}");
+    assert_eq!(
+        look_after(errors, Some(&quiet), interval, scrape),
+        Duration::from_secs(5)
     );
     // A threshold metric counts intervals: always every interval.
     assert_eq!(

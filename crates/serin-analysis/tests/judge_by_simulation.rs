@@ -18,6 +18,7 @@ fn scenario(total_rps: f64, shares: Vec<f64>, step_seconds: u64) -> Scenario {
         shares,
         step_seconds,
         interval_seconds: 15,
+        scrape_seconds: 15,
         tolerance: Tolerance {
             max_ratio: 1.0,
             max_rate: None,
@@ -172,4 +173,20 @@ fn a_canary_twice_as_slow_is_caught_near_walds_bound_and_faster_than_a_calibrate
         "{}",
         report.rule_threshold
     );
+}
+
+#[test]
+fn looking_every_scrape_while_evidence_builds_removes_the_intervals_floor_and_keeps_the_budget() {
+    let mut quick = scenario(1000.0, vec![0.1], 600);
+    quick.scrape_seconds = 1;
+    let report = quick.evaluate(&[2.0], RUNS, 10);
+    let healthy = serin(&report.cells, 1.0);
+    assert!(healthy.rollback_rate <= 0.05, "{healthy:?}");
+    let doubled = serin(&report.cells, 2.0);
+    let bound = doubled.wald_bound.expect("a bound");
+    let median = doubled.median.expect("most runs roll back");
+    assert!(median <= 1.5 * bound + 1.0, "{doubled:?}");
+    // Every interval only: the first look is at 15 s, whatever the bound.
+    let floored = scenario(1000.0, vec![0.1], 600).evaluate(&[2.0], RUNS, 10);
+    assert_eq!(serin(&floored.cells, 2.0).median, Some(15.0));
 }

@@ -69,17 +69,19 @@ impl Judged {
         analysis: &str,
         stable: Behaviour,
     ) -> Result<Self> {
-        Self::start_with(test, rps, steps, analysis, stable, false)
+        Self::start_with(test, rps, steps, analysis, stable, INTERVAL, false)
     }
 
-    /// As [`Self::start`], with the controller reaching Prometheus through a
-    /// [`SlowProxy`] (at first without delay) when `through_proxy`.
+    /// As [`Self::start`], analysing every `interval` seconds, with the controller
+    /// reaching Prometheus through a [`SlowProxy`] (at first without delay) when
+    /// `through_proxy`.
     fn start_with(
         test: &str,
         rps: f64,
         steps: &str,
         analysis: &str,
         stable: Behaviour,
+        interval: u64,
         through_proxy: bool,
     ) -> Result<Self> {
         let name = "web".to_owned();
@@ -96,7 +98,7 @@ impl Judged {
             analysis: format!(
                 "{steps}
   analysis:
-    interval: {INTERVAL}s
+    interval: {interval}s
     prometheus: {{address: '{address}'}}
 {analysis}"
             ),
@@ -353,6 +355,47 @@ fn twenty_percent_errors_are_rolled_back_by_the_guard_rail_within_two_intervals(
 }
 
 #[test]
+fn a_clear_regression_is_looked_at_every_scrape_and_rolled_back_before_the_first_interval()
+-> Result<()> {
+    // Analyses every 15 s, Prometheus scraping every second: a canary failing 20%
+    // of its requests against stable's 2% is judged at the scrape cadence from the
+    // step's start, and rolled back before the first 15-second analysis was due.
+    let interval = 15;
+    let judged = Judged::start_with(
+        "analysis-quick-looks",
+        200.0,
+        "  steps: [25, 50]\n  stepDuration: 60s",
+        &format!("    scrapeInterval: 1s\n    metrics:\n{ERRORS_METRIC}"),
+        Behaviour {
+            error_rate: 0.02,
+            latency_ms: 20,
+        },
+        interval,
+        false,
+    )?;
+    let broken = Behaviour {
+        error_rate: 0.2,
+        latency_ms: 20,
+    };
+    let canary = judged.roll_out_and_wait("v2", &broken, Duration::from_secs(90))?;
+    ensure!(
+        phase(&canary) == Some(Phase::Aborted)
+            && reason(&canary, "Progressing") == "AnalysisFailed",
+        "{:#?}",
+        status(&canary)
+    );
+    let errors = analysed(&canary, "errors")?;
+    let since = errors.since.as_ref().context("no window start")?.0;
+    let at = errors.at.as_ref().context("no analysis time")?.0;
+    let looked = at.duration_since(since).as_secs_f64();
+    ensure!(
+        errors.verdict == Verdict::Fail && looked < interval as f64,
+        "the failing analysis ran {looked}s into the step, not before its first interval: {errors:#?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_latency_regression_is_rolled_back_by_a_threshold_metric() -> Result<()> {
     let judged = Judged::start(
         "analysis-latency",
@@ -466,6 +509,7 @@ fn a_slow_prometheus_holds_the_step_without_piling_up_queries() -> Result<()> {
         "  steps: [50]\n  stepDuration: 10s\n  progressDeadline: 5m",
         &format!("    confidence: 0.999\n    metrics:\n{ERRORS_METRIC}"),
         good(),
+        INTERVAL,
         true,
     )?;
     let proxy = judged.proxy.as_ref().context("no proxy")?;
