@@ -139,24 +139,73 @@ pub fn sanitize(counts: &ErrorCounts) -> ErrorCounts {
     }
 }
 
-/// A two-sided interval for the canary/stable error-rate ratio at `confidence`, from
-/// one window's counts: Clopper–Pearson on the errors' origin, mapped to a ratio. A
-/// fixed-sample interval for people to read; the decision uses the e-process.
-pub fn ratio_interval(counts: &ErrorCounts, confidence: f64) -> Option<RatioInterval> {
-    let counts = sanitize(counts);
-    if counts.canary_requests <= 0.0 || counts.stable_requests <= 0.0 {
+/// An anytime-valid interval for the canary/stable ratio (of error rates, or of
+/// slow shares) from every window of the rollout so far, each with its own share
+/// of requests: the ratios r₀ that the judge's own test cannot reject at level
+/// `alpha`, from below (alternatives r₀ × [`RATIO_ALTERNATIVES`]) and from above
+/// (r₀ ÷ the same). Every bound holds with probability 1 − α at all looks at once,
+/// not only at a fixed sample size, and the lower bound is the decision's: without
+/// a guard rail the canary fails when the lower bound passes maxRatio. None before
+/// any error; the upper bound is absent while the data bound it from below only.
+pub fn ratio_sequence(windows: &[ErrorCounts], alpha: f64) -> Option<RatioInterval> {
+    let windows: Vec<(f64, f64, f64)> = windows
+        .iter()
+        .map(sanitize)
+        .filter(|c| c.canary_requests > 0.0 && c.stable_requests > 0.0)
+        .map(|c| {
+            let share = c.canary_requests / (c.canary_requests + c.stable_requests);
+            (share, c.canary_errors, c.stable_errors)
+        })
+        .collect();
+    if windows.iter().all(|(_, ce, se)| ce + se <= 0.0) {
         return None;
     }
-    let errors = counts.canary_errors + counts.stable_errors;
-    if errors <= 0.0 {
-        return None;
-    }
-    let share = counts.canary_requests / (counts.canary_requests + counts.stable_requests);
-    let (lower_share, upper_share) = clopper_pearson(counts.canary_errors, errors, confidence)?;
-    let to_ratio = |theta: f64| theta * (1.0 - share) / (share * (1.0 - theta));
+    let bar = (1.0 / alpha).ln();
+    // Log e-value against "ratio = r₀" with alternatives r₀ × m (or r₀ ÷ m).
+    let log_evidence = |null: f64, above: bool| {
+        let ratios: Vec<f64> = RATIO_ALTERNATIVES
+            .iter()
+            .map(|m| {
+                let alternative = if above { null * m } else { null / m };
+                windows
+                    .iter()
+                    .map(|(share, ce, se)| {
+                        let (h0, h1) =
+                            (error_share(*share, null), error_share(*share, alternative));
+                        ce * (h1 / h0).ln() + se * ((1.0 - h1) / (1.0 - h0)).ln()
+                    })
+                    .sum()
+            })
+            .collect();
+        log_mean_exp(&ratios)
+    };
+    // Bisection on ln r₀ between these bounds (ratios of about 1/10,000 to 10,000).
+    const RANGE: (f64, f64) = (-9.2, 9.2);
+    let rejected = |ln_r: f64, above: bool| log_evidence(ln_r.exp(), above) >= bar;
+    // From below, the rejected ratios are those under the bound; from above, those
+    // over it. Each bound is the last ratio known to be rejected, so the interval
+    // errs wide.
+    let boundary = |above: bool| {
+        let (mut rejected_at, mut kept_at) = if above { RANGE } else { (RANGE.1, RANGE.0) };
+        if !rejected(rejected_at, above) {
+            return None;
+        }
+        if rejected(kept_at, above) {
+            return Some(kept_at.exp());
+        }
+        for _ in 0..50 {
+            let middle = (rejected_at + kept_at) / 2.0;
+            if rejected(middle, above) {
+                rejected_at = middle;
+            } else {
+                kept_at = middle;
+            }
+        }
+        Some(rejected_at.exp())
+    };
     Some(RatioInterval {
-        lower: to_ratio(lower_share),
-        upper: (upper_share < 1.0).then(|| to_ratio(upper_share)),
+        lower: boundary(true).unwrap_or(0.0),
+        upper: boundary(false),
     })
 }
 
@@ -249,13 +298,51 @@ mod tests {
     }
 
     #[test]
-    fn interval_covers_the_true_ratio_and_is_open_without_stable_errors() {
-        let interval =
-            ratio_interval(&counts(10_000.0, 200.0, 90_000.0, 900.0), 0.95).expect("an interval");
-        let upper = interval.upper.expect("bounded above");
-        assert!(interval.lower < 2.0 && upper > 2.0, "{interval:?}");
-        let open = ratio_interval(&counts(100.0, 3.0, 900.0, 0.0), 0.95).expect("an interval");
-        assert!(open.upper.is_none() && open.lower > 0.0);
+    fn the_sequence_covers_the_true_ratio_narrows_with_windows_and_is_open_without_stable_errors() {
+        let window = counts(10_000.0, 200.0, 90_000.0, 900.0);
+        let one = ratio_sequence(&[window], 0.05).expect("an interval");
+        let upper = one.upper.expect("bounded above");
+        assert!(one.lower < 2.0 && upper > 2.0, "{one:?}");
+        let three = ratio_sequence(&[window, window, window], 0.05).expect("an interval");
+        let narrower = three.upper.expect("bounded above");
+        assert!(
+            three.lower > one.lower && narrower < upper,
+            "{one:?} {three:?}"
+        );
+        let open = ratio_sequence(&[counts(100.0, 3.0, 900.0, 0.0)], 0.05).expect("an interval");
+        assert!(open.upper.is_none() && open.lower > 0.0, "{open:?}");
+        assert_eq!(
+            ratio_sequence(&[counts(100.0, 0.0, 900.0, 0.0)], 0.05),
+            None
+        );
+    }
+
+    #[test]
+    fn the_lower_bound_passes_max_ratio_exactly_when_the_judge_fails_the_canary() {
+        let judge = Tolerance {
+            max_ratio: 1.0,
+            max_rate: None,
+        };
+        let bar = (1.0f64 / 0.05).ln();
+        for canary_errors in (0..40).map(f64::from) {
+            let windows = [
+                counts(2_000.0, canary_errors / 2.0, 18_000.0, 180.0),
+                counts(2_000.0, canary_errors, 18_000.0, 180.0),
+            ];
+            let mut sums = vec![0.0; judge.components()];
+            for window in &windows {
+                for (sum, ratio) in sums.iter_mut().zip(judge.log_likelihood_ratios(window)) {
+                    *sum += ratio;
+                }
+            }
+            let fails = judge.log_evidence(&sums) >= bar;
+            let lower = ratio_sequence(&windows, 0.05).map_or(0.0, |r| r.lower);
+            assert_eq!(
+                fails,
+                lower > 1.0,
+                "{canary_errors} errors: lower bound {lower}"
+            );
+        }
     }
 
     #[test]

@@ -150,6 +150,7 @@ pub fn analyse(
         counts: None,
         evidence: None,
         carried: Vec::new(),
+        earlier: Vec::new(),
         ratio: None,
         failures: None,
         verdict: Verdict::Inconclusive,
@@ -160,6 +161,7 @@ pub fn analyse(
     match (comparison(metric), reading) {
         (Some((tolerance, bad)), Reading::Counts(counts)) => {
             status.carried = carried(&tolerance, previous, &window.since);
+            status.earlier = earlier(previous, &window.since);
             judge_counts(&mut status, &tolerance, bad, analysis, counts);
         }
         (None, Reading::Values { canary, stable }) => {
@@ -195,6 +197,21 @@ fn carried(tolerance: &Tolerance, previous: Option<&MetricStatus>, since: &Time)
     carried
 }
 
+/// Counts of the earlier windows of this rollout: the previous status's, plus its
+/// own window's when that window has ended.
+fn earlier(previous: Option<&MetricStatus>, since: &Time) -> Vec<ErrorCounts> {
+    let Some(previous) = previous else {
+        return Vec::new();
+    };
+    let mut earlier = previous.earlier.clone();
+    if previous.since.as_ref() != Some(since)
+        && let Some(counts) = previous.counts
+    {
+        earlier.push(counts);
+    }
+    earlier
+}
+
 fn judge_counts(
     status: &mut MetricStatus,
     tolerance: &Tolerance,
@@ -220,7 +237,9 @@ fn judge_counts(
         status.counts = Some(*counts);
         status.canary = rate(counts.canary_errors, counts.canary_requests);
         status.stable = rate(counts.stable_errors, counts.stable_requests);
-        status.ratio = error_rate::ratio_interval(counts, analysis.confidence);
+        let mut windows = status.earlier.clone();
+        windows.push(*counts);
+        status.ratio = error_rate::ratio_sequence(&windows, alpha);
     }
     let evidence_text = format!(
         "evidence {:.3} against \"no worse\" (fails at {:.0})",

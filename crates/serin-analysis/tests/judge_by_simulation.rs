@@ -190,3 +190,46 @@ fn looking_every_scrape_while_evidence_builds_removes_the_intervals_floor_and_ke
     let floored = scenario(1000.0, vec![0.1], 600).evaluate(&[2.0], RUNS, 10);
     assert_eq!(serin(&floored.cells, 2.0).median, Some(15.0));
 }
+
+#[test]
+fn the_ratio_interval_covers_the_true_ratio_at_every_look_at_once() {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+    use rand_distr::{Distribution, Poisson};
+    use serin_analysis::error_rate::ratio_sequence;
+    use serin_api::ErrorCounts;
+    // A canary at 2x stable's 1% errors, 10% then 30% of 100 req/s, two steps of
+    // ten 15-second looks each: how often does any look's interval miss 2?
+    let (ratio, alpha, runs) = (2.0, 0.05, 300);
+    let mut missed = 0;
+    for seed in 0..runs {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut draw = |mean: f64| Poisson::new(mean).map_or(0.0, |p| p.sample(&mut rng));
+        let mut earlier: Vec<ErrorCounts> = Vec::new();
+        let mut miss = false;
+        for share in [0.1, 0.3] {
+            let mut window = ErrorCounts::default();
+            for _ in 0..10 {
+                let (canary, stable) = (100.0 * share * 15.0, 100.0 * (1.0 - share) * 15.0);
+                let canary_errors = draw(canary * 0.01 * ratio);
+                let stable_errors = draw(stable * 0.01);
+                window.canary_requests += canary;
+                window.canary_errors += canary_errors;
+                window.stable_requests += stable;
+                window.stable_errors += stable_errors;
+                let mut windows = earlier.clone();
+                windows.push(window);
+                if let Some(interval) = ratio_sequence(&windows, alpha) {
+                    miss |= interval.lower > ratio || interval.upper.is_some_and(|u| u < ratio);
+                }
+            }
+            earlier.push(window);
+        }
+        missed += usize::from(miss);
+    }
+    // Each side holds at 1 - alpha over all looks, so both at 1 - 2 alpha.
+    assert!(
+        missed as f64 <= 2.0 * alpha * runs as f64,
+        "missed the true ratio in {missed} of {runs} rollouts"
+    );
+}

@@ -107,8 +107,14 @@ pub struct MetricStatus {
     /// survives a new step and a restarted controller; not meant for people.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub carried: Vec<f64>,
-    /// Error-rate and latency metrics: an interval for the ratio of the canary's
-    /// error rate (or share of slow requests) to stable's.
+    /// Error-rate and latency metrics: the counts of the rollout's earlier windows
+    /// (one per step), kept so that the interval covers the whole rollout; not
+    /// meant for people.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<ErrorCounts>,
+    /// Error-rate and latency metrics: an anytime-valid interval for the ratio of
+    /// the canary's error rate (or share of slow requests) to stable's, over the
+    /// whole rollout; its lower bound is the judge's decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratio: Option<RatioInterval>,
     /// Threshold metrics: intervals out of bounds so far.

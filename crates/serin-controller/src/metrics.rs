@@ -591,6 +591,7 @@ mod tests {
             counts: None,
             evidence: Some(3.5),
             carried: Vec::new(),
+            earlier: Vec::new(),
             ratio: None,
             failures: None,
             verdict: Verdict::Inconclusive,

@@ -694,6 +694,7 @@ async fn a_metric_leaning_against_the_canary_is_looked_at_quickly_a_healthy_one_
         counts: None,
         evidence: Some(evidence),
         carried: vec![0.0; 4],
+        earlier: Vec::new(),
         ratio: None,
         failures: None,
         verdict: Verdict::Pass,
