@@ -100,6 +100,31 @@ fn wait_for_sample(prometheus: &mut Prometheus, query: &str) -> Result<()> {
     Ok(())
 }
 
+/// A Prometheus scraping `body` every second as job `job`, and the start of a
+/// window: taken once `first` has samples, with samples on both sides of it.
+fn window_started(
+    body: &Arc<Mutex<String>>,
+    job: &str,
+    first: &str,
+) -> Result<(
+    Prometheus,
+    SystemTime,
+    Arc<AtomicBool>,
+    thread::JoinHandle<()>,
+)> {
+    let (address, stop, server) = target(body)?;
+    let jobs = [ScrapeJob {
+        name: job.into(),
+        targets: vec![address],
+    }];
+    let mut prometheus = Prometheus::start(&jobs, Duration::from_secs(1))?;
+    wait_for_sample(&mut prometheus, first)?;
+    thread::sleep(Duration::from_millis(1500));
+    let since = SystemTime::now();
+    thread::sleep(Duration::from_millis(2500));
+    Ok((prometheus, since, stop, server))
+}
+
 /// The error-rate judge's counters against the real server: each series counts
 /// what it gained between its samples at the window's two ends, a series that
 /// appears in the window (a new pod, its first errors) counts from zero, one that
@@ -117,16 +142,8 @@ req_total{pod=\"restarted\",code=\"200\"} 1000
 "
         .to_owned(),
     ));
-    let (address, stop, server) = target(&body)?;
-    let jobs = [ScrapeJob {
-        name: "counters".into(),
-        targets: vec![address],
-    }];
-    let mut prometheus = Prometheus::start(&jobs, Duration::from_secs(1))?;
-    wait_for_sample(&mut prometheus, "req_total{pod=\"old\"}")?;
-    thread::sleep(Duration::from_millis(1500));
-    let since = SystemTime::now();
-    thread::sleep(Duration::from_millis(2500));
+    let (prometheus, since, stop, server) =
+        window_started(&body, "counters", "req_total{pod=\"old\"}")?;
     let serve_text = |text: &str| {
         if let Ok(mut body) = body.lock() {
             *body = text.to_owned();
@@ -211,16 +228,8 @@ latency_seconds_count{{pod=\"{pod}\"}} {all}
         "{header}{}",
         histogram("old", 900, 990, 1000)
     )));
-    let (address, stop, server) = target(&body)?;
-    let jobs = [ScrapeJob {
-        name: "histogram".into(),
-        targets: vec![address],
-    }];
-    let mut prometheus = Prometheus::start(&jobs, Duration::from_secs(1))?;
-    wait_for_sample(&mut prometheus, "latency_seconds_count")?;
-    thread::sleep(Duration::from_millis(1500));
-    let since = SystemTime::now();
-    thread::sleep(Duration::from_millis(2500));
+    let (prometheus, since, stop, server) =
+        window_started(&body, "histogram", "latency_seconds_count")?;
     if let Ok(mut body) = body.lock() {
         *body = format!(
             "{header}{}{}",

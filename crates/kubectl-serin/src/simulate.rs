@@ -463,12 +463,17 @@ fn factor(numerator: Option<f64>, denominator: Option<f64>) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_manifest_gives_its_steps_interval_and_tolerances() {
+    /// `text` in a manifest file of a fresh directory (kept while the TempDir lives).
+    fn manifest(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("canary.yaml");
-        std::fs::write(
-            &path,
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn a_manifest_gives_its_steps_interval_and_tolerances() {
+        let (_dir, path) = manifest(
             r#"apiVersion: serin.dev/v1alpha1
 kind: Canary
 metadata: {name: web}
@@ -484,8 +489,7 @@ spec:
     - name: errors
       errorRate: {requests: "a", errors: "b", maxRatio: 1.5, maxRate: 0.1}
 "#,
-        )
-        .unwrap();
+        );
         let scenario = scenario_from_manifest(&path, &args(Kind::Errors)).unwrap();
         assert_eq!(scenario.shares, vec![0.05, 0.5]);
         assert_eq!(scenario.step_seconds, 120);
@@ -497,23 +501,16 @@ spec:
 
     #[test]
     fn a_manifest_without_an_error_rate_metric_is_refused_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("canary.yaml");
-        std::fs::write(
-            &path,
+        let (_dir, path) = manifest(
             "apiVersion: serin.dev/v1alpha1\nkind: Canary\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template: {metadata: {labels: {app: web}}, spec: {containers: [{name: web, image: web}]}}\n",
-        )
-        .unwrap();
+        );
         let error = scenario_from_manifest(&path, &args(Kind::Errors)).unwrap_err();
         assert!(error.to_string().contains("spec.analysis"), "{error}");
     }
 
     #[test]
     fn a_manifests_latency_metric_gives_the_threshold_and_tolerances() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("canary.yaml");
-        std::fs::write(
-            &path,
+        let (_dir, path) = manifest(
             r#"apiVersion: serin.dev/v1alpha1
 kind: Canary
 metadata: {name: web}
@@ -527,8 +524,7 @@ spec:
     - name: latency
       latency: {buckets: "b", threshold: 0.3, maxSlowShare: 0.1}
 "#,
-        )
-        .unwrap();
+        );
         let scenario = scenario_from_manifest(&path, &args(Kind::Latency)).unwrap();
         let Requests::Latency(model) = &scenario.requests else {
             panic!("not latency: {scenario:?}");

@@ -205,25 +205,35 @@ mod tests {
         assert_eq!(bar(150, 4), "████");
     }
 
-    #[test]
-    fn renders_phase_step_weight_revisions_and_events() {
-        let canary: Canary = serde_json::from_value(serde_json::json!({
+    /// Canary `demo/web` with `spec` (besides its selector and template) and `status`.
+    fn canary(spec: serde_json::Value, status: serde_json::Value) -> Canary {
+        let mut object = serde_json::json!({
             "apiVersion": "serin.dev/v1alpha1", "kind": "Canary",
             "metadata": {"name": "web", "namespace": "demo"},
             "spec": {
                 "selector": {"matchLabels": {"app": "web"}},
-                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "web:2"}]}},
-                "steps": [25, 50]
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "web:2"}]}}
             },
-            "status": {"phase": "Progressing", "step": 1, "weight": 25,
+            "status": status
+        });
+        if let (Some(base), Some(extra)) = (object["spec"].as_object_mut(), spec.as_object()) {
+            base.extend(extra.clone());
+        }
+        serde_json::from_value(object).unwrap()
+    }
+
+    #[test]
+    fn renders_phase_step_weight_revisions_and_events() {
+        let canary = canary(
+            serde_json::json!({"steps": [25, 50]}),
+            serde_json::json!( {"phase": "Progressing", "step": 1, "weight": 25,
                        "stableRevision": "aaaaaaaaaa", "canaryRevision": "bbbbbbbbbb",
                        "analysis": [{"name": "errors", "canary": 0.021, "stable": 0.01,
                                      "counts": {"canaryRequests": 571.0, "canaryErrors": 12.0,
                                                 "stableRequests": 1700.0, "stableErrors": 17.0},
                                      "ratio": {"lower": 1.2}, "evidence": 3.5,
-                                     "verdict": "Pass", "message": "canary 2.10% vs stable 1.00%"}]}
-        }))
-        .unwrap();
+                                     "verdict": "Pass", "message": "canary 2.10% vs stable 1.00%"}]}),
+        );
         let rs: ReplicaSet = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web-bbbbbbbbbb", "labels": {"serin.dev/revision": "bbbbbbbbbb"}},
             "spec": {"replicas": 1, "selector": {}},
@@ -249,21 +259,14 @@ mod tests {
 
     #[test]
     fn a_latency_metric_counts_slow_requests() {
-        let canary: Canary = serde_json::from_value(serde_json::json!({
-            "apiVersion": "serin.dev/v1alpha1", "kind": "Canary",
-            "metadata": {"name": "web", "namespace": "demo"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "web:2"}]}},
-                "analysis": {"metrics": [{"name": "latency", "latency": {"buckets": "b", "threshold": 0.25}}]}
-            },
-            "status": {"phase": "Progressing", "step": 1, "weight": 10,
+        let canary = canary(
+            serde_json::json!({"analysis": {"metrics": [{"name": "latency", "latency": {"buckets": "b", "threshold": 0.25}}]}}),
+            serde_json::json!({"phase": "Progressing", "step": 1, "weight": 10,
                        "analysis": [{"name": "latency", "canary": 0.08, "stable": 0.02,
                                      "counts": {"canaryRequests": 500.0, "canaryErrors": 40.0,
                                                 "stableRequests": 4500.0, "stableErrors": 90.0},
-                                     "verdict": "Fail", "message": "canary share slower than 0.25 8.00% vs stable 2.00%"}]}
-        }))
-        .unwrap();
+                                     "verdict": "Fail", "message": "canary share slower than 0.25 8.00% vs stable 2.00%"}]}),
+        );
         let text = render(&canary, &[], &[]);
         assert!(text.contains("8.00% (40/500 slow)"), "{text}");
         assert!(text.contains("2.00% (90/4500 slow)"), "{text}");

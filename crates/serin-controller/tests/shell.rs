@@ -188,6 +188,14 @@ fn cluster(canary: &Canary) -> Cluster {
     }
 }
 
+/// The cluster of a rollout at step 1: stable `aaaaaaaaaa` with its four pods and
+/// the canary `revision` with one, all available.
+fn mid_rollout_cluster(canary: &Canary, revision: &str) -> Cluster {
+    let mut cluster = cluster(canary);
+    cluster.replica_sets = vec![replica_set("aaaaaaaaaa", 4, 4), replica_set(revision, 1, 1)];
+    cluster
+}
+
 /// A rollout at step 1 (25%) of the spec's revision beside stable `aaaaaaaaaa`.
 fn mid_rollout(canary_revision: &str, analysis_since: Timestamp) -> CanaryStatus {
     CanaryStatus {
@@ -290,11 +298,7 @@ async fn a_conflict_on_the_route_stops_before_the_status_and_is_retried_at_once(
     let revision = revision_of(&canary(routed, None).spec.template);
     let since = Timestamp::now() - SignedDuration::from_secs(10);
     let canary = canary(routed, Some(mid_rollout(&revision, since)));
-    let mut cluster = cluster(&canary);
-    cluster.replica_sets = vec![
-        replica_set("aaaaaaaaaa", 4, 4),
-        replica_set(&revision, 1, 1),
-    ];
+    let mut cluster = mid_rollout_cluster(&canary, &revision);
     cluster.route = Some(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
         "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "7"},
@@ -361,11 +365,7 @@ async fn prometheus_unreachable_holds_the_step_as_inconclusive() {
     let revision = revision_of(&canary(analysis, None).spec.template);
     let since = Timestamp::now() - SignedDuration::from_secs(30);
     let canary = canary(analysis, Some(mid_rollout(&revision, since)));
-    let mut cluster = cluster(&canary);
-    cluster.replica_sets = vec![
-        replica_set("aaaaaaaaaa", 4, 4),
-        replica_set(&revision, 1, 1),
-    ];
+    let cluster = mid_rollout_cluster(&canary, &revision);
     let (result, seen) = reconcile(&canary, cluster).await;
     assert!(result.is_ok(), "{result:?}");
     let status = seen
@@ -634,11 +634,7 @@ async fn every_analysis_of_a_window_counts_from_exactly_its_start() {
     let canary = canary(&analysis, Some(mid_rollout(&revision, since)));
     let mut times = Vec::new();
     for _ in 0..2 {
-        let mut cluster = cluster(&canary);
-        cluster.replica_sets = vec![
-            replica_set("aaaaaaaaaa", 4, 4),
-            replica_set(&revision, 1, 1),
-        ];
+        let cluster = mid_rollout_cluster(&canary, &revision);
         let (result, _) = reconcile(&canary, cluster).await;
         assert!(result.is_ok(), "{result:?}");
         for _ in 0..4 {
@@ -720,11 +716,7 @@ async fn a_metric_leaning_against_the_canary_is_looked_at_quickly_a_healthy_one_
         let mut status = mid_rollout(&revision, since);
         status.analysis = analysed.into_iter().collect();
         let canary = canary(&analysis, Some(status));
-        let mut cluster = cluster(&canary);
-        cluster.replica_sets = vec![
-            replica_set("aaaaaaaaaa", 4, 4),
-            replica_set(&revision, 1, 1),
-        ];
+        let cluster = mid_rollout_cluster(&canary, &revision);
         let (result, _) = reconcile(&canary, cluster).await;
         assert!(result.is_ok(), "{result:?}");
         queries_sent(expected);
