@@ -113,8 +113,8 @@ demo: system-packages controlplane $(if $(filter 1,$(REAL_NODE)),image)
 ## The detection benchmark of record (no cluster needed); figures also in target/bench/detection.json.
 bench:
 	cargo build --quiet --locked --release -p kubectl-serin
-	target/release/kubectl-serin simulate --grid --json target/bench/detection.json
-	target/release/kubectl-serin simulate --grid --kind latency --regression 1.25,1.5,2 \
+	target/release/kubectl-serin simulate --grid --wide --json target/bench/detection.json
+	target/release/kubectl-serin simulate --grid --wide --kind latency --regression 1.25,1.5,2 \
 		--json target/bench/detection-latency.json
 
 bench-rollout: controlplane

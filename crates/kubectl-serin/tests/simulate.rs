@@ -37,7 +37,11 @@ fn simulate_reads_a_manifest_and_writes_tables_and_json() {
     let cells: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let cells = cells.as_array().unwrap();
-    assert_eq!(cells.len(), 6, "ratios 1, 2 and 5, two methods each");
+    assert_eq!(
+        cells.len(),
+        12,
+        "ratios 1, 2 and 5; Serin, the calibrated rule, Flagger's and Argo's as written"
+    );
     for cell in cells {
         for field in [
             "traffic",

@@ -1,13 +1,15 @@
 //! The detection simulator: how fast a regression of a given size is rolled back, and
 //! how often a healthy canary is, on Poisson traffic with fixed seeds.
 //!
-//! Both methods see the same streams: Serin's judge (an analysis every interval over
-//! the step's window, evidence carried across steps) and a Flagger-style threshold
-//! rule (the canary's error rate, or its p99 latency from the histogram's buckets,
-//! over 1-minute windows against an absolute threshold, rollback at the 5th failed
-//! check), whose threshold is set so that its false-rollback rate matches the one
-//! the user allows. Wald's bound is the least expected time any test with the same
-//! error probabilities can take.
+//! Every method sees the same streams: Serin's judge (looking as the controller
+//! does, evidence carried across steps); a Flagger-style threshold rule (the
+//! canary's error rate, or its p99 latency from the histogram's buckets, over
+//! 1-minute windows against an absolute threshold, rollback at the 5th failed
+//! check) whose threshold is set so that its false-rollback rate matches the one
+//! the user allows, which no operator can do since it needs stable's rate in
+//! advance; and the rules operators actually write, copied from Flagger's and Argo
+//! Rollouts' documentation. Wald's bound, on the rollout's own schedule of shares,
+//! is the least expected time any test with the same error probabilities can take.
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -176,14 +178,62 @@ pub enum Method {
     Serin,
     /// The Flagger-style threshold rule, calibrated to the same false-rollback rate.
     Threshold,
+    /// Flagger's rules as its documentation writes them: `request-success-rate`
+    /// min 99 (or `request-duration` max 500 ms, a p99) over 1-minute checks,
+    /// rollback at the 5th failed check (`threshold: 5`).
+    Flagger,
+    /// Argo Rollouts' AnalysisTemplate as its documentation writes it:
+    /// `successCondition: result[0] >= 0.95` over 5-minute measurements,
+    /// `failureLimit: 3`, so failing at the 4th failed measurement (for latency,
+    /// a p99 of at most 500 ms the same way).
+    Argo,
 }
 
 impl Method {
+    /// Every method, in the order of the tables.
+    pub const ALL: [Self; 4] = [Self::Serin, Self::Threshold, Self::Flagger, Self::Argo];
+
     /// Name in tables and JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Serin => "serin",
             Self::Threshold => "threshold",
+            Self::Flagger => "flagger",
+            Self::Argo => "argo",
+        }
+    }
+}
+
+/// A fixed rule as an operator copies it from a peer's documentation: knowing
+/// nothing of stable, calibrated to nothing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct WrittenRule {
+    /// Each check's window, seconds.
+    window_seconds: u64,
+    /// The failed check that rolls back (the 5th for Flagger, the 4th for Argo).
+    failed_checks: usize,
+    /// A check fails above this canary error rate.
+    max_error_rate: f64,
+    /// A check fails above this canary p99 latency, seconds.
+    max_p99_seconds: f64,
+}
+
+impl WrittenRule {
+    fn of(method: Method) -> Option<Self> {
+        match method {
+            Method::Flagger => Some(Self {
+                window_seconds: 60,
+                failed_checks: 5,
+                max_error_rate: 0.01,
+                max_p99_seconds: 0.5,
+            }),
+            Method::Argo => Some(Self {
+                window_seconds: 300,
+                failed_checks: 4,
+                max_error_rate: 0.05,
+                max_p99_seconds: 0.5,
+            }),
+            Method::Serin | Method::Threshold => None,
         }
     }
 }
@@ -203,17 +253,17 @@ pub struct Cell {
     pub rollback_rate: f64,
     /// Fraction of runs rolled back at ratio 1, same method and traffic.
     pub false_rollback_rate: f64,
-    /// Wald's lower bound on the expected time to rollback, at the first step's share.
+    /// Wald's lower bound on the expected time to rollback, on the rollout's schedule.
     pub wald_bound: Option<f64>,
     /// Looks per minute of rollout, on average: Serin's analyses (each one query per
-    /// arm and count), the rule's checks (one a minute).
+    /// arm and count), a rule's checks.
     pub looks_per_minute: f64,
 }
 
-/// Figures for a scenario at each ratio, both methods.
+/// Figures for a scenario at each ratio, every method.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
-    /// One cell per ratio and method, ratio 1 first.
+    /// One cell per ratio and method (in [`Method::ALL`]'s order), ratio 1 first.
     pub cells: Vec<Cell>,
     /// The threshold rule's absolute error-rate threshold after calibration.
     pub rule_threshold: f64,
@@ -360,10 +410,10 @@ impl Scenario {
         (None, looks)
     }
 
-    /// What the rule checks in each 1-minute window of the stream: the canary's
-    /// error rate, or its p99 latency (None: no requests).
-    fn rule_windows(&self, stream: &[Tick]) -> Vec<Option<f64>> {
-        let per_window = (RULE_WINDOW_SECONDS / self.tick_seconds()) as usize;
+    /// What a rule checks in each window of `window_seconds` of the stream: the
+    /// canary's error rate, or its p99 latency (None: no requests).
+    fn rule_windows(&self, stream: &[Tick], window_seconds: u64) -> Vec<Option<f64>> {
+        let per_window = (window_seconds / self.tick_seconds()).max(1) as usize;
         stream
             .chunks(per_window)
             .filter(|chunk| chunk.len() == per_window)
@@ -393,13 +443,16 @@ impl Scenario {
             .collect();
         let null_streams: Vec<Vec<Tick>> = seeds.iter().map(|s| self.stream(1.0, *s)).collect();
         let rule_threshold = calibrate(
-            null_streams.iter().map(|s| self.rule_windows(s)).collect(),
+            null_streams
+                .iter()
+                .map(|s| self.rule_windows(s, RULE_WINDOW_SECONDS))
+                .collect(),
             self.alpha,
         );
         let mut all_ratios = vec![1.0];
         all_ratios.extend(ratios.iter().copied().filter(|r| *r != 1.0));
         let mut cells = Vec::new();
-        let mut false_rates = [0.0; 2];
+        let mut false_rates = [0.0; Method::ALL.len()];
         for ratio in all_ratios {
             let streams: Vec<Vec<Tick>> = if ratio == 1.0 {
                 null_streams.clone()
@@ -407,13 +460,19 @@ impl Scenario {
                 seeds.iter().map(|s| self.stream(ratio, *s)).collect()
             };
             let wald = self.wald_bound(ratio);
-            for (index, method) in [Method::Serin, Method::Threshold].into_iter().enumerate() {
+            for (index, method) in Method::ALL.into_iter().enumerate() {
                 let judged: Vec<(Option<f64>, usize)> = streams
                     .iter()
-                    .map(|stream| match method {
-                        Method::Serin => self.judge(stream),
-                        Method::Threshold => (
-                            rule_rollback(&self.rule_windows(stream), rule_threshold),
+                    .map(|stream| match (method, WrittenRule::of(method)) {
+                        (Method::Serin, _) => self.judge(stream),
+                        (_, Some(rule)) => self.written_rule(stream, rule),
+                        (_, None) => (
+                            rule_rollback(
+                                &self.rule_windows(stream, RULE_WINDOW_SECONDS),
+                                rule_threshold,
+                                RULE_WINDOW_SECONDS,
+                                RULE_FAILED_CHECKS,
+                            ),
                             self.horizon_seconds().div_ceil(RULE_WINDOW_SECONDS) as usize,
                         ),
                     })
@@ -447,23 +506,55 @@ impl Scenario {
         }
     }
 
+    /// When a written rule rolls back on this stream, and its checks.
+    fn written_rule(&self, stream: &[Tick], rule: WrittenRule) -> (Option<f64>, usize) {
+        let limit = match self.requests {
+            Requests::Errors { .. } => rule.max_error_rate,
+            Requests::Latency(_) => rule.max_p99_seconds,
+        };
+        (
+            rule_rollback(
+                &self.rule_windows(stream, rule.window_seconds),
+                limit,
+                rule.window_seconds,
+                rule.failed_checks,
+            ),
+            self.horizon_seconds().div_ceil(rule.window_seconds) as usize,
+        )
+    }
+
     /// Wald's lower bound on the expected time to reject "no worse" at `ratio`, for any
-    /// test with false-rollback rate α and miss rate β, at the first step's share.
+    /// test with false-rollback rate α and miss rate β, on the rollout's own
+    /// schedule: information accrues at each step's share for the step's time (at
+    /// the last step's beyond the rollout, so the bound is finite). None when the
+    /// canary is within tolerance.
     pub fn wald_bound(&self, ratio: f64) -> Option<f64> {
-        let share = *self.shares.first()?;
         let ratio = self.requests.bad_share_ratio(ratio);
-        let null = error_share(share, self.tolerance.max_ratio);
-        let alternative = error_share(share, ratio);
-        if alternative <= null {
-            return None;
-        }
-        let divergence = alternative * (alternative / null).ln()
-            + (1.0 - alternative) * ((1.0 - alternative) / (1.0 - null)).ln();
-        let errors_per_second =
-            self.total_rps * self.requests.stable_bad_share() * (share * ratio + 1.0 - share);
         let (alpha, beta) = (self.alpha, WALD_BETA);
-        let nats = (1.0 - beta) * ((1.0 - beta) / alpha).ln() + beta * (beta / (1.0 - alpha)).ln();
-        Some(nats / (divergence * errors_per_second))
+        let mut needed =
+            (1.0 - beta) * ((1.0 - beta) / alpha).ln() + beta * (beta / (1.0 - alpha)).ln();
+        let mut elapsed = 0.0;
+        let step = self.step_seconds as f64;
+        for (index, share) in self.shares.iter().enumerate() {
+            let null = error_share(*share, self.tolerance.max_ratio);
+            let alternative = error_share(*share, ratio);
+            if alternative <= null {
+                return None;
+            }
+            let divergence = alternative * (alternative / null).ln()
+                + (1.0 - alternative) * ((1.0 - alternative) / (1.0 - null)).ln();
+            let nats_per_second = divergence
+                * self.total_rps
+                * self.requests.stable_bad_share()
+                * (share * ratio + 1.0 - share);
+            let last = index + 1 == self.shares.len();
+            if last || nats_per_second * step >= needed {
+                return Some(elapsed + needed / nats_per_second);
+            }
+            needed -= nats_per_second * step;
+            elapsed += step;
+        }
+        None
     }
 }
 
@@ -486,14 +577,20 @@ fn calibrate(windows: Vec<Vec<Option<f64>>>, alpha: f64) -> f64 {
     fifth.get(allowed).copied().unwrap_or(0.0)
 }
 
-/// When the threshold rule rolls back: at the end of the window of its 5th failed check.
-fn rule_rollback(windows: &[Option<f64>], threshold: f64) -> Option<f64> {
+/// When a rule rolls back: at the end of the window of its `failed_checks`-th check
+/// above `threshold`.
+fn rule_rollback(
+    windows: &[Option<f64>],
+    threshold: f64,
+    window_seconds: u64,
+    failed_checks: usize,
+) -> Option<f64> {
     windows
         .iter()
         .enumerate()
-        .filter(|(_, rate)| rate.is_some_and(|r| r > threshold))
-        .nth(RULE_FAILED_CHECKS - 1)
-        .map(|(i, _)| ((i as u64 + 1) * RULE_WINDOW_SECONDS) as f64)
+        .filter(|(_, value)| value.is_some_and(|v| v > threshold))
+        .nth(failed_checks - 1)
+        .map(|(i, _)| ((i as u64 + 1) * window_seconds) as f64)
 }
 
 /// The `q` quantile of times where a missing time (never rolled back) counts as later
@@ -545,6 +642,38 @@ mod tests {
         let bound = scenario.wald_bound(2.0).expect("a bound");
         assert!((65.0..75.0).contains(&bound), "{bound}");
         assert_eq!(scenario.wald_bound(1.0), None);
+    }
+
+    #[test]
+    fn walds_bound_follows_the_schedule_not_only_the_first_step() {
+        let scenario = |shares: Vec<f64>| Scenario {
+            total_rps: 100.0,
+            swing: 0.0,
+            requests: Requests::Errors {
+                stable_error_rate: 0.01,
+            },
+            shares,
+            step_seconds: 60,
+            interval_seconds: 15,
+            scrape_seconds: 15,
+            tolerance: Tolerance {
+                max_ratio: 1.0,
+                max_rate: None,
+            },
+            alpha: 0.05,
+        };
+        let first_only = scenario(vec![0.01]).wald_bound(2.0).expect("a bound");
+        let stepped = scenario(vec![0.01, 0.1, 0.5])
+            .wald_bound(2.0)
+            .expect("a bound");
+        let at_ten = scenario(vec![0.1]).wald_bound(2.0).expect("a bound");
+        // A minute at 1% gathers little; the bound then runs at 10% and is reached
+        // within the second step: past a minute, well under the 1% bound.
+        assert!(
+            stepped > 60.0 && stepped < first_only / 3.0,
+            "{stepped} {first_only}"
+        );
+        assert!(stepped < 60.0 + at_ten, "{stepped} {at_ten}");
     }
 
     fn latency() -> LatencyModel {
@@ -611,7 +740,9 @@ mod tests {
             Some(0.5),
             Some(0.5),
         ];
-        assert_eq!(rule_rollback(&windows, 0.1), Some(420.0));
-        assert_eq!(rule_rollback(&windows, 0.6), None);
+        assert_eq!(rule_rollback(&windows, 0.1, 60, 5), Some(420.0));
+        assert_eq!(rule_rollback(&windows, 0.6, 60, 5), None);
+        // Argo's failureLimit 3 over 5-minute measurements: the 4th failure.
+        assert_eq!(rule_rollback(&windows, 0.1, 300, 4), Some(1800.0));
     }
 }

@@ -232,3 +232,32 @@ fn the_ratio_interval_covers_the_true_ratio_at_every_look_at_once() {
         "missed the true ratio in {missed} of {runs} rollouts"
     );
 }
+
+#[test]
+fn the_rules_operators_copy_from_the_peers_docs_roll_back_healthy_canaries_or_miss_regressions() {
+    // Stable at 1% errors, the canary at 10% of 100 req/s for an hour.
+    let report = scenario(100.0, vec![0.1], 3600).evaluate(&[2.0], 200, 11);
+    let cell = |method: Method, ratio: f64| {
+        report
+            .cells
+            .iter()
+            .find(|c| c.method == method && c.ratio == ratio)
+            .unwrap_or_else(|| panic!("no {method:?} cell at {ratio}"))
+    };
+    // Flagger's success rate of at least 99% sits on stable's own rate: a healthy
+    // canary fails half its checks and is rolled back nearly every time.
+    assert!(
+        cell(Method::Flagger, 1.0).rollback_rate > 0.5,
+        "{:?}",
+        cell(Method::Flagger, 1.0)
+    );
+    // Argo's 95% is far above it: a canary failing twice as often passes every check.
+    assert!(
+        cell(Method::Argo, 2.0).rollback_rate < 0.05,
+        "{:?}",
+        cell(Method::Argo, 2.0)
+    );
+    // Serin keeps its budget and catches the doubled rate.
+    assert!(cell(Method::Serin, 1.0).rollback_rate <= 0.05);
+    assert!(cell(Method::Serin, 2.0).rollback_rate >= 0.99);
+}

@@ -65,8 +65,10 @@ fn a_valid_canary_is_stored_with_defaults_and_shown_with_serins_columns() -> Res
     let podinfo = kubectl.get_json(&["canary", "podinfo", "-n", &namespace])?;
     let analysis = &podinfo["spec"]["analysis"];
     assert_eq!(analysis["metrics"][0]["errorRate"]["maxRate"], 0.05);
-    assert_eq!(analysis["metrics"][1]["failureLimit"], 3);
+    assert_eq!(analysis["metrics"][1]["latency"]["threshold"], 0.25);
+    assert_eq!(analysis["metrics"][2]["failureLimit"], 3);
     assert_eq!(analysis["confidence"], 0.95);
+    assert_eq!(analysis["scrapeInterval"], "15s");
     Ok(())
 }
 
