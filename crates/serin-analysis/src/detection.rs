@@ -386,10 +386,7 @@ impl Scenario {
                 if log_evidence >= bar {
                     return (Some(((i + 1) as u64 * tick) as f64), looks);
                 }
-                let seen = (
-                    window.canary_errors + window.stable_errors,
-                    (in_step as u64 * tick) as f64,
-                );
+                let seen = (window.canary_errors, (in_step as u64 * tick) as f64);
                 next_look = in_step + next(log_evidence, Some(seen));
             }
             if in_step == ticks_per_step {
@@ -399,10 +396,7 @@ impl Scenario {
                 {
                     *sum += ratio;
                 }
-                let seen = (
-                    window.canary_errors + window.stable_errors,
-                    self.step_seconds as f64,
-                );
+                let seen = (window.canary_errors, self.step_seconds as f64);
                 window = ErrorCounts::default();
                 next_look = next(self.tolerance.log_evidence(&carried), Some(seen));
             }

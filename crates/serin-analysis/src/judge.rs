@@ -76,15 +76,17 @@ pub fn comparison(metric: &Metric) -> Option<(Tolerance, Bad)> {
 pub const QUICK_LOOKS_FROM: f64 = 0.1;
 
 /// Seconds between two looks at a metric compared with stable, from its latest
-/// evidence and what its window has seen (`bad` requests, errors or slow ones, in
-/// `elapsed` seconds; None before its first look). While the evidence is at least
-/// [`QUICK_LOOKS_FROM`] (it leans against the canary, or has not left it yet) the
-/// next look comes when about one more bad request is expected, since they are
-/// what moves the evidence, but no sooner than `quick` (a scrape: nothing newer
+/// evidence and what its window has seen (the canary's `bad` requests, errors or
+/// slow ones, in `elapsed` seconds; None before its first look). While the
+/// evidence is at least [`QUICK_LOOKS_FROM`] (it leans against the canary, or has
+/// not left it yet) the next look comes when half of one more of the canary's bad
+/// requests is expected (so a crossing waits half a gap, not a whole one), since
+/// they are what moves the evidence up (one of
+/// stable's moves it little), but no sooner than `quick` (a scrape: nothing newer
 /// exists) and no later than `interval`; once the evidence leans the canary's way,
 /// every `interval`. At high traffic a clear regression is acted on within a
-/// scrape or two; at low traffic, where a scrape brings no news, quick looks would
-/// only cost queries.
+/// scrape or two; at low traffic or a small share, where a scrape brings no news,
+/// quick looks would only cost queries.
 pub fn cadence(evidence: f64, seen: Option<(f64, f64)>, quick: f64, interval: f64) -> f64 {
     let quick = quick.min(interval);
     if evidence < QUICK_LOOKS_FROM {
@@ -92,7 +94,9 @@ pub fn cadence(evidence: f64, seen: Option<(f64, f64)>, quick: f64, interval: f6
     }
     match seen {
         None => quick,
-        Some((bad, elapsed)) => (elapsed.max(0.0) / (bad.max(0.0) + 1.0)).clamp(quick, interval),
+        Some((bad, elapsed)) => {
+            (elapsed.max(0.0) / (2.0 * (bad.max(0.0) + 1.0))).clamp(quick, interval)
+        }
     }
 }
 
@@ -111,7 +115,7 @@ pub fn look_after(
     }
     let seen = latest.and_then(|m| {
         let elapsed = m.at.as_ref()?.0.duration_since(m.since.as_ref()?.0);
-        let bad = m.counts.map_or(0.0, |c| c.canary_errors + c.stable_errors);
+        let bad = m.counts.map_or(0.0, |c| c.canary_errors);
         Some((bad, elapsed.as_secs_f64()))
     });
     let evidence = latest.and_then(|m| m.evidence).unwrap_or(1.0);

@@ -373,13 +373,14 @@ fn compared_metrics_look_quickly_while_evidence_leans_against_the_canary_and_new
         look_after(errors, Some(&healthy), interval, scrape),
         interval
     );
-    // Little traffic: two bad requests in 15 s, evidence still near 1. The next
-    // look comes when about one more is expected (every 5 s), not at every scrape.
+    // Little traffic: one canary error in 15 s, evidence still near 1. The next
+    // look comes when half of one more is expected (in 15 / (2 × 2) s), not at
+    // every scrape.
     let quiet = judged(counts(20.0, 1.0, 180.0, 1.0));
     assert!(quiet.evidence >= Some(0.1), "{quiet:?}");
     assert_eq!(
         look_after(errors, Some(&quiet), interval, scrape),
-        Duration::from_secs(5)
+        Duration::from_secs_f64(3.75)
     );
     // A threshold metric counts intervals: always every interval.
     assert_eq!(

@@ -181,6 +181,14 @@ fn looking_every_scrape_while_evidence_builds_removes_the_intervals_floor_and_ke
     let report = quick.evaluate(&[2.0], RUNS, 10);
     let healthy = serin(&report.cells, 1.0);
     assert!(healthy.rollback_rate <= 0.05, "{healthy:?}");
+    // A healthy canary costs about what looks at the interval alone do (4 a
+    // minute), here and at a 1% share, where the evidence stays unsure longest.
+    let mut small = scenario(100.0, vec![0.01], 600);
+    small.scrape_seconds = 1;
+    let small = small.evaluate(&[], RUNS, 10);
+    for cell in [healthy, serin(&small.cells, 1.0)] {
+        assert!(cell.looks_per_minute <= 6.0, "{cell:?}");
+    }
     let doubled = serin(&report.cells, 2.0);
     let bound = doubled.wald_bound.expect("a bound");
     let median = doubled.median.expect("most runs roll back");
