@@ -125,6 +125,15 @@ fn window_started(
     Ok((prometheus, since, stop, server))
 }
 
+/// Serin's client of `prometheus`, and a runtime to drive it from a test.
+fn client_of(prometheus: &Prometheus) -> Result<(Client, tokio::runtime::Runtime)> {
+    let client = Client::new(&prometheus.url(), None, Duration::from_secs(5))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok((client, runtime))
+}
+
 /// The error-rate judge's counters against the real server: each series counts
 /// what it gained between its samples at the window's two ends, a series that
 /// appears in the window (a new pod, its first errors) counts from zero, one that
@@ -171,10 +180,7 @@ req_total{pod=\"new\",code=\"500\"} 3
     thread::sleep(Duration::from_millis(3000));
     let at = SystemTime::now();
 
-    let client = Client::new(&prometheus.url(), None, Duration::from_secs(5))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let (client, runtime) = client_of(&prometheus)?;
     let arm = Variables::example();
     let read = |query: String| runtime.block_on(client.value_at(&query, Some(at)));
     let requests = read(counted(r#"req_total{job="counters"}"#, &arm, since, false)?);
@@ -240,10 +246,7 @@ latency_seconds_count{{pod=\"{pod}\"}} {all}
     thread::sleep(Duration::from_millis(3000));
     let at = SystemTime::now();
 
-    let client = Client::new(&prometheus.url(), None, Duration::from_secs(5))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let (client, runtime) = client_of(&prometheus)?;
     let query = counted_buckets(
         r#"latency_seconds_bucket{job="histogram"}"#,
         &Variables::example(),

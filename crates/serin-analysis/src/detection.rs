@@ -350,8 +350,8 @@ impl Scenario {
     }
 
     /// When Serin's judge rolls back on this stream, seconds after the first step
-    /// began, and how many looks it took. It looks as the controller does (`crate::look_after`): every scrape
-    /// while the evidence leans against the canary, every interval otherwise.
+    /// began, and how many looks it took. It looks as the controller does, at the
+    /// cadence [`crate::cadence`] gives.
     fn judge(&self, stream: &[Tick]) -> (Option<f64>, usize) {
         let tick = self.tick_seconds();
         let ticks_per_step = (self.step_seconds / tick) as usize;
@@ -460,14 +460,11 @@ impl Scenario {
                     .map(|stream| match (method, WrittenRule::of(method)) {
                         (Method::Serin, _) => self.judge(stream),
                         (_, Some(rule)) => self.written_rule(stream, rule),
-                        (_, None) => (
-                            rule_rollback(
-                                &self.rule_windows(stream, RULE_WINDOW_SECONDS),
-                                rule_threshold,
-                                RULE_WINDOW_SECONDS,
-                                RULE_FAILED_CHECKS,
-                            ),
-                            self.horizon_seconds().div_ceil(RULE_WINDOW_SECONDS) as usize,
+                        (_, None) => self.checked(
+                            stream,
+                            RULE_WINDOW_SECONDS,
+                            rule_threshold,
+                            RULE_FAILED_CHECKS,
                         ),
                     })
                     .collect();
@@ -506,14 +503,26 @@ impl Scenario {
             Requests::Errors { .. } => rule.max_error_rate,
             Requests::Latency(_) => rule.max_p99_seconds,
         };
+        self.checked(stream, rule.window_seconds, limit, rule.failed_checks)
+    }
+
+    /// When a rule checking windows of `window_seconds` against `limit` rolls back
+    /// on this stream (at its `failed_checks`-th failure), and its checks.
+    fn checked(
+        &self,
+        stream: &[Tick],
+        window_seconds: u64,
+        limit: f64,
+        failed_checks: usize,
+    ) -> (Option<f64>, usize) {
         (
             rule_rollback(
-                &self.rule_windows(stream, rule.window_seconds),
+                &self.rule_windows(stream, window_seconds),
                 limit,
-                rule.window_seconds,
-                rule.failed_checks,
+                window_seconds,
+                failed_checks,
             ),
-            self.horizon_seconds().div_ceil(rule.window_seconds) as usize,
+            self.horizon_seconds().div_ceil(window_seconds) as usize,
         )
     }
 
@@ -615,16 +624,16 @@ fn gcd(a: u64, b: u64) -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn wald_bound_matches_the_design_example() {
-        let scenario = Scenario {
+    /// 100 req/s, stable at 1% errors, the canary at `shares` for `step_seconds` each.
+    fn errors(shares: Vec<f64>, step_seconds: u64) -> Scenario {
+        Scenario {
             total_rps: 100.0,
             swing: 0.0,
             requests: Requests::Errors {
                 stable_error_rate: 0.01,
             },
-            shares: vec![0.1],
-            step_seconds: 3600,
+            shares,
+            step_seconds,
             interval_seconds: 15,
             scrape_seconds: 15,
             tolerance: Tolerance {
@@ -632,7 +641,12 @@ mod tests {
                 max_rate: None,
             },
             alpha: 0.05,
-        };
+        }
+    }
+
+    #[test]
+    fn wald_bound_matches_the_design_example() {
+        let scenario = errors(vec![0.1], 3600);
         let bound = scenario.wald_bound(2.0).expect("a bound");
         assert!((65.0..75.0).contains(&bound), "{bound}");
         assert_eq!(scenario.wald_bound(1.0), None);
@@ -640,22 +654,7 @@ mod tests {
 
     #[test]
     fn walds_bound_follows_the_schedule_not_only_the_first_step() {
-        let scenario = |shares: Vec<f64>| Scenario {
-            total_rps: 100.0,
-            swing: 0.0,
-            requests: Requests::Errors {
-                stable_error_rate: 0.01,
-            },
-            shares,
-            step_seconds: 60,
-            interval_seconds: 15,
-            scrape_seconds: 15,
-            tolerance: Tolerance {
-                max_ratio: 1.0,
-                max_rate: None,
-            },
-            alpha: 0.05,
-        };
+        let scenario = |shares| errors(shares, 60);
         let first_only = scenario(vec![0.01]).wald_bound(2.0).expect("a bound");
         let stepped = scenario(vec![0.01, 0.1, 0.5])
             .wald_bound(2.0)

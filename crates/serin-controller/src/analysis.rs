@@ -311,13 +311,10 @@ impl Analyst {
             let (canary_arm, stable_arm) = (&canary_arm, &stable_arm);
             async move {
                 let value = |query: Result<String, TemplateError>, what: String| async move {
-                    let prometheus = prometheus.as_ref().map_err(|e| NoData(e.clone()))?;
-                    let query = query.map_err(|e| NoData(format!("{what}: {e}")))?;
-                    let _turn = limits.turn(address).await;
-                    prometheus
-                        .value_at(&query, Some(SystemTime::from(now)))
-                        .await
-                        .map_err(|e| NoData(format!("{what}: {}", explain(&e, &what))))
+                    ask(prometheus, limits, address, query, &what, async |p, q| {
+                        p.value_at(q, Some(SystemTime::from(now))).await
+                    })
+                    .await
                 };
                 if let Some(spec) = &metric.error_rate {
                     let Some(counting) = spec.counting() else {
@@ -355,18 +352,15 @@ impl Analyst {
                     })())
                 } else if let Some(spec) = &metric.latency {
                     let slow = |arm: Variables, what: &'static str| async move {
-                        let prometheus = prometheus.as_ref().map_err(|e| NoData(e.clone()))?;
-                        let query = counted_buckets(&spec.buckets, &arm, SystemTime::from(since.0))
-                            .map_err(|e| NoData(format!("buckets ({what}): {e}")))?;
-                        let _turn = limits.turn(address).await;
-                        let buckets = prometheus
-                            .values_by_at(&query, "le", SystemTime::from(now))
-                            .await
-                            .map_err(|e| {
-                                NoData(format!("buckets ({what}): {}", explain(&e, what)))
-                            })?;
+                        let what = format!("buckets ({what})");
+                        let query = counted_buckets(&spec.buckets, &arm, SystemTime::from(since.0));
+                        let buckets =
+                            ask(prometheus, limits, address, query, &what, async |p, q| {
+                                p.values_by_at(q, "le", SystemTime::from(now)).await
+                            })
+                            .await?;
                         serin_analysis::latency::slow_requests(&buckets, spec.threshold)
-                            .map_err(|NoData(why)| NoData(format!("buckets ({what}): {why}")))
+                            .map_err(|NoData(why)| NoData(format!("{what}: {why}")))
                     };
                     let (canary, stable) = futures::join!(
                         slow(canary_arm.clone(), "canary"),
@@ -466,6 +460,25 @@ fn secret_error(error: &kube::Error, namespace: &str, name: &str) -> String {
         ),
         _ => format!("{what}: {error}"),
     }
+}
+
+/// Reads one query from the analysis' Prometheus in its turn (`read` says how);
+/// no Prometheus, a template that did not fill in, and a failed query are each
+/// no data naming `what`, never a number.
+async fn ask<T>(
+    prometheus: &Result<Prometheus, String>,
+    limits: &QueryLimits,
+    address: &str,
+    query: Result<String, TemplateError>,
+    what: &str,
+    read: impl AsyncFnOnce(&Prometheus, &str) -> Result<T, QueryError>,
+) -> Result<T, NoData> {
+    let prometheus = prometheus.as_ref().map_err(|e| NoData(e.clone()))?;
+    let query = query.map_err(|e| NoData(format!("{what}: {e}")))?;
+    let _turn = limits.turn(address).await;
+    read(prometheus, &query)
+        .await
+        .map_err(|e| NoData(format!("{what}: {}", explain(&e, what))))
 }
 
 /// The query error, with a hint where an empty result has a well-known cause.
