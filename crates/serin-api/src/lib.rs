@@ -26,8 +26,8 @@ pub use decode::{DecodeError, decode};
 pub use kube::core::Duration;
 pub use spec::{
     Analysis, Canary, CanarySpec, Counting, ErrorCounters, ErrorRateMetric, GatewayApiRouter,
-    LatencyMetric, Metric, PodTemplate, PrometheusSource, SecretReference, ServicePorts, Traffic,
-    WorkloadSelector,
+    LatencyMetric, Metric, PodTemplate, PrometheusSource, RouteKind, SecretReference, ServicePorts,
+    Traffic, WorkloadSelector,
 };
 pub use status::{
     AcknowledgedCommand, CanaryStatus, ErrorCounts, MetricStatus, Phase, RatioInterval, Verdict,

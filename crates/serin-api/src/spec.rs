@@ -174,7 +174,7 @@ pub struct ServicePorts {
 #[x_kube(validation = Rule::new("has(self.gatewayAPI)")
     .message("spec.traffic must name a router, for example gatewayAPI: {httpRoutes: [podinfo]}; remove spec.traffic to weight by replica counts"))]
 pub struct Traffic {
-    /// Weights set on Gateway API HTTPRoutes.
+    /// Weights set on Gateway API HTTPRoutes and GRPCRoutes.
     #[serde(
         rename = "gatewayAPI",
         default,
@@ -185,16 +185,80 @@ pub struct Traffic {
 
 /// Gateway API: Serin sets the weights of the backendRefs to `<name>-stable` and
 /// `<name>-canary` in each route and leaves every other field as the user wrote it.
+/// A service that speaks HTTP and gRPC names routes of both kinds.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.httpRoutes) || has(self.grpcRoutes)")
+    .message("spec.traffic.gatewayAPI must name at least one route: httpRoutes: [web] or grpcRoutes: [web]"))]
 pub struct GatewayApiRouter {
     /// Names of existing HTTPRoutes in the Canary's namespace, each named once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(min = 1, max = 8),
         inner(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")),
         extend("x-kubernetes-list-type" = "set")
     )]
     pub http_routes: Vec<String>,
+    /// Names of existing GRPCRoutes in the Canary's namespace, each named once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(min = 1, max = 8),
+        inner(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")),
+        extend("x-kubernetes-list-type" = "set")
+    )]
+    pub grpc_routes: Vec<String>,
+}
+
+/// The kinds of Gateway API route whose weights Serin sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteKind {
+    /// `HTTPRoute`.
+    Http,
+    /// `GRPCRoute`.
+    Grpc,
+}
+
+impl RouteKind {
+    /// Every kind, in the order routes are written.
+    pub const ALL: [RouteKind; 2] = [RouteKind::Http, RouteKind::Grpc];
+
+    /// The kind as Gateway API spells it.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Http => "HTTPRoute",
+            Self::Grpc => "GRPCRoute",
+        }
+    }
+
+    /// The resource's plural, as the API server serves it.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Self::Http => "httproutes",
+            Self::Grpc => "grpcroutes",
+        }
+    }
+
+    /// The spec field that names routes of this kind, for messages a person acts on.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::Http => "spec.traffic.gatewayAPI.httpRoutes",
+            Self::Grpc => "spec.traffic.gatewayAPI.grpcRoutes",
+        }
+    }
+}
+
+impl GatewayApiRouter {
+    /// Every route the Canary names, with its kind: HTTPRoutes first.
+    pub fn routes(&self) -> impl Iterator<Item = (RouteKind, &str)> {
+        self.http_routes
+            .iter()
+            .map(|name| (RouteKind::Http, name.as_str()))
+            .chain(
+                self.grpc_routes
+                    .iter()
+                    .map(|name| (RouteKind::Grpc, name.as_str())),
+            )
+    }
 }
 
 /// How the canary is judged against stable.

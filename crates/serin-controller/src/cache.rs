@@ -17,18 +17,18 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
-use serin_api::{CANARY_LABEL, REVISION_LABEL, SCALE_DOWN_AT_ANNOTATION};
-use serin_traffic::gateway::{RouteSighting, http_route_resource};
+use serin_api::{CANARY_LABEL, REVISION_LABEL, RouteKind, SCALE_DOWN_AT_ANNOTATION};
+use serin_traffic::gateway::{RouteSighting, route_resource};
 
 use crate::watched::WatchedCanary;
 
 /// Serin's ReplicaSets and Services (those labelled with [`CANARY_LABEL`]), and
-/// the HTTPRoutes when Gateway API is served.
+/// the routes of each Gateway API kind the API server serves.
 #[derive(Clone)]
 pub struct Cache {
     replica_sets: Store<Compact<ReplicaSet>>,
     services: Store<Compact<Service>>,
-    routes: Option<Store<DynamicObject>>,
+    routes: BTreeMap<RouteKind, Store<DynamicObject>>,
 }
 
 /// The cache is gone: its watches stopped before they listed once.
@@ -37,12 +37,13 @@ pub struct Cache {
 pub struct CacheGone;
 
 impl Cache {
-    /// A cache fed by the watches behind `replica_sets`, `services` and, when
-    /// Gateway API is served, `routes`.
+    /// A cache fed by the watches behind `replica_sets`, `services` and `routes`,
+    /// one store per route kind that is served (a kind without one is read from
+    /// the API server).
     pub fn new(
         replica_sets: Store<Compact<ReplicaSet>>,
         services: Store<Compact<Service>>,
-        routes: Option<Store<DynamicObject>>,
+        routes: BTreeMap<RouteKind, Store<DynamicObject>>,
     ) -> Self {
         Self {
             replica_sets,
@@ -58,7 +59,7 @@ impl Cache {
         Self {
             replica_sets: filled(replica_sets.into_iter().map(Compact::new).collect(), ()),
             services: filled(services.into_iter().map(Compact::new).collect(), ()),
-            routes: None,
+            routes: BTreeMap::new(),
         }
     }
 
@@ -73,7 +74,7 @@ impl Cache {
             .wait_until_ready()
             .await
             .map_err(|_| CacheGone)?;
-        if let Some(routes) = &self.routes {
+        for routes in self.routes.values() {
             routes.wait_until_ready().await.map_err(|_| CacheGone)?;
         }
         Ok(())
@@ -100,11 +101,11 @@ impl serin_traffic::Seen for Cache {
             .map(Arc::new)
     }
 
-    fn http_route(&self, namespace: &str, name: &str) -> RouteSighting {
-        let Some(routes) = &self.routes else {
+    fn route(&self, kind: RouteKind, namespace: &str, name: &str) -> RouteSighting {
+        let Some(routes) = self.routes.get(&kind) else {
             return RouteSighting::NotWatched;
         };
-        let key = ObjectRef::new_with(name, http_route_resource()).within(namespace);
+        let key = ObjectRef::new_with(name, route_resource(kind)).within(namespace);
         match routes.get(&key) {
             Some(route) => RouteSighting::Seen(route),
             None => RouteSighting::Absent,
@@ -112,16 +113,17 @@ impl serin_traffic::Seen for Cache {
     }
 }
 
-/// The Canaries whose `spec.traffic.gatewayAPI.httpRoutes` names `route` in its
+/// The Canaries whose `spec.traffic.gatewayAPI` names `route`, of `kind`, in its
 /// namespace: those to wake when the route changes. One that does not decode
 /// names no route it can act on.
 pub fn canaries_routed_by(
     canaries: &Store<WatchedCanary>,
+    kind: RouteKind,
     route: &DynamicObject,
 ) -> Vec<Arc<WatchedCanary>> {
     let (namespace, name) = (route.namespace(), route.name_any());
     canaries
-        .state_filter(|canary| canary.namespace() == namespace && canary.names_http_route(&name))
+        .state_filter(|canary| canary.namespace() == namespace && canary.names_route(kind, &name))
 }
 
 fn filled<K>(objects: Vec<K>, resource: K::DynamicType) -> Store<K>
@@ -357,7 +359,7 @@ mod tests {
         assert!(cache.service("blog", "web").is_none());
     }
 
-    fn canary(namespace: &str, name: &str, routes: &[&str]) -> WatchedCanary {
+    fn canary(namespace: &str, name: &str, routes: &[&str], grpc: &[&str]) -> WatchedCanary {
         let stored = serde_json::json!({
             "apiVersion": "serin.dev/v1alpha1",
             "kind": "Canary",
@@ -368,7 +370,7 @@ mod tests {
                     "metadata": {"labels": {"app": name}},
                     "spec": {"containers": [{"name": "app", "image": "web:1"}]}
                 },
-                "traffic": {"gatewayAPI": {"httpRoutes": routes}}
+                "traffic": {"gatewayAPI": {"httpRoutes": routes, "grpcRoutes": grpc}}
             }
         });
         WatchedCanary::from_stored(stored).unwrap()
@@ -378,25 +380,28 @@ mod tests {
     fn a_route_wakes_the_canaries_that_name_it_in_its_namespace() {
         let canaries = filled(
             vec![
-                canary("shop", "web", &["web", "web-internal"]),
-                canary("shop", "api", &["api"]),
-                canary("shop", "pods", &[]),
-                canary("blog", "web", &["web"]),
+                canary("shop", "web", &["web", "web-internal"], &[]),
+                canary("shop", "api", &["api"], &["web"]),
+                canary("shop", "pods", &[], &[]),
+                canary("blog", "web", &["web"], &["web"]),
             ],
             (),
         );
-        let route = DynamicObject::new("web", &http_route_resource()).within("shop");
-        let woken: Vec<String> = canaries_routed_by(&canaries, &route)
-            .iter()
-            .map(|canary| {
-                format!(
-                    "{}/{}",
-                    canary.namespace().unwrap_or_default(),
-                    canary.name_any()
-                )
-            })
-            .collect();
-        assert_eq!(woken, ["shop/web"]);
+        let woken = |kind| {
+            let route = DynamicObject::new("web", &route_resource(kind)).within("shop");
+            canaries_routed_by(&canaries, kind, &route)
+                .iter()
+                .map(|canary| {
+                    format!(
+                        "{}/{}",
+                        canary.namespace().unwrap_or_default(),
+                        canary.name_any()
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(woken(RouteKind::Http), ["shop/web"]);
+        assert_eq!(woken(RouteKind::Grpc), ["shop/api"]);
     }
 
     #[test]

@@ -23,9 +23,9 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serin_api::{
     CANARY_LABEL, COMMAND_ANNOTATION, Canary, DecodeError, FIELD_MANAGER, REPORTING_CONTROLLER,
-    REVISION_LABEL, SCALE_DOWN_AT_ANNOTATION, reason, replica_set_name,
+    REVISION_LABEL, RouteKind, SCALE_DOWN_AT_ANNOTATION, reason, replica_set_name,
 };
-use serin_traffic::gateway::http_route_resource;
+use serin_traffic::gateway::route_resource;
 use serin_traffic::{Router, WeightRouter, Weights, Workload};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, info, info_span, warn};
@@ -252,12 +252,18 @@ pub async fn run(
         .applied_objects();
     let replica_set_writer = reflector::store::Writer::default();
     let service_writer = reflector::store::Writer::default();
-    let route_writer = reflector::store::Writer::new(http_route_resource());
-    let routes_served = http_routes_served(&client).await;
+    let route_writers: Vec<_> = routes_served(&client)
+        .await
+        .into_iter()
+        .map(|kind| (kind, reflector::store::Writer::new(route_resource(kind))))
+        .collect();
     let cache = Cache::new(
         replica_set_writer.as_reader(),
         service_writer.as_reader(),
-        routes_served.then(|| route_writer.as_reader()),
+        route_writers
+            .iter()
+            .map(|(kind, writer)| (*kind, writer.as_reader()))
+            .collect(),
     );
     let replica_set_events = tracked("replicasets", watcher(replica_sets, owned.clone()), &health)
         .reflect(replica_set_writer)
@@ -269,31 +275,36 @@ pub async fn run(
     let mut controller = Controller::for_stream(canary_events, store.clone())
         .owns_stream(replica_set_events)
         .owns_stream(service_events);
-    if routes_served {
-        let routes = scoped(&client, &settings, &http_route_resource());
+    for kind in RouteKind::ALL {
+        if !route_writers.iter().any(|(served, _)| *served == kind) {
+            info!(
+                "Gateway API's {} is not served: such routes are read on each reconcile (restart after installing Gateway API to watch them)",
+                kind.kind()
+            );
+        }
+    }
+    for (kind, writer) in route_writers {
+        let routes = scoped(&client, &settings, &route_resource(kind));
         let route_events = tracked(
-            "httproutes",
+            kind.plural(),
             watcher(routes, watcher::Config::default()),
             &health,
         )
         .modify(cache::strip_managed_fields)
-        .reflect(route_writer)
+        .reflect(writer)
         .touched_objects();
         // A route created or edited (by a person, a GitOps sync) wakes the Canaries
         // that name it at once, not at their next retry.
+        let store = store.clone();
         controller = controller.watches_stream_with(
             route_events,
             move |route| {
-                cache::canaries_routed_by(&store, &route)
+                cache::canaries_routed_by(&store, kind, &route)
                     .iter()
                     .map(|canary| ObjectRef::from_obj(canary.as_ref()))
                     .collect::<Vec<_>>()
             },
-            http_route_resource(),
-        );
-    } else {
-        info!(
-            "Gateway API's HTTPRoute is not served: routes are read on each reconcile (restart after installing Gateway API to watch them)"
+            route_resource(kind),
         );
     }
     controller
@@ -309,19 +320,22 @@ pub async fn run(
     health.clear();
 }
 
-/// Whether the API server serves `gateway.networking.k8s.io/v1` HTTPRoutes, so
-/// they can be watched. A failure to ask counts as no: routes are then read on
+/// The route kinds the API server serves in `gateway.networking.k8s.io/v1`, so
+/// they can be watched. A failure to ask counts as none: routes are then read on
 /// each reconcile, which works either way.
-async fn http_routes_served(client: &Client) -> bool {
+async fn routes_served(client: &Client) -> Vec<RouteKind> {
     match client
-        .list_api_group_resources(&http_route_resource().api_version)
+        .list_api_group_resources(&route_resource(RouteKind::Http).api_version)
         .await
     {
-        Ok(list) => list.resources.iter().any(|r| r.name == "httproutes"),
-        Err(kube::Error::Api(status)) if status.code == 404 => false,
+        Ok(list) => RouteKind::ALL
+            .into_iter()
+            .filter(|kind| list.resources.iter().any(|r| r.name == kind.plural()))
+            .collect(),
+        Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
         Err(error) => {
             warn!(%error, "asking whether Gateway API is served");
-            false
+            Vec::new()
         }
     }
 }

@@ -16,7 +16,7 @@ use kube::Resource;
 use kube::api::DynamicObject;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
-use serin_api::{Canary, DecodeError};
+use serin_api::{Canary, DecodeError, RouteKind};
 
 use crate::cache::{Cached, Compact};
 
@@ -27,8 +27,8 @@ pub enum WatchedCanary {
     Decodes {
         /// The Canary, compact.
         canary: Compact<Canary>,
-        /// The HTTPRoutes it names: a route that changes wakes it.
-        http_routes: Box<[String]>,
+        /// The routes it names, with their kinds: a route that changes wakes it.
+        routes: Box<[(RouteKind, String)]>,
     },
     /// It does not: the object as stored, and which field does not fit.
     Undecodable {
@@ -54,12 +54,17 @@ impl WatchedCanary {
     pub fn from_stored(object: Value) -> Result<Self, serde_json::Error> {
         Ok(match serin_api::decode(&object) {
             Ok(canary) => Self::Decodes {
-                http_routes: canary
+                routes: canary
                     .spec
                     .traffic
                     .as_ref()
                     .and_then(|traffic| traffic.gateway_api.as_ref())
-                    .map(|gateway| gateway.http_routes.clone().into_boxed_slice())
+                    .map(|gateway| {
+                        gateway
+                            .routes()
+                            .map(|(kind, name)| (kind, name.to_owned()))
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 canary: Compact::new(canary),
             },
@@ -98,10 +103,12 @@ impl WatchedCanary {
         }
     }
 
-    /// Whether its `spec.traffic.gatewayAPI.httpRoutes` names `route`.
-    pub fn names_http_route(&self, route: &str) -> bool {
+    /// Whether its `spec.traffic.gatewayAPI` names `route`, of `kind`.
+    pub fn names_route(&self, kind: RouteKind, route: &str) -> bool {
         match self {
-            Self::Decodes { http_routes, .. } => http_routes.iter().any(|name| name == route),
+            Self::Decodes { routes, .. } => routes
+                .iter()
+                .any(|(named_kind, name)| *named_kind == kind && name == route),
             Self::Undecodable { .. } => false,
         }
     }

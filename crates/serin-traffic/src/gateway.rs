@@ -1,6 +1,7 @@
 //! Gateway API: Serin sets the weights of the backendRefs that point at
-//! `<name>-stable` and `<name>-canary` in the user's HTTPRoutes, and leaves every
-//! other field as the user wrote it.
+//! `<name>-stable` and `<name>-canary` in the user's HTTPRoutes and GRPCRoutes
+//! (whose rules carry backendRefs the same way), and leaves every other field as
+//! the user wrote it.
 //!
 //! The route is read and written whole as JSON, so fields Serin does not know
 //! (new Gateway API releases, filters, extensions) are kept byte for byte; the
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
+use serin_api::RouteKind;
 
 use crate::Seen;
 
@@ -20,9 +22,11 @@ use crate::Seen;
 pub enum RouteProblem {
     /// The route does not exist.
     #[error(
-        "HTTPRoute {route} not found in namespace {namespace}: create it, or fix spec.traffic.gatewayAPI.httpRoutes"
+        "{} {route} not found in namespace {namespace}: create it, or fix {}", kind.kind(), kind.field()
     )]
     Missing {
+        /// Route kind.
+        kind: RouteKind,
         /// Route name.
         route: String,
         /// Namespace.
@@ -30,9 +34,11 @@ pub enum RouteProblem {
     },
     /// No rule of the route sends to the Canary's Services.
     #[error(
-        "HTTPRoute {route} has no rule with a backendRef to Service {stable} or {canary}: point a rule's backendRefs at {stable}"
+        "{} {route} has no rule with a backendRef to Service {stable} or {canary}: point a rule's backendRefs at {stable}", kind.kind()
     )]
     NoBackendRef {
+        /// Route kind.
+        kind: RouteKind,
         /// Route name.
         route: String,
         /// `<name>-stable`.
@@ -49,8 +55,10 @@ pub enum RouteError {
     #[error(transparent)]
     Invalid(#[from] RouteProblem),
     /// The API server refused or failed.
-    #[error("HTTPRoute {route}: {source}")]
+    #[error("{} {route}: {source}", kind.kind())]
     Api {
+        /// Route kind.
+        kind: RouteKind,
         /// Route name.
         route: String,
         /// Why.
@@ -58,8 +66,10 @@ pub enum RouteError {
         source: kube::Error,
     },
     /// The route could not be read or written as JSON.
-    #[error("HTTPRoute {route}: {source}")]
+    #[error("{} {route}: {source}", kind.kind())]
     Json {
+        /// Route kind.
+        kind: RouteKind,
         /// Route name.
         route: String,
         /// Why.
@@ -68,14 +78,14 @@ pub enum RouteError {
     },
 }
 
-/// The HTTPRoute resource, `gateway.networking.k8s.io/v1`.
-pub fn http_route_resource() -> ApiResource {
-    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
-    ApiResource::from_gvk_with_plural(&gvk, "httproutes")
+/// The route resource of `kind`, `gateway.networking.k8s.io/v1`.
+pub fn route_resource(kind: RouteKind) -> ApiResource {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", kind.kind());
+    ApiResource::from_gvk_with_plural(&gvk, kind.plural())
 }
 
-fn http_routes(client: &Client, namespace: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), namespace, &http_route_resource())
+fn routes_api(client: &Client, namespace: &str, kind: RouteKind) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &route_resource(kind))
 }
 
 /// What a watch last saw of one route.
@@ -96,12 +106,13 @@ pub enum RouteSighting {
 /// Returns whether anything changed.
 pub fn set_weights(
     route: &mut Value,
-    name: &str,
+    (kind, name): (RouteKind, &str),
     stable: &str,
     canary: &str,
     weight: i32,
 ) -> Result<bool, RouteProblem> {
     let problem = || RouteProblem::NoBackendRef {
+        kind,
         route: name.to_owned(),
         stable: stable.to_owned(),
         canary: canary.to_owned(),
@@ -157,12 +168,12 @@ pub async fn check(
     client: &Client,
     seen: &dyn Seen,
     namespace: &str,
-    routes: &[String],
+    routes: &[(RouteKind, &str)],
     stable: &str,
     canary: &str,
 ) -> Result<(), RouteError> {
-    let api = http_routes(client, namespace);
-    for route in routes {
+    for &route in routes {
+        let api = routes_api(client, namespace, route.0);
         let mut value = read(&api, seen, namespace, route).await?;
         set_weights(&mut value, route, stable, canary, 0)?;
     }
@@ -176,20 +187,21 @@ pub async fn apply(
     client: &Client,
     seen: &dyn Seen,
     namespace: &str,
-    routes: &[String],
+    routes: &[(RouteKind, &str)],
     stable: &str,
     canary: &str,
     weight: i32,
 ) -> Result<(), RouteError> {
-    let api = http_routes(client, namespace);
-    for route in routes {
-        let mut value = read(&api, seen, namespace, route).await?;
-        if !set_weights(&mut value, route, stable, canary, weight)? {
+    for &(kind, route) in routes {
+        let api = routes_api(client, namespace, kind);
+        let mut value = read(&api, seen, namespace, (kind, route)).await?;
+        if !set_weights(&mut value, (kind, route), stable, canary, weight)? {
             continue;
         }
         let object: DynamicObject =
             serde_json::from_value(value).map_err(|source| RouteError::Json {
-                route: route.clone(),
+                kind,
+                route: route.to_owned(),
                 source,
             })?;
         api.replace(
@@ -202,7 +214,8 @@ pub async fn apply(
         )
         .await
         .map_err(|source| RouteError::Api {
-            route: route.clone(),
+            kind,
+            route: route.to_owned(),
             source,
         })?;
     }
@@ -214,19 +227,21 @@ async fn read(
     api: &Api<DynamicObject>,
     seen: &dyn Seen,
     namespace: &str,
-    route: &str,
+    (kind, route): (RouteKind, &str),
 ) -> Result<Value, RouteError> {
     let missing = || RouteProblem::Missing {
+        kind,
         route: route.to_owned(),
         namespace: namespace.to_owned(),
     };
-    let object = match seen.http_route(namespace, route) {
+    let object = match seen.route(kind, namespace, route) {
         RouteSighting::Seen(object) => object,
         RouteSighting::Absent => return Err(missing().into()),
         RouteSighting::NotWatched => Arc::new(
             api.get_opt(route)
                 .await
                 .map_err(|source| RouteError::Api {
+                    kind,
                     route: route.to_owned(),
                     source,
                 })?
@@ -234,6 +249,7 @@ async fn read(
         ),
     };
     serde_json::to_value(object.as_ref()).map_err(|source| RouteError::Json {
+        kind,
         route: route.to_owned(),
         source,
     })
@@ -242,6 +258,8 @@ async fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HTTP_WEB: (RouteKind, &str) = (RouteKind::Http, "web");
 
     fn route(backends: Value) -> Value {
         json!({
@@ -266,7 +284,7 @@ mod tests {
     fn adds_the_canary_ref_and_sets_both_weights() {
         let mut value = route(json!([{"name": "web-stable", "port": 80}]));
         assert_eq!(
-            set_weights(&mut value, "web", "web-stable", "web-canary", 25),
+            set_weights(&mut value, HTTP_WEB, "web-stable", "web-canary", 25),
             Ok(true)
         );
         let backends = &value["spec"]["rules"][1]["backendRefs"];
@@ -283,7 +301,7 @@ mod tests {
     fn leaves_every_other_field_as_written() {
         let mut value = route(json!([{"name": "web-stable", "port": 80}]));
         let before = value.clone();
-        set_weights(&mut value, "web", "web-stable", "web-canary", 50).ok();
+        set_weights(&mut value, HTTP_WEB, "web-stable", "web-canary", 50).ok();
         assert_eq!(value["spec"]["rules"][0], before["spec"]["rules"][0]);
         assert_eq!(
             value["spec"]["rules"][1]["filters"],
@@ -301,7 +319,7 @@ mod tests {
             {"name": "web-canary", "port": 80, "weight": 0}
         ]));
         assert_eq!(
-            set_weights(&mut value, "web", "web-stable", "web-canary", 0),
+            set_weights(&mut value, HTTP_WEB, "web-stable", "web-canary", 0),
             Ok(false)
         );
     }
@@ -310,7 +328,7 @@ mod tests {
     fn a_route_without_the_services_is_a_problem() {
         let mut value = route(json!([{"name": "other", "port": 80}]));
         assert!(matches!(
-            set_weights(&mut value, "web", "web-stable", "web-canary", 10),
+            set_weights(&mut value, HTTP_WEB, "web-stable", "web-canary", 10),
             Err(RouteProblem::NoBackendRef { .. })
         ));
     }
@@ -320,6 +338,47 @@ mod tests {
         let mut value = route(
             json!([{"name": "web-stable", "kind": "ServiceImport", "group": "multicluster.x-k8s.io"}]),
         );
-        assert!(set_weights(&mut value, "web", "web-stable", "web-canary", 10).is_err());
+        assert!(set_weights(&mut value, HTTP_WEB, "web-stable", "web-canary", 10).is_err());
+    }
+
+    #[test]
+    fn a_grpc_route_gets_the_same_weights_and_its_problems_name_its_kind_and_field() {
+        let mut value = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "GRPCRoute",
+            "metadata": {"name": "web-grpc"},
+            "spec": {"rules": [{
+                "matches": [{"method": {"service": "shop.Catalog", "method": "List"}}],
+                "backendRefs": [{"name": "web-stable", "port": 9090}]
+            }]}
+        });
+        let grpc = (RouteKind::Grpc, "web-grpc");
+        assert_eq!(
+            set_weights(&mut value, grpc, "web-stable", "web-canary", 10),
+            Ok(true)
+        );
+        assert_eq!(
+            value["spec"]["rules"][0]["backendRefs"],
+            json!([
+                {"name": "web-stable", "port": 9090, "weight": 90},
+                {"name": "web-canary", "port": 9090, "weight": 10}
+            ])
+        );
+        let unrelated = set_weights(&mut value, grpc, "api-stable", "api-canary", 10);
+        assert!(
+            unrelated.as_ref().is_err_and(|problem| problem
+                .to_string()
+                .starts_with("GRPCRoute web-grpc has no rule")),
+            "{unrelated:?}"
+        );
+        let missing = RouteProblem::Missing {
+            kind: RouteKind::Grpc,
+            route: "web-grpc".into(),
+            namespace: "shop".into(),
+        };
+        assert_eq!(
+            missing.to_string(),
+            "GRPCRoute web-grpc not found in namespace shop: create it, or fix spec.traffic.gatewayAPI.grpcRoutes"
+        );
     }
 }

@@ -17,7 +17,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serin_api::{
-    CANARY_LABEL, FIELD_MANAGER, REVISION_LABEL, ServicePorts, canary_service, stable_service,
+    CANARY_LABEL, FIELD_MANAGER, REVISION_LABEL, RouteKind, ServicePorts, canary_service,
+    stable_service,
 };
 
 /// Errors while applying traffic.
@@ -64,8 +65,8 @@ impl TrafficError {
 pub trait Seen: Sync {
     /// Service `namespace/name`, if it was seen.
     fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>>;
-    /// HTTPRoute `namespace/name`.
-    fn http_route(&self, namespace: &str, name: &str) -> gateway::RouteSighting;
+    /// Route `namespace/name` of `kind`.
+    fn route(&self, kind: RouteKind, namespace: &str, name: &str) -> gateway::RouteSighting;
 }
 
 /// Something that sends a share of requests to the canary revision.
@@ -88,7 +89,8 @@ pub enum Router<'a> {
         /// The Services as last seen.
         seen: &'a dyn Seen,
     },
-    /// Weights on Gateway API HTTPRoutes, between `<name>-stable` and `<name>-canary`.
+    /// Weights on Gateway API HTTPRoutes and GRPCRoutes, between `<name>-stable`
+    /// and `<name>-canary`.
     GatewayApi {
         /// API client.
         client: &'a Client,
@@ -96,8 +98,8 @@ pub enum Router<'a> {
         workload: Workload<'a>,
         /// The Services and routes as last seen.
         seen: &'a dyn Seen,
-        /// The HTTPRoutes.
-        routes: &'a [String],
+        /// The routes, with their kinds.
+        routes: Vec<(RouteKind, &'a str)>,
     },
 }
 
@@ -114,7 +116,7 @@ impl<'a> Router<'a> {
                 client,
                 workload,
                 seen,
-                routes: &gateway.http_routes,
+                routes: gateway.routes().collect(),
             },
             None => Self::PodCount {
                 client,

@@ -23,6 +23,7 @@ pub(crate) fn install_gateway_api() {
             "wait",
             "--for=condition=Established",
             "crd/httproutes.gateway.networking.k8s.io",
+            "crd/grpcroutes.gateway.networking.k8s.io",
             "--timeout=30s",
         ]);
         assert!(established.is_ok(), "{established:?}");
@@ -55,7 +56,12 @@ pub(crate) fn route(rollout: &Rollout) -> Result<Value> {
 
 /// (stable weight, canary weight) of the rule Serin owns.
 pub(crate) fn weights(route: &Value) -> (Option<i64>, Option<i64>) {
-    let backends = route["spec"]["rules"][1]["backendRefs"]
+    weights_in(route, 1)
+}
+
+/// (stable weight, canary weight) in rule `rule` of `route`.
+fn weights_in(route: &Value, rule: usize) -> (Option<i64>, Option<i64>) {
+    let backends = route["spec"]["rules"][rule]["backendRefs"]
         .as_array()
         .cloned()
         .unwrap_or_default();
@@ -205,5 +211,97 @@ fn weights_a_person_changes_on_the_route_are_put_back_at_once() -> Result<()> {
         after["spec"]["rules"][1]["filters"],
         before["spec"]["rules"][1]["filters"]
     );
+    Ok(())
+}
+
+/// A gRPC service's route: a method match, a header filter and a hostname that
+/// Serin must keep, and one rule to `web-stable`.
+const GRPC_ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: web-grpc}
+spec:
+  parentRefs: [{name: edge}]
+  hostnames: [grpc.web.example]
+  rules:
+  - matches: [{method: {service: shop.Catalog, method: List}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {add: [{name: x-served-by, value: serin}]}
+    backendRefs: [{name: web-stable, port: 80}]
+";
+
+fn grpc_route(rollout: &Rollout) -> Result<Value> {
+    rollout
+        .kubectl
+        .get_json(&["grpcroute", "web-grpc", "-n", &rollout.namespace])
+}
+
+#[test]
+fn grpc_route_weights_follow_every_step_beside_the_http_route() -> Result<()> {
+    install_gateway_api();
+    let rollout = Rollout::prepare(cluster(), "grpcroute", "web")?;
+    rollout.apply_yaml(ROUTE)?;
+    rollout.apply(
+        "web:1",
+        "  steps: [25, 50]\n  stepDuration: 3s\n  scaleDownDelay: 3s\n  traffic: {gatewayAPI: {httpRoutes: [web], grpcRoutes: [web-grpc]}}\n",
+    )?;
+
+    // The GRPCRoute does not exist yet: the spec is invalid, nothing is made.
+    let invalid = rollout.wait("InvalidSpec", Duration::from_secs(30), |canary| {
+        is_true(canary, "InvalidSpec")
+    })?;
+    let message = message(&invalid, "InvalidSpec");
+    assert!(
+        message.contains("GRPCRoute web-grpc not found")
+            && message.contains("spec.traffic.gatewayAPI.grpcRoutes"),
+        "{message}"
+    );
+    assert_eq!(
+        rollout.replica_set_count()?,
+        0,
+        "nothing made for an invalid spec"
+    );
+
+    // The GRPCRoute watch wakes the Canary at once.
+    rollout.apply_yaml(GRPC_ROUTE)?;
+    let written = grpc_route(&rollout)?;
+    rollout.wait(
+        "the new GRPCRoute acted on at once",
+        ROUTE_WATCH_BOUND,
+        |canary| !is_true(canary, "InvalidSpec"),
+    )?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    assert_eq!(weights_in(&grpc_route(&rollout)?, 0), (Some(100), Some(0)));
+    let (old, _) = revisions(&rollout.canary()?);
+
+    rollout.set_image("web:2")?;
+    let mut seen = Vec::new();
+    rollout.wait(
+        "promoted through both routes",
+        Duration::from_secs(90),
+        |canary| {
+            if let (Ok(http), Ok(grpc)) = (route(&rollout), grpc_route(&rollout)) {
+                seen.push((weights(&http), weights_in(&grpc, 0)));
+            }
+            let (stable, _) = revisions(canary);
+            phase(canary) == Some(Phase::Healthy) && stable != old
+        },
+    )?;
+    for canary_weight in [25, 50] {
+        let at = (Some(100 - canary_weight), Some(canary_weight));
+        assert!(
+            seen.iter().any(|(http, grpc)| *http == at && *grpc == at),
+            "both routes at {canary_weight}%: {seen:?}"
+        );
+    }
+    let last = grpc_route(&rollout)?;
+    assert_eq!(weights_in(&last, 0), (Some(100), Some(0)));
+    for field in ["matches", "filters"] {
+        assert_eq!(
+            last["spec"]["rules"][0][field], written["spec"]["rules"][0][field],
+            "the GRPCRoute's {field} changed"
+        );
+    }
+    assert_eq!(last["spec"]["hostnames"], json!(["grpc.web.example"]));
     Ok(())
 }
