@@ -298,7 +298,7 @@ fn advance(
             weighted: *weighted,
         });
     }
-    let weighted = weighted.or_else(|| (status.weight > 0).then(Instant::now));
+    let weighted = weighted.or_else(|| (!status.weight.is_zero()).then(Instant::now));
     match status.phase {
         Some(Phase::Healthy) => {
             outcome.promoted += 1;

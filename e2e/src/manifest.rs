@@ -180,7 +180,10 @@ mod tests {
         let canary: serin_api::Canary =
             serde_norway::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         assert_eq!(canary.spec.replicas, 3);
-        assert_eq!(canary.spec.steps, [10, 50]);
+        assert_eq!(
+            canary.spec.steps,
+            [10, 50].map(serin_api::Weight::from_percent)
+        );
         let pod = canary.spec.template.spec.unwrap_or_default();
         assert_eq!(pod.containers.len(), 2);
         assert_eq!(pod.containers[0].image.as_deref(), Some("web:2"));

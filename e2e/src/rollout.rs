@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde_json::Value;
-use serin_api::{Canary, CanaryStatus, MetricStatus, Phase};
+use serin_api::{Canary, CanaryStatus, MetricStatus, Phase, Weight};
 
 use crate::controller::Controller;
 use crate::harness::Cluster;
@@ -150,7 +150,7 @@ impl Rollout {
             Duration::from_secs(30),
             |c| {
                 let (_, canary) = revisions(c);
-                !canary.is_empty() && canary != previous && weight(c) == 25
+                !canary.is_empty() && canary != previous && weight(c) == Weight::from_percent(25)
             },
         )
     }
@@ -369,8 +369,8 @@ pub fn phase(canary: &Canary) -> Option<Phase> {
 }
 
 /// `status.weight`.
-pub fn weight(canary: &Canary) -> i32 {
-    canary.status.as_ref().map_or(0, |s| s.weight)
+pub fn weight(canary: &Canary) -> Weight {
+    canary.status.as_ref().map_or(Weight::ZERO, |s| s.weight)
 }
 
 /// `status.stableRevision` and `status.canaryRevision`, empty when absent.

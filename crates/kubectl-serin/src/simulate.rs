@@ -304,9 +304,9 @@ fn scenario_from_manifest(path: &Path, args: &SimulateArgs) -> Result<Scenario> 
             (Tolerance::from(metric), metric.threshold)
         }
     };
-    if spec.steps.is_empty() || spec.steps.iter().any(|w| !(1..=100).contains(w)) {
+    if spec.steps.is_empty() || spec.steps.iter().any(|w| w.is_zero()) {
         bail!(
-            "{}: spec.steps must be weights from 1 to 100, for example [10, 25, 50]",
+            "{}: spec.steps must be weights above 0 and up to 100, for example [10, 25, 50]",
             path.display()
         );
     }
@@ -318,7 +318,7 @@ fn scenario_from_manifest(path: &Path, args: &SimulateArgs) -> Result<Scenario> 
         total_rps: args.rps,
         swing: 0.0,
         requests: requests(args, args.error_rate, threshold),
-        shares: spec.steps.iter().map(|w| f64::from(*w) / 100.0).collect(),
+        shares: spec.steps.iter().map(|w| w.share()).collect(),
         step_seconds: step.div_ceil(interval) * interval,
         interval_seconds: interval,
         scrape_seconds: scrape,

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{Cell, Table};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use serin_api::{Canary, REVISION_LABEL, condition};
+use serin_api::{Canary, REVISION_LABEL, Weight, condition};
 
 /// One event line: when, type, reason, message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,10 +20,11 @@ pub struct EventLine {
     pub note: String,
 }
 
-/// A bar of `width` cells, filled in proportion to `percent`.
-pub fn bar(percent: i32, width: usize) -> String {
-    let percent = usize::try_from(percent.clamp(0, 100)).unwrap_or(0);
-    let filled = (percent * width + 50) / 100;
+/// A bar of `width` cells, filled in proportion to `weight`; a canary with any
+/// traffic (0.1%, say) fills one cell at least, so it never reads as none.
+pub fn bar(weight: Weight, width: usize) -> String {
+    let filled = ((weight.share() * width as f64).round() as usize)
+        .clamp(usize::from(!weight.is_zero()), width);
     format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
 }
 
@@ -199,10 +200,11 @@ mod tests {
 
     #[test]
     fn bar_fills_in_proportion() {
-        assert_eq!(bar(0, 10), "░░░░░░░░░░");
-        assert_eq!(bar(25, 4), "█░░░");
-        assert_eq!(bar(100, 4), "████");
-        assert_eq!(bar(150, 4), "████");
+        let pct = Weight::from_percent;
+        assert_eq!(bar(pct(0), 10), "░░░░░░░░░░");
+        assert_eq!(bar(pct(25), 4), "█░░░");
+        assert_eq!(bar(pct(100), 4), "████");
+        assert_eq!(bar(Weight::from_millionths(1_000), 10), "█░░░░░░░░░");
     }
 
     /// Canary `demo/web` with `spec` (besides its selector and template) and `status`.

@@ -15,6 +15,7 @@ mod schema;
 mod spec;
 mod status;
 mod validate;
+mod weight;
 
 pub use contract::{
     CANARY_LABEL, COMMAND_ANNOTATION, CommandKind, FIELD_MANAGER, REPORTING_CONTROLLER,
@@ -32,6 +33,7 @@ pub use spec::{
 pub use status::{
     AcknowledgedCommand, CanaryStatus, ErrorCounts, MetricStatus, Phase, RatioInterval, Verdict,
 };
+pub use weight::{MILLION, Weight};
 
 /// API group of every Serin resource.
 pub const GROUP: &str = "serin.dev";

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::schema;
 use crate::status::CanaryStatus;
+use crate::weight::Weight;
 
 /// A positive Go-style duration such as `30s`, `2m` or `1h30m`. The regular
 /// expression runs first so a malformed value gets this message, not a CEL error.
@@ -44,7 +45,7 @@ const KNOWN_VARIABLES_MESSAGE: &str = "has an unknown template variable, or one 
         label_selector_path = ".status.selector"
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Where the rollout is"),
-    printcolumn(name = "Weight", type_ = "integer", json_path = ".status.weight", description = "Percent of traffic on the canary"),
+    printcolumn(name = "Weight", type_ = "number", json_path = ".status.weight", description = "Percent of traffic on the canary"),
     printcolumn(name = "Stable", type_ = "string", json_path = ".status.stableRevision", description = "Revision serving as stable"),
     printcolumn(name = "Canary", type_ = "string", json_path = ".status.canaryRevision", description = "Revision being rolled out"),
     printcolumn(name = "Step", type_ = "integer", json_path = ".status.step", description = "Current step, from 1; 0 before the first"),
@@ -56,6 +57,9 @@ const KNOWN_VARIABLES_MESSAGE: &str = "has an unknown template variable, or one 
     validation = Rule::new("self.selector.matchLabels.all(k, has(self.template.metadata.labels) && k in self.template.metadata.labels && self.template.metadata.labels[k] == self.selector.matchLabels[k])")
         .message("spec.selector.matchLabels must all appear, with the same values, in spec.template.metadata.labels")
         .field_path(".selector"),
+    validation = Rule::new("has(self.traffic) || self.steps.all(w, w == double(int(w)))")
+        .message(kube::core::Message::Expression("'spec.steps: a fractional weight needs a router in spec.traffic; by replica counts a step is whole pods, and with ' + string(self.replicas) + ' replicas the finest step is about ' + string(100 / (self.replicas < 2 ? 2 : self.replicas)) + '% (one pod of ' + string(self.replicas < 2 ? 2 : self.replicas) + ')'".into()))
+        .field_path(".steps"),
     validation = Rule::new("!has(self.traffic) || has(self.service)")
         .message("a traffic router shifts weight between Services: set spec.service, or remove spec.traffic to weight by replica counts")
         .field_path(".traffic"),
@@ -92,17 +96,19 @@ pub struct CanarySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<Traffic>,
 
-    /// Canary weights in percent, strictly increasing, each from 1 to 99. After the
-    /// last step the canary is promoted to 100%. Default `[10, 25, 50]`.
+    /// Canary weights in percent, strictly increasing, each above 0 and below 100.
+    /// After the last step the canary is promoted to 100%. A router carries
+    /// fractions down to 0.0001% (a first step of 0.1% is common on big services);
+    /// by replica counts steps are whole. Default `[10, 25, 50]`.
     #[serde(default = "default_steps")]
     #[schemars(length(min = 1, max = 20))]
     #[x_kube(
-        validation = Rule::new("self.all(w, w >= 1 && w <= 99)")
-            .message("each step is a canary weight in percent from 1 to 99; promotion to 100 follows the last step"),
+        validation = Rule::new("self.all(w, w >= 0.0001 && w <= 99.9999)")
+            .message("each step is a canary weight in percent from 0.0001 to 99.9999; promotion to 100 follows the last step"),
         validation = Rule::new("self.isSorted() && self.all(w, self.indexOf(w) == self.lastIndexOf(w))")
             .message("steps must be strictly increasing, for example [1, 5, 25, 50]"),
     )]
-    pub steps: Vec<i32>,
+    pub steps: Vec<Weight>,
 
     /// Least time spent at each step, analysing, before it may advance. Default `1m`.
     #[serde(default = "default_step_duration")]
@@ -521,8 +527,8 @@ fn default_replicas() -> i32 {
     1
 }
 
-fn default_steps() -> Vec<i32> {
-    vec![10, 25, 50]
+fn default_steps() -> Vec<Weight> {
+    [10, 25, 50].map(Weight::from_percent).to_vec()
 }
 
 fn seconds(secs: u64) -> Duration {

@@ -4,6 +4,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::weight::Weight;
+
 /// Observed state of a Canary, written only by the controller.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -20,9 +22,9 @@ pub struct CanaryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_revision: Option<String>,
 
-    /// Percent of traffic on the canary revision, 0 to 100.
+    /// Percent of traffic on the canary revision, 0 to 100, to 0.0001%.
     #[serde(default)]
-    pub weight: i32,
+    pub weight: Weight,
 
     /// Current step, counted from 1; 0 before the first step and when no rollout runs.
     #[serde(default)]

@@ -4,7 +4,7 @@
 //! list to walk, a positive deadline). A broken one is an `InvalidSpec` naming the
 //! field, never a panic or a guess.
 
-use crate::{CanarySpec, Duration};
+use crate::{CanarySpec, Duration, Weight};
 
 impl CanarySpec {
     /// The first broken promise, as `<field>: <what it must be>`.
@@ -17,12 +17,25 @@ impl CanarySpec {
             return Some("spec.replicas: must be 0 or more".into());
         }
         if self.steps.is_empty()
-            || self.steps.iter().any(|weight| !(1..=99).contains(weight))
+            || self
+                .steps
+                .iter()
+                .any(|weight| weight.is_zero() || *weight == Weight::FULL)
             || self.steps.windows(2).any(|pair| pair[0] >= pair[1])
         {
             return Some(
-                "spec.steps: must be strictly increasing canary weights from 1 to 99, for example [1, 5, 25, 50]".into(),
+                "spec.steps: must be strictly increasing canary weights from 0.0001 to 99.9999, for example [1, 5, 25, 50]".into(),
             );
+        }
+        if self.traffic.is_none()
+            && let Some(fraction) = self.steps.iter().find(|w| w.whole_percent().is_none())
+        {
+            let pods = self.replicas.max(2);
+            return Some(format!(
+                "spec.steps: {fraction}% is a fractional weight, which needs a router in spec.traffic; by replica counts a step is whole pods, and with {} replicas the finest step is about {}% (one pod of {pods})",
+                self.replicas,
+                100 / pods
+            ));
         }
         if self.revision_history_limit < 0 {
             return Some("spec.revisionHistoryLimit: must be 0 or more".into());
@@ -127,6 +140,19 @@ spec:
     #[test]
     fn a_spec_the_schema_accepts_has_no_problem() {
         assert_eq!(spec("").problem(), None);
+        let routed_fractions = "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n  steps: [0.1, 1, 12.5, 50]\n";
+        assert_eq!(spec(routed_fractions).problem(), None);
+    }
+
+    #[test]
+    fn a_fractional_step_by_replica_counts_says_what_pods_can_carry() {
+        let problem = spec("  replicas: 4\n  steps: [0.1, 50]\n").problem();
+        assert_eq!(
+            problem.as_deref(),
+            Some(
+                "spec.steps: 0.1% is a fractional weight, which needs a router in spec.traffic; by replica counts a step is whole pods, and with 4 replicas the finest step is about 25% (one pod of 4)"
+            )
+        );
     }
 
     #[test]
@@ -135,6 +161,11 @@ spec:
             ("  steps: []\n", "spec.steps"),
             ("  steps: [50, 25]\n", "spec.steps"),
             ("  steps: [0]\n", "spec.steps"),
+            ("  steps: [0.00001]\n", "spec.steps"),
+            (
+                "  steps: [0.5, 10]\n",
+                "spec.steps: 0.5% is a fractional weight",
+            ),
             ("  replicas: -1\n", "spec.replicas"),
             ("  stepDuration: 0s\n", "spec.stepDuration"),
             ("  scaleDownDelay: -5s\n", "spec.scaleDownDelay"),

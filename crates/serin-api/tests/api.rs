@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serin_api::{Canary, CanaryStatus, Phase, canary_crd};
+use serin_api::{Canary, CanaryStatus, Phase, Weight, canary_crd};
 
 const MINIMAL: &str = include_str!("../../../docs/examples/minimal.yaml");
 const PODINFO: &str = include_str!("../../../docs/examples/podinfo.yaml");
@@ -16,7 +16,7 @@ fn minimal_example_gets_the_documented_defaults() {
     let canary = parse(MINIMAL);
     let spec = &canary.spec;
     assert_eq!(spec.replicas, 2);
-    assert_eq!(spec.steps, [10, 25, 50]);
+    assert_eq!(spec.steps, [10, 25, 50].map(Weight::from_percent));
     assert_eq!(Duration::from(spec.step_duration), Duration::from_secs(60));
     assert_eq!(
         Duration::from(spec.progress_deadline),
@@ -36,7 +36,7 @@ fn minimal_example_gets_the_documented_defaults() {
 fn podinfo_example_reads_every_section() {
     let canary = parse(PODINFO);
     let spec = &canary.spec;
-    assert_eq!(spec.steps, [1, 5, 25, 50]);
+    assert_eq!(spec.steps, [1, 5, 25, 50].map(Weight::from_percent));
     let routes = spec
         .traffic
         .as_ref()
@@ -89,7 +89,7 @@ fn status_round_trips_in_kubernetes_casing() {
     let status = CanaryStatus {
         phase: Some(Phase::Progressing),
         stable_revision: Some("5d8f7c9b6a".into()),
-        weight: 25,
+        weight: Weight::from_percent(25),
         step: 3,
         ..CanaryStatus::default()
     };

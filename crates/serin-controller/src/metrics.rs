@@ -220,7 +220,7 @@ pub struct Metrics {
     stale_reads: Counter,
     failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
-    weight: Family<CanaryLabels, Gauge<i64, AtomicI64>>,
+    weight: Family<CanaryLabels, Gauge<f64, AtomicU64>>,
     step: Family<CanaryLabels, Gauge<i64, AtomicI64>>,
     phase: Family<PhaseLabels, Gauge<i64, AtomicI64>>,
     evidence: Family<MetricLabels, Gauge<f64, AtomicU64>>,
@@ -404,7 +404,7 @@ impl Metrics {
         };
         self.weight
             .get_or_create(&labels)
-            .set(i64::from(status.weight));
+            .set(status.weight.percent());
         self.step.get_or_create(&labels).set(i64::from(status.step));
         set_or_remove(&self.evidence_limit, &labels, evidence_limit);
         for each in PHASES {
@@ -580,7 +580,7 @@ mod tests {
     fn analysed() -> CanaryStatus {
         let mut status = CanaryStatus {
             phase: Some(Phase::Progressing),
-            weight: 25,
+            weight: serin_api::Weight::from_percent(25),
             step: 1,
             ..CanaryStatus::default()
         };

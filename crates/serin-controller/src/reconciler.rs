@@ -568,7 +568,7 @@ fn before_first_weight(canary: &Canary, revision: &str) -> bool {
     canary.status.as_ref().is_some_and(|status| {
         status.phase == Some(Phase::Progressing)
             && status.canary_revision.as_deref() == Some(revision)
-            && status.weight == 0
+            && status.weight.is_zero()
     })
 }
 

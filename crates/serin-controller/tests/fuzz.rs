@@ -213,7 +213,7 @@ proptest! {
                 now,
             };
             let planned = plan(&snapshot);
-            prop_assert!((0..=100).contains(&planned.status.weight));
+            prop_assert!(planned.status.weight <= serin_api::Weight::FULL);
             prop_assert!(planned.requeue_after > std::time::Duration::ZERO || !planned.events.is_empty(),
                 "a plan that neither waits nor reports would spin: {:?}", planned);
         }

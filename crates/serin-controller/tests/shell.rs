@@ -203,7 +203,7 @@ fn mid_rollout(canary_revision: &str, analysis_since: Timestamp) -> CanaryStatus
         stable_revision: Some("aaaaaaaaaa".into()),
         canary_revision: Some(canary_revision.into()),
         step: 1,
-        weight: 25,
+        weight: serin_api::Weight::from_percent(25),
         step_started_at: Some(Time(analysis_since)),
         analysis_started_at: Some(Time(analysis_since)),
         ..CanaryStatus::default()
@@ -526,7 +526,7 @@ async fn a_new_revision_waits_for_a_start_slot_and_a_running_one_never_does() {
     assert_eq!(deferred.ok(), Some(Requeue::requeue(START_DEFERRED)));
     let mut waiting = running.clone();
     if let Some(status) = waiting.status.as_mut() {
-        status.weight = 0;
+        status.weight = serin_api::Weight::ZERO;
     }
     let deferred = within(reconcile_canary(&waiting, &context)).await;
     assert_eq!(deferred.ok(), Some(Requeue::requeue(START_DEFERRED)));

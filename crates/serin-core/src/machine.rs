@@ -12,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serin_api::{
-    AcknowledgedCommand, CanarySpec, CanaryStatus, Duration as SpecDuration, Phase, reason,
+    AcknowledgedCommand, CanarySpec, CanaryStatus, Duration as SpecDuration, Phase, Weight, reason,
 };
 
 use crate::command::{self, Command, CommandKind};
@@ -93,8 +93,8 @@ pub struct Routing {
     pub stable: String,
     /// The revision behind `<name>-canary`, while there is one.
     pub canary: Option<String>,
-    /// Percent of requests to the canary.
-    pub weight: i32,
+    /// Share of requests to the canary.
+    pub weight: Weight,
 }
 
 /// A change to make in the cluster, in order.
@@ -352,7 +352,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             revision: stable.to_owned(),
             replicas,
         });
-        self.route(stable, None, 0);
+        self.route(stable, None, Weight::ZERO);
         self.status.step = 0;
         self.status.step_started_at = None;
         self.status.analysis_started_at = None;
@@ -614,7 +614,14 @@ impl<'s, 'a> Planner<'s, 'a> {
 
     /// The step's weight is in effect: the analysis verdict and the step's time
     /// decide whether it fails, holds, waits or advances.
-    fn judge_step(&mut self, stable: &str, target: &str, step: i32, weight: i32, clock: StepClock) {
+    fn judge_step(
+        &mut self,
+        stable: &str,
+        target: &str,
+        step: i32,
+        weight: Weight,
+        clock: StepClock,
+    ) {
         let analysis_started = self
             .status
             .analysis_started_at
@@ -755,7 +762,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             revision: stable.to_owned(),
             replicas: self.snap.spec.replicas,
         });
-        self.route(stable, None, 0);
+        self.route(stable, None, Weight::ZERO);
         self.status.analysis_started_at = None;
         self.availability(stable);
     }
@@ -814,7 +821,7 @@ impl<'s, 'a> Planner<'s, 'a> {
     }
 
     /// Replicas for a step's weight, by the router or by pod counts.
-    fn split(&self, weight: i32) -> Split {
+    fn split(&self, weight: Weight) -> Split {
         if self.snap.spec.traffic.is_some() {
             replicas::routed(self.snap.spec.replicas, weight)
         } else {
@@ -828,13 +835,13 @@ impl<'s, 'a> Planner<'s, 'a> {
         let weight = if self.available(target) > 0 {
             self.status.weight
         } else {
-            0
+            Weight::ZERO
         };
-        let canary = (weight > 0).then_some(target);
+        let canary = (!weight.is_zero()).then_some(target);
         self.route(stable, canary, weight);
     }
 
-    fn route(&mut self, stable: &str, canary: Option<&str>, weight: i32) {
+    fn route(&mut self, stable: &str, canary: Option<&str>, weight: Weight) {
         self.status.weight = weight;
         self.actions.push(Action::Route(Routing {
             stable: stable.to_owned(),
@@ -984,12 +991,12 @@ impl<'s, 'a> Planner<'s, 'a> {
 
 /// The weight of step `step` (from 1); 0 for a step the spec does not have, which
 /// only a spec that breaks the schema's promises can ask for (and it is refused).
-fn step_weight(spec: &CanarySpec, step: i32) -> i32 {
+fn step_weight(spec: &CanarySpec, step: i32) -> Weight {
     usize::try_from(step - 1)
         .ok()
         .and_then(|index| spec.steps.get(index))
         .copied()
-        .unwrap_or(0)
+        .unwrap_or(Weight::ZERO)
 }
 
 fn steps(spec: &CanarySpec) -> i32 {

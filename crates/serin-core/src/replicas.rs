@@ -1,5 +1,7 @@
 //! How many pods each revision runs for a given canary weight.
 
+use serin_api::Weight;
+
 /// Pods for the stable and canary revisions at a step, and the share of traffic
 /// the canary then really gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -8,15 +10,17 @@ pub struct Split {
     pub stable: i32,
     /// Pods of the canary revision.
     pub canary: i32,
-    /// Percent of traffic on the canary once the split is in place.
-    pub weight: i32,
+    /// Share of traffic on the canary once the split is in place.
+    pub weight: Weight,
 }
 
 /// With a traffic router the weight is set on the route: stable keeps every pod and
 /// the canary runs enough pods for its share, ceil(weight × replicas), at least one.
-pub fn routed(replicas: i32, weight: i32) -> Split {
+pub fn routed(replicas: i32, weight: Weight) -> Split {
     let replicas = replicas.max(0);
-    let canary = ((i64::from(weight) * i64::from(replicas) + 99) / 100).max(1);
+    let million = i64::from(serin_api::MILLION);
+    let canary =
+        ((i64::from(weight.millionths()) * i64::from(replicas) + million - 1) / million).max(1);
     Split {
         stable: replicas,
         canary: i32::try_from(canary).unwrap_or(i32::MAX),
@@ -26,16 +30,18 @@ pub fn routed(replicas: i32, weight: i32) -> Split {
 
 /// Without a router the pods carry the weight: `replicas` pods are split between
 /// the two revisions as close to `weight` as whole pods allow, each side keeping at
-/// least one pod (so a one-replica workload runs one of each, half and half).
-pub fn by_pod_count(replicas: i32, weight: i32) -> Split {
+/// least one pod (so a one-replica workload runs one of each, half and half). The
+/// weight it reports is the pods' share, to a whole percent.
+pub fn by_pod_count(replicas: i32, weight: Weight) -> Split {
     let replicas = replicas.max(2);
-    let wanted = (f64::from(weight) * f64::from(replicas) / 100.0).round();
+    let wanted = (weight.share() * f64::from(replicas)).round();
     let canary = (wanted as i32).clamp(1, replicas - 1);
     let stable = replicas - canary;
+    let percent = (100.0 * f64::from(canary) / f64::from(replicas)).round() as u32;
     Split {
         stable,
         canary,
-        weight: (100.0 * f64::from(canary) / f64::from(replicas)).round() as i32,
+        weight: Weight::from_percent(percent),
     }
 }
 
@@ -44,38 +50,42 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn pct(percent: u32) -> Weight {
+        Weight::from_percent(percent)
+    }
+
     #[test]
     fn routed_examples() {
         assert_eq!(
-            routed(4, 1),
+            routed(4, pct(1)),
             Split {
                 stable: 4,
                 canary: 1,
-                weight: 1
+                weight: pct(1)
             }
         );
         assert_eq!(
-            routed(4, 25),
+            routed(4, pct(25)),
             Split {
                 stable: 4,
                 canary: 1,
-                weight: 25
+                weight: pct(25)
             }
         );
         assert_eq!(
-            routed(4, 50),
+            routed(4, pct(50)),
             Split {
                 stable: 4,
                 canary: 2,
-                weight: 50
+                weight: pct(50)
             }
         );
         assert_eq!(
-            routed(10, 33),
+            routed(10, pct(33)),
             Split {
                 stable: 10,
                 canary: 4,
-                weight: 33
+                weight: pct(33)
             }
         );
     }
@@ -83,68 +93,70 @@ mod tests {
     #[test]
     fn pod_count_examples() {
         assert_eq!(
-            by_pod_count(4, 25),
+            by_pod_count(4, pct(25)),
             Split {
                 stable: 3,
                 canary: 1,
-                weight: 25
+                weight: pct(25)
             }
         );
         assert_eq!(
-            by_pod_count(4, 50),
+            by_pod_count(4, pct(50)),
             Split {
                 stable: 2,
                 canary: 2,
-                weight: 50
+                weight: pct(50)
             }
         );
         assert_eq!(
-            by_pod_count(10, 10),
+            by_pod_count(10, pct(10)),
             Split {
                 stable: 9,
                 canary: 1,
-                weight: 10
+                weight: pct(10)
             }
         );
         assert_eq!(
-            by_pod_count(1, 10),
+            by_pod_count(1, pct(10)),
             Split {
                 stable: 1,
                 canary: 1,
-                weight: 50
+                weight: pct(50)
             }
         );
         assert_eq!(
-            by_pod_count(4, 99),
+            by_pod_count(4, pct(99)),
             Split {
                 stable: 1,
                 canary: 3,
-                weight: 75
+                weight: pct(75)
             }
         );
     }
 
     proptest! {
         #[test]
-        fn routed_canary_has_a_pod_and_enough_for_its_share(replicas in 1..500i32, weight in 1..100i32) {
-            let split = routed(replicas, weight);
+        fn routed_canary_has_a_pod_and_enough_for_its_share(replicas in 1..500i32, millionths in 1..1_000_000u32) {
+            let split = routed(replicas, Weight::from_millionths(millionths));
+            let (canary, wanted) = (i64::from(split.canary) * 1_000_000, i64::from(millionths) * i64::from(replicas));
             prop_assert_eq!(split.stable, replicas);
+            prop_assert_eq!(split.weight.millionths(), millionths, "the route carries the weight exactly");
             prop_assert!(split.canary >= 1);
-            prop_assert!(split.canary * 100 >= weight * replicas);
-            prop_assert!((split.canary - 1) * 100 < weight * replicas || split.canary == 1);
+            prop_assert!(canary >= wanted);
+            prop_assert!(canary - 1_000_000 < wanted || split.canary == 1);
         }
 
         #[test]
-        fn pod_count_keeps_both_sides_and_the_total(replicas in 1..500i32, weight in 1..100i32) {
-            let split = by_pod_count(replicas, weight);
+        fn pod_count_keeps_both_sides_and_the_total(replicas in 1..500i32, weight in 1..100u32) {
+            let split = by_pod_count(replicas, pct(weight));
             prop_assert!(split.stable >= 1 && split.canary >= 1);
             prop_assert_eq!(split.stable + split.canary, replicas.max(2));
-            prop_assert!((0..=100).contains(&split.weight));
+            prop_assert!(split.weight.whole_percent().is_some_and(|p| p <= 100));
         }
 
         #[test]
-        fn pod_count_is_the_closest_whole_split(replicas in 2..500i32, weight in 1..100i32) {
-            let split = by_pod_count(replicas, weight);
+        fn pod_count_is_the_closest_whole_split(replicas in 2..500i32, weight in 1..100u32) {
+            let split = by_pod_count(replicas, pct(weight));
             let wanted = f64::from(weight) * f64::from(replicas) / 100.0;
             let error = (f64::from(split.canary) - wanted).abs();
             prop_assert!(error <= 0.5 || split.canary == 1 || split.canary == replicas - 1);

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use serin_api::{Canary, CanarySpec, CanaryStatus, MetricStatus, Phase, Verdict};
+use serin_api::{Canary, CanarySpec, CanaryStatus, MetricStatus, Phase, Verdict, Weight};
 use serin_core::conditions;
 use serin_core::machine::{
     Action, EventType, ObservedReplicaSet, Plan, Routing, Snapshot, StepVerdict, plan,
@@ -14,6 +14,10 @@ use serin_core::machine::{
 const STABLE: &str = "aaaaaaaaaa";
 const CANARY: &str = "bbbbbbbbbb";
 const THIRD: &str = "cccccccccc";
+
+fn pct(percent: u32) -> Weight {
+    Weight::from_percent(percent)
+}
 
 fn spec(yaml_extra: &str) -> CanarySpec {
     let yaml = format!(
@@ -206,7 +210,20 @@ impl World {
                 }
             }
             Action::Route(routing) => {
-                if routing.weight > 0 {
+                // The weight is a step's, exactly, when a router carries it (a
+                // fraction of a percent included); pods carry whole percents.
+                let carried = if self.spec.traffic.is_some() {
+                    self.spec.steps.contains(&routing.weight)
+                } else {
+                    routing.weight.whole_percent().is_some()
+                };
+                assert!(
+                    routing.weight.is_zero() || carried,
+                    "weight {}% is not what the router can carry for steps {:?}",
+                    routing.weight,
+                    self.spec.steps
+                );
+                if !routing.weight.is_zero() {
                     let canary = routing
                         .canary
                         .as_deref()
@@ -295,8 +312,10 @@ impl World {
         self.status.phase.unwrap_or_else(|| panic!("no phase"))
     }
 
-    fn weight(&self) -> i32 {
-        self.routes.last().map_or(0, |route| route.weight)
+    fn weight(&self) -> Weight {
+        self.routes
+            .last()
+            .map_or(Weight::ZERO, |route| route.weight)
     }
 
     fn reason(&self, kind: &str) -> String {
@@ -340,7 +359,7 @@ fn first_apply_runs_one_replica_set_and_becomes_healthy_and_promoted() {
     world.reconcile();
     assert_eq!(world.phase(), Phase::Healthy);
     assert!(world.promoted());
-    assert_eq!(world.weight(), 0);
+    assert_eq!(world.weight(), Weight::ZERO);
     assert!(world.events().contains(&"Healthy"));
     assert_eq!(world.status.observed_generation, Some(1));
     assert_eq!(world.status.selector.as_deref(), Some("app=web"));
@@ -357,7 +376,7 @@ fn a_new_revision_walks_every_step_then_is_promoted_and_the_old_one_retires() {
     assert!(!world.promoted());
     // No router: the pods carry the weight, 25% of 4 is one canary pod.
     assert_eq!((world.replicas(STABLE), world.replicas(CANARY)), (3, 1));
-    assert_eq!(world.weight(), 25);
+    assert_eq!(world.weight(), pct(25));
 
     world.advance(Duration::from_secs(59));
     world.reconcile();
@@ -367,7 +386,7 @@ fn a_new_revision_walks_every_step_then_is_promoted_and_the_old_one_retires() {
     world.settle();
     assert_eq!(world.status.step, 2);
     assert_eq!((world.replicas(STABLE), world.replicas(CANARY)), (2, 2));
-    assert_eq!(world.weight(), 50);
+    assert_eq!(world.weight(), pct(50));
 
     world.advance(Duration::from_secs(60));
     world.settle();
@@ -393,11 +412,11 @@ fn with_a_router_stable_stays_full_and_the_canary_runs_its_share() {
     world.new_template(CANARY);
     world.reconcile();
     assert_eq!((world.replicas(STABLE), world.replicas(CANARY)), (4, 1));
-    assert_eq!(world.weight(), 25);
+    assert_eq!(world.weight(), pct(25));
     world.advance(Duration::from_secs(60));
     world.settle();
     assert_eq!((world.replicas(STABLE), world.replicas(CANARY)), (4, 2));
-    assert_eq!(world.weight(), 50);
+    assert_eq!(world.weight(), pct(50));
 }
 
 #[test]
@@ -408,15 +427,19 @@ fn no_weight_goes_to_the_canary_before_its_pods_are_available() {
     world.instant_pods = false;
     world.new_template(CANARY);
     world.reconcile();
-    assert_eq!(world.weight(), 0);
+    assert_eq!(world.weight(), Weight::ZERO);
     assert_eq!(world.reason(conditions::PROGRESSING), "WaitingForPods");
     world.advance(Duration::from_secs(120));
     world.reconcile();
-    assert_eq!(world.weight(), 0, "waiting does not count as step time");
+    assert_eq!(
+        world.weight(),
+        Weight::ZERO,
+        "waiting does not count as step time"
+    );
 
     world.make_available(CANARY);
     world.reconcile();
-    assert_eq!(world.weight(), 25);
+    assert_eq!(world.weight(), pct(25));
     assert_eq!(world.status.step, 1);
     world.advance(Duration::from_secs(59));
     world.reconcile();
@@ -443,7 +466,7 @@ fn pods_that_never_become_available_abort_at_the_progress_deadline() {
         "ProgressDeadlineExceeded"
     );
     assert!(world.events().contains(&"ProgressDeadlineExceeded"));
-    assert_eq!(world.weight(), 0);
+    assert_eq!(world.weight(), Weight::ZERO);
 }
 
 #[test]
@@ -466,7 +489,7 @@ fn canary_pods_that_fail_say_why_once_and_roll_back_at_the_deadline() {
     assert_eq!(world.events(), ["CanaryPodsFailing"]);
     assert_eq!(
         world.weight(),
-        0,
+        Weight::ZERO,
         "no traffic to pods that are not available"
     );
     world.advance(Duration::from_secs(10));
@@ -517,7 +540,7 @@ fn a_failing_analysis_aborts_with_all_traffic_on_stable_before_the_canary_scales
     let route = plan
         .actions
         .iter()
-        .position(|a| matches!(a, Action::Route(r) if r.weight == 0 && r.canary.is_none()));
+        .position(|a| matches!(a, Action::Route(r) if r.weight.is_zero() && r.canary.is_none()));
     let stable_full = plan
         .actions
         .iter()
@@ -732,7 +755,7 @@ fn pause_holds_the_step_and_resume_continues_it() {
     world.reconcile();
     assert_eq!(world.phase(), Phase::Paused);
     assert_eq!(world.status.step, 1);
-    assert_eq!(world.weight(), 25, "a paused step keeps its weight");
+    assert_eq!(world.weight(), pct(25), "a paused step keeps its weight");
     assert_eq!(world.reason(conditions::PROGRESSING), "Paused");
 
     world.spec.paused = false;
@@ -847,7 +870,7 @@ fn restoring_the_stable_template_returns_to_healthy_at_once() {
         assert!(world.promoted());
         assert_eq!(world.status.canary_revision, None);
         assert_eq!(world.replicas(STABLE), 4);
-        assert_eq!(world.weight(), 0);
+        assert_eq!(world.weight(), Weight::ZERO);
     }
 }
 
@@ -1124,6 +1147,10 @@ mod random_walks {
         fn invariants_hold_whatever_happens(routed in any::<bool>(), happenings in prop::collection::vec(happening(), 1..40)) {
             let extra = if routed { "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n" } else { "" };
             let mut world = World::healthy(spec(extra));
+            if routed {
+                // A router carries fractions of a percent: a careful first step.
+                world.spec.steps = vec![Weight::from_millionths(1_000), Weight::from_millionths(125_000), pct(50)];
+            }
             let templates = [STABLE, CANARY, THIRD];
             for (index, happened) in happenings.into_iter().enumerate() {
                 let before = (world.status.step, world.status.phase, world.status.canary_revision.clone());
@@ -1238,16 +1265,16 @@ mod random_walks {
                     !invalid && status.phase == Some(Phase::Healthy) && world.promoted()
                         && conditions::is_true(&status.conditions, conditions::AVAILABLE)
                 );
-                prop_assert!((0..=100).contains(&status.weight));
+                prop_assert!(status.weight <= Weight::FULL);
                 prop_assert!(status.stable_revision.is_some());
                 prop_assert_ne!(status.canary_revision.as_ref(), status.stable_revision.as_ref());
                 if world.promoted() {
                     prop_assert_eq!(status.stable_revision.as_deref(), Some(world.revision.as_str()));
                     prop_assert_eq!(status.phase, Some(Phase::Healthy));
-                    prop_assert_eq!(world.weight(), 0);
+                    prop_assert_eq!(world.weight(), Weight::ZERO);
                 }
                 if status.phase == Some(Phase::Aborted) {
-                    prop_assert_eq!(world.weight(), 0);
+                    prop_assert_eq!(world.weight(), Weight::ZERO);
                 }
                 let live = world.replica_sets.iter().filter(|rs| rs.replicas > 0).count();
                 prop_assert!(live <= 3, "at most stable, canary and one retiring: {:?}", world.replica_sets);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use serin_api::RouteKind;
+use serin_api::{RouteKind, Weight};
 
 use crate::Seen;
 
@@ -102,14 +102,15 @@ pub enum RouteSighting {
 
 /// Sets the weights in one route's JSON: in every rule with a backendRef to
 /// `stable` or `canary`, the stable ref gets `100 - weight` and the canary ref
-/// `weight`; a missing one of the two is added after the other, copying its port.
-/// Returns whether anything changed.
+/// `weight` in percent when the weight is whole (as operators write them), in
+/// millionths otherwise (0.1% is 999000/1000); a missing one of the two is added
+/// after the other, copying its port. Returns whether anything changed.
 pub fn set_weights(
     route: &mut Value,
     (kind, name): (RouteKind, &str),
     stable: &str,
     canary: &str,
-    weight: i32,
+    weight: Weight,
 ) -> Result<bool, RouteProblem> {
     let problem = || RouteProblem::NoBackendRef {
         kind,
@@ -126,6 +127,10 @@ pub fn set_weights(
             && backend.get("kind").is_none_or(|kind| kind == "Service")
             && backend.get("group").is_none_or(|group| group == "")
     };
+    let (stable_share, canary_share) = match weight.whole_percent() {
+        Some(percent) => (100 - percent, percent),
+        None => (weight.rest().millionths(), weight.millionths()),
+    };
     let mut owned = false;
     let mut changed = false;
     for rule in rules.iter_mut() {
@@ -140,8 +145,8 @@ pub fn set_weights(
         };
         owned = true;
         for (service, at, share) in [
-            (stable, stable_at, 100 - weight),
-            (canary, canary_at, weight),
+            (stable, stable_at, stable_share),
+            (canary, canary_at, canary_share),
         ] {
             match at {
                 Some(index) => {
@@ -175,12 +180,12 @@ pub async fn check(
     for &route in routes {
         let api = routes_api(client, namespace, route.0);
         let mut value = read(&api, seen, namespace, route).await?;
-        set_weights(&mut value, route, stable, canary, 0)?;
+        set_weights(&mut value, route, stable, canary, Weight::ZERO)?;
     }
     Ok(())
 }
 
-/// Sets `weight` percent on the canary Service in each route, writing only routes
+/// Sets `weight` on the canary Service in each route, writing only routes
 /// whose weights differ (as last seen: a write from a stale copy fails on its
 /// resourceVersion and is retried at once).
 pub async fn apply(
@@ -190,7 +195,7 @@ pub async fn apply(
     routes: &[(RouteKind, &str)],
     stable: &str,
     canary: &str,
-    weight: i32,
+    weight: Weight,
 ) -> Result<(), RouteError> {
     for &(kind, route) in routes {
         let api = routes_api(client, namespace, kind);
@@ -284,7 +289,13 @@ mod tests {
     fn adds_the_canary_ref_and_sets_both_weights() {
         let mut value = route(json!([{"name": "web-stable", "port": 80}]));
         assert_eq!(
-            set_weights(&mut value, HTTP_WEB, "web-stable", "web-canary", 25),
+            set_weights(
+                &mut value,
+                HTTP_WEB,
+                "web-stable",
+                "web-canary",
+                Weight::from_percent(25)
+            ),
             Ok(true)
         );
         let backends = &value["spec"]["rules"][1]["backendRefs"];
@@ -301,7 +312,14 @@ mod tests {
     fn leaves_every_other_field_as_written() {
         let mut value = route(json!([{"name": "web-stable", "port": 80}]));
         let before = value.clone();
-        set_weights(&mut value, HTTP_WEB, "web-stable", "web-canary", 50).ok();
+        set_weights(
+            &mut value,
+            HTTP_WEB,
+            "web-stable",
+            "web-canary",
+            Weight::from_percent(50),
+        )
+        .ok();
         assert_eq!(value["spec"]["rules"][0], before["spec"]["rules"][0]);
         assert_eq!(
             value["spec"]["rules"][1]["filters"],
@@ -313,13 +331,48 @@ mod tests {
     }
 
     #[test]
+    fn a_fraction_of_a_percent_is_written_in_millionths_and_a_whole_one_in_percent() {
+        let mut value = route(json!([{"name": "web-stable", "port": 80}]));
+        let tenth = Weight::from_millionths(1_000);
+        assert_eq!(
+            set_weights(&mut value, HTTP_WEB, "web-stable", "web-canary", tenth),
+            Ok(true)
+        );
+        assert_eq!(
+            value["spec"]["rules"][1]["backendRefs"],
+            json!([
+                {"name": "web-stable", "port": 80, "weight": 999_000},
+                {"name": "web-canary", "port": 80, "weight": 1_000}
+            ])
+        );
+        let five = Weight::from_percent(5);
+        assert_eq!(
+            set_weights(&mut value, HTTP_WEB, "web-stable", "web-canary", five),
+            Ok(true)
+        );
+        assert_eq!(
+            value["spec"]["rules"][1]["backendRefs"],
+            json!([
+                {"name": "web-stable", "port": 80, "weight": 95},
+                {"name": "web-canary", "port": 80, "weight": 5}
+            ])
+        );
+    }
+
+    #[test]
     fn reports_no_change_when_weights_are_already_set() {
         let mut value = route(json!([
             {"name": "web-stable", "port": 80, "weight": 100},
             {"name": "web-canary", "port": 80, "weight": 0}
         ]));
         assert_eq!(
-            set_weights(&mut value, HTTP_WEB, "web-stable", "web-canary", 0),
+            set_weights(
+                &mut value,
+                HTTP_WEB,
+                "web-stable",
+                "web-canary",
+                Weight::from_percent(0)
+            ),
             Ok(false)
         );
     }
@@ -328,7 +381,13 @@ mod tests {
     fn a_route_without_the_services_is_a_problem() {
         let mut value = route(json!([{"name": "other", "port": 80}]));
         assert!(matches!(
-            set_weights(&mut value, HTTP_WEB, "web-stable", "web-canary", 10),
+            set_weights(
+                &mut value,
+                HTTP_WEB,
+                "web-stable",
+                "web-canary",
+                Weight::from_percent(10)
+            ),
             Err(RouteProblem::NoBackendRef { .. })
         ));
     }
@@ -338,7 +397,16 @@ mod tests {
         let mut value = route(
             json!([{"name": "web-stable", "kind": "ServiceImport", "group": "multicluster.x-k8s.io"}]),
         );
-        assert!(set_weights(&mut value, HTTP_WEB, "web-stable", "web-canary", 10).is_err());
+        assert!(
+            set_weights(
+                &mut value,
+                HTTP_WEB,
+                "web-stable",
+                "web-canary",
+                Weight::from_percent(10)
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -354,7 +422,13 @@ mod tests {
         });
         let grpc = (RouteKind::Grpc, "web-grpc");
         assert_eq!(
-            set_weights(&mut value, grpc, "web-stable", "web-canary", 10),
+            set_weights(
+                &mut value,
+                grpc,
+                "web-stable",
+                "web-canary",
+                Weight::from_percent(10)
+            ),
             Ok(true)
         );
         assert_eq!(
@@ -364,7 +438,13 @@ mod tests {
                 {"name": "web-canary", "port": 9090, "weight": 10}
             ])
         );
-        let unrelated = set_weights(&mut value, grpc, "api-stable", "api-canary", 10);
+        let unrelated = set_weights(
+            &mut value,
+            grpc,
+            "api-stable",
+            "api-canary",
+            Weight::from_percent(10),
+        );
         assert!(
             unrelated.as_ref().is_err_and(|problem| problem
                 .to_string()

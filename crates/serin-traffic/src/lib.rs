@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serin_api::{
-    CANARY_LABEL, FIELD_MANAGER, REVISION_LABEL, RouteKind, ServicePorts, canary_service,
+    CANARY_LABEL, FIELD_MANAGER, REVISION_LABEL, RouteKind, ServicePorts, Weight, canary_service,
     stable_service,
 };
 
@@ -74,7 +74,7 @@ pub trait WeightRouter {
     /// Checks that the router can carry weights; a spec problem is reported with
     /// [`TrafficError::spec_problem`] and nothing is changed.
     fn check(&self) -> impl Future<Output = Result<(), TrafficError>> + Send;
-    /// Sends `weights.weight` percent of requests to the canary, the rest to stable.
+    /// Sends `weights.weight` of the requests to the canary, the rest to stable.
     fn apply(&self, weights: Weights<'_>) -> impl Future<Output = Result<(), TrafficError>> + Send;
 }
 
@@ -205,8 +205,8 @@ pub struct Weights<'a> {
     pub stable: &'a str,
     /// The canary revision, while there is one.
     pub canary: Option<&'a str>,
-    /// Percent of requests to the canary.
-    pub weight: i32,
+    /// Share of requests to the canary.
+    pub weight: Weight,
 }
 
 /// The Services for `weights`, as Serin wants them.
@@ -219,7 +219,7 @@ pub fn services(workload: &Workload, weights: Weights) -> Vec<Service> {
         selector.insert(REVISION_LABEL.to_owned(), revision.to_owned());
         selector
     };
-    let canary_has_traffic = weights.canary.is_some() && weights.weight > 0;
+    let canary_has_traffic = weights.canary.is_some() && !weights.weight.is_zero();
     let main_selector = if workload.routed || canary_has_traffic {
         workload.labels.clone()
     } else {
@@ -382,7 +382,7 @@ mod tests {
             Weights {
                 stable: "a",
                 canary: None,
-                weight: 0,
+                weight: Weight::from_percent(0),
             },
         );
         assert_eq!(
@@ -394,7 +394,7 @@ mod tests {
             Weights {
                 stable: "a",
                 canary: Some("b"),
-                weight: 25,
+                weight: Weight::from_percent(25),
             },
         );
         assert_eq!(selector(&rolling[0]), labels);
@@ -430,7 +430,7 @@ mod tests {
         let weights = Weights {
             stable: "a",
             canary: Some("b"),
-            weight: 25,
+            weight: Weight::from_percent(25),
         };
         let wanted = services(&workload, weights).remove(0);
         // What the API server stores: defaults filled in, a person's annotation.
@@ -449,7 +449,7 @@ mod tests {
         let moved = services(
             &workload,
             Weights {
-                weight: 0,
+                weight: Weight::from_percent(0),
                 ..weights
             },
         )
@@ -485,7 +485,7 @@ mod tests {
             Weights {
                 stable: "a",
                 canary: None,
-                weight: 0,
+                weight: Weight::from_percent(0),
             },
         );
         let port = made[0]
@@ -514,7 +514,7 @@ mod tests {
                 Weights {
                     stable: "a",
                     canary: None,
-                    weight: 0
+                    weight: Weight::from_percent(0)
                 }
             )
             .is_empty()

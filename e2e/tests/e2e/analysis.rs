@@ -6,7 +6,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use serin_api::{Canary, MetricStatus, Phase, Verdict};
+use serin_api::{Canary, MetricStatus, Phase, Verdict, Weight};
 use serin_e2e::manifest::CanaryManifest;
 use serin_e2e::prometheus::Prometheus;
 use serin_e2e::slow_proxy::SlowProxy;
@@ -285,7 +285,10 @@ fn twice_the_stable_error_rate_is_rolled_back_by_the_analysis() -> Result<()> {
         "{message}"
     );
     ensure!(revisions(&canary).0 == stable, "stable is unchanged");
-    ensure!(weight(&canary) == 0, "all traffic back on stable");
+    ensure!(
+        weight(&canary) == Weight::from_percent(0),
+        "all traffic back on stable"
+    );
     let errors = analysed(&canary, "errors")?;
     ensure!(errors.verdict == Verdict::Fail, "{errors:#?}");
     ensure!(

@@ -56,7 +56,7 @@ impl Watchdog {
             look.replica_sets
         );
         ensure!(
-            weight == 0 || available(&canary) > 0,
+            weight.is_zero() || available(&canary) > 0,
             "weight {weight}% on canary {canary} with no available pod"
         );
         let selected: i64 = match &look.main_selects {

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use serin_api::{Phase, canary_service, stable_service};
+use serin_api::{COMMAND_ANNOTATION, Phase, Weight, canary_service, stable_service};
 use serin_e2e::cluster::gateway_api_crds;
 
 use crate::cluster;
-use crate::rollout::{Rollout, is_true, message, phase, revisions};
+use crate::rollout::{Rollout, is_true, message, phase, revisions, weight};
 
 pub(crate) fn install_gateway_api() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
@@ -303,5 +303,63 @@ fn grpc_route_weights_follow_every_step_beside_the_http_route() -> Result<()> {
         );
     }
     assert_eq!(last["spec"]["hostnames"], json!(["grpc.web.example"]));
+    Ok(())
+}
+
+#[test]
+fn a_fraction_of_a_percent_reaches_the_route_in_millionths_and_reads_as_a_percent() -> Result<()> {
+    install_gateway_api();
+    let rollout = Rollout::prepare(cluster(), "fraction", "web")?;
+    rollout.apply_yaml(ROUTE)?;
+    let steps = "  steps: [0.1, 12.5]\n  stepDuration: 1h\n  progressDeadline: 2h\n  scaleDownDelay: 3s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
+    rollout.apply("web:1", steps)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    assert_eq!(weights(&route(&rollout)?), (Some(100), Some(0)));
+
+    rollout.set_image("web:2")?;
+    rollout.wait("step 1 at 0.1%", Duration::from_secs(60), |canary| {
+        weight(canary) == Weight::from_millionths(1_000)
+    })?;
+    rollout.wait(
+        "0.1% on the route, in millionths",
+        Duration::from_secs(10),
+        |_| route(&rollout).is_ok_and(|r| weights(&r) == (Some(999_000), Some(1_000))),
+    )?;
+    let status = rollout
+        .kubectl
+        .get_json(&["canary", "web", "-n", &rollout.namespace])?;
+    assert_eq!(
+        status["status"]["weight"],
+        json!(0.1),
+        "status reads as a percent"
+    );
+    let columns = rollout
+        .kubectl
+        .run(&["get", "canaries", "-n", &rollout.namespace])?;
+    assert!(
+        columns
+            .lines()
+            .nth(1)
+            .is_some_and(|row| row.split_whitespace().nth(2) == Some("0.1")),
+        "kubectl shows the weight as 0.1: {columns}"
+    );
+
+    rollout.kubectl.run(&[
+        "annotate",
+        "canary",
+        "web",
+        "-n",
+        &rollout.namespace,
+        "--overwrite",
+        &format!("{COMMAND_ANNOTATION}=promote/1"),
+    ])?;
+    rollout.wait("step 2 at 12.5%", Duration::from_secs(30), |canary| {
+        weight(canary) == Weight::from_millionths(125_000)
+    })?;
+    rollout.wait(
+        "12.5% on the route, in millionths",
+        Duration::from_secs(10),
+        |_| route(&rollout).is_ok_and(|r| weights(&r) == (Some(875_000), Some(125_000))),
+    )?;
     Ok(())
 }

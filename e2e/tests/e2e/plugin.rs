@@ -8,7 +8,7 @@ use serin_e2e::controller::path_with_plugin;
 
 use crate::cluster;
 use crate::rollout::{Rollout, phase, status, weight};
-use serin_api::Phase;
+use serin_api::{Phase, Weight};
 
 /// Runs `kubectl serin <args>` in the rollout's namespace, with the built plugin on PATH.
 fn serin(rollout: &Rollout, args: &[&str]) -> Result<Output> {
@@ -39,7 +39,7 @@ fn the_plugin_shows_and_steers_a_rollout() -> Result<()> {
     );
     rollout.set_image("web:2")?;
     rollout.wait("step 1", Duration::from_secs(30), |c| {
-        status(c).step == 1 && weight(c) == 25
+        status(c).step == 1 && weight(c) == Weight::from_percent(25)
     })?;
 
     let shown = serin(&rollout, &["get", "web"])?;

@@ -56,7 +56,7 @@ fn a_new_image_walks_every_step_and_is_promoted_then_the_old_revision_scales_dow
         |canary| {
             let (stable, canary_revision) = revisions(canary);
             let step = i64::from(status(canary).step);
-            let weight = i64::from(weight(canary));
+            let weight = i64::from(weight(canary).whole_percent().unwrap_or(u32::MAX));
             if !canary_revision.is_empty() && weight > 0 {
                 let counts = (
                     rollout.replica_set(&stable),

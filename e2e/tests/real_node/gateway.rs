@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serin_api::{Phase, canary_service};
+use serin_api::{Phase, Weight, canary_service};
 use serin_e2e::gateway::{GATEWAY_PORT, Traefik};
 use serin_e2e::load::Load;
 use serin_e2e::node::NODE_IP;
@@ -71,12 +71,18 @@ fn requests_through_the_gateway_follow_the_route_weights_and_an_abort_takes_the_
         revisions(c).0 != stable && phase(c) == Some(Phase::Healthy)
     })?;
     let measured = timeline.check_shares(&load.answers(), "v2", "Gateway");
-    assert_eq!(measured, [10, 50], "every step measured");
+    assert_eq!(
+        measured,
+        [10, 50].map(Weight::from_percent),
+        "every step measured"
+    );
 
     // Another release, aborted at its first step: once the route says 0, no
     // request reaches it.
     release(&rollout, "v3")?;
-    rollout.wait("v3 at 10%", Duration::from_secs(60), |c| weight(c) == 10)?;
+    rollout.wait("v3 at 10%", Duration::from_secs(60), |c| {
+        weight(c) == Weight::from_percent(10)
+    })?;
     std::thread::sleep(Duration::from_secs(5));
     rollout.annotate("abort/gateway")?;
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serin_api::Phase;
+use serin_api::{Phase, Weight};
 use serin_e2e::load::{Answer, Load};
 use serin_e2e::manifest::CanaryManifest;
 use serin_e2e::node::image;
@@ -70,7 +70,7 @@ pub(crate) fn service_address(rollout: &Rollout) -> Result<SocketAddr> {
 }
 
 /// The Canary's weight and phase over time, sampled while `until` is false.
-pub(crate) struct Timeline(pub(crate) Vec<(Instant, i32, Option<Phase>)>);
+pub(crate) struct Timeline(pub(crate) Vec<(Instant, Weight, Option<Phase>)>);
 
 impl Timeline {
     pub(crate) fn record(
@@ -97,15 +97,23 @@ impl Timeline {
     /// answers sent in the second half of the step (pods Ready, old ones withdrawn,
     /// proxies updated) is within a binomial tolerance of the weight; returns the
     /// weights checked.
-    pub(crate) fn check_shares(&self, answers: &[Answer], version: &str, path: &str) -> Vec<i32> {
+    pub(crate) fn check_shares(
+        &self,
+        answers: &[Answer],
+        version: &str,
+        path: &str,
+    ) -> Vec<Weight> {
         let mut measured = Vec::new();
         for (step_weight, from, to) in self.stretches() {
-            if !(1..100).contains(&step_weight) || to < from + SETTLE + Duration::from_secs(5) {
+            if step_weight.is_zero()
+                || step_weight == Weight::FULL
+                || to < from + SETTLE + Duration::from_secs(5)
+            {
                 continue;
             }
             let settled = from + SETTLE.max((to - from) / 2);
             let (observed, count) = share(answers, version, settled, to);
-            let expected = f64::from(step_weight) / 100.0;
+            let expected = step_weight.share();
             // Each request picks a pod at random (kube-proxy's iptables rules): binomial.
             let tolerance = 4.0 * (expected * (1.0 - expected) / count as f64).sqrt() + 0.01;
             eprintln!(
@@ -124,8 +132,8 @@ impl Timeline {
     }
 
     /// Each stretch of one weight: (weight, first seen, last seen).
-    fn stretches(&self) -> Vec<(i32, Instant, Instant)> {
-        let mut stretches: Vec<(i32, Instant, Instant)> = Vec::new();
+    fn stretches(&self) -> Vec<(Weight, Instant, Instant)> {
+        let mut stretches: Vec<(Weight, Instant, Instant)> = Vec::new();
         for &(at, weight, _) in &self.0 {
             match stretches.last_mut() {
                 Some(last) if last.0 == weight => last.2 = at,
@@ -187,7 +195,11 @@ fn a_healthy_rollout_shifts_real_requests_by_pod_count_and_loses_none() -> Resul
         failed.iter().take(5).collect::<Vec<_>>()
     );
     let measured = timeline.check_shares(&answers, "v2", "Service");
-    assert_eq!(measured, [25, 50, 75], "every step measured");
+    assert_eq!(
+        measured,
+        [25, 50, 75].map(Weight::from_percent),
+        "every step measured"
+    );
     eprintln!(
         "{} requests, none failed; {} served by v2",
         answers.len(),
@@ -207,13 +219,15 @@ fn after_an_abort_no_request_reaches_the_canary() -> Result<()> {
     rollout.wait_promoted(Duration::from_secs(90))?;
     let address = service_address(&rollout)?;
     release(&rollout, "v2")?;
-    rollout.wait("v2 at 50%", Duration::from_secs(60), |c| weight(c) == 50)?;
+    rollout.wait("v2 at 50%", Duration::from_secs(60), |c| {
+        weight(c) == Weight::from_percent(50)
+    })?;
 
     let load = Load::start(address, RATE, Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_secs(5));
     rollout.annotate("abort/real-abort")?;
     let aborted = Timeline::record(&rollout, Duration::from_secs(30), |c| {
-        phase(c) == Some(Phase::Aborted) && weight(c) == 0
+        phase(c) == Some(Phase::Aborted) && weight(c) == Weight::from_percent(0)
     })?;
     let written = aborted
         .0
