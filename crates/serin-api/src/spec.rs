@@ -58,7 +58,7 @@ const KNOWN_VARIABLES_MESSAGE: &str = "has an unknown template variable, or one 
         .message("spec.selector.matchLabels must all appear, with the same values, in spec.template.metadata.labels")
         .field_path(".selector"),
     validation = Rule::new("has(self.traffic) || self.steps.all(w, w == double(int(w)))")
-        .message(kube::core::Message::Expression("'spec.steps: a fractional weight needs a router in spec.traffic; by replica counts a step is whole pods, and with ' + string(self.replicas) + ' replicas the finest step is about ' + string(100 / (self.replicas < 2 ? 2 : self.replicas)) + '% (one pod of ' + string(self.replicas < 2 ? 2 : self.replicas) + ')'".into()))
+        .message("spec.steps: a fractional weight needs a router in spec.traffic; by replica counts a step is whole pods, so with N replicas the finest step is 100/N% (one pod of N, about 25% with 4)")
         .field_path(".steps"),
     validation = Rule::new("!has(self.traffic) || has(self.service)")
         .message("a traffic router shifts weight between Services: set spec.service, or remove spec.traffic to weight by replica counts")

@@ -3,14 +3,18 @@
 //! (whose rules carry backendRefs the same way), and leaves every other field as
 //! the user wrote it.
 //!
-//! The route is read and written whole as JSON, so fields Serin does not know
-//! (new Gateway API releases, filters, extensions) are kept byte for byte; the
-//! write carries the resourceVersion it read, so a concurrent edit is never
+//! The route's rules are read as JSON and written back with server-side apply by
+//! Serin's field manager: fields Serin does not know (new Gateway API releases,
+//! filters, extensions) are kept byte for byte, and every other field of the route
+//! (parentRefs, hostnames, labels) stays owned by whoever wrote it. Gateway API
+//! makes `rules` an atomic list, so the field Serin owns is `spec.rules` as a
+//! whole: no finer ownership exists (see docs/gitops.md for what GitOps tools need).
+//! The apply carries the resourceVersion it read, so a concurrent edit is never
 //! overwritten (the write fails and the next reconcile starts from the new route).
 
 use std::sync::Arc;
 
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use serin_api::{RouteKind, Weight};
@@ -203,19 +207,10 @@ pub async fn apply(
         if !set_weights(&mut value, (kind, route), stable, canary, weight)? {
             continue;
         }
-        let object: DynamicObject =
-            serde_json::from_value(value).map_err(|source| RouteError::Json {
-                kind,
-                route: route.to_owned(),
-                source,
-            })?;
-        api.replace(
+        api.patch(
             route,
-            &PostParams {
-                field_manager: Some(serin_api::FIELD_MANAGER.into()),
-                ..PostParams::default()
-            },
-            &object,
+            &PatchParams::apply(serin_api::FIELD_MANAGER).force(),
+            &Patch::Apply(rules_apply(&value, kind)),
         )
         .await
         .map_err(|source| RouteError::Api {
@@ -225,6 +220,22 @@ pub async fn apply(
         })?;
     }
     Ok(())
+}
+
+/// The server-side apply body that sets `route`'s rules and nothing else, at the
+/// resourceVersion it was read at. Forced: a GitOps tool or a person that applied
+/// the route owns `spec.rules` too, and the weights are Serin's to set.
+pub fn rules_apply(route: &Value, kind: RouteKind) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": kind.kind(),
+        "metadata": {
+            "name": route["metadata"]["name"],
+            "namespace": route["metadata"]["namespace"],
+            "resourceVersion": route["metadata"]["resourceVersion"],
+        },
+        "spec": {"rules": route["spec"]["rules"]},
+    })
 }
 
 /// The route as last seen by the watch, or from the API server without one.
@@ -374,6 +385,31 @@ mod tests {
                 Weight::from_percent(0)
             ),
             Ok(false)
+        );
+    }
+
+    #[test]
+    fn the_apply_carries_the_rules_and_the_version_read_and_nothing_else() {
+        let mut value = route(json!([{"name": "web-stable", "port": 80}]));
+        value["metadata"]["namespace"] = json!("shop");
+        value["metadata"]["labels"] = json!({"team": "shop"});
+        set_weights(
+            &mut value,
+            HTTP_WEB,
+            "web-stable",
+            "web-canary",
+            Weight::from_percent(25),
+        )
+        .ok();
+        let body = rules_apply(&value, RouteKind::Http);
+        assert_eq!(
+            body,
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "HTTPRoute",
+                "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "7"},
+                "spec": {"rules": value["spec"]["rules"]},
+            })
         );
     }
 

@@ -363,3 +363,133 @@ fn a_fraction_of_a_percent_reaches_the_route_in_millionths_and_reads_as_a_percen
     )?;
     Ok(())
 }
+
+/// The route as a Git repository holds it, with both backends at their resting
+/// weights (as docs/gitops.md asks, so only weights can ever differ from Git).
+const ROUTE_IN_GIT: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, labels: {app.kubernetes.io/managed-by: gitops}}
+spec:
+  parentRefs: [{name: edge}]
+  hostnames: [web.example]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /static}}]
+    backendRefs: [{name: cdn, port: 80}]
+  - backendRefs:
+    - {name: web-stable, port: 80, weight: 100}
+    - {name: web-canary, port: 80, weight: 0}
+";
+
+/// The operations of `manager` on `route` and the fields each owns, as
+/// managedFields records them.
+fn owned_by(route: &Value, manager: &str) -> Vec<(Value, Value)> {
+    route["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry["manager"] == manager)
+        .map(|entry| (entry["operation"].clone(), entry["fieldsV1"].clone()))
+        .collect()
+}
+
+#[test]
+fn a_gitops_sync_of_the_route_mid_rollout_is_undone_at_once_and_touches_nothing_else() -> Result<()>
+{
+    install_gateway_api();
+    let rollout = Rollout::prepare(cluster(), "route-sync", "web")?;
+    let namespace = rollout.namespace.clone();
+    // Argo CD's server-side sync, and its default client-side one (kubectl apply).
+    let syncs: [(&str, &[&str]); 2] = [
+        (
+            "server-side sync",
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=argocd-controller",
+                "-n",
+                &namespace,
+                "-f",
+                "-",
+            ],
+        ),
+        ("client-side sync", &["apply", "-n", &namespace, "-f", "-"]),
+    ];
+    rollout
+        .kubectl
+        .run_with_input(syncs[0].1, Some(ROUTE_IN_GIT))?;
+    rollout.apply(
+        "web:1",
+        "  steps: [25, 50]\n  stepDuration: 1h\n  progressDeadline: 2h\n  scaleDownDelay: 3s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n",
+    )?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    rollout.set_image("web:2")?;
+    rollout.wait("25% on the route", Duration::from_secs(60), |_| {
+        route(&rollout).is_ok_and(|r| weights(&r) == (Some(75), Some(25)))
+    })?;
+
+    for (sync_name, sync) in syncs {
+        let before = route(&rollout)?;
+        let generation = before["metadata"]["generation"]
+            .as_i64()
+            .unwrap_or_default();
+        rollout.kubectl.run_with_input(sync, Some(ROUTE_IN_GIT))?;
+        let synced = std::time::Instant::now();
+        // The sync put the weights back to Git's (one generation), Serin put its
+        // own back (another one), and nobody wrote again.
+        rollout.wait("the weights restored", ROUTE_WATCH_BOUND, |_| {
+            route(&rollout).is_ok_and(|r| {
+                weights(&r) == (Some(75), Some(25))
+                    && r["metadata"]["generation"].as_i64() == Some(generation + 2)
+            })
+        })?;
+        eprintln!(
+            "{sync_name}: weights restored {:.2} s after the sync returned",
+            synced.elapsed().as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let after = route(&rollout)?;
+        assert_eq!(
+            after["metadata"]["generation"].as_i64(),
+            Some(generation + 2),
+            "Serin and the sync kept writing: {after}"
+        );
+        assert_eq!(weights(&after), (Some(75), Some(25)));
+        for field in [
+            "/spec/parentRefs",
+            "/spec/hostnames",
+            "/spec/rules/0",
+            "/metadata/labels",
+        ] {
+            assert_eq!(
+                after.pointer(field),
+                before.pointer(field),
+                "{field} changed"
+            );
+        }
+    }
+
+    // Serin applies spec.rules (an atomic list: the finest field a weight is in)
+    // and owns nothing else; Git's manager still owns the rest of the route.
+    let last = rollout.kubectl.get_json(&[
+        "httproute",
+        "web",
+        "-n",
+        &namespace,
+        "--show-managed-fields",
+    ])?;
+    let serin = owned_by(&last, serin_api::FIELD_MANAGER);
+    assert_eq!(
+        serin,
+        [(json!("Apply"), json!({"f:spec": {"f:rules": {}}}))],
+        "{last}"
+    );
+    let git = owned_by(&last, "argocd-controller");
+    assert!(
+        git.iter()
+            .any(|(_, fields)| fields["f:spec"]["f:hostnames"].is_object()
+                && fields["f:spec"]["f:parentRefs"].is_object()),
+        "{last}"
+    );
+    Ok(())
+}
