@@ -534,6 +534,16 @@ pub fn gateway_api_crds() -> Result<PathBuf> {
     )
 }
 
+/// The Istio API release whose CRDs the tests install.
+pub const ISTIO_API_VERSION: &str = "v1.31.1";
+
+/// Istio's CRDs (VirtualService, DestinationRule, ...) as its Go module
+/// `istio.io/api` generates them, in one file.
+pub fn istio_crds() -> Result<PathBuf> {
+    Ok(go_module_dir(&format!("istio.io/api@{ISTIO_API_VERSION}"))?
+        .join("kubernetes/customresourcedefinitions.gen.yaml"))
+}
+
 /// The prometheus-operator release whose CRDs the chart's ServiceMonitor and
 /// PrometheusRule are checked against.
 pub const PROMETHEUS_OPERATOR_VERSION: &str = "v0.81.0";

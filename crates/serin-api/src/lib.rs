@@ -27,8 +27,8 @@ pub use decode::{DecodeError, decode};
 pub use kube::core::Duration;
 pub use spec::{
     Analysis, Canary, CanarySpec, Counting, ErrorCounters, ErrorRateMetric, GatewayApiRouter,
-    LatencyMetric, Metric, PodTemplate, PrometheusSource, RouteKind, SecretReference, ServicePorts,
-    Traffic, WorkloadSelector,
+    IstioRouter, LatencyMetric, Metric, PodTemplate, PrometheusSource, RouteKind, SecretReference,
+    ServicePorts, Traffic, WorkloadSelector,
 };
 pub use status::{
     AcknowledgedCommand, CanaryStatus, ErrorCounts, MetricStatus, Phase, RatioInterval, Verdict,

@@ -60,6 +60,9 @@ const KNOWN_VARIABLES_MESSAGE: &str = "has an unknown template variable, or one 
     validation = Rule::new("has(self.traffic) || self.steps.all(w, w == double(int(w)))")
         .message("spec.steps: a fractional weight needs a router in spec.traffic; by replica counts a step is whole pods, so with N replicas the finest step is 100/N% (one pod of N, about 25% with 4)")
         .field_path(".steps"),
+    validation = Rule::new("!has(self.traffic) || !has(self.traffic.istio) || self.steps.all(w, w == double(int(w)))")
+        .message("spec.steps: Istio's VirtualService weights are whole percents, so steps must be whole with spec.traffic.istio (Gateway API routes carry fractions)")
+        .field_path(".steps"),
     validation = Rule::new("!has(self.traffic) || has(self.service)")
         .message("a traffic router shifts weight between Services: set spec.service, or remove spec.traffic to weight by replica counts")
         .field_path(".traffic"),
@@ -177,8 +180,8 @@ pub struct ServicePorts {
 
 /// The router that applies weights. Exactly one may be named.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("has(self.gatewayAPI)")
-    .message("spec.traffic must name a router, for example gatewayAPI: {httpRoutes: [podinfo]}; remove spec.traffic to weight by replica counts"))]
+#[x_kube(validation = Rule::new("(has(self.gatewayAPI) ? 1 : 0) + (has(self.istio) ? 1 : 0) == 1")
+    .message("spec.traffic must name exactly one router, for example gatewayAPI: {httpRoutes: [podinfo]} or istio: {virtualService: podinfo}; remove spec.traffic to weight by replica counts"))]
 pub struct Traffic {
     /// Weights set on Gateway API HTTPRoutes and GRPCRoutes.
     #[serde(
@@ -187,6 +190,33 @@ pub struct Traffic {
         skip_serializing_if = "Option::is_none"
     )]
     pub gateway_api: Option<GatewayApiRouter>,
+    /// Weights set on an Istio VirtualService.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub istio: Option<IstioRouter>,
+}
+
+/// Istio: Serin sets the weights of the HTTP route destinations whose host is the
+/// Service `<name>-stable` or `<name>-canary` (short or fully qualified) in the
+/// VirtualService, and leaves every other field as the user wrote it. Istio
+/// weights are whole percents, so steps are whole with this router.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IstioRouter {
+    /// Name of an existing VirtualService in the Canary's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub virtual_service: String,
+    /// Names of the VirtualService's HTTP routes (`http[].name`) whose weights Serin
+    /// sets. Absent: every HTTP route with a destination to the Canary's Services.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(length(min = 1, max = 253)),
+        extend("x-kubernetes-list-type" = "set")
+    )]
+    pub routes: Vec<String>,
 }
 
 /// Gateway API: Serin sets the weights of the backendRefs to `<name>-stable` and
@@ -215,24 +245,39 @@ pub struct GatewayApiRouter {
     pub grpc_routes: Vec<String>,
 }
 
-/// The kinds of Gateway API route whose weights Serin sets.
+/// The kinds of route resource whose weights Serin sets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RouteKind {
-    /// `HTTPRoute`.
+    /// Gateway API `HTTPRoute`.
     Http,
-    /// `GRPCRoute`.
+    /// Gateway API `GRPCRoute`.
     Grpc,
+    /// Istio `VirtualService`.
+    IstioVirtualService,
 }
 
 impl RouteKind {
     /// Every kind, in the order routes are written.
-    pub const ALL: [RouteKind; 2] = [RouteKind::Http, RouteKind::Grpc];
+    pub const ALL: [RouteKind; 3] = [
+        RouteKind::Http,
+        RouteKind::Grpc,
+        RouteKind::IstioVirtualService,
+    ];
 
-    /// The kind as Gateway API spells it.
+    /// The kind as its API spells it.
     pub fn kind(self) -> &'static str {
         match self {
             Self::Http => "HTTPRoute",
             Self::Grpc => "GRPCRoute",
+            Self::IstioVirtualService => "VirtualService",
+        }
+    }
+
+    /// The resource's API group and version.
+    pub fn api_version(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Http | Self::Grpc => ("gateway.networking.k8s.io", "v1"),
+            Self::IstioVirtualService => ("networking.istio.io", "v1"),
         }
     }
 
@@ -241,6 +286,7 @@ impl RouteKind {
         match self {
             Self::Http => "httproutes",
             Self::Grpc => "grpcroutes",
+            Self::IstioVirtualService => "virtualservices",
         }
     }
 
@@ -249,7 +295,31 @@ impl RouteKind {
         match self {
             Self::Http => "spec.traffic.gatewayAPI.httpRoutes",
             Self::Grpc => "spec.traffic.gatewayAPI.grpcRoutes",
+            Self::IstioVirtualService => "spec.traffic.istio.virtualService",
         }
+    }
+
+    /// The list under `spec` whose items carry the weights: Gateway API's rules,
+    /// Istio's HTTP routes. Both are atomic lists, written whole.
+    pub fn weighted_list(self) -> &'static str {
+        match self {
+            Self::Http | Self::Grpc => "rules",
+            Self::IstioVirtualService => "http",
+        }
+    }
+}
+
+impl Traffic {
+    /// Every route resource the Canary names, with its kind.
+    pub fn routes(&self) -> Vec<(RouteKind, &str)> {
+        let gateway = self.gateway_api.iter().flat_map(GatewayApiRouter::routes);
+        let istio = self.istio.iter().map(|istio| {
+            (
+                RouteKind::IstioVirtualService,
+                istio.virtual_service.as_str(),
+            )
+        });
+        gateway.chain(istio).collect()
     }
 }
 

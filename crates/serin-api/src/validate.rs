@@ -27,8 +27,16 @@ impl CanarySpec {
                 "spec.steps: must be strictly increasing canary weights from 0.0001 to 99.9999, for example [1, 5, 25, 50]".into(),
             );
         }
+        let fraction = self.steps.iter().find(|w| w.whole_percent().is_none());
+        if let (Some(fraction), Some(traffic)) = (fraction, &self.traffic)
+            && traffic.istio.is_some()
+        {
+            return Some(format!(
+                "spec.steps: {fraction}% is a fractional weight, and Istio's VirtualService weights are whole percents: use whole steps with spec.traffic.istio"
+            ));
+        }
         if self.traffic.is_none()
-            && let Some(fraction) = self.steps.iter().find(|w| w.whole_percent().is_none())
+            && let Some(fraction) = fraction
         {
             let pods = self.replicas.max(2);
             return Some(format!(
@@ -165,6 +173,10 @@ spec:
             (
                 "  steps: [0.5, 10]\n",
                 "spec.steps: 0.5% is a fractional weight",
+            ),
+            (
+                "  service: {port: 80}\n  traffic: {istio: {virtualService: web}}\n  steps: [0.5, 10]\n",
+                "spec.steps: 0.5% is a fractional weight, and Istio",
             ),
             ("  replicas: -1\n", "spec.replicas"),
             ("  stepDuration: 0s\n", "spec.stepDuration"),

@@ -18,7 +18,7 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serin_api::{CANARY_LABEL, REVISION_LABEL, RouteKind, SCALE_DOWN_AT_ANNOTATION};
-use serin_traffic::gateway::{RouteSighting, route_resource};
+use serin_traffic::route::{RouteSighting, route_resource};
 
 use crate::watched::WatchedCanary;
 
@@ -113,7 +113,7 @@ impl serin_traffic::Seen for Cache {
     }
 }
 
-/// The Canaries whose `spec.traffic.gatewayAPI` names `route`, of `kind`, in its
+/// The Canaries whose `spec.traffic` names `route`, of `kind`, in its
 /// namespace: those to wake when the route changes. One that does not decode
 /// names no route it can act on.
 pub fn canaries_routed_by(

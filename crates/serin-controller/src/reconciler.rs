@@ -25,7 +25,7 @@ use serin_api::{
     CANARY_LABEL, COMMAND_ANNOTATION, Canary, DecodeError, FIELD_MANAGER, REPORTING_CONTROLLER,
     REVISION_LABEL, RouteKind, SCALE_DOWN_AT_ANNOTATION, reason, replica_set_name,
 };
-use serin_traffic::gateway::route_resource;
+use serin_traffic::route::route_resource;
 use serin_traffic::{Router, WeightRouter, Weights, Workload};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, info, info_span, warn};
@@ -278,7 +278,7 @@ pub async fn run(
     for kind in RouteKind::ALL {
         if !route_writers.iter().any(|(served, _)| *served == kind) {
             info!(
-                "Gateway API's {} is not served: such routes are read on each reconcile (restart after installing Gateway API to watch them)",
+                "{} is not served: such routes are read on each reconcile (restart after installing its CRDs to watch them)",
                 kind.kind()
             );
         }
@@ -320,24 +320,23 @@ pub async fn run(
     health.clear();
 }
 
-/// The route kinds the API server serves in `gateway.networking.k8s.io/v1`, so
-/// they can be watched. A failure to ask counts as none: routes are then read on
+/// The route kinds the API server serves (Gateway API's, Istio's), so they can be
+/// watched. A failure to ask counts as not served: such routes are then read on
 /// each reconcile, which works either way.
 async fn routes_served(client: &Client) -> Vec<RouteKind> {
-    match client
-        .list_api_group_resources(&route_resource(RouteKind::Http).api_version)
-        .await
-    {
-        Ok(list) => RouteKind::ALL
-            .into_iter()
-            .filter(|kind| list.resources.iter().any(|r| r.name == kind.plural()))
-            .collect(),
-        Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
-        Err(error) => {
-            warn!(%error, "asking whether Gateway API is served");
-            Vec::new()
+    let mut served = Vec::new();
+    for kind in RouteKind::ALL {
+        let api_version = route_resource(kind).api_version;
+        match client.list_api_group_resources(&api_version).await {
+            Ok(list) if list.resources.iter().any(|r| r.name == kind.plural()) => {
+                served.push(kind);
+            }
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => warn!(%error, "asking whether {api_version} is served"),
         }
     }
+    served
 }
 
 /// The Canaries in the controller's namespace (or all), as untyped objects.

@@ -58,10 +58,10 @@ impl WatchedCanary {
                     .spec
                     .traffic
                     .as_ref()
-                    .and_then(|traffic| traffic.gateway_api.as_ref())
-                    .map(|gateway| {
-                        gateway
+                    .map(|traffic| {
+                        traffic
                             .routes()
+                            .into_iter()
                             .map(|(kind, name)| (kind, name.to_owned()))
                             .collect()
                     })
@@ -103,7 +103,7 @@ impl WatchedCanary {
         }
     }
 
-    /// Whether its `spec.traffic.gatewayAPI` names `route`, of `kind`.
+    /// Whether its `spec.traffic` names `route`, of `kind`.
     pub fn names_route(&self, kind: RouteKind, route: &str) -> bool {
         match self {
             Self::Decodes { routes, .. } => routes

@@ -306,7 +306,7 @@ async fn a_conflict_on_the_route_stops_before_the_status_and_is_retried_at_once(
                                             {"name": "web-canary", "port": 80, "weight": 0}]}]}
     }));
     cluster.failure = Some(Failure {
-        method: Method::PUT,
+        method: Method::PATCH,
         path_contains: "/httproutes/web",
         status: StatusCode::CONFLICT,
     });
@@ -317,16 +317,22 @@ async fn a_conflict_on_the_route_stops_before_the_status_and_is_retried_at_once(
     assert_eq!(error.layer(), Layer::Apply);
     assert!(error.is_conflict(), "{error}");
     assert!(error.retry_after() < Duration::from_secs(1));
-    let put = seen
+    let apply = seen
         .iter()
-        .position(|s| s.method == Method::PUT)
-        .unwrap_or_else(|| panic!("no PUT: {:?}", requests(&seen)));
+        .position(|s| s.method == Method::PATCH && s.path.contains("/httproutes/web"))
+        .unwrap_or_else(|| panic!("no apply of the route: {:?}", requests(&seen)));
     assert_eq!(
-        seen[put].body["metadata"]["resourceVersion"], "7",
+        seen[apply].body["metadata"]["resourceVersion"], "7",
         "written with the version it read"
     );
+    assert_eq!(
+        seen[apply].body["spec"].as_object().map(|spec| spec.len()),
+        Some(1),
+        "only the rules are applied: {}",
+        seen[apply].body
+    );
     assert!(
-        seen[put..]
+        seen[apply..]
             .iter()
             .all(|s| !s.path.ends_with("/status") && !s.path.ends_with("/events")),
         "nothing reported after the conflict: {:?}",

@@ -1,108 +1,12 @@
 //! Gateway API: Serin sets the weights of the backendRefs that point at
 //! `<name>-stable` and `<name>-canary` in the user's HTTPRoutes and GRPCRoutes
 //! (whose rules carry backendRefs the same way), and leaves every other field as
-//! the user wrote it.
-//!
-//! The route's rules are read as JSON and written back with server-side apply by
-//! Serin's field manager: fields Serin does not know (new Gateway API releases,
-//! filters, extensions) are kept byte for byte, and every other field of the route
-//! (parentRefs, hostnames, labels) stays owned by whoever wrote it. Gateway API
-//! makes `rules` an atomic list, so the field Serin owns is `spec.rules` as a
-//! whole: no finer ownership exists (see docs/gitops.md for what GitOps tools need).
-//! The apply carries the resourceVersion it read, so a concurrent edit is never
-//! overwritten (the write fails and the next reconcile starts from the new route).
+//! the user wrote it. How routes are read and written: [`crate::route`].
 
-use std::sync::Arc;
-
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::{Api, Client};
 use serde_json::{Value, json};
 use serin_api::{RouteKind, Weight};
 
-use crate::Seen;
-
-/// Why a route cannot carry the weights.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RouteProblem {
-    /// The route does not exist.
-    #[error(
-        "{} {route} not found in namespace {namespace}: create it, or fix {}", kind.kind(), kind.field()
-    )]
-    Missing {
-        /// Route kind.
-        kind: RouteKind,
-        /// Route name.
-        route: String,
-        /// Namespace.
-        namespace: String,
-    },
-    /// No rule of the route sends to the Canary's Services.
-    #[error(
-        "{} {route} has no rule with a backendRef to Service {stable} or {canary}: point a rule's backendRefs at {stable}", kind.kind()
-    )]
-    NoBackendRef {
-        /// Route kind.
-        kind: RouteKind,
-        /// Route name.
-        route: String,
-        /// `<name>-stable`.
-        stable: String,
-        /// `<name>-canary`.
-        canary: String,
-    },
-}
-
-/// Errors talking to the API server about routes.
-#[derive(Debug, thiserror::Error)]
-pub enum RouteError {
-    /// The route is not usable as it is.
-    #[error(transparent)]
-    Invalid(#[from] RouteProblem),
-    /// The API server refused or failed.
-    #[error("{} {route}: {source}", kind.kind())]
-    Api {
-        /// Route kind.
-        kind: RouteKind,
-        /// Route name.
-        route: String,
-        /// Why.
-        #[source]
-        source: kube::Error,
-    },
-    /// The route could not be read or written as JSON.
-    #[error("{} {route}: {source}", kind.kind())]
-    Json {
-        /// Route kind.
-        kind: RouteKind,
-        /// Route name.
-        route: String,
-        /// Why.
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-/// The route resource of `kind`, `gateway.networking.k8s.io/v1`.
-pub fn route_resource(kind: RouteKind) -> ApiResource {
-    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", kind.kind());
-    ApiResource::from_gvk_with_plural(&gvk, kind.plural())
-}
-
-fn routes_api(client: &Client, namespace: &str, kind: RouteKind) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), namespace, &route_resource(kind))
-}
-
-/// What a watch last saw of one route.
-#[derive(Clone, Debug)]
-pub enum RouteSighting {
-    /// The route, as last seen.
-    Seen(Arc<DynamicObject>),
-    /// The watch has no such route.
-    Absent,
-    /// No watch of routes runs (Gateway API was not served when the controller
-    /// started): the route is read from the API server.
-    NotWatched,
-}
+use crate::route::RouteProblem;
 
 /// Sets the weights in one route's JSON: in every rule with a backendRef to
 /// `stable` or `canary`, the stable ref gets `100 - weight` and the canary ref
@@ -170,105 +74,6 @@ pub fn set_weights(
         }
     }
     if owned { Ok(changed) } else { Err(problem()) }
-}
-
-/// Checks that each route exists and has a rule Serin can set weights on.
-pub async fn check(
-    client: &Client,
-    seen: &dyn Seen,
-    namespace: &str,
-    routes: &[(RouteKind, &str)],
-    stable: &str,
-    canary: &str,
-) -> Result<(), RouteError> {
-    for &route in routes {
-        let api = routes_api(client, namespace, route.0);
-        let mut value = read(&api, seen, namespace, route).await?;
-        set_weights(&mut value, route, stable, canary, Weight::ZERO)?;
-    }
-    Ok(())
-}
-
-/// Sets `weight` on the canary Service in each route, writing only routes
-/// whose weights differ (as last seen: a write from a stale copy fails on its
-/// resourceVersion and is retried at once).
-pub async fn apply(
-    client: &Client,
-    seen: &dyn Seen,
-    namespace: &str,
-    routes: &[(RouteKind, &str)],
-    stable: &str,
-    canary: &str,
-    weight: Weight,
-) -> Result<(), RouteError> {
-    for &(kind, route) in routes {
-        let api = routes_api(client, namespace, kind);
-        let mut value = read(&api, seen, namespace, (kind, route)).await?;
-        if !set_weights(&mut value, (kind, route), stable, canary, weight)? {
-            continue;
-        }
-        api.patch(
-            route,
-            &PatchParams::apply(serin_api::FIELD_MANAGER).force(),
-            &Patch::Apply(rules_apply(&value, kind)),
-        )
-        .await
-        .map_err(|source| RouteError::Api {
-            kind,
-            route: route.to_owned(),
-            source,
-        })?;
-    }
-    Ok(())
-}
-
-/// The server-side apply body that sets `route`'s rules and nothing else, at the
-/// resourceVersion it was read at. Forced: a GitOps tool or a person that applied
-/// the route owns `spec.rules` too, and the weights are Serin's to set.
-pub fn rules_apply(route: &Value, kind: RouteKind) -> Value {
-    json!({
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": kind.kind(),
-        "metadata": {
-            "name": route["metadata"]["name"],
-            "namespace": route["metadata"]["namespace"],
-            "resourceVersion": route["metadata"]["resourceVersion"],
-        },
-        "spec": {"rules": route["spec"]["rules"]},
-    })
-}
-
-/// The route as last seen by the watch, or from the API server without one.
-async fn read(
-    api: &Api<DynamicObject>,
-    seen: &dyn Seen,
-    namespace: &str,
-    (kind, route): (RouteKind, &str),
-) -> Result<Value, RouteError> {
-    let missing = || RouteProblem::Missing {
-        kind,
-        route: route.to_owned(),
-        namespace: namespace.to_owned(),
-    };
-    let object = match seen.route(kind, namespace, route) {
-        RouteSighting::Seen(object) => object,
-        RouteSighting::Absent => return Err(missing().into()),
-        RouteSighting::NotWatched => Arc::new(
-            api.get_opt(route)
-                .await
-                .map_err(|source| RouteError::Api {
-                    kind,
-                    route: route.to_owned(),
-                    source,
-                })?
-                .ok_or_else(missing)?,
-        ),
-    };
-    serde_json::to_value(object.as_ref()).map_err(|source| RouteError::Json {
-        kind,
-        route: route.to_owned(),
-        source,
-    })
 }
 
 #[cfg(test)]
@@ -385,31 +190,6 @@ mod tests {
                 Weight::from_percent(0)
             ),
             Ok(false)
-        );
-    }
-
-    #[test]
-    fn the_apply_carries_the_rules_and_the_version_read_and_nothing_else() {
-        let mut value = route(json!([{"name": "web-stable", "port": 80}]));
-        value["metadata"]["namespace"] = json!("shop");
-        value["metadata"]["labels"] = json!({"team": "shop"});
-        set_weights(
-            &mut value,
-            HTTP_WEB,
-            "web-stable",
-            "web-canary",
-            Weight::from_percent(25),
-        )
-        .ok();
-        let body = rules_apply(&value, RouteKind::Http);
-        assert_eq!(
-            body,
-            json!({
-                "apiVersion": "gateway.networking.k8s.io/v1",
-                "kind": "HTTPRoute",
-                "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "7"},
-                "spec": {"rules": value["spec"]["rules"]},
-            })
         );
     }
 

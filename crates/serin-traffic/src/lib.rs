@@ -3,10 +3,13 @@
 //! Serin owns three Services per Canary: `<name>-stable` and `<name>-canary`
 //! select one revision each, `<name>` selects the workload. Without a router the
 //! pods carry the weight: `<name>` selects both revisions while a canary has
-//! weight, and only stable otherwise. A router (Gateway API, in its own module)
-//! sets weights between `<name>-stable` and `<name>-canary`.
+//! weight, and only stable otherwise. A router sets weights between
+//! `<name>-stable` and `<name>-canary` on route resources ([`route`]): Gateway API
+//! routes ([`gateway`]) or an Istio VirtualService ([`istio`]).
 
 pub mod gateway;
+pub mod istio;
+pub mod route;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,7 +38,7 @@ pub enum TrafficError {
     },
     /// A route could not be read or written.
     #[error(transparent)]
-    Route(#[from] gateway::RouteError),
+    Route(#[from] route::RouteError),
 }
 
 impl TrafficError {
@@ -43,7 +46,7 @@ impl TrafficError {
     /// opposed to a failure worth retrying).
     pub fn spec_problem(&self) -> Option<String> {
         match self {
-            Self::Route(gateway::RouteError::Invalid(problem)) => Some(problem.to_string()),
+            Self::Route(route::RouteError::Invalid(problem)) => Some(problem.to_string()),
             _ => None,
         }
     }
@@ -51,7 +54,7 @@ impl TrafficError {
     /// The API server's error behind this one, if any (a conflict, say).
     pub fn kube_error(&self) -> Option<&kube::Error> {
         match self {
-            Self::Service { source, .. } | Self::Route(gateway::RouteError::Api { source, .. }) => {
+            Self::Service { source, .. } | Self::Route(route::RouteError::Api { source, .. }) => {
                 Some(source)
             }
             _ => None,
@@ -66,7 +69,7 @@ pub trait Seen: Sync {
     /// Service `namespace/name`, if it was seen.
     fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>>;
     /// Route `namespace/name` of `kind`.
-    fn route(&self, kind: RouteKind, namespace: &str, name: &str) -> gateway::RouteSighting;
+    fn route(&self, kind: RouteKind, namespace: &str, name: &str) -> route::RouteSighting;
 }
 
 /// Something that sends a share of requests to the canary revision.
@@ -89,9 +92,9 @@ pub enum Router<'a> {
         /// The Services as last seen.
         seen: &'a dyn Seen,
     },
-    /// Weights on Gateway API HTTPRoutes and GRPCRoutes, between `<name>-stable`
-    /// and `<name>-canary`.
-    GatewayApi {
+    /// Weights on route resources (Gateway API routes, an Istio VirtualService),
+    /// between `<name>-stable` and `<name>-canary`.
+    Routes {
         /// API client.
         client: &'a Client,
         /// The workload.
@@ -99,7 +102,7 @@ pub enum Router<'a> {
         /// The Services and routes as last seen.
         seen: &'a dyn Seen,
         /// The routes, with their kinds.
-        routes: Vec<(RouteKind, &'a str)>,
+        routes: route::Routes<'a>,
     },
 }
 
@@ -111,12 +114,18 @@ impl<'a> Router<'a> {
         seen: &'a dyn Seen,
         traffic: Option<&'a serin_api::Traffic>,
     ) -> Self {
-        match traffic.and_then(|traffic| traffic.gateway_api.as_ref()) {
-            Some(gateway) => Self::GatewayApi {
+        match traffic {
+            Some(traffic) => Self::Routes {
                 client,
                 workload,
                 seen,
-                routes: gateway.routes().collect(),
+                routes: route::Routes {
+                    routes: traffic.routes(),
+                    istio_routes: traffic
+                        .istio
+                        .as_ref()
+                        .map_or(&[], |istio| istio.routes.as_slice()),
+                },
             },
             None => Self::PodCount {
                 client,
@@ -131,14 +140,19 @@ impl WeightRouter for Router<'_> {
     async fn check(&self) -> Result<(), TrafficError> {
         match self {
             Self::PodCount { .. } => Ok(()),
-            Self::GatewayApi {
+            Self::Routes {
                 client,
                 workload,
                 seen,
                 routes,
             } => {
                 let (stable, canary) = service_names(workload.name);
-                gateway::check(client, *seen, workload.namespace, routes, &stable, &canary).await?;
+                let target = route::Target {
+                    stable: &stable,
+                    canary: &canary,
+                    namespace: workload.namespace,
+                };
+                route::check(client, *seen, routes, target).await?;
                 Ok(())
             }
         }
@@ -151,7 +165,7 @@ impl WeightRouter for Router<'_> {
                 workload,
                 seen,
             } => apply_services(client, workload, *seen, weights).await,
-            Self::GatewayApi {
+            Self::Routes {
                 client,
                 workload,
                 seen,
@@ -159,16 +173,12 @@ impl WeightRouter for Router<'_> {
             } => {
                 apply_services(client, workload, *seen, weights).await?;
                 let (stable, canary) = service_names(workload.name);
-                gateway::apply(
-                    client,
-                    *seen,
-                    workload.namespace,
-                    routes,
-                    &stable,
-                    &canary,
-                    weights.weight,
-                )
-                .await?;
+                let target = route::Target {
+                    stable: &stable,
+                    canary: &canary,
+                    namespace: workload.namespace,
+                };
+                route::apply(client, *seen, routes, target, weights.weight).await?;
                 Ok(())
             }
         }

@@ -174,7 +174,7 @@ fn a_missing_route_is_an_invalid_spec_and_nothing_is_changed() -> Result<()> {
 /// How soon a change of a route must be acted on: the watch delivers it in well
 /// under a second; without it, the next look would come from a retry (30 s for an
 /// invalid spec) or the resync of a promoted Canary (5 minutes).
-const ROUTE_WATCH_BOUND: Duration = Duration::from_secs(10);
+pub(crate) const ROUTE_WATCH_BOUND: Duration = Duration::from_secs(10);
 
 #[test]
 fn weights_a_person_changes_on_the_route_are_put_back_at_once() -> Result<()> {

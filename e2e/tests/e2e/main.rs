@@ -11,6 +11,7 @@ mod gateway;
 mod gitops;
 mod hardening;
 mod idle;
+mod istio;
 mod monitoring;
 mod plugin;
 mod rollout;

@@ -1,0 +1,312 @@
+//! The route resources Serin sets weights on (Gateway API HTTPRoutes and
+//! GRPCRoutes, Istio VirtualServices), read and written the same way.
+//!
+//! The list that carries the weights (Gateway API's `rules`, Istio's `http`) is
+//! read as JSON and written back with server-side apply by Serin's field manager:
+//! fields Serin does not know (new API releases, filters, extensions) are kept
+//! byte for byte, and every other field of the route (parentRefs, hostnames, gateways,
+//! labels) stays owned by whoever wrote it. Both lists are atomic, so the field
+//! Serin owns is the list as a whole: no finer ownership exists (see
+//! docs/operations.md#routes-in-git for what GitOps tools need). The apply carries
+//! the resourceVersion it read, so a concurrent edit is never overwritten (the
+//! write fails and the next reconcile starts from the new route).
+
+use std::sync::Arc;
+
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use serin_api::{RouteKind, Weight};
+
+use crate::{Seen, gateway, istio};
+
+/// Why a route cannot carry the weights.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteProblem {
+    /// The route does not exist.
+    #[error(
+        "{} {route} not found in namespace {namespace}: create it, or fix {}", kind.kind(), kind.field()
+    )]
+    Missing {
+        /// Route kind.
+        kind: RouteKind,
+        /// Route name.
+        route: String,
+        /// Namespace.
+        namespace: String,
+    },
+    /// No rule of the route sends to the Canary's Services.
+    #[error(
+        "{} {route} has no rule with a backendRef to Service {stable} or {canary}: point a rule's backendRefs at {stable}", kind.kind()
+    )]
+    NoBackendRef {
+        /// Route kind.
+        kind: RouteKind,
+        /// Route name.
+        route: String,
+        /// `<name>-stable`.
+        stable: String,
+        /// `<name>-canary`.
+        canary: String,
+    },
+    /// No HTTP route of the VirtualService sends to the Canary's Services.
+    #[error(
+        "VirtualService {route} has no HTTP route with a destination host {stable} or {canary}: point an http route's destination at {stable}"
+    )]
+    NoDestination {
+        /// VirtualService name.
+        route: String,
+        /// `<name>-stable`.
+        stable: String,
+        /// `<name>-canary`.
+        canary: String,
+    },
+    /// `spec.traffic.istio.routes` names an HTTP route the VirtualService lacks.
+    #[error(
+        "VirtualService {route} has no HTTP route named {name} (its named routes: {known}): fix spec.traffic.istio.routes"
+    )]
+    UnknownHttpRoute {
+        /// VirtualService name.
+        route: String,
+        /// The name it lacks.
+        name: String,
+        /// The names it has, comma-separated, or "none".
+        known: String,
+    },
+}
+
+/// Errors talking to the API server about routes.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The route is not usable as it is.
+    #[error(transparent)]
+    Invalid(#[from] RouteProblem),
+    /// The API server refused or failed.
+    #[error("{} {route}: {source}", kind.kind())]
+    Api {
+        /// Route kind.
+        kind: RouteKind,
+        /// Route name.
+        route: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// The route could not be read or written as JSON.
+    #[error("{} {route}: {source}", kind.kind())]
+    Json {
+        /// Route kind.
+        kind: RouteKind,
+        /// Route name.
+        route: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The route resource of `kind`.
+pub fn route_resource(kind: RouteKind) -> ApiResource {
+    let (group, version) = kind.api_version();
+    let gvk = GroupVersionKind::gvk(group, version, kind.kind());
+    ApiResource::from_gvk_with_plural(&gvk, kind.plural())
+}
+
+fn routes_api(client: &Client, namespace: &str, kind: RouteKind) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &route_resource(kind))
+}
+
+/// What a watch last saw of one route.
+#[derive(Clone, Debug)]
+pub enum RouteSighting {
+    /// The route, as last seen.
+    Seen(Arc<DynamicObject>),
+    /// The watch has no such route.
+    Absent,
+    /// No watch of routes runs (Gateway API was not served when the controller
+    /// started): the route is read from the API server.
+    NotWatched,
+}
+
+/// The routes a Canary names, and for Istio the HTTP routes within its
+/// VirtualService to set (none: every one that sends to the Canary's Services).
+#[derive(Clone, Debug, Default)]
+pub struct Routes<'a> {
+    /// Each route resource, with its kind.
+    pub routes: Vec<(RouteKind, &'a str)>,
+    /// `spec.traffic.istio.routes`.
+    pub istio_routes: &'a [String],
+}
+
+/// Where the weights go in one route resource.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    /// `<name>-stable`.
+    pub stable: &'a str,
+    /// `<name>-canary`.
+    pub canary: &'a str,
+    /// The Canary's namespace (Istio hosts may name it).
+    pub namespace: &'a str,
+}
+
+/// Sets `weight` in one route resource's JSON, by its kind; returns whether
+/// anything changed.
+pub fn set_weights(
+    value: &mut Value,
+    (kind, name): (RouteKind, &str),
+    istio_routes: &[String],
+    target: Target<'_>,
+    weight: Weight,
+) -> Result<bool, RouteProblem> {
+    match kind {
+        RouteKind::Http | RouteKind::Grpc => {
+            gateway::set_weights(value, (kind, name), target.stable, target.canary, weight)
+        }
+        RouteKind::IstioVirtualService => {
+            istio::set_weights(value, name, istio_routes, target, weight)
+        }
+    }
+}
+
+/// Checks that each route exists and has a rule Serin can set weights on.
+pub async fn check(
+    client: &Client,
+    seen: &dyn Seen,
+    routes: &Routes<'_>,
+    target: Target<'_>,
+) -> Result<(), RouteError> {
+    for &route in &routes.routes {
+        let api = routes_api(client, target.namespace, route.0);
+        let mut value = read(&api, seen, target.namespace, route).await?;
+        set_weights(&mut value, route, routes.istio_routes, target, Weight::ZERO)?;
+    }
+    Ok(())
+}
+
+/// Sets `weight` on the canary Service in each route, writing only routes
+/// whose weights differ (as last seen: a write from a stale copy fails on its
+/// resourceVersion and is retried at once).
+pub async fn apply(
+    client: &Client,
+    seen: &dyn Seen,
+    routes: &Routes<'_>,
+    target: Target<'_>,
+    weight: Weight,
+) -> Result<(), RouteError> {
+    for &(kind, route) in &routes.routes {
+        let api = routes_api(client, target.namespace, kind);
+        let mut value = read(&api, seen, target.namespace, (kind, route)).await?;
+        if !set_weights(
+            &mut value,
+            (kind, route),
+            routes.istio_routes,
+            target,
+            weight,
+        )? {
+            continue;
+        }
+        api.patch(
+            route,
+            &PatchParams::apply(serin_api::FIELD_MANAGER).force(),
+            &Patch::Apply(weights_apply(&value, kind)),
+        )
+        .await
+        .map_err(|source| RouteError::Api {
+            kind,
+            route: route.to_owned(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The server-side apply body that sets the list carrying `route`'s weights and
+/// nothing else, at the resourceVersion it was read at. Forced: a GitOps tool or a
+/// person that applied the route owns that list too, and the weights are Serin's
+/// to set.
+pub fn weights_apply(route: &Value, kind: RouteKind) -> Value {
+    let (group, version) = kind.api_version();
+    let list = kind.weighted_list();
+    json!({
+        "apiVersion": format!("{group}/{version}"),
+        "kind": kind.kind(),
+        "metadata": {
+            "name": route["metadata"]["name"],
+            "namespace": route["metadata"]["namespace"],
+            "resourceVersion": route["metadata"]["resourceVersion"],
+        },
+        "spec": {list: route["spec"][list]},
+    })
+}
+
+/// The route as last seen by the watch, or from the API server without one.
+async fn read(
+    api: &Api<DynamicObject>,
+    seen: &dyn Seen,
+    namespace: &str,
+    (kind, route): (RouteKind, &str),
+) -> Result<Value, RouteError> {
+    let missing = || RouteProblem::Missing {
+        kind,
+        route: route.to_owned(),
+        namespace: namespace.to_owned(),
+    };
+    let object = match seen.route(kind, namespace, route) {
+        RouteSighting::Seen(object) => object,
+        RouteSighting::Absent => return Err(missing().into()),
+        RouteSighting::NotWatched => Arc::new(
+            api.get_opt(route)
+                .await
+                .map_err(|source| RouteError::Api {
+                    kind,
+                    route: route.to_owned(),
+                    source,
+                })?
+                .ok_or_else(missing)?,
+        ),
+    };
+    serde_json::to_value(object.as_ref()).map_err(|source| RouteError::Json {
+        kind,
+        route: route.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_apply_carries_the_weighted_list_and_the_version_read_and_nothing_else() {
+        let http = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "7", "labels": {"team": "shop"}},
+            "spec": {"parentRefs": [{"name": "edge"}], "rules": [{"backendRefs": [{"name": "web-stable", "weight": 75}]}]}
+        });
+        assert_eq!(
+            weights_apply(&http, RouteKind::Http),
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "HTTPRoute",
+                "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "7"},
+                "spec": {"rules": http["spec"]["rules"]},
+            })
+        );
+        let virtual_service = json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "9"},
+            "spec": {"hosts": ["web"], "gateways": ["edge"], "http": [{"route": [{"destination": {"host": "web-stable"}, "weight": 100}]}]}
+        });
+        assert_eq!(
+            weights_apply(&virtual_service, RouteKind::IstioVirtualService),
+            json!({
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "VirtualService",
+                "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "9"},
+                "spec": {"http": virtual_service["spec"]["http"]},
+            })
+        );
+    }
+}

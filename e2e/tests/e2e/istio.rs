@@ -1,0 +1,183 @@
+//! The Istio router against Istio's own CRDs (from the `istio.io/api` Go module),
+//! so the real schema validates every write Serin makes to a VirtualService.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::Value;
+use serin_api::Phase;
+use serin_e2e::cluster::istio_crds;
+
+use crate::cluster;
+use crate::gateway::ROUTE_WATCH_BOUND;
+use crate::rollout::{Rollout, is_true, message, phase, revisions};
+
+fn install_istio() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let crds = istio_crds().unwrap_or_else(|e| panic!("Istio CRDs: {e:#}"));
+        let kubectl = &cluster().kubectl;
+        let applied = kubectl.run(&["apply", "--server-side", "-f", &crds.to_string_lossy()]);
+        assert!(applied.is_ok(), "{applied:?}");
+        let established = kubectl.run(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/virtualservices.networking.istio.io",
+            "--timeout=30s",
+        ]);
+        assert!(established.is_ok(), "{established:?}");
+    });
+}
+
+/// A VirtualService with a route Serin must leave alone and a named route to
+/// `web-stable` by its full name, with retries Serin must keep.
+fn virtual_service(namespace: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web}}
+spec:
+  hosts: [web.example]
+  gateways: [edge]
+  http:
+  - name: static
+    match: [{{uri: {{prefix: /static}}}}]
+    route: [{{destination: {{host: cdn}}}}]
+  - name: primary
+    retries: {{attempts: 3}}
+    route: [{{destination: {{host: web-stable.{namespace}.svc.cluster.local, port: {{number: 80}}}}}}]
+"
+    )
+}
+
+fn read(rollout: &Rollout) -> Result<Value> {
+    rollout
+        .kubectl
+        .get_json(&["virtualservice", "web", "-n", &rollout.namespace])
+}
+
+/// (stable weight, canary weight) in the route named `primary`.
+fn weights(virtual_service: &Value) -> (Option<i64>, Option<i64>) {
+    let destinations = virtual_service["spec"]["http"][1]["route"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let weight = |prefix: &str| {
+        destinations
+            .iter()
+            .find(|d| {
+                d["destination"]["host"]
+                    .as_str()
+                    .is_some_and(|host| host.starts_with(prefix))
+            })
+            .and_then(|d| d["weight"].as_i64())
+    };
+    (weight("web-stable."), weight("web-canary."))
+}
+
+const ROUTED: &str = "  steps: [25, 50]\n  stepDuration: 3s\n  scaleDownDelay: 3s\n  traffic: {istio: {virtualService: web, routes: [primary]}}\n";
+
+#[test]
+fn virtual_service_weights_follow_every_step_and_the_rest_is_untouched() -> Result<()> {
+    install_istio();
+    let rollout = Rollout::prepare(cluster(), "istio", "web")?;
+    rollout.apply("web:1", ROUTED)?;
+
+    // No VirtualService yet: the spec is invalid, nothing is made.
+    let invalid = rollout.wait("InvalidSpec", Duration::from_secs(30), |canary| {
+        is_true(canary, "InvalidSpec")
+    })?;
+    let message = message(&invalid, "InvalidSpec");
+    assert!(
+        message.contains("VirtualService web not found")
+            && message.contains("spec.traffic.istio.virtualService"),
+        "{message}"
+    );
+    assert_eq!(
+        rollout.replica_set_count()?,
+        0,
+        "nothing made for an invalid spec"
+    );
+
+    // The VirtualService watch wakes the Canary at once.
+    rollout.apply_yaml(&virtual_service(&rollout.namespace))?;
+    let written = read(&rollout)?;
+    rollout.wait(
+        "the new VirtualService acted on at once",
+        ROUTE_WATCH_BOUND,
+        |canary| !is_true(canary, "InvalidSpec"),
+    )?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    assert_eq!(weights(&read(&rollout)?), (Some(100), Some(0)));
+    let (old, _) = revisions(&rollout.canary()?);
+
+    rollout.set_image("web:2")?;
+    let mut seen = Vec::new();
+    rollout.wait(
+        "promoted through the VirtualService",
+        Duration::from_secs(90),
+        |canary| {
+            if let Ok(virtual_service) = read(&rollout) {
+                seen.push(weights(&virtual_service));
+            }
+            let (stable, _) = revisions(canary);
+            phase(canary) == Some(Phase::Healthy) && stable != old
+        },
+    )?;
+    for canary_weight in [25, 50] {
+        assert!(
+            seen.contains(&(Some(100 - canary_weight), Some(canary_weight))),
+            "the VirtualService at {canary_weight}%: {seen:?}"
+        );
+    }
+    let last = read(&rollout)?;
+    assert_eq!(weights(&last), (Some(100), Some(0)));
+    let canary_host = &last["spec"]["http"][1]["route"][1]["destination"];
+    assert_eq!(
+        canary_host["host"],
+        format!("web-canary.{}.svc.cluster.local", rollout.namespace),
+        "the canary added in stable's form, with its port"
+    );
+    assert_eq!(canary_host["port"]["number"], 80);
+    for field in [
+        "/spec/http/0",
+        "/spec/http/1/retries",
+        "/spec/hosts",
+        "/spec/gateways",
+    ] {
+        assert_eq!(
+            last.pointer(field),
+            written.pointer(field),
+            "{field} changed"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn an_http_route_the_virtual_service_lacks_is_an_invalid_spec() -> Result<()> {
+    install_istio();
+    let rollout = Rollout::prepare(cluster(), "istio-route", "web")?;
+    rollout.apply_yaml(&virtual_service(&rollout.namespace))?;
+    rollout.apply(
+        "web:1",
+        "  traffic: {istio: {virtualService: web, routes: [canary-only]}}\n",
+    )?;
+    let invalid = rollout.wait("InvalidSpec", Duration::from_secs(30), |canary| {
+        is_true(canary, "InvalidSpec")
+    })?;
+    let message = message(&invalid, "InvalidSpec");
+    assert!(
+        message.contains(
+            "VirtualService web has no HTTP route named canary-only (its named routes: static, primary): fix spec.traffic.istio.routes"
+        ),
+        "{message}"
+    );
+    assert_eq!(
+        rollout.replica_set_count()?,
+        0,
+        "nothing made for an invalid spec"
+    );
+    Ok(())
+}
