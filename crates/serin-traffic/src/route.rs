@@ -123,7 +123,7 @@ pub enum RouteSighting {
     Seen(Arc<DynamicObject>),
     /// The watch has no such route.
     Absent,
-    /// No watch of routes runs (Gateway API was not served when the controller
+    /// No watch of this kind runs (its CRD was not served when the controller
     /// started): the route is read from the API server.
     NotWatched,
 }

@@ -1,7 +1,7 @@
 //! Real requests through a real Gateway API data plane: Traefik proxies to the pods
 //! behind the HTTPRoute's backendRefs in the weights Serin writes, so the canary's
-//! share at each step is what the route says, and an abort takes it out as soon as
-//! the route is written.
+//! share at each step is what the route says (a fractional step too, written in
+//! millionths), and an abort takes it out as soon as the route is written.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -56,7 +56,7 @@ fn requests_through_the_gateway_follow_the_route_weights_and_an_abort_takes_the_
     gateway()?;
     let rollout = Rollout::prepare_in_cluster(cluster(), "real-gateway", "web")?;
     rollout.apply_yaml(ROUTE)?;
-    let steps = "  steps: [10, 50]\n  stepDuration: 20s\n  scaleDownDelay: 5s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
+    let steps = "  steps: [12.5, 50]\n  stepDuration: 20s\n  scaleDownDelay: 5s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
     rollout.apply_manifest(&workload("v1", steps))?;
     rollout.wait_promoted(Duration::from_secs(90))?;
     let address: SocketAddr = format!("{NODE_IP}:{GATEWAY_PORT}").parse()?;
@@ -73,15 +73,15 @@ fn requests_through_the_gateway_follow_the_route_weights_and_an_abort_takes_the_
     let measured = timeline.check_shares(&load.answers(), "v2", "Gateway");
     assert_eq!(
         measured,
-        [10, 50].map(Weight::from_percent),
+        [Weight::from_millionths(125_000), Weight::from_percent(50)],
         "every step measured"
     );
 
     // Another release, aborted at its first step: once the route says 0, no
     // request reaches it.
     release(&rollout, "v3")?;
-    rollout.wait("v3 at 10%", Duration::from_secs(60), |c| {
-        weight(c) == Weight::from_percent(10)
+    rollout.wait("v3 at 12.5%", Duration::from_secs(60), |c| {
+        weight(c) == Weight::from_millionths(125_000)
     })?;
     std::thread::sleep(Duration::from_secs(5));
     rollout.annotate("abort/gateway")?;
