@@ -13,7 +13,7 @@ use serde_json::json;
 use serin_analysis::detection::{
     Cell, DEFAULT_BUCKETS, LatencyModel, Method, Report, Requests, Scenario,
 };
-use serin_analysis::{Tolerance, alpha_per_metric};
+use serin_analysis::{Tolerance, alpha_for};
 use serin_api::Canary;
 
 /// Requests per second of the benchmark grid.
@@ -284,24 +284,32 @@ fn scenario_from_manifest(path: &Path, args: &SimulateArgs) -> Result<Scenario> 
             path.display()
         );
     };
-    let (tolerance, threshold) = match args.kind {
+    let (tolerance, threshold, simulated) = match args.kind {
         Kind::Errors => {
-            let Some(metric) = analysis.metrics.iter().find_map(|m| m.error_rate.as_ref()) else {
+            let Some((simulated, metric)) = analysis
+                .metrics
+                .iter()
+                .find_map(|m| Some((m, m.error_rate.as_ref()?)))
+            else {
                 bail!(
                     "{}: spec.analysis.metrics has no errorRate metric to simulate; add one (see docs/analysis.md), or simulate a latency metric with --kind latency",
                     path.display()
                 );
             };
-            (Tolerance::from(metric), GRID_THRESHOLD)
+            (Tolerance::from(metric), GRID_THRESHOLD, simulated)
         }
         Kind::Latency => {
-            let Some(metric) = analysis.metrics.iter().find_map(|m| m.latency.as_ref()) else {
+            let Some((simulated, metric)) = analysis
+                .metrics
+                .iter()
+                .find_map(|m| Some((m, m.latency.as_ref()?)))
+            else {
                 bail!(
                     "{}: spec.analysis.metrics has no latency metric to simulate with --kind latency; add one (see docs/analysis.md)",
                     path.display()
                 );
             };
-            (Tolerance::from(metric), metric.threshold)
+            (Tolerance::from(metric), metric.threshold, simulated)
         }
     };
     if spec.steps.is_empty() || spec.steps.iter().any(|w| w.is_zero()) {
@@ -323,7 +331,7 @@ fn scenario_from_manifest(path: &Path, args: &SimulateArgs) -> Result<Scenario> 
         interval_seconds: interval,
         scrape_seconds: scrape,
         tolerance,
-        alpha: alpha_per_metric(analysis),
+        alpha: alpha_for(analysis, simulated),
     })
 }
 

@@ -162,7 +162,11 @@ pub fn render(canary: &Canary, replica_sets: &[ReplicaSet], events: &[EventLine]
                 metric
                     .evidence
                     .map_or("-".to_owned(), |e| format!("{e:.3}")),
-                format!("{:?}", metric.verdict),
+                if metric.dry_run {
+                    format!("{:?} (dry run)", metric.verdict)
+                } else {
+                    format!("{:?}", metric.verdict)
+                },
                 metric.message.clone().unwrap_or_default(),
             ]);
         }
@@ -272,5 +276,21 @@ mod tests {
         let text = render(&canary, &[], &[]);
         assert!(text.contains("8.00% (40/500 slow)"), "{text}");
         assert!(text.contains("2.00% (90/4500 slow)"), "{text}");
+    }
+
+    #[test]
+    fn a_metric_in_dry_run_says_so_beside_its_verdict() {
+        let canary = canary(
+            serde_json::json!({"analysis": {"metrics": [{"name": "p99", "query": "q", "max": 0.25, "dryRun": true}]}}),
+            serde_json::json!({"phase": "Progressing", "step": 1, "weight": 10,
+                       "analysis": [{"name": "p99", "canary": 0.4, "stable": 0.1, "verdict": "Fail",
+                                     "dryRun": true, "message": "canary 0.4 above max 0.25"}]}),
+        );
+        let text = render(&canary, &[], &[]);
+        assert!(
+            text.lines()
+                .any(|line| line.contains("p99") && line.contains("Fail (dry run)")),
+            "{text}"
+        );
     }
 }

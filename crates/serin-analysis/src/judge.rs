@@ -127,15 +127,17 @@ pub fn look_after(
     ))
 }
 
-/// Share of `1 - confidence` each metric compared with stable may spend: the
-/// false-rollback rate the user set holds for all of them together.
-pub fn alpha_per_metric(analysis: &Analysis) -> f64 {
-    let judged = analysis
+/// Share of `1 - confidence` that `metric`, compared with stable, may spend: the
+/// enforced metrics split it, so the false-rollback rate the user set holds for
+/// all of them together. A dry-run metric is judged at the share it would have
+/// once enforced, and adding one changes nothing for the others.
+pub fn alpha_for(analysis: &Analysis, metric: &Metric) -> f64 {
+    let enforced = analysis
         .metrics
         .iter()
-        .filter(|metric| comparison(metric).is_some())
-        .count()
-        .max(1);
+        .filter(|m| !m.dry_run && comparison(m).is_some())
+        .count();
+    let judged = (enforced + usize::from(metric.dry_run)).max(1);
     (1.0 - analysis.confidence) / judged as f64
 }
 
@@ -161,12 +163,14 @@ pub fn analyse(
         since: Some(window.since.clone()),
         at: Some(window.at.clone()),
         message: None,
+        dry_run: metric.dry_run,
     };
     match (comparison(metric), reading) {
         (Some((tolerance, bad)), Reading::Counts(counts)) => {
             status.carried = carried(&tolerance, previous, &window.since);
             status.earlier = earlier(previous, &window.since);
-            judge_counts(&mut status, &tolerance, bad, analysis, counts);
+            let alpha = alpha_for(analysis, metric);
+            judge_counts(&mut status, &tolerance, bad, alpha, counts);
         }
         (None, Reading::Values { canary, stable }) => {
             status.failures = Some(previous.and_then(|p| p.failures).unwrap_or(0));
@@ -220,10 +224,9 @@ fn judge_counts(
     status: &mut MetricStatus,
     tolerance: &Tolerance,
     bad: Bad,
-    analysis: &Analysis,
+    alpha: f64,
     counts: Result<ErrorCounts, NoData>,
 ) {
-    let alpha = alpha_per_metric(analysis);
     let bar = (1.0 / alpha).ln();
     let window = counts.as_ref().map(error_rate::sanitize).ok();
     let mut log_ratios = status.carried.clone();
@@ -361,9 +364,10 @@ pub struct Overall {
     pub reason: String,
 }
 
-/// Combines the metrics' verdicts: a failing metric fails the step, an inconclusive
-/// one holds it.
+/// Combines the enforced metrics' verdicts: a failing metric fails the step, an
+/// inconclusive one holds it; a metric in dry run does neither.
 pub fn overall(metrics: &[MetricStatus]) -> Overall {
+    let metrics: Vec<&MetricStatus> = metrics.iter().filter(|m| !m.dry_run).collect();
     let explain = |verdict: Verdict| {
         metrics
             .iter()

@@ -224,7 +224,7 @@ fn the_error_budget_is_split_between_error_rate_metrics() {
     let two = analysis(
         "confidence: 0.9\nmetrics: [{name: a, errorRate: {requests: r, errors: e}}, {name: b, errorRate: {requests: r, errors: e}}, {name: c, query: q, max: 1}]",
     );
-    assert!((serin_analysis::alpha_per_metric(&two) - 0.05).abs() < 1e-12);
+    assert!((serin_analysis::alpha_for(&two, &two.metrics[0]) - 0.05).abs() < 1e-12);
 }
 
 #[test]
@@ -232,7 +232,7 @@ fn latency_metrics_share_the_budget_with_error_rate_metrics() {
     let both = analysis(
         "confidence: 0.9\nmetrics: [{name: a, errorRate: {requests: r, errors: e}}, {name: b, latency: {buckets: b, threshold: 0.25}}, {name: c, query: q, max: 1}]",
     );
-    assert!((serin_analysis::alpha_per_metric(&both) - 0.05).abs() < 1e-12);
+    assert!((serin_analysis::alpha_for(&both, &both.metrics[1]) - 0.05).abs() < 1e-12);
 }
 
 #[test]
@@ -392,4 +392,74 @@ fn compared_metrics_look_quickly_while_evidence_leans_against_the_canary_and_new
         look_after(errors, None, interval, Duration::from_secs(60)),
         interval
     );
+}
+
+#[test]
+fn a_metric_in_dry_run_is_judged_and_marked_but_never_decides_the_step() {
+    let spec = analysis(
+        "metrics: [{name: errors, errorRate: {requests: r, errors: e}}, {name: trial, dryRun: true, errorRate: {requests: r, errors: e}}]",
+    );
+    let judged = |metric: &Metric, reading| analyse(metric, &spec, None, &window(0, 15), reading);
+    let pass = judged(&spec.metrics[0], counts(1000.0, 10.0, 9000.0, 90.0));
+    let trial_fails = judged(&spec.metrics[1], counts(1000.0, 80.0, 9000.0, 90.0));
+    let trial_blind = judged(&spec.metrics[1], counts(0.0, 0.0, 9000.0, 90.0));
+    assert_eq!(trial_fails.verdict, Verdict::Fail, "judged as if enforced");
+    assert!(trial_fails.dry_run && !pass.dry_run);
+    let with_failing_trial = overall(&[pass.clone(), trial_fails]);
+    assert_eq!(with_failing_trial.verdict, Verdict::Pass);
+    assert!(
+        !with_failing_trial.reason.contains("trial"),
+        "{}",
+        with_failing_trial.reason
+    );
+    assert_eq!(
+        overall(&[pass, trial_blind]).verdict,
+        Verdict::Pass,
+        "nor holds it"
+    );
+}
+
+#[test]
+fn a_metric_in_dry_run_takes_no_budget_and_is_judged_at_the_share_it_would_have() {
+    let enforced = analysis(
+        "confidence: 0.9\nmetrics: [{name: a, errorRate: {requests: r, errors: e}}, {name: b, latency: {buckets: b, threshold: 0.25}}]",
+    );
+    let with_trial = analysis(
+        "confidence: 0.9\nmetrics: [{name: a, errorRate: {requests: r, errors: e}}, {name: b, latency: {buckets: b, threshold: 0.25}}, {name: c, dryRun: true, errorRate: {requests: r, errors: e}}]",
+    );
+    let alpha = serin_analysis::alpha_for;
+    assert_eq!(
+        alpha(&enforced, &enforced.metrics[0]),
+        alpha(&with_trial, &with_trial.metrics[0])
+    );
+    assert!((alpha(&with_trial, &with_trial.metrics[0]) - 0.05).abs() < 1e-12);
+    assert!((alpha(&with_trial, &with_trial.metrics[2]) - 0.1 / 3.0).abs() < 1e-12);
+}
+
+#[test]
+fn whatever_the_verdicts_metrics_in_dry_run_never_change_the_overall_one() {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let verdicts = [Verdict::Pass, Verdict::Fail, Verdict::Inconclusive];
+    let spec = errors_analysis();
+    let base = analyse(
+        metric(&spec),
+        &spec,
+        None,
+        &window(0, 15),
+        counts(1000.0, 10.0, 9000.0, 90.0),
+    );
+    for _ in 0..500 {
+        let metrics: Vec<_> = (0..rng.random_range(1..6))
+            .map(|index| {
+                let mut status = base.clone();
+                status.name = format!("m{index}");
+                status.verdict = verdicts[rng.random_range(0..3)];
+                status.dry_run = rng.random_bool(0.5);
+                status
+            })
+            .collect();
+        let enforced: Vec<_> = metrics.iter().filter(|m| !m.dry_run).cloned().collect();
+        assert_eq!(overall(&metrics), overall(&enforced), "{metrics:#?}");
+    }
 }

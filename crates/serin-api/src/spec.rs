@@ -457,6 +457,13 @@ pub struct Metric {
     /// with the same sequential test as `errorRate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencyMetric>,
+
+    /// Judge and show the metric, but never hold or roll back a step on it: a new
+    /// metric can be trusted before it is enforced. It is judged at the share of the
+    /// confidence budget it would have once enforced, and takes none from the
+    /// enforced metrics. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// Request and error counts of one arm, and the tolerances of the comparison.

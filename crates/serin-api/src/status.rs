@@ -133,6 +133,9 @@ pub struct MetricStatus {
     /// What a person should know about the verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The metric is in dry run: its verdict is shown, never acted on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// Requests and errors of both arms in one analysis window, as Prometheus counted

@@ -255,7 +255,8 @@ impl Analyst {
             .metrics
             .iter()
             .zip(&next_due)
-            .filter(|(metric, _)| !current.iter().any(|m| m.name == metric.name))
+            // A metric in dry run never holds the step, not even for its first look.
+            .filter(|(metric, _)| !metric.dry_run && !current.iter().any(|m| m.name == metric.name))
             .map(|(metric, due)| (metric, (*due - now).get_seconds().max(0)))
             .min_by_key(|(_, seconds)| *seconds);
         let verdict = match (overall.verdict, first_look) {

@@ -598,6 +598,7 @@ mod tests {
             since: None,
             at: None,
             message: None,
+            dry_run: false,
         });
         status
     }

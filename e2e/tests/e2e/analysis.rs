@@ -443,6 +443,62 @@ fn a_latency_regression_is_rolled_back_by_a_threshold_metric() -> Result<()> {
 }
 
 #[test]
+fn a_metric_in_dry_run_is_judged_and_shown_but_never_rolls_back() -> Result<()> {
+    // The same threshold as the test above, in dry run, beside an enforced error
+    // rate: the slow canary fails the dry-run metric and is promoted all the same.
+    let judged = Judged::start(
+        "analysis-dry-run",
+        200.0,
+        "  steps: [25, 50]\n  stepDuration: 20s",
+        &format!(
+            r#"    confidence: 0.999
+    metrics:
+{ERRORS_METRIC}    - name: p99-latency
+      dryRun: true
+      query: histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{{namespace="{{{{namespace}}}}",pod=~"{{{{pods}}}}"}}[{{{{interval}}}}])))
+      max: 0.25
+"#
+        ),
+        Behaviour {
+            error_rate: 0.0,
+            latency_ms: 20,
+        },
+    )?;
+    let slow = Behaviour {
+        error_rate: 0.0,
+        latency_ms: 400,
+    };
+    let (stable, _) = revisions(&judged.rollout.canary()?);
+    judged.apply("v2", &slow)?;
+    let failing = judged.rollout.wait(
+        "the dry-run metric fails and the step goes on",
+        Duration::from_secs(60),
+        |c| metric(c, "p99-latency").is_some_and(|m| m.verdict == Verdict::Fail && m.dry_run),
+    )?;
+    let shown = crate::plugin::serin(&judged.rollout, &["get", &judged.name])?;
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    ensure!(
+        shown
+            .lines()
+            .any(|line| line.contains("p99-latency") && line.contains("dry run")),
+        "kubectl serin get shows the metric in dry run: {shown}"
+    );
+    ensure!(
+        phase(&failing) == Some(Phase::Progressing),
+        "{:#?}",
+        status(&failing)
+    );
+    let canary = judged.roll_out_and_wait("v2", &slow, Duration::from_secs(150))?;
+    ensure!(
+        phase(&canary) == Some(Phase::Healthy),
+        "{:#?}",
+        status(&canary)
+    );
+    ensure!(revisions(&canary).0 != stable, "the new revision is stable");
+    Ok(())
+}
+
+#[test]
 fn prometheus_down_holds_the_step_and_nothing_is_promoted_until_it_is_back() -> Result<()> {
     let good = || Behaviour {
         error_rate: 0.02,

@@ -11,7 +11,7 @@ use crate::rollout::{Rollout, phase, status, weight};
 use serin_api::{Phase, Weight};
 
 /// Runs `kubectl serin <args>` in the rollout's namespace, with the built plugin on PATH.
-fn serin(rollout: &Rollout, args: &[&str]) -> Result<Output> {
+pub(crate) fn serin(rollout: &Rollout, args: &[&str]) -> Result<Output> {
     let path = path_with_plugin()?;
     let mut all = vec!["serin", "-n", rollout.namespace.as_str()];
     all.extend_from_slice(args);
