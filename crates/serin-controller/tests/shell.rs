@@ -703,6 +703,7 @@ async fn a_metric_leaning_against_the_canary_is_looked_at_quickly_a_healthy_one_
         since: Some(Time(since)),
         at: Some(Time(at(3))),
         message: None,
+        dry_run: false,
     };
     let queries_sent = |expected: usize| {
         let mut sent = 0;

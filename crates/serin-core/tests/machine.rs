@@ -698,6 +698,7 @@ fn analysis_survives_a_new_step_and_is_cleared_by_a_new_rollout_or_a_retry() {
         since: world.status.analysis_started_at.clone(),
         at: None,
         message: None,
+        dry_run: false,
     };
     world.status.analysis = vec![metric];
     world.advance(Duration::from_secs(60));
@@ -736,6 +737,7 @@ fn analysis_survives_a_new_step_and_is_cleared_by_a_new_rollout_or_a_retry() {
         since: None,
         at: None,
         message: None,
+        dry_run: false,
     }];
     world.new_template(THIRD);
     world.reconcile();
