@@ -1,5 +1,5 @@
 //! What the reconciler reads without asking the API server: Serin's own
-//! ReplicaSets and Services, and the HTTPRoutes, as the watches last saw them, so
+//! ReplicaSets and Services, and the routes, as the watches last saw them, so
 //! an idle fleet costs the API server nothing and a reconcile's reads cost no
 //! round trip.
 
@@ -23,7 +23,7 @@ use serin_traffic::route::{RouteSighting, route_resource};
 use crate::watched::WatchedCanary;
 
 /// Serin's ReplicaSets and Services (those labelled with [`CANARY_LABEL`]), and
-/// the routes of each Gateway API kind the API server serves.
+/// the routes (Gateway API's, Istio's) of each kind the API server serves.
 #[derive(Clone)]
 pub struct Cache {
     replica_sets: Store<Compact<ReplicaSet>>,
