@@ -349,12 +349,20 @@ impl Scenario {
         stream
     }
 
+    /// Ticks between a request and the look that can first count it: Prometheus
+    /// has counters up to its last scrape, which is up to one scrape interval old
+    /// (the upper end is taken: the scrape's phase is not simulated).
+    fn scrape_lag_ticks(&self) -> usize {
+        (self.scrape_seconds.max(1) / self.tick_seconds()).max(1) as usize
+    }
+
     /// When Serin's judge rolls back on this stream, seconds after the first step
     /// began, and how many looks it took. It looks as the controller does, at the
-    /// cadence [`crate::cadence`] gives.
+    /// cadence [`crate::cadence`] gives, and counts what Prometheus has scraped.
     fn judge(&self, stream: &[Tick]) -> (Option<f64>, usize) {
         let tick = self.tick_seconds();
         let ticks_per_step = (self.step_seconds / tick) as usize;
+        let lag = self.scrape_lag_ticks();
         // The controller's cadence, in whole ticks (at least one).
         let next = |log_evidence: f64, seen: Option<(f64, f64)>| {
             let seconds = cadence(
@@ -367,12 +375,17 @@ impl Scenario {
         };
         let bar = (1.0 / self.alpha).ln();
         let mut carried = vec![0.0; self.tolerance.components()];
+        // The step's counts Prometheus has scraped, and all of them.
         let mut window = ErrorCounts::default();
+        let mut whole_step = ErrorCounts::default();
         let mut next_look = next(0.0, None);
         let mut looks = 0;
         for (i, counts) in stream.iter().map(|t| &t.counts).enumerate() {
-            add(&mut window, counts);
             let in_step = i % ticks_per_step + 1;
+            add(&mut whole_step, counts);
+            if in_step > lag {
+                add(&mut window, &stream[i - lag].counts);
+            }
             if in_step >= next_look {
                 looks += 1;
                 let mut total = carried.clone();
@@ -390,14 +403,17 @@ impl Scenario {
                 next_look = in_step + next(log_evidence, Some(seen));
             }
             if in_step == ticks_per_step {
+                // What the last look did not see yet is counted in the next step's
+                // first window, at this step's share: carried with this one.
                 for (sum, ratio) in carried
                     .iter_mut()
-                    .zip(self.tolerance.log_likelihood_ratios(&window))
+                    .zip(self.tolerance.log_likelihood_ratios(&whole_step))
                 {
                     *sum += ratio;
                 }
-                let seen = (window.canary_errors, self.step_seconds as f64);
+                let seen = (whole_step.canary_errors, self.step_seconds as f64);
                 window = ErrorCounts::default();
+                whole_step = ErrorCounts::default();
                 next_look = next(self.tolerance.log_evidence(&carried), Some(seen));
             }
         }
@@ -507,7 +523,9 @@ impl Scenario {
     }
 
     /// When a rule checking windows of `window_seconds` against `limit` rolls back
-    /// on this stream (at its `failed_checks`-th failure), and its checks.
+    /// on this stream (at its `failed_checks`-th failure), and its checks. Its
+    /// queries, like Serin's, see the counters up to the last scrape: each check
+    /// comes one scrape after its window ends.
     fn checked(
         &self,
         stream: &[Tick],
@@ -515,13 +533,15 @@ impl Scenario {
         limit: f64,
         failed_checks: usize,
     ) -> (Option<f64>, usize) {
+        let lag = self.scrape_seconds.max(1) as f64;
         (
             rule_rollback(
                 &self.rule_windows(stream, window_seconds),
                 limit,
                 window_seconds,
                 failed_checks,
-            ),
+            )
+            .map(|at| at + lag),
             self.horizon_seconds().div_ceil(window_seconds) as usize,
         )
     }
