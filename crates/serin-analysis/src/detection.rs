@@ -11,9 +11,9 @@
 //! Rollouts' documentation. Wald's bound, on the rollout's own schedule of shares,
 //! is the least expected time any test with the same error probabilities can take.
 
-use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand_distr::{Distribution, Poisson};
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Binomial, Distribution, Poisson};
 use serin_api::ErrorCounts;
 use statrs::distribution::{ContinuousCDF, Normal};
 
@@ -28,6 +28,11 @@ pub const RULE_FAILED_CHECKS: usize = 5;
 pub const WALD_BETA: f64 = 0.1;
 /// The quantile the latency rule watches, as Flagger's `request-duration` does.
 pub const RULE_QUANTILE: f64 = 0.99;
+
+/// Mixed into a run's seed for its scrape phase and thinning, so they are drawn
+/// apart from its requests.
+const SCRAPE_PHASE_SEED: u64 = 0x5C2A_9E11_D00D_F00D;
+
 /// Prometheus client libraries' default histogram buckets, in seconds.
 pub const DEFAULT_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -349,20 +354,20 @@ impl Scenario {
         stream
     }
 
-    /// Ticks between a request and the look that can first count it: Prometheus
-    /// has counters up to its last scrape, which is up to one scrape interval old
-    /// (the upper end is taken: the scrape's phase is not simulated).
-    fn scrape_lag_ticks(&self) -> usize {
-        (self.scrape_seconds.max(1) / self.tick_seconds()).max(1) as usize
-    }
-
     /// When Serin's judge rolls back on this stream, seconds after the first step
     /// began, and how many looks it took. It looks as the controller does, at the
-    /// cadence [`crate::cadence`] gives, and counts what Prometheus has scraped.
-    fn judge(&self, stream: &[Tick]) -> (Option<f64>, usize) {
+    /// cadence [`crate::cadence`] gives, and counts what Prometheus has: requests
+    /// up to its last scrape, at a phase drawn for the run from `seed`, so up to
+    /// one scrape interval old (the tick a scrape falls in is thinned to the part
+    /// scraped).
+    fn judge(&self, stream: &[Tick], seed: u64) -> (Option<f64>, usize) {
         let tick = self.tick_seconds();
         let ticks_per_step = (self.step_seconds / tick) as usize;
-        let lag = self.scrape_lag_ticks();
+        let mut rng = StdRng::seed_from_u64(seed ^ SCRAPE_PHASE_SEED);
+        let scrape = self.scrape_seconds.max(1) as f64;
+        let phase = rng.random_range(0.0..scrape);
+        // The time of the last scrape at or before `t`.
+        let scraped_by = |t: f64| t - (t - phase).rem_euclid(scrape);
         // The controller's cadence, in whole ticks (at least one).
         let next = |log_evidence: f64, seen: Option<(f64, f64)>| {
             let seconds = cadence(
@@ -375,31 +380,46 @@ impl Scenario {
         };
         let bar = (1.0 / self.alpha).ln();
         let mut carried = vec![0.0; self.tolerance.components()];
-        // The step's counts Prometheus has scraped, and all of them.
+        // The step's ticks Prometheus has scraped whole, and all of them.
         let mut window = ErrorCounts::default();
         let mut whole_step = ErrorCounts::default();
+        let mut scraped_whole = 0;
         let mut next_look = next(0.0, None);
         let mut looks = 0;
         for (i, counts) in stream.iter().map(|t| &t.counts).enumerate() {
             let in_step = i % ticks_per_step + 1;
+            let step_start = i + 1 - in_step;
             add(&mut whole_step, counts);
-            if in_step > lag {
-                add(&mut window, &stream[i - lag].counts);
+            let now = ((i + 1) as u64 * tick) as f64;
+            let scraped = scraped_by(now).max(0.0) / tick as f64;
+            while (scraped_whole + 1) as f64 <= scraped {
+                if scraped_whole >= step_start {
+                    add(&mut window, &stream[scraped_whole].counts);
+                }
+                scraped_whole += 1;
             }
             if in_step >= next_look {
                 looks += 1;
+                let mut seen_now = window.clone();
+                if scraped_whole >= step_start && scraped_whole <= i {
+                    let part = scraped - scraped_whole as f64;
+                    add(
+                        &mut seen_now,
+                        &thinned(&stream[scraped_whole].counts, part, &mut rng),
+                    );
+                }
                 let mut total = carried.clone();
                 for (sum, ratio) in total
                     .iter_mut()
-                    .zip(self.tolerance.log_likelihood_ratios(&window))
+                    .zip(self.tolerance.log_likelihood_ratios(&seen_now))
                 {
                     *sum += ratio;
                 }
                 let log_evidence = self.tolerance.log_evidence(&total);
                 if log_evidence >= bar {
-                    return (Some(((i + 1) as u64 * tick) as f64), looks);
+                    return (Some(now), looks);
                 }
-                let seen = (window.canary_errors, (in_step as u64 * tick) as f64);
+                let seen = (seen_now.canary_errors, (in_step as u64 * tick) as f64);
                 next_look = in_step + next(log_evidence, Some(seen));
             }
             if in_step == ticks_per_step {
@@ -473,8 +493,9 @@ impl Scenario {
             for (index, method) in Method::ALL.into_iter().enumerate() {
                 let judged: Vec<(Option<f64>, usize)> = streams
                     .iter()
-                    .map(|stream| match (method, WrittenRule::of(method)) {
-                        (Method::Serin, _) => self.judge(stream),
+                    .zip(&seeds)
+                    .map(|(stream, seed)| match (method, WrittenRule::of(method)) {
+                        (Method::Serin, _) => self.judge(stream, *seed),
                         (_, Some(rule)) => self.written_rule(stream, rule),
                         (_, None) => self.checked(
                             stream,
@@ -523,9 +544,9 @@ impl Scenario {
     }
 
     /// When a rule checking windows of `window_seconds` against `limit` rolls back
-    /// on this stream (at its `failed_checks`-th failure), and its checks. Its
-    /// queries, like Serin's, see the counters up to the last scrape: each check
-    /// comes one scrape after its window ends.
+    /// on this stream (at its `failed_checks`-th failure), and its checks. (Its
+    /// queries see a window of the same length ending at the last scrape: the
+    /// same counts in distribution, at the same time.)
     fn checked(
         &self,
         stream: &[Tick],
@@ -533,15 +554,13 @@ impl Scenario {
         limit: f64,
         failed_checks: usize,
     ) -> (Option<f64>, usize) {
-        let lag = self.scrape_seconds.max(1) as f64;
         (
             rule_rollback(
                 &self.rule_windows(stream, window_seconds),
                 limit,
                 window_seconds,
                 failed_checks,
-            )
-            .map(|at| at + lag),
+            ),
             self.horizon_seconds().div_ceil(window_seconds) as usize,
         )
     }
@@ -627,6 +646,23 @@ fn quantile(times: &[Option<f64>], q: f64) -> Option<f64> {
 
 fn poisson(mean: f64) -> Option<Poisson<f64>> {
     (mean > 0.0).then(|| Poisson::new(mean).ok()).flatten()
+}
+
+/// Of `counts`, the requests that arrived in the first `part` (0 to 1) of their
+/// tick: each independently (Poisson arrivals, uniform within the tick).
+fn thinned(counts: &ErrorCounts, part: f64, rng: &mut StdRng) -> ErrorCounts {
+    let part = part.clamp(0.0, 1.0);
+    let mut keep = |n: f64| {
+        Binomial::new(n.max(0.0).round() as u64, part).map_or(0.0, |b| b.sample(rng) as f64)
+    };
+    let canary_errors = keep(counts.canary_errors);
+    let stable_errors = keep(counts.stable_errors);
+    ErrorCounts {
+        canary_requests: canary_errors + keep(counts.canary_requests - counts.canary_errors),
+        canary_errors,
+        stable_requests: stable_errors + keep(counts.stable_requests - counts.stable_errors),
+        stable_errors,
+    }
 }
 
 fn add(sum: &mut ErrorCounts, counts: &ErrorCounts) {
