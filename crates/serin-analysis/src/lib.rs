@@ -10,6 +10,6 @@ pub mod latency;
 
 pub use error_rate::Tolerance;
 pub use judge::{
-    Bad, NoData, Overall, Reading, Window, alpha_for, analyse, cadence, comparison, look_after,
-    overall,
+    Bad, CLOSE_TO_THE_BAR, NoData, Overall, Reading, Window, alpha_for, analyse, cadence,
+    comparison, look_after, overall,
 };

@@ -382,6 +382,20 @@ fn compared_metrics_look_quickly_while_evidence_leans_against_the_canary_and_new
         look_after(errors, Some(&quiet), interval, scrape),
         Duration::from_secs_f64(3.75)
     );
+    // Three canary errors in a minute and none of stable's: close to the bar, so
+    // every scrape, not when half of one more is expected (60 / (2 × 4) s).
+    let close = analyse(
+        &spec.metrics[0],
+        &spec,
+        None,
+        &window(0, 60),
+        counts(80.0, 3.0, 720.0, 0.0),
+    );
+    assert!(
+        close.evidence >= Some(serin_analysis::CLOSE_TO_THE_BAR),
+        "{close:?}"
+    );
+    assert_eq!(look_after(errors, Some(&close), interval, scrape), scrape);
     // A threshold metric counts intervals: always every interval.
     assert_eq!(
         look_after(&spec.metrics[1], None, interval, scrape),
