@@ -400,7 +400,7 @@ impl Scenario {
             }
             if in_step >= next_look {
                 looks += 1;
-                let mut seen_now = window.clone();
+                let mut seen_now = window;
                 if scraped_whole >= step_start && scraped_whole <= i {
                     let part = scraped - scraped_whole as f64;
                     add(
