@@ -423,8 +423,9 @@ impl Scenario {
                 next_look = in_step + next(log_evidence, Some(seen));
             }
             if in_step == ticks_per_step {
-                // What the last look did not see yet is counted in the next step's
-                // first window, at this step's share: carried with this one.
+                // What the last look had not seen yet, the controller counts in
+                // the next step's first window; here it is carried with this step,
+                // at this step's share, which is where it was sent.
                 for (sum, ratio) in carried
                     .iter_mut()
                     .zip(self.tolerance.log_likelihood_ratios(&whole_step))
