@@ -1,6 +1,7 @@
 //! The Gateway API router against the upstream standard CRDs, so the real schema
 //! validates every write Serin makes to an HTTPRoute.
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -15,19 +16,43 @@ use crate::rollout::{Rollout, is_true, message, phase, revisions, weight};
 pub(crate) fn install_gateway_api() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        let crds = gateway_api_crds().unwrap_or_else(|e| panic!("Gateway API CRDs: {e:#}"));
-        let kubectl = &cluster().kubectl;
-        let applied = kubectl.run(&["apply", "--server-side", "-f", &crds.to_string_lossy()]);
-        assert!(applied.is_ok(), "{applied:?}");
-        let established = kubectl.run(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/httproutes.gateway.networking.k8s.io",
-            "crd/grpcroutes.gateway.networking.k8s.io",
-            "--timeout=30s",
-        ]);
-        assert!(established.is_ok(), "{established:?}");
+        install_upstream_crds(
+            gateway_api_crds(),
+            &[
+                "crd/httproutes.gateway.networking.k8s.io",
+                "crd/grpcroutes.gateway.networking.k8s.io",
+            ],
+        );
     });
+}
+
+/// Applies an upstream project's CRDs (a file or a directory) and waits until
+/// `established` are served.
+pub(crate) fn install_upstream_crds(crds: Result<PathBuf>, established: &[&str]) {
+    let crds = crds.unwrap_or_else(|e| panic!("upstream CRDs: {e:#}"));
+    let kubectl = &cluster().kubectl;
+    let applied = kubectl.run(&["apply", "--server-side", "-f", &crds.to_string_lossy()]);
+    assert!(applied.is_ok(), "{applied:?}");
+    let mut wait = vec!["wait", "--for=condition=Established", "--timeout=30s"];
+    wait.extend_from_slice(established);
+    let served = kubectl.run(&wait);
+    assert!(served.is_ok(), "{served:?}");
+}
+
+/// Waits for the Canary's `InvalidSpec`, checks its message says each of `says`,
+/// and that nothing was made for it.
+pub(crate) fn invalid_and_nothing_made(rollout: &Rollout, says: &[&str]) -> Result<()> {
+    let invalid = rollout.wait("InvalidSpec", Duration::from_secs(30), |canary| {
+        is_true(canary, "InvalidSpec")
+    })?;
+    let message = message(&invalid, "InvalidSpec");
+    assert!(says.iter().all(|s| message.contains(s)), "{message}");
+    assert_eq!(
+        rollout.replica_set_count()?,
+        0,
+        "nothing made for an invalid spec"
+    );
+    Ok(())
 }
 
 /// A route with a rule Serin must leave alone and a rule to `web-stable`.
@@ -141,16 +166,7 @@ fn a_missing_route_is_an_invalid_spec_and_nothing_is_changed() -> Result<()> {
     install_gateway_api();
     let rollout = Rollout::prepare(cluster(), "noroute", "web")?;
     rollout.apply("web:1", ROUTED)?;
-    let invalid = rollout.wait("InvalidSpec", Duration::from_secs(30), |canary| {
-        is_true(canary, "InvalidSpec")
-    })?;
-    let message = message(&invalid, "InvalidSpec");
-    assert!(message.contains("HTTPRoute web not found"), "{message}");
-    assert_eq!(
-        rollout.replica_set_count()?,
-        0,
-        "nothing created for an invalid spec"
-    );
+    invalid_and_nothing_made(&rollout, &["HTTPRoute web not found"])?;
     assert!(!rollout.kubectl.succeeds(&[
         "get",
         "service",
@@ -247,20 +263,13 @@ fn grpc_route_weights_follow_every_step_beside_the_http_route() -> Result<()> {
     )?;
 
     // The GRPCRoute does not exist yet: the spec is invalid, nothing is made.
-    let invalid = rollout.wait("InvalidSpec", Duration::from_secs(30), |canary| {
-        is_true(canary, "InvalidSpec")
-    })?;
-    let message = message(&invalid, "InvalidSpec");
-    assert!(
-        message.contains("GRPCRoute web-grpc not found")
-            && message.contains("spec.traffic.gatewayAPI.grpcRoutes"),
-        "{message}"
-    );
-    assert_eq!(
-        rollout.replica_set_count()?,
-        0,
-        "nothing made for an invalid spec"
-    );
+    invalid_and_nothing_made(
+        &rollout,
+        &[
+            "GRPCRoute web-grpc not found",
+            "spec.traffic.gatewayAPI.grpcRoutes",
+        ],
+    )?;
 
     // The GRPCRoute watch wakes the Canary at once.
     rollout.apply_yaml(GRPC_ROUTE)?;

@@ -10,23 +10,13 @@ use serin_api::Phase;
 use serin_e2e::cluster::istio_crds;
 
 use crate::cluster;
-use crate::gateway::ROUTE_WATCH_BOUND;
-use crate::rollout::{Rollout, is_true, message, phase, revisions};
+use crate::gateway::{ROUTE_WATCH_BOUND, install_upstream_crds, invalid_and_nothing_made};
+use crate::rollout::{Rollout, is_true, phase, revisions};
 
 fn install_istio() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        let crds = istio_crds().unwrap_or_else(|e| panic!("Istio CRDs: {e:#}"));
-        let kubectl = &cluster().kubectl;
-        let applied = kubectl.run(&["apply", "--server-side", "-f", &crds.to_string_lossy()]);
-        assert!(applied.is_ok(), "{applied:?}");
-        let established = kubectl.run(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/virtualservices.networking.istio.io",
-            "--timeout=30s",
-        ]);
-        assert!(established.is_ok(), "{established:?}");
+        install_upstream_crds(istio_crds(), &["crd/virtualservices.networking.istio.io"]);
     });
 }
 
@@ -85,20 +75,13 @@ fn virtual_service_weights_follow_every_step_and_the_rest_is_untouched() -> Resu
     rollout.apply("web:1", ROUTED)?;
 
     // No VirtualService yet: the spec is invalid, nothing is made.
-    let invalid = rollout.wait("InvalidSpec", Duration::from_secs(30), |canary| {
-        is_true(canary, "InvalidSpec")
-    })?;
-    let message = message(&invalid, "InvalidSpec");
-    assert!(
-        message.contains("VirtualService web not found")
-            && message.contains("spec.traffic.istio.virtualService"),
-        "{message}"
-    );
-    assert_eq!(
-        rollout.replica_set_count()?,
-        0,
-        "nothing made for an invalid spec"
-    );
+    invalid_and_nothing_made(
+        &rollout,
+        &[
+            "VirtualService web not found",
+            "spec.traffic.istio.virtualService",
+        ],
+    )?;
 
     // The VirtualService watch wakes the Canary at once.
     rollout.apply_yaml(&virtual_service(&rollout.namespace))?;
@@ -164,20 +147,10 @@ fn an_http_route_the_virtual_service_lacks_is_an_invalid_spec() -> Result<()> {
         "web:1",
         "  traffic: {istio: {virtualService: web, routes: [canary-only]}}\n",
     )?;
-    let invalid = rollout.wait("InvalidSpec", Duration::from_secs(30), |canary| {
-        is_true(canary, "InvalidSpec")
-    })?;
-    let message = message(&invalid, "InvalidSpec");
-    assert!(
-        message.contains(
-            "VirtualService web has no HTTP route named canary-only (its named routes: static, primary): fix spec.traffic.istio.routes"
-        ),
-        "{message}"
-    );
-    assert_eq!(
-        rollout.replica_set_count()?,
-        0,
-        "nothing made for an invalid spec"
-    );
-    Ok(())
+    invalid_and_nothing_made(
+        &rollout,
+        &[
+            "VirtualService web has no HTTP route named canary-only (its named routes: static, primary): fix spec.traffic.istio.routes",
+        ],
+    )
 }
