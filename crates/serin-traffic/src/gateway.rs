@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use serin_api::{RouteKind, Weight};
 
-use crate::route::RouteProblem;
+use crate::route::{RouteProblem, set_pair};
 
 /// Sets the weights in one route's JSON: in every rule with a backendRef to
 /// `stable` or `canary`, the stable ref gets `100 - weight` and the canary ref
@@ -39,38 +39,21 @@ pub fn set_weights(
         Some(percent) => (100 - percent, percent),
         None => (weight.rest().millionths(), weight.millionths()),
     };
+    let added = |template: &Value, _: &str, service: &str| {
+        let mut backend = template.clone();
+        backend["name"] = json!(service);
+        backend
+    };
     let mut owned = false;
     let mut changed = false;
     for rule in rules.iter_mut() {
         let Some(backends) = rule.get_mut("backendRefs").and_then(Value::as_array_mut) else {
             continue;
         };
-        let stable_at = backends.iter().position(|b| is_service(b, stable));
-        let canary_at = backends.iter().position(|b| is_service(b, canary));
-        let template = match (stable_at, canary_at) {
-            (None, None) => continue,
-            (Some(at), _) | (None, Some(at)) => backends[at].clone(),
-        };
-        owned = true;
-        for (service, at, share) in [
-            (stable, stable_at, stable_share),
-            (canary, canary_at, canary_share),
-        ] {
-            match at {
-                Some(index) => {
-                    if backends[index]["weight"] != json!(share) {
-                        backends[index]["weight"] = json!(share);
-                        changed = true;
-                    }
-                }
-                None => {
-                    let mut added = template.clone();
-                    added["name"] = json!(service);
-                    added["weight"] = json!(share);
-                    backends.push(added);
-                    changed = true;
-                }
-            }
+        let shares = (stable_share, canary_share);
+        if let Some(set) = set_pair(backends, is_service, added, (stable, canary), shares) {
+            owned = true;
+            changed |= set;
         }
     }
     if owned { Ok(changed) } else { Err(problem()) }

@@ -12,7 +12,7 @@
 use serde_json::{Value, json};
 use serin_api::Weight;
 
-use crate::route::{RouteProblem, Target};
+use crate::route::{RouteProblem, Target, set_pair};
 
 /// Whether `host` names Service `service` in `namespace`.
 fn names_service(host: &str, service: &str, namespace: &str) -> bool {
@@ -68,6 +68,20 @@ pub fn set_weights(
     let percent = weight
         .whole_percent()
         .unwrap_or_else(|| weight.percent().round() as u32);
+    let host_of = |d: &Value| {
+        d["destination"]["host"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let names = |d: &Value, service: &str| names_service(&host_of(d), service, target.namespace);
+    let added = |template: &Value, template_service: &str, service: &str| {
+        let mut destination = template.clone();
+        destination["destination"]["host"] =
+            json!(host_of(template).replacen(template_service, service, 1));
+        destination
+    };
+    let services = (target.stable, target.canary);
     let mut owned = false;
     let mut changed = false;
     for route in routes.iter_mut() {
@@ -77,44 +91,15 @@ pub fn set_weights(
         let Some(destinations) = route.get_mut("route").and_then(Value::as_array_mut) else {
             continue;
         };
-        let host_of = |d: &Value| {
-            d["destination"]["host"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let at = |service: &str| {
-            destinations
-                .iter()
-                .position(|d| names_service(&host_of(d), service, target.namespace))
-        };
-        let (stable_at, canary_at) = (at(target.stable), at(target.canary));
-        let (template, template_service) = match (stable_at, canary_at) {
-            (None, None) => continue,
-            (Some(at), _) => (destinations[at].clone(), target.stable),
-            (None, Some(at)) => (destinations[at].clone(), target.canary),
-        };
-        owned = true;
-        for (service, at, share) in [
-            (target.stable, stable_at, 100 - percent),
-            (target.canary, canary_at, percent),
-        ] {
-            match at {
-                Some(index) => {
-                    if destinations[index]["weight"] != json!(share) {
-                        destinations[index]["weight"] = json!(share);
-                        changed = true;
-                    }
-                }
-                None => {
-                    let mut added = template.clone();
-                    let host = host_of(&template).replacen(template_service, service, 1);
-                    added["destination"]["host"] = json!(host);
-                    added["weight"] = json!(share);
-                    destinations.push(added);
-                    changed = true;
-                }
-            }
+        if let Some(set) = set_pair(
+            destinations,
+            names,
+            added,
+            services,
+            (100 - percent, percent),
+        ) {
+            owned = true;
+            changed |= set;
         }
     }
     if owned {

@@ -149,6 +149,49 @@ pub struct Target<'a> {
     pub namespace: &'a str,
 }
 
+/// Sets the weights of one list of weighted targets (a Gateway API rule's
+/// backendRefs, an Istio HTTP route's destinations): the target `names` says is
+/// `stable` gets `shares.0` and `canary`'s `shares.1`; a missing one of the two is
+/// `added` after the other, from it (the template, the service it names, and the
+/// service to name). None when the list names neither: it is not Serin's to set;
+/// otherwise whether anything changed.
+pub(crate) fn set_pair(
+    targets: &mut Vec<Value>,
+    names: impl Fn(&Value, &str) -> bool,
+    added: impl Fn(&Value, &str, &str) -> Value,
+    (stable, canary): (&str, &str),
+    (stable_share, canary_share): (u32, u32),
+) -> Option<bool> {
+    let stable_at = targets.iter().position(|t| names(t, stable));
+    let canary_at = targets.iter().position(|t| names(t, canary));
+    let (template, template_service) = match (stable_at, canary_at) {
+        (None, None) => return None,
+        (Some(at), _) => (targets[at].clone(), stable),
+        (None, Some(at)) => (targets[at].clone(), canary),
+    };
+    let mut changed = false;
+    for (service, at, share) in [
+        (stable, stable_at, stable_share),
+        (canary, canary_at, canary_share),
+    ] {
+        match at {
+            Some(index) => {
+                if targets[index]["weight"] != json!(share) {
+                    targets[index]["weight"] = json!(share);
+                    changed = true;
+                }
+            }
+            None => {
+                let mut target = added(&template, template_service, service);
+                target["weight"] = json!(share);
+                targets.push(target);
+                changed = true;
+            }
+        }
+    }
+    Some(changed)
+}
+
 /// Sets `weight` in one route resource's JSON, by its kind; returns whether
 /// anything changed.
 pub fn set_weights(
