@@ -1,7 +1,7 @@
 //! The thin shell: observe a Canary and its ReplicaSets, ask the state machine,
 //! apply the plan, record status and events, and requeue when the plan says.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -321,17 +321,20 @@ pub async fn run(
 }
 
 /// The route kinds the API server serves (Gateway API's, Istio's), so they can be
-/// watched. A failure to ask counts as not served: such routes are then read on
+/// watched; each API group is asked once. A failure to ask counts as not served: such routes are then read on
 /// each reconcile, which works either way.
 async fn routes_served(client: &Client) -> Vec<RouteKind> {
     let mut served = Vec::new();
-    for kind in RouteKind::ALL {
-        let api_version = route_resource(kind).api_version;
+    let api_versions: BTreeSet<String> = RouteKind::ALL
+        .into_iter()
+        .map(|kind| route_resource(kind).api_version)
+        .collect();
+    for api_version in api_versions {
         match client.list_api_group_resources(&api_version).await {
-            Ok(list) if list.resources.iter().any(|r| r.name == kind.plural()) => {
-                served.push(kind);
-            }
-            Ok(_) => {}
+            Ok(list) => served.extend(RouteKind::ALL.into_iter().filter(|kind| {
+                route_resource(*kind).api_version == api_version
+                    && list.resources.iter().any(|r| r.name == kind.plural())
+            })),
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => warn!(%error, "asking whether {api_version} is served"),
         }
