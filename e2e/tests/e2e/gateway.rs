@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use serin_api::{COMMAND_ANNOTATION, Phase, Weight, canary_service, stable_service};
+use serin_api::{Phase, Weight, canary_service, stable_service};
 use serin_e2e::cluster::gateway_api_crds;
 
 use crate::cluster;
@@ -353,15 +353,7 @@ fn a_fraction_of_a_percent_reaches_the_route_in_millionths_and_reads_as_a_percen
         "kubectl shows the weight as 0.1: {columns}"
     );
 
-    rollout.kubectl.run(&[
-        "annotate",
-        "canary",
-        "web",
-        "-n",
-        &rollout.namespace,
-        "--overwrite",
-        &format!("{COMMAND_ANNOTATION}=promote/1"),
-    ])?;
+    rollout.annotate("promote/1")?;
     rollout.wait("step 2 at 12.5%", Duration::from_secs(30), |canary| {
         weight(canary) == Weight::from_millionths(125_000)
     })?;
