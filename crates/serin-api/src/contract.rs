@@ -18,6 +18,11 @@ pub const SCALE_DOWN_AT_ANNOTATION: &str = "serin.dev/scale-down-at";
 /// example `promote/7f3a`. Status acknowledges the nonce so it runs exactly once.
 pub const COMMAND_ANNOTATION: &str = "serin.dev/command";
 
+/// Annotation on a route: the rules (Istio: HTTP routes) Serin added to it for an
+/// experiment, as a JSON list, so it removes exactly those when the experiment ends
+/// and never a rule someone else wrote.
+pub const EXPERIMENT_ANNOTATION: &str = "serin.dev/experiment-rules";
+
 /// Field manager of every server-side apply Serin makes, so its fields are its own.
 pub const FIELD_MANAGER: &str = "serin";
 

@@ -18,20 +18,22 @@ mod validate;
 mod weight;
 
 pub use contract::{
-    CANARY_LABEL, COMMAND_ANNOTATION, CommandKind, FIELD_MANAGER, REPORTING_CONTROLLER,
-    REVISION_LABEL, SCALE_DOWN_AT_ANNOTATION, canary_service, condition, reason, replica_set_name,
-    stable_service,
+    CANARY_LABEL, COMMAND_ANNOTATION, CommandKind, EXPERIMENT_ANNOTATION, FIELD_MANAGER,
+    REPORTING_CONTROLLER, REVISION_LABEL, SCALE_DOWN_AT_ANNOTATION, canary_service, condition,
+    reason, replica_set_name, stable_service,
 };
 pub use decode::{DecodeError, decode};
 /// A Go-style duration as written in the spec (`30s`, `2m`).
 pub use kube::core::Duration;
 pub use spec::{
-    Analysis, Canary, CanarySpec, Counting, ErrorCounters, ErrorRateMetric, GatewayApiRouter,
-    IstioRouter, LatencyMetric, Metric, PodTemplate, PrometheusSource, RouteKind, SecretReference,
-    ServicePorts, Traffic, WorkloadSelector,
+    Analysis, Canary, CanarySpec, CookieMatch, Counting, ErrorCounters, ErrorRateMetric,
+    Experiment, GatewayApiRouter, HeaderMatch, IstioRouter, LatencyMetric, Metric, Mirror,
+    PodTemplate, PrometheusSource, RequestMatch, RouteKind, SecretReference, ServicePorts, Stage,
+    Traffic, WorkloadSelector,
 };
 pub use status::{
-    AcknowledgedCommand, CanaryStatus, ErrorCounts, MetricStatus, Phase, RatioInterval, Verdict,
+    AcknowledgedCommand, CanaryStatus, ErrorCounts, Exposure, MetricStatus, Phase, RatioInterval,
+    Verdict,
 };
 pub use weight::{MILLION, Weight};
 

@@ -63,6 +63,12 @@ const KNOWN_VARIABLES_MESSAGE: &str = "has an unknown template variable, or one 
     validation = Rule::new("!has(self.traffic) || !has(self.traffic.istio) || self.steps.all(w, w == double(int(w)))")
         .message("spec.steps: Istio's VirtualService weights are whole percents, so steps must be whole with spec.traffic.istio (Gateway API routes carry fractions)")
         .field_path(".steps"),
+    validation = Rule::new("(!has(self.mirror) && !has(self.experiment)) || has(self.traffic)")
+        .message("spec.mirror and spec.experiment need a router in spec.traffic (gatewayAPI or istio): pods behind one Service can neither copy requests nor pick them by header")
+        .field_path(".traffic"),
+    validation = Rule::new("!has(self.experiment) || !has(self.traffic) || !has(self.traffic.gatewayAPI) || !has(self.traffic.gatewayAPI.grpcRoutes) || self.experiment.match.all(m, !has(m.cookie))")
+        .message("spec.experiment.match: gRPC requests carry no cookies, so a GRPCRoute cannot match one; match gRPC requests on headers (metadata) instead")
+        .field_path(".experiment"),
     validation = Rule::new("!has(self.traffic) || has(self.service)")
         .message("a traffic router shifts weight between Services: set spec.service, or remove spec.traffic to weight by replica counts")
         .field_path(".traffic"),
@@ -112,6 +118,18 @@ pub struct CanarySpec {
             .message("steps must be strictly increasing, for example [1, 5, 25, 50]"),
     )]
     pub steps: Vec<Weight>,
+
+    /// Before the weighted steps: copy a share of stable's requests to the canary
+    /// and discard its answers, so the canary is judged on real requests while no
+    /// user sees it. Needs a router in `spec.traffic`. Absent: no mirroring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+
+    /// After mirroring, before the weighted steps: send the requests that match to
+    /// the canary and every other request to stable (an A/B experiment), judged like
+    /// any step. Needs a router in `spec.traffic`. Absent: no experiment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<Experiment>,
 
     /// Least time spent at each step, analysing, before it may advance. Default `1m`.
     #[serde(default = "default_step_duration")]
@@ -176,6 +194,91 @@ pub struct ServicePorts {
     #[x_kube(validation = Rule::new("type(self) == int ? (self >= 1 && self <= 65535) : (size(self) <= 15 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && self.matches('[a-z]') && !self.contains('--'))")
         .message("must be a port number from 1 to 65535, or a container port's name (at most 15 lowercase letters, digits and single hyphens, with at least one letter)"))]
     pub target_port: Option<IntOrString>,
+}
+
+/// Mirroring: copies of a share of stable's requests go to the canary as well,
+/// and the canary's answers are discarded.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Mirror {
+    /// Percent of stable's requests copied to the canary, 1 to 100. The canary runs
+    /// pods for that share, as it would at a step of this weight.
+    #[schemars(range(min = 1, max = 100))]
+    pub percent: u32,
+
+    /// How long to mirror, judging the canary, before the next step. Default:
+    /// `spec.stepDuration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(POSITIVE_DURATION).message(POSITIVE_DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub duration: Option<Duration>,
+}
+
+/// An A/B experiment: the requests that match go to the canary, all others to
+/// stable.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Experiment {
+    /// A request that matches any one of these goes to the canary.
+    #[schemars(length(min = 1, max = 8))]
+    pub r#match: Vec<RequestMatch>,
+
+    /// How long the experiment runs, judging the canary, before the weighted steps.
+    /// Absent: until a person promotes it (`kubectl serin promote`), as long as the
+    /// analysis passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(POSITIVE_DURATION).message(POSITIVE_DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub duration: Option<Duration>,
+}
+
+/// Conditions on a request, all of which must hold.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.headers) || has(self.cookie)")
+    .message("a match needs headers, a cookie or both, for example headers: [{name: x-canary, value: \"yes\"}]"))]
+pub struct RequestMatch {
+    /// Headers the request carries with exactly these values (names are not case
+    /// sensitive; for gRPC, metadata).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = 8), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub headers: Vec<HeaderMatch>,
+
+    /// A cookie the request carries with exactly this value (HTTP routes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<CookieMatch>,
+}
+
+/// A header and its exact value.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct HeaderMatch {
+    /// The header's name, an HTTP token such as `x-canary`.
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+    )]
+    pub name: String,
+    /// Its exact value.
+    #[schemars(length(min = 1, max = 4096))]
+    pub value: String,
+}
+
+/// A cookie and its exact value.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CookieMatch {
+    /// The cookie's name, an HTTP token such as `canary`.
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+    )]
+    pub name: String,
+    /// Its exact value: cookie characters, with no space, quote, comma, semicolon or
+    /// backslash.
+    #[schemars(
+        length(min = 1, max = 1024),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'()*+\-./:<=>?@\[\]^_`{|}~]+$")
+    )]
+    pub value: String,
 }
 
 /// The router that applies weights. Exactly one may be named.
@@ -306,6 +409,31 @@ impl RouteKind {
             Self::Http | Self::Grpc => "rules",
             Self::IstioVirtualService => "http",
         }
+    }
+}
+
+/// One step of a rollout, as the state machine walks them: mirroring first, then
+/// the experiment, then the weights of `spec.steps`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stage<'a> {
+    /// `spec.mirror`: the canary gets copies of `percent` of stable's requests.
+    Mirror(&'a Mirror),
+    /// `spec.experiment`: the canary gets the requests that match.
+    Experiment(&'a Experiment),
+    /// A weighted step: the canary gets this share of the requests.
+    Weight(Weight),
+}
+
+impl CanarySpec {
+    /// The rollout's steps in order, counted from 1 in `status.step`.
+    pub fn stages(&self) -> Vec<Stage<'_>> {
+        let mirror = self.mirror.as_ref().map(Stage::Mirror);
+        let experiment = self.experiment.as_ref().map(Stage::Experiment);
+        mirror
+            .into_iter()
+            .chain(experiment)
+            .chain(self.steps.iter().copied().map(Stage::Weight))
+            .collect()
     }
 }
 

@@ -26,6 +26,12 @@ pub struct CanaryStatus {
     #[serde(default)]
     pub weight: Weight,
 
+    /// What the canary receives beside its weight, while it does: `Mirror` (copies of
+    /// stable's requests, `spec.mirror`) or `Experiment` (the requests matching
+    /// `spec.experiment`). Absent at the weighted steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<Exposure>,
+
     /// Current step, counted from 1; 0 before the first step and when no rollout runs.
     #[serde(default)]
     pub step: i32,
@@ -81,6 +87,15 @@ pub enum Phase {
     Promoting,
     /// The canary was rolled back; the spec still names it (retry, or restore stable).
     Aborted,
+}
+
+/// Requests the canary receives other than its weighted share.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Exposure {
+    /// Copies of a share of stable's requests; the canary's answers are discarded.
+    Mirror,
+    /// The requests that match the experiment.
+    Experiment,
 }
 
 /// Analysis of one metric: both arms' values, the evidence, the verdict.

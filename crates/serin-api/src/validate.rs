@@ -45,12 +45,52 @@ impl CanarySpec {
                 100 / pods
             ));
         }
+        if self.traffic.is_none() && (self.mirror.is_some() || self.experiment.is_some()) {
+            return Some("spec.traffic: spec.mirror and spec.experiment need a router (gatewayAPI or istio); pods behind one Service can neither copy requests nor pick them by header".into());
+        }
+        let grpc = self
+            .traffic
+            .as_ref()
+            .and_then(|traffic| traffic.gateway_api.as_ref())
+            .is_some_and(|gateway| !gateway.grpc_routes.is_empty());
+        if grpc
+            && let Some(experiment) = &self.experiment
+            && experiment.r#match.iter().any(|m| m.cookie.is_some())
+        {
+            return Some("spec.experiment.match: gRPC requests carry no cookies, so a GRPCRoute cannot match one; match gRPC requests on headers (metadata) instead".into());
+        }
+        if let Some(experiment) = &self.experiment
+            && (experiment.r#match.is_empty()
+                || experiment
+                    .r#match
+                    .iter()
+                    .any(|m| m.headers.is_empty() && m.cookie.is_none()))
+        {
+            return Some(
+                "spec.experiment.match: each match needs headers, a cookie or both".into(),
+            );
+        }
+        if self
+            .mirror
+            .as_ref()
+            .is_some_and(|m| !(1..=100).contains(&m.percent))
+        {
+            return Some("spec.mirror.percent: must be from 1 to 100".into());
+        }
         if self.revision_history_limit < 0 {
             return Some("spec.revisionHistoryLimit: must be 0 or more".into());
         }
         positive("spec.stepDuration", self.step_duration)
             .or_else(|| positive("spec.progressDeadline", self.progress_deadline))
             .or_else(|| positive("spec.scaleDownDelay", self.scale_down_delay))
+            .or_else(|| {
+                let mirror = self.mirror.as_ref().and_then(|m| m.duration);
+                mirror.and_then(|d| positive("spec.mirror.duration", d))
+            })
+            .or_else(|| {
+                let experiment = self.experiment.as_ref().and_then(|e| e.duration);
+                experiment.and_then(|d| positive("spec.experiment.duration", d))
+            })
             .or_else(|| {
                 (std::time::Duration::from(self.progress_deadline)
                     <= std::time::Duration::from(self.step_duration))
@@ -150,6 +190,8 @@ spec:
         assert_eq!(spec("").problem(), None);
         let routed_fractions = "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n  steps: [0.1, 1, 12.5, 50]\n";
         assert_eq!(spec(routed_fractions).problem(), None);
+        let staged = "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [web], grpcRoutes: [web-grpc]}}\n  mirror: {percent: 20, duration: 2m}\n  experiment: {match: [{headers: [{name: x-canary, value: 'yes'}]}]}\n";
+        assert_eq!(spec(staged).problem(), None);
     }
 
     #[test]
@@ -177,6 +219,27 @@ spec:
             (
                 "  service: {port: 80}\n  traffic: {istio: {virtualService: web}}\n  steps: [0.5, 10]\n",
                 "spec.steps: 0.5% is a fractional weight, and Istio",
+            ),
+            ("  mirror: {percent: 10}\n", "spec.traffic: spec.mirror"),
+            (
+                "  experiment: {match: [{cookie: {name: a, value: b}}]}\n",
+                "spec.traffic: spec.mirror and spec.experiment",
+            ),
+            (
+                "  service: {port: 80}\n  traffic: {gatewayAPI: {grpcRoutes: [g]}}\n  experiment: {match: [{cookie: {name: a, value: b}}]}\n",
+                "spec.experiment.match: gRPC requests carry no cookies",
+            ),
+            (
+                "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [g]}}\n  experiment: {match: [{}]}\n",
+                "spec.experiment.match: each match needs",
+            ),
+            (
+                "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [g]}}\n  mirror: {percent: 0}\n",
+                "spec.mirror.percent",
+            ),
+            (
+                "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [g]}}\n  mirror: {percent: 5, duration: 0s}\n",
+                "spec.mirror.duration",
             ),
             ("  replicas: -1\n", "spec.replicas"),
             ("  stepDuration: 0s\n", "spec.stepDuration"),

@@ -12,7 +12,8 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serin_api::{
-    AcknowledgedCommand, CanarySpec, CanaryStatus, Duration as SpecDuration, Phase, Weight, reason,
+    AcknowledgedCommand, CanarySpec, CanaryStatus, Duration as SpecDuration, Exposure, Phase,
+    Stage, Weight, reason,
 };
 
 use crate::command::{self, Command, CommandKind};
@@ -95,6 +96,9 @@ pub struct Routing {
     pub canary: Option<String>,
     /// Share of requests to the canary.
     pub weight: Weight,
+    /// What the canary receives beside its weight: mirrored copies of stable's
+    /// requests (`spec.mirror`) or the requests matching `spec.experiment`.
+    pub exposure: Option<Exposure>,
 }
 
 /// A change to make in the cluster, in order.
@@ -352,7 +356,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             revision: stable.to_owned(),
             replicas,
         });
-        self.route(stable, None, Weight::ZERO);
+        self.route(stable, None, Weight::ZERO, None);
         self.status.step = 0;
         self.status.step_started_at = None;
         self.status.analysis_started_at = None;
@@ -490,7 +494,8 @@ impl<'s, 'a> Planner<'s, 'a> {
         }
         let step = self.status.step.min(steps(self.snap.spec)).max(1);
         self.status.step = step;
-        let split = self.split(step_weight(self.snap.spec, step));
+        let stage = stage(self.snap.spec, step);
+        let split = self.split_for(stage);
         self.actions.push(Action::Scale {
             revision: stable.to_owned(),
             replicas: split.stable,
@@ -527,12 +532,12 @@ impl<'s, 'a> Planner<'s, 'a> {
         if self.status.analysis_started_at.is_none() {
             self.status.analysis_started_at = Some(self.now.clone());
         }
-        self.route(stable, Some(target), split.weight);
+        self.route(stable, Some(target), split.weight, exposure(stage));
         if let Some(command) = self.take(CommandKind::Promote) {
             self.acknowledge(&command, &format!("step {step} finished early"));
             return self.advance(stable, target, step, "promoted by a person".into());
         }
-        self.judge_step(stable, target, step, split.weight, clock);
+        self.judge_step(stable, target, step, stage, clock);
     }
 
     /// Paused: the step, its pods and its weight stay as they are.
@@ -619,7 +624,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         stable: &str,
         target: &str,
         step: i32,
-        weight: Weight,
+        stage: Stage<'_>,
         clock: StepClock,
     ) {
         let analysis_started = self
@@ -628,7 +633,8 @@ impl<'s, 'a> Planner<'s, 'a> {
             .clone()
             .unwrap_or_else(|| self.now.clone());
         let at_weight = self.since(&analysis_started);
-        let step_duration = duration(self.snap.spec.step_duration);
+        let step_duration = self.stage_duration(stage);
+        let doing = describe(stage);
         match self.snap.analysis.clone().unwrap_or(StepVerdict::Pass) {
             StepVerdict::Fail(evidence) => {
                 self.abort(stable, target, AbortReason::AnalysisFailed, evidence)
@@ -644,31 +650,29 @@ impl<'s, 'a> Planner<'s, 'a> {
                     PROGRESSING,
                     ConditionStatus::True,
                     reason::INCONCLUSIVE,
-                    format!("step {step} at {weight}%: {why}"),
+                    format!("step {step} {doing}: {why}"),
                 );
                 self.wake_in(self.next_look().min(clock.left()));
             }
-            StepVerdict::Pass if at_weight >= step_duration => {
+            StepVerdict::Pass if step_duration.is_some_and(|d| at_weight >= d) => {
                 self.advance(stable, target, step, format!("step {step} passed"));
             }
             StepVerdict::Pass | StepVerdict::Pending(_) => {
-                let waiting = match self.snap.analysis.as_ref() {
-                    Some(StepVerdict::Pending(why)) => format!(": {why}"),
+                let waiting = match (self.snap.analysis.as_ref(), step_duration) {
+                    (Some(StepVerdict::Pending(why)), _) => format!(": {why}"),
+                    (_, None) => {
+                        ": the experiment runs until promoted (kubectl serin promote)".to_owned()
+                    }
                     _ => String::new(),
                 };
                 self.condition(
                     PROGRESSING,
                     ConditionStatus::True,
                     reason::STEP_IN_PROGRESS,
-                    format!(
-                        "step {step} of {} at {weight}%{waiting}",
-                        steps(self.snap.spec)
-                    ),
+                    format!("step {step} of {} {doing}{waiting}", steps(self.snap.spec)),
                 );
-                self.wake_in(
-                    self.next_look()
-                        .min(step_duration.saturating_sub(at_weight)),
-                );
+                let left = step_duration.map_or(RESYNC, |d| d.saturating_sub(at_weight));
+                self.wake_in(self.next_look().min(left));
             }
         }
     }
@@ -683,17 +687,17 @@ impl<'s, 'a> Planner<'s, 'a> {
             return self.start_promotion(stable, target);
         }
         self.begin_step(step + 1);
-        let weight = step_weight(self.snap.spec, step + 1);
+        let doing = describe(stage(self.snap.spec, step + 1));
         self.event(
             EventType::Normal,
             reason::STEP_ADVANCED,
-            format!("{why}; step {} at {weight}%", step + 1),
+            format!("{why}; step {} {doing}", step + 1),
         );
         self.condition(
             PROGRESSING,
             ConditionStatus::True,
             reason::STEP_ADVANCED,
-            format!("step {} at {weight}%", step + 1),
+            format!("step {} {doing}", step + 1),
         );
         self.wake = Duration::ZERO;
     }
@@ -762,7 +766,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             revision: stable.to_owned(),
             replicas: self.snap.spec.replicas,
         });
-        self.route(stable, None, Weight::ZERO);
+        self.route(stable, None, Weight::ZERO, None);
         self.status.analysis_started_at = None;
         self.availability(stable);
     }
@@ -820,6 +824,41 @@ impl<'s, 'a> Planner<'s, 'a> {
         }
     }
 
+    /// Replicas for a step: for its weight; while mirroring, for the mirrored share;
+    /// in an experiment (whose share of requests is not known), as for the first
+    /// weighted step, which then finds its pods ready. The weight is zero unless the
+    /// step is weighted.
+    fn split_for(&self, stage: Stage<'_>) -> Split {
+        let unweighted = |split: Split| Split {
+            weight: Weight::ZERO,
+            ..split
+        };
+        match stage {
+            Stage::Weight(weight) => self.split(weight),
+            Stage::Mirror(mirror) => unweighted(self.split(Weight::from_percent(mirror.percent))),
+            Stage::Experiment(_) => {
+                let first = self
+                    .snap
+                    .spec
+                    .steps
+                    .first()
+                    .copied()
+                    .unwrap_or(Weight::ZERO);
+                unweighted(self.split(first))
+            }
+        }
+    }
+
+    /// How long a step runs once its traffic is in effect; None: until promoted.
+    fn stage_duration(&self, stage: Stage<'_>) -> Option<Duration> {
+        let step_duration = duration(self.snap.spec.step_duration);
+        match stage {
+            Stage::Weight(_) => Some(step_duration),
+            Stage::Mirror(mirror) => Some(mirror.duration.map_or(step_duration, duration)),
+            Stage::Experiment(experiment) => experiment.duration.map(duration),
+        }
+    }
+
     /// Replicas for a step's weight, by the router or by pod counts.
     fn split(&self, weight: Weight) -> Split {
         if self.snap.spec.traffic.is_some() {
@@ -832,21 +871,29 @@ impl<'s, 'a> Planner<'s, 'a> {
     /// Keeps the weight already applied while a step waits, but never on a canary
     /// without an available pod.
     fn keep_current_weight(&mut self, stable: &str, target: &str) {
-        let weight = if self.available(target) > 0 {
-            self.status.weight
+        let (weight, exposure) = if self.available(target) > 0 {
+            (self.status.weight, self.status.exposure)
         } else {
-            Weight::ZERO
+            (Weight::ZERO, None)
         };
-        let canary = (!weight.is_zero()).then_some(target);
-        self.route(stable, canary, weight);
+        let canary = (!weight.is_zero() || exposure.is_some()).then_some(target);
+        self.route(stable, canary, weight, exposure);
     }
 
-    fn route(&mut self, stable: &str, canary: Option<&str>, weight: Weight) {
+    fn route(
+        &mut self,
+        stable: &str,
+        canary: Option<&str>,
+        weight: Weight,
+        exposure: Option<Exposure>,
+    ) {
         self.status.weight = weight;
+        self.status.exposure = exposure;
         self.actions.push(Action::Route(Routing {
             stable: stable.to_owned(),
             canary: canary.map(str::to_owned),
             weight,
+            exposure,
         }));
     }
 
@@ -989,18 +1036,35 @@ impl<'s, 'a> Planner<'s, 'a> {
     }
 }
 
-/// The weight of step `step` (from 1); 0 for a step the spec does not have, which
-/// only a spec that breaks the schema's promises can ask for (and it is refused).
-fn step_weight(spec: &CanarySpec, step: i32) -> Weight {
+/// Step `step` (from 1); weight 0 for a step the spec does not have, which only a
+/// spec that breaks the schema's promises can ask for (and it is refused).
+fn stage(spec: &CanarySpec, step: i32) -> Stage<'_> {
     usize::try_from(step - 1)
         .ok()
-        .and_then(|index| spec.steps.get(index))
-        .copied()
-        .unwrap_or(Weight::ZERO)
+        .and_then(|index| spec.stages().get(index).copied())
+        .unwrap_or(Stage::Weight(Weight::ZERO))
 }
 
 fn steps(spec: &CanarySpec) -> i32 {
-    i32::try_from(spec.steps.len()).unwrap_or(i32::MAX)
+    i32::try_from(spec.stages().len()).unwrap_or(i32::MAX)
+}
+
+/// What the canary receives at a step, beside its weight.
+fn exposure(stage: Stage<'_>) -> Option<Exposure> {
+    match stage {
+        Stage::Weight(_) => None,
+        Stage::Mirror(_) => Some(Exposure::Mirror),
+        Stage::Experiment(_) => Some(Exposure::Experiment),
+    }
+}
+
+/// A step's traffic, for people: "at 10%", "mirroring 20% of stable's requests".
+fn describe(stage: Stage<'_>) -> String {
+    match stage {
+        Stage::Weight(weight) => format!("at {weight}%"),
+        Stage::Mirror(mirror) => format!("mirroring {}% of stable's requests", mirror.percent),
+        Stage::Experiment(_) => "sending the requests matching spec.experiment".to_owned(),
+    }
 }
 
 fn duration(value: SpecDuration) -> Duration {

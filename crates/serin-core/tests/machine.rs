@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use serin_api::{Canary, CanarySpec, CanaryStatus, MetricStatus, Phase, Verdict, Weight};
+use serin_api::{
+    Canary, CanarySpec, CanaryStatus, Exposure, MetricStatus, Phase, Stage, Verdict, Weight,
+};
 use serin_core::conditions;
 use serin_core::machine::{
     Action, EventType, ObservedReplicaSet, Plan, Routing, Snapshot, StepVerdict, plan,
@@ -234,6 +236,24 @@ impl World {
                         routing.weight
                     );
                 }
+                if let Some(exposure) = routing.exposure {
+                    // Mirrored or matching requests go to an available canary, and
+                    // never beside a weight.
+                    let canary = routing
+                        .canary
+                        .as_deref()
+                        .unwrap_or_else(|| panic!("{exposure:?} without a canary"));
+                    assert!(
+                        self.available(canary) > 0,
+                        "{exposure:?} on {canary} with no available pod"
+                    );
+                    assert!(routing.weight.is_zero(), "{exposure:?} beside a weight");
+                    let asked = match exposure {
+                        Exposure::Mirror => self.spec.mirror.is_some(),
+                        Exposure::Experiment => self.spec.experiment.is_some(),
+                    };
+                    assert!(asked, "{exposure:?} the spec does not ask for");
+                }
                 assert!(
                     self.available(&routing.stable) > 0
                         || self.routes.is_empty()
@@ -417,6 +437,87 @@ fn with_a_router_stable_stays_full_and_the_canary_runs_its_share() {
     world.settle();
     assert_eq!((world.replicas(STABLE), world.replicas(CANARY)), (4, 2));
     assert_eq!(world.weight(), pct(50));
+}
+
+/// The exposure and weight of the last Route action.
+fn traffic(world: &World) -> (Option<Exposure>, Weight) {
+    world
+        .routes
+        .last()
+        .map_or((None, Weight::ZERO), |r| (r.exposure, r.weight))
+}
+
+#[test]
+fn mirroring_then_an_experiment_until_promoted_then_the_weights() {
+    let mut world = World::healthy(spec(
+        "  service: {port: 80}
+  traffic: {gatewayAPI: {httpRoutes: [web]}}
+  mirror: {percent: 50, duration: 30s}
+  experiment: {match: [{headers: [{name: x-canary, value: 'yes'}]}]}
+",
+    ));
+    world.new_template(CANARY);
+    world.settle();
+    // Step 1 mirrors half of stable's requests to a canary sized for that share.
+    assert_eq!(world.status.step, 1);
+    assert_eq!(traffic(&world), (Some(Exposure::Mirror), Weight::ZERO));
+    assert_eq!((world.replicas(STABLE), world.replicas(CANARY)), (4, 2));
+    assert!(
+        world
+            .message(conditions::PROGRESSING)
+            .contains("step 1 of 4 mirroring 50% of stable's requests"),
+        "{}",
+        world.message(conditions::PROGRESSING)
+    );
+    // After mirror.duration, the experiment, with pods as for the first weighted step.
+    world.advance(Duration::from_secs(30));
+    world.settle();
+    assert_eq!(world.status.step, 2);
+    assert_eq!(traffic(&world), (Some(Exposure::Experiment), Weight::ZERO));
+    assert_eq!(world.replicas(CANARY), 1);
+    // With no duration it runs until promoted, past the progress deadline.
+    world.advance(Duration::from_secs(3600));
+    world.settle();
+    assert_eq!((world.status.step, world.phase()), (2, Phase::Progressing));
+    assert!(
+        world
+            .message(conditions::PROGRESSING)
+            .contains("until promoted"),
+        "{}",
+        world.message(conditions::PROGRESSING)
+    );
+    world.command = Some("promote/1".into());
+    world.settle();
+    assert_eq!(world.status.step, 3);
+    assert_eq!(traffic(&world), (None, pct(25)));
+    // A rollback of a rollout that mirrored and matched leaves neither.
+    world.command = Some("abort/2".into());
+    world.settle();
+    assert_eq!(world.phase(), Phase::Aborted);
+    assert_eq!(traffic(&world), (None, Weight::ZERO));
+    assert_eq!(world.status.exposure, None);
+}
+
+#[test]
+fn an_abort_while_mirroring_stops_the_mirror() {
+    let mut world = World::healthy(spec(
+        "  service: {port: 80}
+  traffic: {istio: {virtualService: web}}
+  mirror: {percent: 10}
+",
+    ));
+    world.new_template(CANARY);
+    world.settle();
+    assert_eq!(traffic(&world), (Some(Exposure::Mirror), Weight::ZERO));
+    world.analysis = Some(StepVerdict::Fail("errors".into()));
+    world.settle();
+    assert_eq!(world.phase(), Phase::Aborted);
+    assert_eq!(traffic(&world), (None, Weight::ZERO));
+    assert!(
+        world
+            .message(conditions::PROMOTED)
+            .contains("aborted at step 1")
+    );
 }
 
 #[test]
@@ -1146,9 +1247,17 @@ mod random_walks {
         #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
         #[test]
-        fn invariants_hold_whatever_happens(routed in any::<bool>(), happenings in prop::collection::vec(happening(), 1..40)) {
-            let extra = if routed { "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n" } else { "" };
-            let mut world = World::healthy(spec(extra));
+        fn invariants_hold_whatever_happens(routed in any::<bool>(), staged in prop::option::of(any::<bool>()), happenings in prop::collection::vec(happening(), 1..40)) {
+            let extra = match (routed, staged) {
+                (false, _) => String::new(),
+                (true, None) => "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n".to_owned(),
+                // Mirroring, then an experiment for a time or until promoted.
+                (true, Some(timed)) => format!(
+                    "  service: {{port: 80}}\n  traffic: {{gatewayAPI: {{httpRoutes: [web]}}}}\n  mirror: {{percent: 20, duration: 45s}}\n  experiment: {{match: [{{headers: [{{name: x-canary, value: 'yes'}}]}}]{}}}\n",
+                    if timed { ", duration: 90s" } else { "" }
+                ),
+            };
+            let mut world = World::healthy(spec(&extra));
             if routed {
                 // A router carries fractions of a percent: a careful first step.
                 world.spec.steps = vec![Weight::from_millionths(1_000), Weight::from_millionths(125_000), pct(50)];
@@ -1156,6 +1265,10 @@ mod random_walks {
             let templates = [STABLE, CANARY, THIRD];
             for (index, happened) in happenings.into_iter().enumerate() {
                 let before = (world.status.step, world.status.phase, world.status.canary_revision.clone());
+                let untimed_experiment = matches!(
+                    world.spec.stages().get(usize::try_from(before.0 - 1).unwrap_or(usize::MAX)),
+                    Some(Stage::Experiment(experiment)) if experiment.duration.is_none()
+                );
                 let reported_before = world.reason(conditions::PROGRESSING) == "CanaryPodsFailing";
                 let acknowledged = world.status.last_command.clone();
                 let mut started_at_once = None;
@@ -1236,6 +1349,26 @@ mod random_walks {
                         matches!(world.analysis, None | Some(StepVerdict::Pass)),
                         "a step moved on with the verdict {:?}", world.analysis
                     );
+                    // An experiment with no duration runs until a person promotes it.
+                    prop_assert!(!untimed_experiment, "an untimed experiment moved on by itself");
+                }
+                // The step being judged has its own traffic in effect: its weight and
+                // nothing else, the mirror while mirroring, the experiment's rule
+                // during the experiment. Nothing but stable's weight outside a rollout.
+                let stage_now = world.spec.stages().get(usize::try_from(status.step - 1).unwrap_or(usize::MAX)).copied();
+                if world.reason(conditions::PROGRESSING) == "StepInProgress" && world.invalid.is_none()
+                    && let Some(stage) = stage_now
+                {
+                    let (weight, exposure) = match stage {
+                        Stage::Weight(weight) => (weight, None),
+                        Stage::Mirror(_) => (Weight::ZERO, Some(Exposure::Mirror)),
+                        Stage::Experiment(_) => (Weight::ZERO, Some(Exposure::Experiment)),
+                    };
+                    prop_assert_eq!((status.weight, status.exposure), (weight, exposure), "at step {}", status.step);
+                }
+                if matches!(status.phase, Some(Phase::Healthy | Phase::Aborted)) && world.invalid.is_none() {
+                    prop_assert_eq!(status.exposure, None);
+                    prop_assert_eq!(world.routes.last().and_then(|r| r.exposure), None, "a mirror or an experiment left after the rollout");
                 }
                 // Canary pods that say why they fail are reported with their words,
                 // and the Event is recorded when that starts, not at every look.

@@ -4,22 +4,33 @@
 //! the user wrote it. How routes are read and written: [`crate::route`].
 
 use serde_json::{Value, json};
-use serin_api::{RouteKind, Weight};
+use serin_api::{RequestMatch, RouteKind};
 
-use crate::route::{RouteProblem, set_pair};
+use crate::route::{RouteProblem, Shares, cookie_pattern, set_pair};
 
-/// Sets the weights in one route's JSON: in every rule with a backendRef to
-/// `stable` or `canary`, the stable ref gets `100 - weight` and the canary ref
-/// `weight` in percent when the weight is whole (as operators write them), in
-/// millionths otherwise (0.1% is 999000/1000); a missing one of the two is added
-/// after the other, copying its port. Returns whether anything changed.
+/// Whether a backendRef is the Service `service` (not another kind of the name).
+fn is_service(backend: &Value, service: &str) -> bool {
+    backend["name"] == service
+        && backend.get("kind").is_none_or(|kind| kind == "Service")
+        && backend.get("group").is_none_or(|group| group == "")
+}
+
+/// Sets the canary's traffic in one route's JSON. In every rule with a backendRef
+/// to `stable` or `canary`: the stable ref gets `100 - weight` and the canary ref
+/// `weight`, in percent when the weight is whole (as operators write them), in
+/// millionths otherwise (0.1% is 999000/1000), and a missing one of the two is added
+/// after the other, copying its port; a `RequestMirror` filter to the canary is
+/// there exactly while mirroring; and while an experiment runs, a copy of the rule
+/// that sends only to the canary, whose matches also require the experiment's
+/// headers or cookie, is added before it. Serin's rules of an earlier call must be
+/// removed first; returns the rules added, for the route's record of them.
 pub fn set_weights(
     route: &mut Value,
     (kind, name): (RouteKind, &str),
     stable: &str,
     canary: &str,
-    weight: Weight,
-) -> Result<bool, RouteProblem> {
+    shares: Shares<'_>,
+) -> Result<Vec<Value>, RouteProblem> {
     let problem = || RouteProblem::NoBackendRef {
         kind,
         route: name.to_owned(),
@@ -30,12 +41,8 @@ pub fn set_weights(
         .pointer_mut("/spec/rules")
         .and_then(Value::as_array_mut)
         .ok_or_else(problem)?;
-    let is_service = |backend: &Value, service: &str| {
-        backend["name"] == service
-            && backend.get("kind").is_none_or(|kind| kind == "Service")
-            && backend.get("group").is_none_or(|group| group == "")
-    };
-    let (stable_share, canary_share) = match weight.whole_percent() {
+    let weight = shares.weight;
+    let pair = match weight.whole_percent() {
         Some(percent) => (100 - percent, percent),
         None => (weight.rest().millionths(), weight.millionths()),
     };
@@ -45,23 +52,146 @@ pub fn set_weights(
         backend
     };
     let mut owned = false;
-    let mut changed = false;
-    for rule in rules.iter_mut() {
+    let mut experiment_rules = Vec::new();
+    let mut written = Vec::with_capacity(rules.len());
+    for mut rule in std::mem::take(rules) {
         let Some(backends) = rule.get_mut("backendRefs").and_then(Value::as_array_mut) else {
+            written.push(rule);
             continue;
         };
-        let shares = (stable_share, canary_share);
-        if let Some(set) = set_pair(backends, is_service, added, (stable, canary), shares) {
-            owned = true;
-            changed |= set;
+        if !set_pair(backends, is_service, added, (stable, canary), pair) {
+            written.push(rule);
+            continue;
+        }
+        owned = true;
+        let canary_ref = backends
+            .iter()
+            .find(|backend| is_service(backend, canary))
+            .map(reference)
+            .unwrap_or_else(|| json!({"name": canary}));
+        set_mirror(&mut rule, canary, &canary_ref, shares.mirror);
+        if !shares.experiment.is_empty() {
+            let experiment = experiment_rule(&rule, &canary_ref, shares.experiment);
+            experiment_rules.push(experiment.clone());
+            written.push(experiment);
+        }
+        written.push(rule);
+    }
+    *rules = written;
+    if owned {
+        Ok(experiment_rules)
+    } else {
+        Err(problem())
+    }
+}
+
+/// A backendRef reduced to what names its backend (for a mirror filter's, which
+/// takes no weight or filters).
+fn reference(backend: &Value) -> Value {
+    let mut reference = serde_json::Map::new();
+    for field in ["group", "kind", "name", "namespace", "port"] {
+        if let Some(value) = backend.get(field) {
+            reference.insert(field.to_owned(), value.clone());
         }
     }
-    if owned { Ok(changed) } else { Err(problem()) }
+    Value::Object(reference)
+}
+
+/// Removes the rule's `RequestMirror` filters to the canary, and adds one that
+/// mirrors `percent` of the rule's requests to it, when mirroring.
+fn set_mirror(rule: &mut Value, canary: &str, canary_ref: &Value, percent: Option<u32>) {
+    let mut filters = match rule.get_mut("filters").map(Value::take) {
+        Some(Value::Array(filters)) => filters,
+        _ => Vec::new(),
+    };
+    filters.retain(|filter| {
+        !(filter["type"] == "RequestMirror"
+            && is_service(&filter["requestMirror"]["backendRef"], canary))
+    });
+    if let Some(percent) = percent {
+        filters.push(json!({
+            "type": "RequestMirror",
+            "requestMirror": {"backendRef": canary_ref, "percent": percent},
+        }));
+    }
+    match rule.as_object_mut() {
+        Some(rule) if filters.is_empty() => {
+            rule.remove("filters");
+        }
+        Some(rule) => {
+            rule.insert("filters".into(), Value::Array(filters));
+        }
+        None => {}
+    }
+}
+
+/// The experiment's copy of `rule`: each of its matches (the implicit match-all
+/// when it has none) combined with each of the experiment's, and only the canary
+/// as backend. A header the rule already matches on takes the experiment's value.
+/// No name: rule names are unique within a route.
+fn experiment_rule(rule: &Value, canary_ref: &Value, experiment: &[RequestMatch]) -> Value {
+    let mut copy = rule.clone();
+    let matches = match rule.get("matches").and_then(Value::as_array) {
+        Some(matches) if !matches.is_empty() => matches.clone(),
+        _ => vec![json!({})],
+    };
+    let mut combined = Vec::new();
+    for original in &matches {
+        for wanted in experiment {
+            let mut headers: Vec<Value> =
+                original["headers"].as_array().cloned().unwrap_or_default();
+            let mut add = |name: &str, kind: &str, value: String| {
+                headers.retain(|h| {
+                    !h["name"]
+                        .as_str()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(name))
+                });
+                headers.push(json!({"type": kind, "name": name, "value": value}));
+            };
+            for header in &wanted.headers {
+                add(&header.name, "Exact", header.value.clone());
+            }
+            if let Some(cookie) = &wanted.cookie {
+                add("Cookie", "RegularExpression", cookie_pattern(cookie));
+            }
+            let mut matched = original.clone();
+            matched["headers"] = Value::Array(headers);
+            combined.push(matched);
+        }
+    }
+    copy["matches"] = Value::Array(combined);
+    copy["backendRefs"] = json!([canary_ref]);
+    if let Some(copy) = copy.as_object_mut() {
+        copy.remove("name");
+    }
+    copy
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::Target;
+    use serin_api::Weight;
+
+    /// Sets `weight` through the route's setter, as the controller does.
+    fn set_weights(
+        value: &mut Value,
+        route: (RouteKind, &str),
+        stable: &str,
+        canary: &str,
+        weight: Weight,
+    ) -> Result<bool, RouteProblem> {
+        let target = Target {
+            stable,
+            canary,
+            namespace: "shop",
+        };
+        let shares = Shares {
+            weight,
+            ..Shares::default()
+        };
+        crate::route::set_weights(value, route, &[], target, shares)
+    }
 
     const HTTP_WEB: (RouteKind, &str) = (RouteKind::Http, "web");
 
@@ -259,5 +389,145 @@ mod tests {
             missing.to_string(),
             "GRPCRoute web-grpc not found in namespace shop: create it, or fix spec.traffic.gatewayAPI.grpcRoutes"
         );
+    }
+
+    fn staged(weight: Weight, mirror: Option<u32>, experiment: &[RequestMatch]) -> Shares<'_> {
+        Shares {
+            weight,
+            mirror,
+            experiment,
+        }
+    }
+
+    fn set_staged(value: &mut Value, shares: Shares<'_>) -> Result<bool, RouteProblem> {
+        let target = Target {
+            stable: "web-stable",
+            canary: "web-canary",
+            namespace: "shop",
+        };
+        crate::route::set_weights(value, HTTP_WEB, &[], target, shares)
+    }
+
+    fn matches(yaml: &str) -> Vec<RequestMatch> {
+        serde_norway::from_str(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_mirror_filter_to_the_canary_is_there_exactly_while_mirroring() {
+        let mut value = route(json!([{"name": "web-stable", "port": 80}]));
+        set_staged(&mut value, staged(Weight::ZERO, None, &[])).ok();
+        let weighted = value.clone();
+        assert_eq!(
+            set_staged(&mut value, staged(Weight::ZERO, Some(20), &[])),
+            Ok(true)
+        );
+        assert_eq!(
+            value["spec"]["rules"][1]["filters"],
+            json!([
+                {"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "x", "value": "y"}]}},
+                {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "web-canary", "port": 80}, "percent": 20}}
+            ])
+        );
+        assert_eq!(
+            set_staged(&mut value, staged(Weight::ZERO, Some(20), &[])),
+            Ok(false),
+            "the same mirror again changes nothing"
+        );
+        assert_eq!(
+            set_staged(&mut value, staged(Weight::ZERO, None, &[])),
+            Ok(true)
+        );
+        assert_eq!(value, weighted, "the operator's filter stays, Serin's goes");
+    }
+
+    #[test]
+    fn an_experiment_adds_a_rule_to_the_canary_before_the_weighted_one_and_removes_it_after() {
+        let mut value = route(json!([{"name": "web-stable", "port": 80}]));
+        set_staged(&mut value, staged(Weight::ZERO, None, &[])).ok();
+        let weighted = value.clone();
+        let experiment = matches(
+            "[{headers: [{name: X-Canary, value: 'yes'}]}, {cookie: {name: canary, value: always}}]",
+        );
+        assert_eq!(
+            set_staged(&mut value, staged(Weight::ZERO, None, &experiment)),
+            Ok(true)
+        );
+        let rules = &value["spec"]["rules"];
+        assert_eq!(rules.as_array().map(Vec::len), Some(3));
+        assert_eq!(rules[0], weighted["spec"]["rules"][0]);
+        assert_eq!(
+            rules[1]["matches"],
+            json!([
+                {"headers": [{"type": "Exact", "name": "X-Canary", "value": "yes"}]},
+                {"headers": [{"type": "RegularExpression", "name": "Cookie", "value": "^(.*;\\s*)?canary=always(\\s*;.*)?$"}]}
+            ])
+        );
+        assert_eq!(
+            rules[1]["backendRefs"],
+            json!([{"name": "web-canary", "port": 80}])
+        );
+        assert_eq!(rules[1]["filters"], weighted["spec"]["rules"][1]["filters"]);
+        assert_eq!(rules[2], weighted["spec"]["rules"][1]);
+        let record = value["metadata"]["annotations"][serin_api::EXPERIMENT_ANNOTATION].clone();
+        assert_eq!(record, json!(json!([rules[1]]).to_string()));
+        assert_eq!(
+            set_staged(&mut value, staged(Weight::ZERO, None, &experiment)),
+            Ok(false),
+            "the same experiment again changes nothing"
+        );
+        // The weighted step after it: Serin's rule and its record go, nothing else.
+        assert_eq!(
+            set_staged(&mut value, staged(Weight::from_percent(10), None, &[])),
+            Ok(true)
+        );
+        let mut expected = weighted.clone();
+        set_staged(&mut expected, staged(Weight::from_percent(10), None, &[])).ok();
+        assert_eq!(value, expected);
+        assert_eq!(
+            value["metadata"]["annotations"][serin_api::EXPERIMENT_ANNOTATION],
+            Value::Null
+        );
+    }
+
+    #[test]
+    fn an_experiment_keeps_the_rules_own_matches_and_its_header_takes_a_clashing_one() {
+        let mut value = route(json!([{"name": "web-stable", "port": 80}]));
+        value["spec"]["rules"][1]["matches"] = json!([
+            {"path": {"type": "PathPrefix", "value": "/api"}, "headers": [{"name": "x-canary", "value": "no"}, {"name": "x-team", "value": "a"}]},
+            {"path": {"type": "Exact", "value": "/"}}
+        ]);
+        let experiment = matches("[{headers: [{name: X-Canary, value: 'yes'}]}]");
+        set_staged(&mut value, staged(Weight::ZERO, None, &experiment)).ok();
+        assert_eq!(
+            value["spec"]["rules"][1]["matches"],
+            json!([
+                {"path": {"type": "PathPrefix", "value": "/api"}, "headers": [{"name": "x-team", "value": "a"}, {"type": "Exact", "name": "X-Canary", "value": "yes"}]},
+                {"path": {"type": "Exact", "value": "/"}, "headers": [{"type": "Exact", "name": "X-Canary", "value": "yes"}]}
+            ])
+        );
+    }
+
+    #[test]
+    fn the_cookie_pattern_matches_the_cookie_among_others_and_nothing_like_it() {
+        let cookie: serin_api::CookieMatch =
+            serde_norway::from_str("{name: canary, value: a.b}").unwrap_or_else(|e| panic!("{e}"));
+        let pattern = regex::Regex::new(&cookie_pattern(&cookie)).unwrap_or_else(|e| panic!("{e}"));
+        for header in [
+            "canary=a.b",
+            "x=1; canary=a.b",
+            "canary=a.b; x=1",
+            "x=1;canary=a.b;y=2",
+        ] {
+            assert!(pattern.is_match(header), "{header}");
+        }
+        for header in [
+            "canary=axb",
+            "xcanary=a.b",
+            "canary=a.bc",
+            "canary=a",
+            "x=canary=a.b",
+        ] {
+            assert!(!pattern.is_match(header), "{header}");
+        }
     }
 }

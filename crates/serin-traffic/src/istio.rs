@@ -10,9 +10,9 @@
 //! API server refuses fractions).
 
 use serde_json::{Value, json};
-use serin_api::Weight;
+use serin_api::RequestMatch;
 
-use crate::route::{RouteProblem, Target, set_pair};
+use crate::route::{RouteProblem, Shares, Target, cookie_pattern, set_pair};
 
 /// Whether `host` names Service `service` in `namespace`.
 fn names_service(host: &str, service: &str, namespace: &str) -> bool {
@@ -26,17 +26,22 @@ fn names_service(host: &str, service: &str, namespace: &str) -> bool {
         || rest.starts_with(&format!("{within}.svc."))
 }
 
-/// Sets the weights in one VirtualService's JSON: in every HTTP route (of those
-/// named in `only`, when it names any) with a destination to `target.stable` or
-/// `target.canary`, stable gets `100 - weight` and the canary `weight`; a missing
-/// one of the two is added after the other. Returns whether anything changed.
+/// Sets the canary's traffic in one VirtualService's JSON. In every HTTP route (of
+/// those named in `only`, when it names any) with a destination to `target.stable`
+/// or `target.canary`: stable gets `100 - weight` and the canary `weight`, and a
+/// missing one of the two is added after the other; the route mirrors
+/// `shares.mirror` percent of its requests to the canary exactly while mirroring;
+/// and while an experiment runs, a copy of the route that sends only to the canary,
+/// whose matches also require the experiment's headers or cookie, is put before it
+/// (Istio takes the first route that matches). Serin's routes of an earlier call
+/// must be removed first; returns the routes added, for the record of them.
 pub fn set_weights(
     virtual_service: &mut Value,
     name: &str,
     only: &[String],
     target: Target<'_>,
-    weight: Weight,
-) -> Result<bool, RouteProblem> {
+    shares: Shares<'_>,
+) -> Result<Vec<Value>, RouteProblem> {
     let no_destination = || RouteProblem::NoDestination {
         route: name.to_owned(),
         stable: target.stable.to_owned(),
@@ -65,15 +70,10 @@ pub fn set_weights(
             },
         });
     }
+    let weight = shares.weight;
     let percent = weight
         .whole_percent()
         .unwrap_or_else(|| weight.percent().round() as u32);
-    let host_of = |d: &Value| {
-        d["destination"]["host"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
     let names = |d: &Value, service: &str| names_service(&host_of(d), service, target.namespace);
     let added = |template: &Value, template_service: &str, service: &str| {
         let mut destination = template.clone();
@@ -83,35 +83,161 @@ pub fn set_weights(
     };
     let services = (target.stable, target.canary);
     let mut owned = false;
-    let mut changed = false;
-    for route in routes.iter_mut() {
-        if !only.is_empty() && !route_name(route).is_some_and(|n| only.contains(&n)) {
-            continue;
-        }
+    let mut experiment_routes = Vec::new();
+    let mut written = Vec::with_capacity(routes.len());
+    // The routes are copied, not taken: a problem leaves the VirtualService whole.
+    for mut route in routes.iter().cloned() {
+        let ours = only.is_empty() || route_name(&route).is_some_and(|n| only.contains(&n));
         let Some(destinations) = route.get_mut("route").and_then(Value::as_array_mut) else {
+            written.push(route);
             continue;
         };
-        if let Some(set) = set_pair(
-            destinations,
-            names,
-            added,
-            services,
-            (100 - percent, percent),
-        ) {
-            owned = true;
-            changed |= set;
+        if !ours
+            || !set_pair(
+                destinations,
+                names,
+                added,
+                services,
+                (100 - percent, percent),
+            )
+        {
+            written.push(route);
+            continue;
         }
+        owned = true;
+        let canary_destination = destinations
+            .iter()
+            .find(|d| names(d, target.canary))
+            .map(|d| d["destination"].clone())
+            .unwrap_or_else(|| json!({"host": target.canary}));
+        set_mirror(&mut route, name, target, &canary_destination, shares.mirror)?;
+        if !shares.experiment.is_empty() {
+            let experiment = experiment_route(&route, &canary_destination, shares.experiment);
+            experiment_routes.push(experiment.clone());
+            written.push(experiment);
+        }
+        written.push(route);
     }
+    *routes = written;
     if owned {
-        Ok(changed)
+        Ok(experiment_routes)
     } else {
         Err(no_destination())
     }
 }
 
+fn host_of(destination: &Value) -> String {
+    destination["destination"]["host"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Mirrors `percent` of the route's requests to the canary, or stops Serin's
+/// mirror. Istio takes one `mirror` per route: one to another host is the
+/// operator's, and Serin will not replace it.
+fn set_mirror(
+    route: &mut Value,
+    name: &str,
+    target: Target<'_>,
+    canary: &Value,
+    percent: Option<u32>,
+) -> Result<(), RouteProblem> {
+    let Some(fields) = route.as_object_mut() else {
+        return Ok(());
+    };
+    let current = fields
+        .get("mirror")
+        .and_then(|mirror| mirror["host"].as_str())
+        .map(str::to_owned);
+    match current {
+        Some(host) if !names_service(&host, target.canary, target.namespace) => {
+            if percent.is_some() {
+                return Err(RouteProblem::MirrorTaken {
+                    route: name.to_owned(),
+                    host,
+                });
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    match percent {
+        Some(percent) => {
+            fields.insert("mirror".into(), canary.clone());
+            fields.insert("mirrorPercentage".into(), json!({"value": percent}));
+        }
+        None if current.is_some() => {
+            fields.remove("mirror");
+            fields.remove("mirrorPercentage");
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// The experiment's copy of `route`, named after it: each of its matches (match-all
+/// when it has none) combined with each of the experiment's, and only the canary as
+/// destination. Istio header names are lowercase; a header the route already
+/// matches on takes the experiment's value.
+fn experiment_route(route: &Value, canary: &Value, experiment: &[RequestMatch]) -> Value {
+    let mut copy = route.clone();
+    let matches = match route.get("match").and_then(Value::as_array) {
+        Some(matches) if !matches.is_empty() => matches.clone(),
+        _ => vec![json!({})],
+    };
+    let mut combined = Vec::new();
+    for original in &matches {
+        for wanted in experiment {
+            let mut matched = original.clone();
+            let mut headers = match original.get("headers") {
+                Some(Value::Object(headers)) => headers.clone(),
+                _ => serde_json::Map::new(),
+            };
+            for header in &wanted.headers {
+                headers.insert(
+                    header.name.to_ascii_lowercase(),
+                    json!({"exact": header.value}),
+                );
+            }
+            if let Some(cookie) = &wanted.cookie {
+                headers.insert("cookie".into(), json!({"regex": cookie_pattern(cookie)}));
+            }
+            matched["headers"] = Value::Object(headers);
+            combined.push(matched);
+        }
+    }
+    let name = route["name"].as_str().unwrap_or("route");
+    copy["name"] = json!(format!("{name}-serin-experiment"));
+    copy["match"] = Value::Array(combined);
+    copy["route"] = json!([{"destination": canary, "weight": 100}]);
+    if let Some(fields) = copy.as_object_mut() {
+        fields.remove("mirror");
+        fields.remove("mirrorPercentage");
+    }
+    copy
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serin_api::{RouteKind, Weight};
+
+    /// Sets `weight` through the route's setter, as the controller does.
+    fn set_weights(
+        value: &mut Value,
+        name: &str,
+        only: &[String],
+        target: Target<'_>,
+        weight: Weight,
+    ) -> Result<bool, RouteProblem> {
+        let shares = Shares {
+            weight,
+            ..Shares::default()
+        };
+        let route = (RouteKind::IstioVirtualService, name);
+        crate::route::set_weights(value, route, only, target, shares)
+    }
 
     const TARGET: Target<'static> = Target {
         stable: "web-stable",
@@ -220,5 +346,78 @@ mod tests {
             set_weights(&mut value, "web", &[], TARGET, Weight::from_percent(50)),
             Ok(false)
         );
+    }
+
+    fn set_staged(
+        value: &mut Value,
+        mirror: Option<u32>,
+        experiment: &[RequestMatch],
+    ) -> Result<bool, RouteProblem> {
+        let shares = Shares {
+            weight: Weight::ZERO,
+            mirror,
+            experiment,
+        };
+        let route = (RouteKind::IstioVirtualService, "web");
+        crate::route::set_weights(value, route, &[], TARGET, shares)
+    }
+
+    #[test]
+    fn mirrors_to_the_canary_while_mirroring_and_never_over_the_operators_mirror() {
+        let mut value = virtual_service("web-stable.shop.svc.cluster.local");
+        set_staged(&mut value, None, &[]).ok();
+        let weighted = value.clone();
+        assert_eq!(set_staged(&mut value, Some(20), &[]), Ok(true));
+        let primary = &value["spec"]["http"][1];
+        assert_eq!(
+            primary["mirror"],
+            json!({"host": "web-canary.shop.svc.cluster.local", "port": {"number": 80}})
+        );
+        assert_eq!(primary["mirrorPercentage"], json!({"value": 20}));
+        assert_eq!(set_staged(&mut value, None, &[]), Ok(true));
+        assert_eq!(value, weighted);
+
+        value["spec"]["http"][1]["mirror"] = json!({"host": "shadow"});
+        let taken = set_staged(&mut value, Some(20), &[]);
+        assert!(
+            matches!(&taken, Err(RouteProblem::MirrorTaken { host, .. }) if host == "shadow"),
+            "{taken:?}"
+        );
+        assert_eq!(set_staged(&mut value, None, &[]), Ok(false));
+        assert_eq!(
+            value["spec"]["http"][1]["mirror"],
+            json!({"host": "shadow"})
+        );
+    }
+
+    #[test]
+    fn an_experiment_puts_a_route_to_the_canary_first_and_removes_only_it() {
+        let mut value = virtual_service("web-stable");
+        value["spec"]["http"][1]["match"] = json!([{"uri": {"prefix": "/api"}}]);
+        set_staged(&mut value, None, &[]).ok();
+        let weighted = value.clone();
+        let experiment: Vec<RequestMatch> = serde_norway::from_str(
+            "[{headers: [{name: X-Canary, value: 'yes'}], cookie: {name: canary, value: always}}]",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(set_staged(&mut value, None, &experiment), Ok(true));
+        let routes = &value["spec"]["http"];
+        assert_eq!(routes[0], weighted["spec"]["http"][0]);
+        assert_eq!(
+            routes[1],
+            json!({
+                "name": "primary-serin-experiment",
+                "retries": {"attempts": 3},
+                "match": [{"uri": {"prefix": "/api"}, "headers": {
+                    "x-canary": {"exact": "yes"},
+                    "cookie": {"regex": "^(.*;\\s*)?canary=always(\\s*;.*)?$"}
+                }}],
+                "route": [{"destination": {"host": "web-canary", "port": {"number": 80}}, "weight": 100}]
+            })
+        );
+        assert_eq!(routes[2], weighted["spec"]["http"][1]);
+        assert_eq!(set_staged(&mut value, None, &experiment), Ok(false));
+        assert_eq!(set_staged(&mut value, None, &[]), Ok(true));
+        assert_eq!(value, weighted);
     }
 }

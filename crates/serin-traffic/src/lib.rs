@@ -178,7 +178,12 @@ impl WeightRouter for Router<'_> {
                     canary: &canary,
                     namespace: workload.namespace,
                 };
-                route::apply(client, *seen, routes, target, weights.weight).await?;
+                let shares = route::Shares {
+                    weight: weights.weight,
+                    mirror: weights.mirror,
+                    experiment: weights.experiment,
+                };
+                route::apply(client, *seen, routes, target, shares).await?;
                 Ok(())
             }
         }
@@ -207,9 +212,9 @@ pub struct Workload<'a> {
     pub owner: OwnerReference,
 }
 
-/// Where traffic goes: which revision is stable, which is the canary, and the
-/// canary's percent of requests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where traffic goes: which revision is stable, which is the canary, the
+/// canary's percent of requests and what it receives beside them.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Weights<'a> {
     /// The stable revision.
     pub stable: &'a str,
@@ -217,6 +222,10 @@ pub struct Weights<'a> {
     pub canary: Option<&'a str>,
     /// Share of requests to the canary.
     pub weight: Weight,
+    /// Percent of stable's requests mirrored to the canary; None: no mirror.
+    pub mirror: Option<u32>,
+    /// Requests matching any of these go to the canary; empty: no experiment.
+    pub experiment: &'a [serin_api::RequestMatch],
 }
 
 /// The Services for `weights`, as Serin wants them.
@@ -393,6 +402,8 @@ mod tests {
                 stable: "a",
                 canary: None,
                 weight: Weight::from_percent(0),
+                mirror: None,
+                experiment: &[],
             },
         );
         assert_eq!(
@@ -405,6 +416,8 @@ mod tests {
                 stable: "a",
                 canary: Some("b"),
                 weight: Weight::from_percent(25),
+                mirror: None,
+                experiment: &[],
             },
         );
         assert_eq!(selector(&rolling[0]), labels);
@@ -441,6 +454,8 @@ mod tests {
             stable: "a",
             canary: Some("b"),
             weight: Weight::from_percent(25),
+            mirror: None,
+            experiment: &[],
         };
         let wanted = services(&workload, weights).remove(0);
         // What the API server stores: defaults filled in, a person's annotation.
@@ -496,6 +511,8 @@ mod tests {
                 stable: "a",
                 canary: None,
                 weight: Weight::from_percent(0),
+                mirror: None,
+                experiment: &[],
             },
         );
         let port = made[0]
@@ -524,7 +541,9 @@ mod tests {
                 Weights {
                     stable: "a",
                     canary: None,
-                    weight: Weight::from_percent(0)
+                    weight: Weight::from_percent(0),
+                    mirror: None,
+                    experiment: &[],
                 }
             )
             .is_empty()

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use serin_api::{RouteKind, Weight};
+use serin_api::{CookieMatch, EXPERIMENT_ANNOTATION, RequestMatch, RouteKind, Weight};
 
 use crate::{Seen, gateway, istio};
 
@@ -60,6 +60,16 @@ pub enum RouteProblem {
         stable: String,
         /// `<name>-canary`.
         canary: String,
+    },
+    /// The HTTP route already mirrors to another host, and Istio takes one mirror.
+    #[error(
+        "VirtualService {route} already mirrors an HTTP route to {host}, and Istio takes one mirror per route: remove that mirror, or spec.mirror"
+    )]
+    MirrorTaken {
+        /// VirtualService name.
+        route: String,
+        /// Where it mirrors.
+        host: String,
     },
     /// `spec.traffic.istio.routes` names an HTTP route the VirtualService lacks.
     #[error(
@@ -149,66 +159,126 @@ pub struct Target<'a> {
     pub namespace: &'a str,
 }
 
+/// What the routes carry to the canary: its weight, and beside it copies of
+/// stable's requests (mirroring) or the requests an experiment matches.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Shares<'a> {
+    /// Share of the requests.
+    pub weight: Weight,
+    /// Percent of stable's requests mirrored to the canary; None: no mirror.
+    pub mirror: Option<u32>,
+    /// Requests matching any of these go to the canary; empty: no experiment.
+    pub experiment: &'a [RequestMatch],
+}
+
+/// A regular expression that matches a `Cookie` header carrying `cookie` with
+/// exactly its value, among any others, whether the router matches the whole
+/// header (Envoy) or any part of it (Go, in Traefik).
+pub(crate) fn cookie_pattern(cookie: &CookieMatch) -> String {
+    format!(
+        "^(.*;\\s*)?{}={}(\\s*;.*)?$",
+        escape(&cookie.name),
+        escape(&cookie.value)
+    )
+}
+
+/// `text` with the regular-expression metacharacters escaped.
+fn escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 /// Sets the weights of one list of weighted targets (a Gateway API rule's
 /// backendRefs, an Istio HTTP route's destinations): the target `names` says is
 /// `stable` gets `shares.0` and `canary`'s `shares.1`; a missing one of the two is
 /// `added` after the other, from it (the template, the service it names, and the
-/// service to name). None when the list names neither: it is not Serin's to set;
-/// otherwise whether anything changed.
+/// service to name). False when the list names neither: it is not Serin's to set.
 pub(crate) fn set_pair(
     targets: &mut Vec<Value>,
     names: impl Fn(&Value, &str) -> bool,
     added: impl Fn(&Value, &str, &str) -> Value,
     (stable, canary): (&str, &str),
     (stable_share, canary_share): (u32, u32),
-) -> Option<bool> {
+) -> bool {
     let stable_at = targets.iter().position(|t| names(t, stable));
     let canary_at = targets.iter().position(|t| names(t, canary));
     let (template, template_service) = match (stable_at, canary_at) {
-        (None, None) => return None,
+        (None, None) => return false,
         (Some(at), _) => (targets[at].clone(), stable),
         (None, Some(at)) => (targets[at].clone(), canary),
     };
-    let mut changed = false;
     for (service, at, share) in [
         (stable, stable_at, stable_share),
         (canary, canary_at, canary_share),
     ] {
         match at {
-            Some(index) => {
-                if targets[index]["weight"] != json!(share) {
-                    targets[index]["weight"] = json!(share);
-                    changed = true;
-                }
-            }
+            Some(index) => targets[index]["weight"] = json!(share),
             None => {
                 let mut target = added(&template, template_service, service);
                 target["weight"] = json!(share);
                 targets.push(target);
-                changed = true;
             }
         }
     }
-    Some(changed)
+    true
 }
 
-/// Sets `weight` in one route resource's JSON, by its kind; returns whether
-/// anything changed.
+/// Sets the canary's traffic (`shares`) in one route resource's JSON, by its kind:
+/// the items Serin added for an experiment before (as the route's annotation
+/// records them) are removed, the kind's setter runs, and what it added is
+/// recorded. Returns whether anything changed.
 pub fn set_weights(
     value: &mut Value,
     (kind, name): (RouteKind, &str),
     istio_routes: &[String],
     target: Target<'_>,
-    weight: Weight,
+    shares: Shares<'_>,
 ) -> Result<bool, RouteProblem> {
-    match kind {
+    let before = value.clone();
+    let list = kind.weighted_list();
+    let recorded: Vec<Value> = value["metadata"]["annotations"][EXPERIMENT_ANNOTATION]
+        .as_str()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default();
+    if let Some(items) = value["spec"][list].as_array_mut() {
+        items.retain(|item| !recorded.contains(item));
+    }
+    let added = match kind {
         RouteKind::Http | RouteKind::Grpc => {
-            gateway::set_weights(value, (kind, name), target.stable, target.canary, weight)
+            gateway::set_weights(value, (kind, name), target.stable, target.canary, shares)?
         }
         RouteKind::IstioVirtualService => {
-            istio::set_weights(value, name, istio_routes, target, weight)
+            istio::set_weights(value, name, istio_routes, target, shares)?
         }
+    };
+    let metadata = value["metadata"].as_object_mut();
+    match (metadata, added.is_empty()) {
+        (Some(metadata), true) => {
+            if let Some(Value::Object(annotations)) = metadata.get_mut("annotations") {
+                annotations.remove(EXPERIMENT_ANNOTATION);
+                if annotations.is_empty() {
+                    metadata.remove("annotations");
+                }
+            }
+        }
+        (Some(metadata), false) => {
+            let record = Value::String(Value::Array(added).to_string());
+            match metadata.entry("annotations").or_insert_with(|| json!({})) {
+                Value::Object(annotations) => {
+                    annotations.insert(EXPERIMENT_ANNOTATION.to_owned(), record);
+                }
+                other => *other = json!({EXPERIMENT_ANNOTATION: record}),
+            }
+        }
+        (None, _) => {}
     }
+    Ok(*value != before)
 }
 
 /// Checks that each route exists and has a rule Serin can set weights on.
@@ -221,7 +291,13 @@ pub async fn check(
     for &route in &routes.routes {
         let api = routes_api(client, target.namespace, route.0);
         let mut value = read(&api, seen, target.namespace, route).await?;
-        set_weights(&mut value, route, routes.istio_routes, target, Weight::ZERO)?;
+        set_weights(
+            &mut value,
+            route,
+            routes.istio_routes,
+            target,
+            Shares::default(),
+        )?;
     }
     Ok(())
 }
@@ -234,7 +310,7 @@ pub async fn apply(
     seen: &dyn Seen,
     routes: &Routes<'_>,
     target: Target<'_>,
-    weight: Weight,
+    shares: Shares<'_>,
 ) -> Result<(), RouteError> {
     for &(kind, route) in &routes.routes {
         let api = routes_api(client, target.namespace, kind);
@@ -244,7 +320,7 @@ pub async fn apply(
             (kind, route),
             routes.istio_routes,
             target,
-            weight,
+            shares,
         )? {
             continue;
         }
@@ -263,14 +339,15 @@ pub async fn apply(
     Ok(())
 }
 
-/// The server-side apply body that sets the list carrying `route`'s weights and
-/// nothing else, at the resourceVersion it was read at. Forced: a GitOps tool or a
+/// The server-side apply body that sets the list carrying `route`'s weights, and
+/// the record of the rules Serin added to it (an apply without the record removes
+/// it), and nothing else, at the resourceVersion it was read at. Forced: a GitOps tool or a
 /// person that applied the route owns that list too, and the weights are Serin's
 /// to set.
 pub fn weights_apply(route: &Value, kind: RouteKind) -> Value {
     let (group, version) = kind.api_version();
     let list = kind.weighted_list();
-    json!({
+    let mut apply = json!({
         "apiVersion": format!("{group}/{version}"),
         "kind": kind.kind(),
         "metadata": {
@@ -279,7 +356,12 @@ pub fn weights_apply(route: &Value, kind: RouteKind) -> Value {
             "resourceVersion": route["metadata"]["resourceVersion"],
         },
         "spec": {list: route["spec"][list]},
-    })
+    });
+    let record = &route["metadata"]["annotations"][EXPERIMENT_ANNOTATION];
+    if record.is_string() {
+        apply["metadata"]["annotations"] = json!({EXPERIMENT_ANNOTATION: record});
+    }
+    apply
 }
 
 /// The route as last seen by the watch, or from the API server without one.
@@ -335,6 +417,13 @@ mod tests {
                 "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "7"},
                 "spec": {"rules": http["spec"]["rules"]},
             })
+        );
+        let mut recorded = http.clone();
+        recorded["metadata"]["annotations"] = json!({EXPERIMENT_ANNOTATION: "[]", "team": "shop"});
+        assert_eq!(
+            weights_apply(&recorded, RouteKind::Http)["metadata"]["annotations"],
+            json!({EXPERIMENT_ANNOTATION: "[]"}),
+            "the record of Serin's rules goes with them, no other annotation"
         );
         let virtual_service = json!({
             "apiVersion": "networking.istio.io/v1",
