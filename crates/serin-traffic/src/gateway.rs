@@ -489,6 +489,58 @@ mod tests {
         );
     }
 
+    /// What the API server stores for rules Serin wrote: the schema's defaults
+    /// filled in.
+    fn defaulted(value: &mut Value) {
+        for rule in value["spec"]["rules"].as_array_mut().into_iter().flatten() {
+            for backend in rule["backendRefs"].as_array_mut().into_iter().flatten() {
+                backend["group"] = json!("");
+                backend["kind"] = json!("Service");
+                if backend.get("weight").is_none() {
+                    backend["weight"] = json!(1);
+                }
+            }
+            match rule["matches"].as_array_mut() {
+                Some(matches) => matches.iter_mut().for_each(|m| {
+                    if m.get("path").is_none() {
+                        m["path"] = json!({"type": "PathPrefix", "value": "/"});
+                    }
+                }),
+                None => rule["matches"] = json!([{"path": {"type": "PathPrefix", "value": "/"}}]),
+            }
+        }
+    }
+
+    #[test]
+    fn serins_rule_is_recognised_with_the_api_servers_defaults_filled_in() {
+        let mut value = route(json!([{"name": "web-stable", "port": 80}]));
+        let experiment = matches("[{headers: [{name: x-canary, value: 'yes'}]}]");
+        set_staged(&mut value, staged(Weight::ZERO, None, &experiment)).ok();
+        defaulted(&mut value);
+        assert_eq!(
+            set_staged(&mut value, staged(Weight::ZERO, None, &experiment)),
+            Ok(false),
+            "the stored experiment rule is Serin's, as written"
+        );
+        set_staged(&mut value, staged(Weight::from_percent(10), None, &[])).ok();
+        let rules = value["spec"]["rules"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        assert_eq!(weights_of(&rules[1]), (Some(90), Some(10)));
+    }
+
+    fn weights_of(rule: &Value) -> (Option<i64>, Option<i64>) {
+        let weight = |name: &str| {
+            rule["backendRefs"]
+                .as_array()
+                .and_then(|b| b.iter().find(|b| b["name"] == name))
+                .and_then(|b| b["weight"].as_i64())
+        };
+        (weight("web-stable"), weight("web-canary"))
+    }
+
     #[test]
     fn an_experiment_keeps_the_rules_own_matches_and_its_header_takes_a_clashing_one() {
         let mut value = route(json!([{"name": "web-stable", "port": 80}]));

@@ -246,8 +246,13 @@ pub fn set_weights(
         .as_str()
         .and_then(|text| serde_json::from_str(text).ok())
         .unwrap_or_default();
+    let mut removed = Vec::new();
     if let Some(items) = value["spec"][list].as_array_mut() {
-        items.retain(|item| !recorded.contains(item));
+        let (serins, others) = std::mem::take(items)
+            .into_iter()
+            .partition(|item| recorded.iter().any(|added| holds(item, added)));
+        *items = others;
+        removed = serins;
     }
     let added = match kind {
         RouteKind::Http | RouteKind::Grpc => {
@@ -257,8 +262,24 @@ pub fn set_weights(
             istio::set_weights(value, name, istio_routes, target, shares)?
         }
     };
+    // An added item the route already held stays as stored (defaults and all) and
+    // as recorded, so the same experiment again changes nothing.
+    let mut record = Vec::with_capacity(added.len());
+    if let Some(items) = value["spec"][list].as_array_mut() {
+        for item in items.iter_mut().filter(|item| added.contains(item)) {
+            let stored = removed.iter().find(|stored| holds(stored, item));
+            let written = stored.and_then(|stored| recorded.iter().find(|r| holds(stored, r)));
+            match (stored, written) {
+                (Some(stored), Some(written)) => {
+                    *item = stored.clone();
+                    record.push(written.clone());
+                }
+                _ => record.push(item.clone()),
+            }
+        }
+    }
     let metadata = value["metadata"].as_object_mut();
-    match (metadata, added.is_empty()) {
+    match (metadata, record.is_empty()) {
         (Some(metadata), true) => {
             if let Some(Value::Object(annotations)) = metadata.get_mut("annotations") {
                 annotations.remove(EXPERIMENT_ANNOTATION);
@@ -268,7 +289,7 @@ pub fn set_weights(
             }
         }
         (Some(metadata), false) => {
-            let record = Value::String(Value::Array(added).to_string());
+            let record = Value::String(Value::Array(record).to_string());
             match metadata.entry("annotations").or_insert_with(|| json!({})) {
                 Value::Object(annotations) => {
                     annotations.insert(EXPERIMENT_ANNOTATION.to_owned(), record);
@@ -279,6 +300,22 @@ pub fn set_weights(
         (None, _) => {}
     }
     Ok(*value != before)
+}
+
+/// Whether `stored` holds everything `written` says: the API server fills in
+/// defaults (a backendRef's `group`, `kind` and `weight`, a match's `path`) but
+/// never changes a field that was written, so a rule Serin added is recognised by
+/// what it wrote.
+fn holds(stored: &Value, written: &Value) -> bool {
+    match (stored, written) {
+        (Value::Object(stored), Value::Object(written)) => written
+            .iter()
+            .all(|(key, value)| stored.get(key).is_some_and(|s| holds(s, value))),
+        (Value::Array(stored), Value::Array(written)) => {
+            stored.len() == written.len() && stored.iter().zip(written).all(|(s, w)| holds(s, w))
+        }
+        _ => stored == written,
+    }
 }
 
 /// Checks that each route exists and has a rule Serin can set weights on.

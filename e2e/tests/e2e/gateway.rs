@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use serin_api::{Phase, Weight, canary_service, stable_service};
+use serin_api::{Canary, Exposure, Phase, Weight, canary_service, stable_service};
 use serin_e2e::cluster::gateway_api_crds;
 
 use crate::cluster;
@@ -492,5 +492,126 @@ fn a_gitops_sync_of_the_route_mid_rollout_is_undone_at_once_and_touches_nothing_
                 && fields["f:spec"]["f:parentRefs"].is_object()),
         "{last}"
     );
+    Ok(())
+}
+
+/// `status.exposure` as the Canary reports it.
+fn exposure(canary: &Canary) -> Option<Exposure> {
+    canary.status.as_ref().and_then(|status| status.exposure)
+}
+
+#[test]
+fn mirroring_then_an_experiment_reach_the_route_and_leave_it_as_it_was() -> Result<()> {
+    install_gateway_api();
+    let rollout = Rollout::prepare(cluster(), "staged", "web")?;
+    rollout.apply_yaml(ROUTE)?;
+    let staged = "  steps: [50]
+  stepDuration: 3s
+  scaleDownDelay: 3s
+  traffic: {gatewayAPI: {httpRoutes: [web]}}
+  mirror: {percent: 20, duration: 4s}
+  experiment:
+    match:
+    - headers: [{name: x-canary, value: 'yes'}]
+    - cookie: {name: canary, value: always}
+";
+    rollout.apply("web:1", staged)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    let resting = route(&rollout)?;
+    assert_eq!(weights(&resting), (Some(100), Some(0)));
+
+    // Step 1: stable keeps every request, and a fifth of them is copied to the canary.
+    rollout.set_image("web:2")?;
+    rollout.wait("mirroring", Duration::from_secs(60), |canary| {
+        exposure(canary) == Some(Exposure::Mirror)
+    })?;
+    let mirroring = route(&rollout)?;
+    assert_eq!(weights(&mirroring), (Some(100), Some(0)));
+    assert_eq!(
+        mirroring["spec"]["rules"][1]["filters"],
+        json!([
+            {"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "x-served-by", "value": "serin"}]}},
+            {"type": "RequestMirror", "requestMirror": {"backendRef": {"group": "", "kind": "Service", "name": "web-canary", "port": 80}, "percent": 20}}
+        ]),
+        "the upstream schema took the mirror filter with its percent"
+    );
+
+    // Step 2: the experiment's rule, which runs until a person promotes it.
+    rollout.wait("the experiment", Duration::from_secs(60), |canary| {
+        exposure(canary) == Some(Exposure::Experiment)
+    })?;
+    let experimenting = route(&rollout)?;
+    let rules = experimenting["spec"]["rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rules.len(), 3, "{rules:?}");
+    assert_eq!(rules[0], resting["spec"]["rules"][0]);
+    assert_eq!(
+        rules[1]["matches"],
+        json!([
+            {"path": {"type": "PathPrefix", "value": "/"}, "headers": [{"type": "Exact", "name": "x-canary", "value": "yes"}]},
+            {"path": {"type": "PathPrefix", "value": "/"}, "headers": [{"type": "RegularExpression", "name": "Cookie", "value": "^(.*;\\s*)?canary=always(\\s*;.*)?$"}]}
+        ])
+    );
+    assert_eq!(
+        rules[1]["backendRefs"],
+        json!([{"group": "", "kind": "Service", "name": "web-canary", "port": 80, "weight": 1}])
+    );
+    assert_eq!(rules[2]["filters"], resting["spec"]["rules"][1]["filters"]);
+    assert_eq!(weights_in(&experimenting, 2), (Some(100), Some(0)));
+    let record = &experimenting["metadata"]["annotations"][serin_api::EXPERIMENT_ANNOTATION];
+    assert!(
+        record.is_string(),
+        "Serin records its rule: {experimenting}"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let canary = rollout.canary()?;
+    assert_eq!(
+        (
+            exposure(&canary),
+            canary.status.as_ref().map(|status| status.step)
+        ),
+        (Some(Exposure::Experiment), Some(2)),
+        "an experiment without a duration waits for a person"
+    );
+    assert!(
+        message(&canary, "Progressing").contains("until promoted"),
+        "{}",
+        message(&canary, "Progressing")
+    );
+
+    // Promoted by hand: the weighted step, with neither Serin's rule nor its record.
+    rollout.annotate("promote/1")?;
+    rollout.wait("step 3 at 50%", Duration::from_secs(30), |canary| {
+        weight(canary) == Weight::from_percent(50) && exposure(canary).is_none()
+    })?;
+    rollout.wait("the route at 50/50", Duration::from_secs(10), |_| {
+        route(&rollout).is_ok_and(|r| weights(&r) == (Some(50), Some(50)))
+    })?;
+    let weighted = route(&rollout)?;
+    assert_eq!(weighted["spec"]["rules"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        weighted["spec"]["rules"][1]["filters"],
+        resting["spec"]["rules"][1]["filters"]
+    );
+    assert_eq!(
+        weighted["metadata"]["annotations"][serin_api::EXPERIMENT_ANNOTATION],
+        Value::Null
+    );
+    rollout.wait_promoted(Duration::from_secs(60))?;
+
+    // A rollback during the experiment takes its rule away with the canary's weight.
+    rollout.set_image("web:3")?;
+    rollout.wait("the next experiment", Duration::from_secs(60), |canary| {
+        exposure(canary) == Some(Exposure::Experiment)
+    })?;
+    rollout.annotate("abort/2")?;
+    rollout.wait("aborted", Duration::from_secs(30), |canary| {
+        phase(canary) == Some(Phase::Aborted)
+    })?;
+    rollout.wait("the route as it rests", Duration::from_secs(10), |_| {
+        route(&rollout).is_ok_and(|r| r["spec"] == resting["spec"])
+    })?;
     Ok(())
 }
