@@ -496,7 +496,7 @@ fn a_gitops_sync_of_the_route_mid_rollout_is_undone_at_once_and_touches_nothing_
 }
 
 /// `status.exposure` as the Canary reports it.
-fn exposure(canary: &Canary) -> Option<Exposure> {
+pub(crate) fn exposure(canary: &Canary) -> Option<Exposure> {
     canary.status.as_ref().and_then(|status| status.exposure)
 }
 

@@ -5,12 +5,14 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Result;
-use serde_json::Value;
-use serin_api::Phase;
+use serde_json::{Value, json};
+use serin_api::{Exposure, Phase};
 use serin_e2e::cluster::istio_crds;
 
 use crate::cluster;
-use crate::gateway::{ROUTE_WATCH_BOUND, install_upstream_crds, invalid_and_nothing_made};
+use crate::gateway::{
+    ROUTE_WATCH_BOUND, exposure, install_upstream_crds, invalid_and_nothing_made,
+};
 use crate::rollout::{Rollout, is_true, phase, revisions};
 
 fn install_istio() {
@@ -153,4 +155,70 @@ fn an_http_route_the_virtual_service_lacks_is_an_invalid_spec() -> Result<()> {
             "VirtualService web has no HTTP route named canary-only (its named routes: static, primary): fix spec.traffic.istio.routes",
         ],
     )
+}
+
+#[test]
+fn mirroring_and_an_experiment_are_istio_routes_the_schema_takes_and_leave_with_the_rollout()
+-> Result<()> {
+    install_istio();
+    let rollout = Rollout::prepare(cluster(), "istio-staged", "web")?;
+    rollout.apply_yaml(&virtual_service(&rollout.namespace))?;
+    let staged = "  steps: [50]
+  stepDuration: 3s
+  scaleDownDelay: 3s
+  traffic: {istio: {virtualService: web, routes: [primary]}}
+  mirror: {percent: 30, duration: 4s}
+  experiment:
+    match: [{headers: [{name: X-Canary, value: 'yes'}], cookie: {name: canary, value: always}}]
+    duration: 4s
+";
+    rollout.apply("web:1", staged)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    let resting = read(&rollout)?;
+
+    rollout.set_image("web:2")?;
+    rollout.wait("mirroring", Duration::from_secs(60), |canary| {
+        exposure(canary) == Some(Exposure::Mirror)
+    })?;
+    let mirroring = read(&rollout)?;
+    let canary_host = format!("web-canary.{}.svc.cluster.local", rollout.namespace);
+    assert_eq!(
+        (
+            &mirroring["spec"]["http"][1]["mirror"],
+            &mirroring["spec"]["http"][1]["mirrorPercentage"]
+        ),
+        (
+            &json!({"host": canary_host, "port": {"number": 80}}),
+            &json!({"value": 30})
+        )
+    );
+    assert_eq!(weights(&mirroring), (Some(100), Some(0)));
+
+    rollout.wait("the experiment", Duration::from_secs(60), |canary| {
+        exposure(canary) == Some(Exposure::Experiment)
+    })?;
+    let experimenting = read(&rollout)?;
+    let first = &experimenting["spec"]["http"][1];
+    assert_eq!(first["name"], "primary-serin-experiment");
+    assert_eq!(
+        first["match"],
+        json!([{"headers": {
+            "x-canary": {"exact": "yes"},
+            "cookie": {"regex": "^(.*;\\s*)?canary=always(\\s*;.*)?$"}
+        }}])
+    );
+    assert_eq!(
+        first["route"],
+        json!([{"destination": {"host": canary_host, "port": {"number": 80}}, "weight": 100}])
+    );
+    assert_eq!(experimenting["spec"]["http"][2]["name"], "primary");
+    assert_eq!(experimenting["spec"]["http"][2]["mirror"], Value::Null);
+
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    rollout.wait(
+        "the VirtualService as it rests",
+        Duration::from_secs(10),
+        |_| read(&rollout).is_ok_and(|vs| vs["spec"] == resting["spec"]),
+    )?;
+    Ok(())
 }
