@@ -523,7 +523,7 @@ status:
 }
 
 /// The Gateway API release whose standard CRDs the tests install.
-pub const GATEWAY_API_VERSION: &str = "v1.3.0";
+pub const GATEWAY_API_VERSION: &str = "v1.4.0";
 
 /// The standard-channel Gateway API CRDs, from the `sigs.k8s.io/gateway-api` Go
 /// module (downloaded through the module proxy into the module cache, not committed).

@@ -87,7 +87,7 @@ impl Load {
                         if next > now {
                             thread::sleep(next - now);
                         }
-                        let answer = request(target, next);
+                        let answer = request(target, next, &[]);
                         if let Ok(mut all) = answers.lock() {
                             all.push(answer);
                         }
@@ -120,6 +120,15 @@ impl Load {
         }
     }
 
+    /// Sends one request to `target` with these extra headers (an experiment's
+    /// header or cookie) and returns its answer.
+    pub fn ask(target: SocketAddr, headers: &[(&str, &str)]) -> Result<Answer> {
+        if !is_test_bed_address(&target) {
+            bail!("{target} is outside the test bed: loopback, 10.88.0.0/16 and 10.96.0.0/16 only");
+        }
+        Ok(request(target, Instant::now(), headers))
+    }
+
     /// The answers so far.
     pub fn answers(&self) -> Vec<Answer> {
         self.answers.lock().map(|a| a.clone()).unwrap_or_default()
@@ -144,8 +153,8 @@ impl Drop for Load {
     }
 }
 
-fn request(target: SocketAddr, sent: Instant) -> Answer {
-    let outcome = exchange(target);
+fn request(target: SocketAddr, sent: Instant, headers: &[(&str, &str)]) -> Answer {
+    let outcome = exchange(target, headers);
     let (outcome, version) = match outcome {
         Ok((status, version)) => (Ok(status), version),
         Err(error) => (Err(error), None),
@@ -157,13 +166,20 @@ fn request(target: SocketAddr, sent: Instant) -> Answer {
     }
 }
 
-fn exchange(target: SocketAddr) -> std::result::Result<(u16, Option<String>), String> {
+fn exchange(
+    target: SocketAddr,
+    headers: &[(&str, &str)],
+) -> std::result::Result<(u16, Option<String>), String> {
     let mut stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
         .map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(READ_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    let ask = format!("GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let ask = format!("GET / HTTP/1.1\r\nHost: {target}\r\n{extra}Connection: close\r\n\r\n");
     stream
         .write_all(ask.as_bytes())
         .map_err(|e| format!("send: {e}"))?;

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{Cell, Table};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use serin_api::{Canary, REVISION_LABEL, Weight, condition};
+use serin_api::{Canary, Exposure, REVISION_LABEL, RequestMatch, Weight, condition};
 
 /// One event line: when, type, reason, message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +28,19 @@ pub fn bar(weight: Weight, width: usize) -> String {
     format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
 }
 
+/// An experiment's matches for people: `x-canary: yes, or cookie canary=always`.
+fn matches(matches: &[RequestMatch]) -> String {
+    let each = matches.iter().map(|m| {
+        let headers = m.headers.iter().map(|h| format!("{}: {}", h.name, h.value));
+        let cookie = m
+            .cookie
+            .iter()
+            .map(|c| format!("cookie {}={}", c.name, c.value));
+        headers.chain(cookie).collect::<Vec<_>>().join(" and ")
+    });
+    each.collect::<Vec<_>>().join(", or ")
+}
+
 /// The whole view of one Canary.
 pub fn render(canary: &Canary, replica_sets: &[ReplicaSet], events: &[EventLine]) -> String {
     let status = canary.status.clone().unwrap_or_default();
@@ -37,7 +50,7 @@ pub fn render(canary: &Canary, replica_sets: &[ReplicaSet], events: &[EventLine]
         .phase
         .map(|p| format!("{p:?}"))
         .unwrap_or_else(|| "Pending".into());
-    let steps = canary.spec.steps.len();
+    let steps = canary.spec.stages().len();
     let mut out = String::new();
     let _ = writeln!(out, "Canary {namespace}/{name}   {phase}");
     let step = if status.step > 0 {
@@ -45,9 +58,15 @@ pub fn render(canary: &Canary, replica_sets: &[ReplicaSet], events: &[EventLine]
     } else {
         format!("-/{steps}")
     };
+    let before = match (&canary.spec.mirror, &canary.spec.experiment) {
+        (Some(mirror), Some(_)) => format!("mirror {}%, experiment, ", mirror.percent),
+        (Some(mirror), None) => format!("mirror {}%, ", mirror.percent),
+        (None, Some(_)) => "experiment, ".to_owned(),
+        (None, None) => String::new(),
+    };
     let _ = writeln!(
         out,
-        "Step   {step}   steps {:?}{}",
+        "Step   {step}   {before}steps {:?}{}",
         canary.spec.steps,
         if canary.spec.paused {
             "   (paused)"
@@ -61,6 +80,27 @@ pub fn render(canary: &Canary, replica_sets: &[ReplicaSet], events: &[EventLine]
         bar(status.weight, 30),
         status.weight
     );
+    match (
+        status.exposure,
+        &canary.spec.mirror,
+        &canary.spec.experiment,
+    ) {
+        (Some(Exposure::Mirror), Some(mirror), _) => {
+            let _ = writeln!(
+                out,
+                "Mirror {}% of stable's requests copied to the canary (answers discarded)",
+                mirror.percent
+            );
+        }
+        (Some(Exposure::Experiment), _, Some(experiment)) => {
+            let _ = writeln!(
+                out,
+                "Experiment: requests with {} go to the canary",
+                matches(&experiment.r#match)
+            );
+        }
+        _ => {}
+    }
     for condition in &status.conditions {
         if condition.type_ == condition::PROGRESSING
             || (condition.type_ == condition::INVALID_SPEC && condition.status == "True")
@@ -290,6 +330,37 @@ mod tests {
         assert!(
             text.lines()
                 .any(|line| line.contains("p99") && line.contains("Fail (dry run)")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn mirroring_and_an_experiment_say_what_the_canary_receives() {
+        let spec = serde_json::json!({"steps": [50], "mirror": {"percent": 20},
+            "experiment": {"match": [{"headers": [{"name": "x-canary", "value": "yes"}]},
+                                     {"cookie": {"name": "canary", "value": "always"}}]}});
+        let mirroring = canary(
+            spec.clone(),
+            serde_json::json!({"phase": "Progressing", "step": 1, "weight": 0, "exposure": "Mirror"}),
+        );
+        let text = render(&mirroring, &[], &[]);
+        assert!(
+            text.contains("Step   1/3   mirror 20%, experiment, steps [50]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Mirror 20% of stable's requests copied to the canary"),
+            "{text}"
+        );
+        let experimenting = canary(
+            spec,
+            serde_json::json!({"phase": "Progressing", "step": 2, "weight": 0, "exposure": "Experiment"}),
+        );
+        let text = render(&experimenting, &[], &[]);
+        assert!(
+            text.contains(
+                "Experiment: requests with x-canary: yes, or cookie canary=always go to the canary"
+            ),
             "{text}"
         );
     }

@@ -525,6 +525,7 @@ async fn reconcile_one(
         workload,
         &context.cache,
         canary.spec.traffic.as_ref(),
+        canary.spec.mirror.as_ref().map(|mirror| mirror.percent),
     );
     context.cache.ready().await?;
     let revision = revision_of(&canary.spec.template);

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use serin_api::{RequestMatch, RouteKind};
 
-use crate::route::{RouteProblem, Shares, cookie_pattern, set_pair};
+use crate::route::{RouteProblem, Shares, cookie_pattern, mirror_feature, set_pair};
 
 /// Whether a backendRef is the Service `service` (not another kind of the name).
 fn is_service(backend: &Value, service: &str) -> bool {
@@ -109,10 +109,13 @@ fn set_mirror(rule: &mut Value, canary: &str, canary_ref: &Value, percent: Optio
             && is_service(&filter["requestMirror"]["backendRef"], canary))
     });
     if let Some(percent) = percent {
-        filters.push(json!({
-            "type": "RequestMirror",
-            "requestMirror": {"backendRef": canary_ref, "percent": percent},
-        }));
+        // A whole mirror leaves `percent` out, so a gateway that mirrors but
+        // cannot mirror a share still takes it.
+        let mut mirror = json!({"backendRef": canary_ref});
+        if mirror_feature(percent) != mirror_feature(100) {
+            mirror["percent"] = json!(percent);
+        }
+        filters.push(json!({"type": "RequestMirror", "requestMirror": mirror}));
     }
     match rule.as_object_mut() {
         Some(rule) if filters.is_empty() => {

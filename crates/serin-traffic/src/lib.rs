@@ -107,12 +107,14 @@ pub enum Router<'a> {
 }
 
 impl<'a> Router<'a> {
-    /// The router for `workload`, from the Canary's `spec.traffic`.
+    /// The router for `workload`, from the Canary's `spec.traffic` and the share
+    /// `spec.mirror` copies to the canary.
     pub fn new(
         client: &'a Client,
         workload: Workload<'a>,
         seen: &'a dyn Seen,
         traffic: Option<&'a serin_api::Traffic>,
+        mirror: Option<u32>,
     ) -> Self {
         match traffic {
             Some(traffic) => Self::Routes {
@@ -125,6 +127,7 @@ impl<'a> Router<'a> {
                         .istio
                         .as_ref()
                         .map_or(&[], |istio| istio.routes.as_slice()),
+                    mirror,
                 },
             },
             None => Self::PodCount {

@@ -71,6 +71,20 @@ pub enum RouteProblem {
         /// Where it mirrors.
         host: String,
     },
+    /// The GatewayClass of a Gateway the route attaches to says it cannot mirror.
+    #[error(
+        "HTTPRoute {route} attaches to Gateway {gateway} of GatewayClass {class}, whose status.supportedFeatures lack {feature}: it would not mirror (some gateways answer 500 for the whole rule instead); remove spec.mirror, or route through a Gateway that supports it"
+    )]
+    MirrorUnsupported {
+        /// HTTPRoute name.
+        route: String,
+        /// `namespace/name` of the Gateway.
+        gateway: String,
+        /// Its GatewayClass.
+        class: String,
+        /// The Gateway API feature it lacks.
+        feature: &'static str,
+    },
     /// `spec.traffic.istio.routes` names an HTTP route the VirtualService lacks.
     #[error(
         "VirtualService {route} has no HTTP route named {name} (its named routes: {known}): fix spec.traffic.istio.routes"
@@ -146,6 +160,8 @@ pub struct Routes<'a> {
     pub routes: Vec<(RouteKind, &'a str)>,
     /// `spec.traffic.istio.routes`.
     pub istio_routes: &'a [String],
+    /// `spec.mirror.percent`: the routes must be able to mirror that share.
+    pub mirror: Option<u32>,
 }
 
 /// Where the weights go in one route resource.
@@ -328,6 +344,9 @@ pub async fn check(
     for &route in &routes.routes {
         let api = routes_api(client, target.namespace, route.0);
         let mut value = read(&api, seen, target.namespace, route).await?;
+        if let (RouteKind::Http, Some(percent)) = (route.0, routes.mirror) {
+            can_mirror(client, &value, (target.namespace, route.1), percent).await?;
+        }
         set_weights(
             &mut value,
             route,
@@ -335,6 +354,72 @@ pub async fn check(
             target,
             Shares::default(),
         )?;
+    }
+    Ok(())
+}
+
+/// The Gateway API feature a gateway needs to mirror `percent` of a rule's requests.
+pub(crate) fn mirror_feature(percent: u32) -> &'static str {
+    if percent >= 100 {
+        "HTTPRouteRequestMirror"
+    } else {
+        "HTTPRouteRequestPercentageMirror"
+    }
+}
+
+/// Checks that every Gateway the HTTPRoute attaches to can mirror `percent` of its
+/// requests, where its GatewayClass says what it supports (`status.supportedFeatures`,
+/// standard since Gateway API v1.4). A class that says nothing, or a Gateway or class
+/// that cannot be read, is trusted: only a gateway known not to mirror is refused.
+async fn can_mirror(
+    client: &Client,
+    route: &Value,
+    (namespace, name): (&str, &str),
+    percent: u32,
+) -> Result<(), RouteError> {
+    let feature = mirror_feature(percent);
+    let (group, version) = RouteKind::Http.api_version();
+    let resource = |kind: &str, plural: &str| {
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+    };
+    let classes: Api<DynamicObject> =
+        Api::all_with(client.clone(), &resource("GatewayClass", "gatewayclasses"));
+    for parent in route["spec"]["parentRefs"].as_array().into_iter().flatten() {
+        let is_gateway = parent.get("group").is_none_or(|g| g == group)
+            && parent.get("kind").is_none_or(|k| k == "Gateway");
+        let Some(gateway_name) = parent["name"].as_str().filter(|_| is_gateway) else {
+            continue;
+        };
+        let gateway_namespace = parent["namespace"].as_str().unwrap_or(namespace);
+        let gateways: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            gateway_namespace,
+            &resource("Gateway", "gateways"),
+        );
+        let Ok(Some(gateway)) = gateways.get_opt(gateway_name).await else {
+            continue;
+        };
+        let Some(class_name) = gateway.data["spec"]["gatewayClassName"].as_str() else {
+            continue;
+        };
+        let Ok(Some(class)) = classes.get_opt(class_name).await else {
+            continue;
+        };
+        let supported: Vec<&str> = class.data["status"]["supportedFeatures"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["name"].as_str().or_else(|| f.as_str()))
+            .collect();
+        if !supported.is_empty() && !supported.contains(&feature) {
+            return Err(RouteProblem::MirrorUnsupported {
+                route: name.to_owned(),
+                gateway: format!("{gateway_namespace}/{gateway_name}"),
+                class: class_name.to_owned(),
+                feature,
+            }
+            .into());
+        }
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serin_api::{Phase, Weight, canary_service};
+use serin_api::{Exposure, Phase, Weight, canary_service};
 use serin_e2e::gateway::{GATEWAY_PORT, Traefik};
 use serin_e2e::load::Load;
 use serin_e2e::node::NODE_IP;
@@ -114,5 +114,99 @@ fn requests_through_the_gateway_follow_the_route_weights_and_an_abort_takes_the_
     let failed = answers.iter().filter(|a| !a.succeeded()).count();
     eprintln!("gateway: {} requests, {failed} failed", answers.len());
     assert_eq!(failed, 0, "no request lost through the Gateway");
+    Ok(())
+}
+
+/// Extra headers of a request.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
+/// Which version served each of `count` requests sent with `headers`.
+fn versions(address: SocketAddr, headers: &[(&str, &str)], count: usize) -> Result<Vec<String>> {
+    (0..count)
+        .map(|_| {
+            let answer = Load::ask(address, headers)?;
+            if !answer.succeeded() {
+                bail!("a request with {headers:?} failed: {:?}", answer.outcome);
+            }
+            Ok(answer.version.unwrap_or_default())
+        })
+        .collect()
+}
+
+#[test]
+fn an_experiment_sends_exactly_the_matching_requests_through_the_gateway_to_the_canary()
+-> Result<()> {
+    gateway()?;
+    let rollout = Rollout::prepare_in_cluster(cluster(), "real-experiment", "web")?;
+    rollout.apply_yaml(ROUTE)?;
+    let steps = "  steps: [50]
+  stepDuration: 10s
+  scaleDownDelay: 5s
+  traffic: {gatewayAPI: {httpRoutes: [web]}}
+  experiment:
+    match:
+    - headers: [{name: x-canary, value: 'yes'}]
+    - cookie: {name: canary, value: always}
+";
+    rollout.apply_manifest(&workload("v1", steps))?;
+    rollout.wait_promoted(Duration::from_secs(90))?;
+    let address: SocketAddr = format!("{NODE_IP}:{GATEWAY_PORT}").parse()?;
+    Load::wait_answering(address, Duration::from_secs(60))?;
+
+    release(&rollout, "v2")?;
+    rollout.wait("the experiment", Duration::from_secs(90), |c| {
+        c.status.as_ref().and_then(|s| s.exposure) == Some(Exposure::Experiment)
+    })?;
+    // Traefik picks the new rule up from its watch: wait for the first matching
+    // request the canary answers, then count.
+    let seen = Instant::now();
+    while versions(address, &[("x-canary", "yes")], 1)? != ["v2"] {
+        if seen.elapsed() > Duration::from_secs(30) {
+            bail!("no request with x-canary: yes reached the canary within 30s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "experiment: Traefik served the rule {:.2}s after the Canary reported it",
+        seen.elapsed().as_secs_f64()
+    );
+    let cases: [(&str, Headers, usize); 6] = [
+        ("x-canary: yes", &[("x-canary", "yes")], 100),
+        (
+            "X-Canary: yes (names are not case sensitive)",
+            &[("X-Canary", "yes")],
+            100,
+        ),
+        (
+            "cookie canary=always among others",
+            &[("cookie", "a=1; canary=always; b=2")],
+            100,
+        ),
+        ("no header", &[], 0),
+        ("x-canary: no", &[("x-canary", "no")], 0),
+        ("cookie xcanary=always", &[("cookie", "xcanary=always")], 0),
+    ];
+    for (what, headers, on_canary) in cases {
+        let served = versions(address, headers, 100)?;
+        let canary = served.iter().filter(|v| *v == "v2").count();
+        let stable = served.iter().filter(|v| *v == "v1").count();
+        eprintln!("experiment: {what}: {canary} of 100 on the canary, {stable} on stable");
+        assert_eq!((canary, stable), (on_canary, 100 - on_canary), "{what}");
+    }
+
+    // Promoted by hand, the rule goes: the header no longer picks the canary, and
+    // the weighted step splits every request.
+    rollout.annotate("promote/experiment")?;
+    rollout.wait("step 2 at 50%", Duration::from_secs(60), |c| {
+        weight(c) == Weight::from_percent(50)
+    })?;
+    std::thread::sleep(Duration::from_secs(3));
+    let served = versions(address, &[("x-canary", "yes")], 200)?;
+    let canary = served.iter().filter(|v| *v == "v2").count();
+    eprintln!("experiment over, at 50%: {canary} of 200 requests with the header on the canary");
+    assert!(
+        (60..=140).contains(&canary),
+        "the header still picks the canary after the experiment: {canary} of 200"
+    );
     Ok(())
 }
