@@ -64,10 +64,11 @@ pub fn render(canary: &Canary, replica_sets: &[ReplicaSet], events: &[EventLine]
         (None, Some(_)) => "experiment, ".to_owned(),
         (None, None) => String::new(),
     };
+    let weights: Vec<String> = canary.spec.steps.iter().map(Weight::to_string).collect();
     let _ = writeln!(
         out,
-        "Step   {step}   {before}steps {:?}{}",
-        canary.spec.steps,
+        "Step   {step}   {before}steps [{}]{}",
+        weights.join(", "),
         if canary.spec.paused {
             "   (paused)"
         } else {
@@ -294,7 +295,7 @@ mod tests {
         }];
         let text = render(&canary, &[rs], &events);
         assert!(text.contains("Canary demo/web   Progressing"), "{text}");
-        assert!(text.contains("Step   1/2"), "{text}");
+        assert!(text.contains("Step   1/2   steps [25, 50]"), "{text}");
         assert!(text.contains(" 25% canary"), "{text}");
         assert!(text.contains("bbbbbbbbbb"), "{text}");
         assert!(text.contains("RolloutStarted"), "{text}");
