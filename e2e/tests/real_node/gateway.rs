@@ -12,7 +12,7 @@ use serin_api::{Exposure, Phase, Weight, canary_service};
 use serin_e2e::gateway::{GATEWAY_PORT, Traefik};
 use serin_e2e::load::Load;
 use serin_e2e::node::NODE_IP;
-use serin_e2e::rollout::{Rollout, phase, revisions, weight};
+use serin_e2e::rollout::{Rollout, is_true, message, phase, revisions, weight};
 
 use crate::cluster;
 use crate::traffic::{RATE, Timeline, release, seconds_after, workload};
@@ -208,5 +208,57 @@ fn an_experiment_sends_exactly_the_matching_requests_through_the_gateway_to_the_
         (60..=140).contains(&canary),
         "the header still picks the canary after the experiment: {canary} of 200"
     );
+    Ok(())
+}
+
+#[test]
+fn a_mirror_the_gateway_cannot_carry_is_refused_and_requests_keep_flowing() -> Result<()> {
+    gateway()?;
+    let rollout = Rollout::prepare_in_cluster(cluster(), "real-mirror", "web")?;
+    rollout.apply_yaml(ROUTE)?;
+    let steps = "  steps: [50]\n  stepDuration: 10s\n  scaleDownDelay: 5s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
+    rollout.apply_manifest(&workload("v1", steps))?;
+    rollout.wait_promoted(Duration::from_secs(90))?;
+    let address: SocketAddr = format!("{NODE_IP}:{GATEWAY_PORT}").parse()?;
+    Load::wait_answering(address, Duration::from_secs(60))?;
+    let read_route = || {
+        rollout
+            .kubectl
+            .get_json(&["httproute", "web", "-n", &rollout.namespace])
+    };
+    let resting = read_route()?;
+
+    // Traefik reports what it supports on its GatewayClass, and mirroring is not
+    // among it: a RequestMirror filter would make it answer 500 for the whole rule.
+    let load = Load::start(address, RATE, Duration::from_secs(120))?;
+    rollout.patch("merge", r#"{"spec":{"mirror":{"percent":20}}}"#)?;
+    release(&rollout, "v2")?;
+    let invalid = rollout.wait("InvalidSpec", Duration::from_secs(30), |c| {
+        is_true(c, "InvalidSpec")
+    })?;
+    let said = message(&invalid, "InvalidSpec");
+    eprintln!("mirror on Traefik: {said}");
+    assert!(
+        said.contains("GatewayClass traefik") && said.contains("HTTPRouteRequestPercentageMirror"),
+        "{said}"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        read_route()?["spec"],
+        resting["spec"],
+        "the route is untouched"
+    );
+    assert_eq!(rollout.replica_set_count()?, 1, "no canary was started");
+    let answers = load.stop();
+    let failed = answers.iter().filter(|a| !a.succeeded()).count();
+    let on_v1 = answers
+        .iter()
+        .filter(|a| a.version.as_deref() == Some("v1"))
+        .count();
+    eprintln!(
+        "mirror on Traefik: {} requests, {failed} failed, {on_v1} on v1",
+        answers.len()
+    );
+    assert_eq!((failed, on_v1), (0, answers.len()));
     Ok(())
 }
