@@ -615,3 +615,69 @@ fn mirroring_then_an_experiment_reach_the_route_and_leave_it_as_it_was() -> Resu
     })?;
     Ok(())
 }
+
+#[test]
+fn a_mirror_waits_for_a_gateway_class_that_says_it_can_mirror() -> Result<()> {
+    install_gateway_api();
+    let rollout = Rollout::prepare(cluster(), "mirror-class", "web")?;
+    let class = format!("{}-class", rollout.namespace);
+    // A GatewayClass as its controller reports it: the features it supports.
+    rollout.apply_yaml(&format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: {class}}}
+spec: {{controllerName: example.com/gateway}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  gatewayClassName: {class}
+  listeners: [{{name: web, port: 80, protocol: HTTP}}]
+"
+    ))?;
+    let report = |features: &str| {
+        rollout.kubectl.run(&[
+            "patch",
+            "gatewayclass",
+            &class,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"status":{{"supportedFeatures":{features}}}}}"#),
+        ])
+    };
+    report(r#"[{"name":"Gateway"},{"name":"HTTPRoute"}]"#)?;
+    rollout.apply_yaml(ROUTE)?;
+    let mirrored = format!("{ROUTED}  mirror: {{percent: 20}}\n");
+    rollout.apply("web:1", &mirrored)?;
+    invalid_and_nothing_made(
+        &rollout,
+        &[
+            &format!(
+                "attaches to Gateway {}/edge of GatewayClass {class}",
+                rollout.namespace
+            ),
+            "lack HTTPRouteRequestPercentageMirror",
+            "remove spec.mirror",
+        ],
+    )?;
+    let untouched = route(&rollout)?;
+    assert_eq!(
+        untouched["spec"]["rules"][1]["backendRefs"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    // The class says it can: the Canary goes on, and its next rollout mirrors.
+    report(
+        r#"[{"name":"Gateway"},{"name":"HTTPRoute"},{"name":"HTTPRouteRequestMirror"},{"name":"HTTPRouteRequestPercentageMirror"}]"#,
+    )?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    rollout.set_image("web:2")?;
+    rollout.wait("mirroring", Duration::from_secs(60), |canary| {
+        exposure(canary) == Some(Exposure::Mirror)
+    })?;
+    Ok(())
+}

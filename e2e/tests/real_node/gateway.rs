@@ -4,12 +4,13 @@
 //! millionths), and an abort takes it out as soon as the route is written.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serin_api::{Exposure, Phase, Weight, canary_service};
 use serin_e2e::gateway::{GATEWAY_PORT, Traefik};
+use serin_e2e::kubectl::Kubectl;
 use serin_e2e::load::Load;
 use serin_e2e::node::NODE_IP;
 use serin_e2e::rollout::{Rollout, is_true, message, phase, revisions, weight};
@@ -17,12 +18,46 @@ use serin_e2e::rollout::{Rollout, is_true, message, phase, revisions, weight};
 use crate::cluster;
 use crate::traffic::{RATE, Timeline, release, seconds_after, workload};
 
-fn gateway() -> Result<()> {
-    static TRAEFIK: OnceLock<Result<Traefik, String>> = OnceLock::new();
-    match TRAEFIK.get_or_init(|| Traefik::start(&cluster().kubectl).map_err(|e| format!("{e:#}"))) {
-        Ok(_) => Ok(()),
-        Err(error) => bail!("the Gateway: {error}"),
+/// One test's turn at the Gateway. Every test's route matches every request on its
+/// one listener, so tests take turns, and a turn ends by deleting the test's route
+/// (even when the test fails) so the next test's route is the only one.
+struct Turn {
+    _held: MutexGuard<'static, ()>,
+    kubectl: Kubectl,
+    namespace: String,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let deleted = self.kubectl.run(&[
+            "delete",
+            "httproute",
+            "web",
+            "-n",
+            &self.namespace,
+            "--ignore-not-found",
+            "--wait=true",
+        ]);
+        if let Err(error) = deleted {
+            eprintln!("deleting the route of {}: {error:#}", self.namespace);
+        }
     }
+}
+
+/// Starts Traefik once, and waits for `rollout`'s turn at it.
+fn gateway(rollout: &Rollout) -> Result<Turn> {
+    static TRAEFIK: OnceLock<Result<Traefik, String>> = OnceLock::new();
+    static TURNS: Mutex<()> = Mutex::new(());
+    if let Err(error) =
+        TRAEFIK.get_or_init(|| Traefik::start(&cluster().kubectl).map_err(|e| format!("{e:#}")))
+    {
+        bail!("the Gateway: {error}");
+    }
+    Ok(Turn {
+        _held: TURNS.lock().unwrap_or_else(PoisonError::into_inner),
+        kubectl: rollout.kubectl.clone(),
+        namespace: rollout.namespace.clone(),
+    })
 }
 
 const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
@@ -53,8 +88,8 @@ fn route_canary_weight(rollout: &Rollout) -> Result<i64> {
 #[test]
 fn requests_through_the_gateway_follow_the_route_weights_and_an_abort_takes_the_canary_out()
 -> Result<()> {
-    gateway()?;
     let rollout = Rollout::prepare_in_cluster(cluster(), "real-gateway", "web")?;
+    let _turn = gateway(&rollout)?;
     rollout.apply_yaml(ROUTE)?;
     let steps = "  steps: [12.5, 50]\n  stepDuration: 20s\n  scaleDownDelay: 5s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
     rollout.apply_manifest(&workload("v1", steps))?;
@@ -136,8 +171,8 @@ fn versions(address: SocketAddr, headers: &[(&str, &str)], count: usize) -> Resu
 #[test]
 fn an_experiment_sends_exactly_the_matching_requests_through_the_gateway_to_the_canary()
 -> Result<()> {
-    gateway()?;
     let rollout = Rollout::prepare_in_cluster(cluster(), "real-experiment", "web")?;
+    let _turn = gateway(&rollout)?;
     rollout.apply_yaml(ROUTE)?;
     let steps = "  steps: [50]
   stepDuration: 10s
@@ -213,8 +248,8 @@ fn an_experiment_sends_exactly_the_matching_requests_through_the_gateway_to_the_
 
 #[test]
 fn a_mirror_the_gateway_cannot_carry_is_refused_and_requests_keep_flowing() -> Result<()> {
-    gateway()?;
     let rollout = Rollout::prepare_in_cluster(cluster(), "real-mirror", "web")?;
+    let _turn = gateway(&rollout)?;
     rollout.apply_yaml(ROUTE)?;
     let steps = "  steps: [50]\n  stepDuration: 10s\n  scaleDownDelay: 5s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
     rollout.apply_manifest(&workload("v1", steps))?;
