@@ -681,3 +681,47 @@ spec:
     })?;
     Ok(())
 }
+
+#[test]
+fn a_grpc_route_mirrors_and_matches_metadata_under_the_upstream_schema() -> Result<()> {
+    install_gateway_api();
+    let rollout = Rollout::prepare(cluster(), "grpc-staged", "web")?;
+    rollout.apply_yaml(GRPC_ROUTE)?;
+    let staged = "  steps: [50]
+  stepDuration: 3s
+  scaleDownDelay: 3s
+  traffic: {gatewayAPI: {grpcRoutes: [web-grpc]}}
+  mirror: {percent: 100, duration: 3s}
+  experiment:
+    match: [{headers: [{name: x-canary, value: 'yes'}]}]
+    duration: 3s
+";
+    rollout.apply("web:1", staged)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    let resting = grpc_route(&rollout)?;
+
+    rollout.set_image("web:2")?;
+    rollout.wait("mirroring", Duration::from_secs(60), |canary| {
+        exposure(canary) == Some(Exposure::Mirror)
+    })?;
+    let mirroring = grpc_route(&rollout)?;
+    assert_eq!(
+        mirroring["spec"]["rules"][0]["filters"][1],
+        json!({"type": "RequestMirror", "requestMirror": {"backendRef": {"group": "", "kind": "Service", "name": "web-canary", "port": 80}}}),
+        "a whole mirror, without percent"
+    );
+    rollout.wait("the experiment", Duration::from_secs(60), |canary| {
+        exposure(canary) == Some(Exposure::Experiment)
+    })?;
+    let experimenting = grpc_route(&rollout)?;
+    assert_eq!(
+        experimenting["spec"]["rules"][0]["matches"],
+        json!([{"method": {"type": "Exact", "service": "shop.Catalog", "method": "List"},
+                "headers": [{"type": "Exact", "name": "x-canary", "value": "yes"}]}])
+    );
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    rollout.wait("the GRPCRoute as it rests", Duration::from_secs(10), |_| {
+        grpc_route(&rollout).is_ok_and(|r| r["spec"] == resting["spec"])
+    })?;
+    Ok(())
+}
