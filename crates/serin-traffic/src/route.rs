@@ -193,21 +193,9 @@ pub struct Shares<'a> {
 pub(crate) fn cookie_pattern(cookie: &CookieMatch) -> String {
     format!(
         "^(.*;\\s*)?{}={}(\\s*;.*)?$",
-        escape(&cookie.name),
-        escape(&cookie.value)
+        regex::escape(&cookie.name),
+        regex::escape(&cookie.value)
     )
-}
-
-/// `text` with the regular-expression metacharacters escaped.
-fn escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if "\\.+*?()|[]{}^$".contains(c) {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
 }
 
 /// Sets the weights of one list of weighted targets (a Gateway API rule's
