@@ -80,6 +80,9 @@ impl Traefik {
                     Path::new(&ca).display()
                 ),
                 "--log.level=INFO".into(),
+                // No request leaves the test bed: no version check, no usage data.
+                "--global.checkNewVersion=false".into(),
+                "--global.sendAnonymousUsage=false".into(),
             ],
             dir.path(),
         )

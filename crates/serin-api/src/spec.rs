@@ -320,6 +320,18 @@ pub struct IstioRouter {
         extend("x-kubernetes-list-type" = "set")
     )]
     pub routes: Vec<String>,
+    /// Name of an existing DestinationRule for the Service `<name>`, for a
+    /// VirtualService whose destinations are the subsets `stable` and `canary` of
+    /// host `<name>` rather than the Services `<name>-stable` and `<name>-canary`:
+    /// Serin keeps those two subsets selecting the stable and canary revisions (by
+    /// their `serin.dev/revision` label) and leaves the rule's other subsets and
+    /// fields as they are. Absent: destinations name the two Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub destination_rule: Option<String>,
 }
 
 /// Gateway API: Serin sets the weights of the backendRefs to `<name>-stable` and
@@ -348,7 +360,8 @@ pub struct GatewayApiRouter {
     pub grpc_routes: Vec<String>,
 }
 
-/// The kinds of route resource whose weights Serin sets.
+/// The kinds of route resource Serin writes traffic to: the routes whose weights
+/// it sets, and the Istio DestinationRule whose subsets select the revisions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RouteKind {
     /// Gateway API `HTTPRoute`.
@@ -357,13 +370,17 @@ pub enum RouteKind {
     Grpc,
     /// Istio `VirtualService`.
     IstioVirtualService,
+    /// Istio `DestinationRule`, with the subsets `stable` and `canary`.
+    IstioDestinationRule,
 }
 
 impl RouteKind {
-    /// Every kind, in the order routes are written.
-    pub const ALL: [RouteKind; 3] = [
+    /// Every kind, in the order they are written: a DestinationRule's subsets
+    /// select the revisions before a VirtualService sends to them.
+    pub const ALL: [RouteKind; 4] = [
         RouteKind::Http,
         RouteKind::Grpc,
+        RouteKind::IstioDestinationRule,
         RouteKind::IstioVirtualService,
     ];
 
@@ -373,6 +390,7 @@ impl RouteKind {
             Self::Http => "HTTPRoute",
             Self::Grpc => "GRPCRoute",
             Self::IstioVirtualService => "VirtualService",
+            Self::IstioDestinationRule => "DestinationRule",
         }
     }
 
@@ -380,7 +398,7 @@ impl RouteKind {
     pub fn api_version(self) -> (&'static str, &'static str) {
         match self {
             Self::Http | Self::Grpc => ("gateway.networking.k8s.io", "v1"),
-            Self::IstioVirtualService => ("networking.istio.io", "v1"),
+            Self::IstioVirtualService | Self::IstioDestinationRule => ("networking.istio.io", "v1"),
         }
     }
 
@@ -390,6 +408,7 @@ impl RouteKind {
             Self::Http => "httproutes",
             Self::Grpc => "grpcroutes",
             Self::IstioVirtualService => "virtualservices",
+            Self::IstioDestinationRule => "destinationrules",
         }
     }
 
@@ -399,15 +418,18 @@ impl RouteKind {
             Self::Http => "spec.traffic.gatewayAPI.httpRoutes",
             Self::Grpc => "spec.traffic.gatewayAPI.grpcRoutes",
             Self::IstioVirtualService => "spec.traffic.istio.virtualService",
+            Self::IstioDestinationRule => "spec.traffic.istio.destinationRule",
         }
     }
 
-    /// The list under `spec` whose items carry the weights: Gateway API's rules,
-    /// Istio's HTTP routes. Both are atomic lists, written whole.
+    /// The list under `spec` Serin writes: Gateway API's rules and Istio's HTTP
+    /// routes (which carry the weights), a DestinationRule's subsets. Each is an
+    /// atomic list, written whole.
     pub fn weighted_list(self) -> &'static str {
         match self {
             Self::Http | Self::Grpc => "rules",
             Self::IstioVirtualService => "http",
+            Self::IstioDestinationRule => "subsets",
         }
     }
 }
@@ -441,11 +463,15 @@ impl Traffic {
     /// Every route resource the Canary names, with its kind.
     pub fn routes(&self) -> Vec<(RouteKind, &str)> {
         let gateway = self.gateway_api.iter().flat_map(GatewayApiRouter::routes);
-        let istio = self.istio.iter().map(|istio| {
-            (
+        let istio = self.istio.iter().flat_map(|istio| {
+            let rule = istio
+                .destination_rule
+                .as_deref()
+                .map(|rule| (RouteKind::IstioDestinationRule, rule));
+            rule.into_iter().chain([(
                 RouteKind::IstioVirtualService,
                 istio.virtual_service.as_str(),
-            )
+            )])
         });
         gateway.chain(istio).collect()
     }

@@ -188,6 +188,7 @@ mod tests {
             stable,
             canary,
             namespace: "shop",
+            subsets_of: None,
         };
         let shares = Shares {
             weight,
@@ -399,6 +400,7 @@ mod tests {
             weight,
             mirror,
             experiment,
+            ..Shares::default()
         }
     }
 
@@ -407,6 +409,7 @@ mod tests {
             stable: "web-stable",
             canary: "web-canary",
             namespace: "shop",
+            subsets_of: None,
         };
         crate::route::set_weights(value, HTTP_WEB, &[], target, shares)
     }

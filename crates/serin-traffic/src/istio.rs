@@ -8,9 +8,13 @@
 //! cluster domain); a destination Serin adds copies the other one's form and port.
 //! Istio weights are whole percents, so steps are whole with this router (the
 //! API server refuses fractions).
+//!
+//! With a DestinationRule (`spec.traffic.istio.destinationRule`) the destinations
+//! are instead the subsets `stable` and `canary` of host `<name>`, and Serin keeps
+//! those two subsets selecting the revisions.
 
 use serde_json::{Value, json};
-use serin_api::RequestMatch;
+use serin_api::{REVISION_LABEL, RequestMatch};
 
 use crate::route::{RouteProblem, Shares, Target, cookie_pattern, set_pair};
 
@@ -74,14 +78,14 @@ pub fn set_weights(
     let percent = weight
         .whole_percent()
         .unwrap_or_else(|| weight.percent().round() as u32);
-    let names = |d: &Value, service: &str| names_service(&host_of(d), service, target.namespace);
-    let added = |template: &Value, template_service: &str, service: &str| {
+    let arms = Arms::of(target);
+    let names = |d: &Value, arm: &str| arms.names(&d["destination"], arm);
+    let added = |template: &Value, template_arm: &str, arm: &str| {
         let mut destination = template.clone();
-        destination["destination"]["host"] =
-            json!(host_of(template).replacen(template_service, service, 1));
+        arms.rename(&mut destination["destination"], template_arm, arm);
         destination
     };
-    let services = (target.stable, target.canary);
+    let services = arms.keys();
     let mut owned = false;
     let mut experiment_routes = Vec::new();
     let mut written = Vec::with_capacity(routes.len());
@@ -107,10 +111,10 @@ pub fn set_weights(
         owned = true;
         let canary_destination = destinations
             .iter()
-            .find(|d| names(d, target.canary))
+            .find(|d| names(d, services.1))
             .map(|d| d["destination"].clone())
             .unwrap_or_else(|| json!({"host": target.canary}));
-        set_mirror(&mut route, name, target, &canary_destination, shares.mirror)?;
+        set_mirror(&mut route, name, arms, &canary_destination, shares.mirror)?;
         if !shares.experiment.is_empty() {
             let experiment = experiment_route(&route, &canary_destination, shares.experiment);
             experiment_routes.push(experiment.clone());
@@ -126,12 +130,90 @@ pub fn set_weights(
     }
 }
 
-fn host_of(destination: &Value) -> String {
-    destination["destination"]["host"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+/// Points the DestinationRule's subsets `stable` and `canary` at the two revisions
+/// (by their `serin.dev/revision` label), adding either when it is missing, and
+/// keeps every other subset and field. The rule must be for the Service `<name>`.
+pub fn set_subsets(
+    rule: &mut Value,
+    name: &str,
+    target: Target<'_>,
+    (stable, canary): (&str, &str),
+) -> Result<(), RouteProblem> {
+    let service = target.subsets_of.unwrap_or(target.stable);
+    let host = rule["spec"]["host"].as_str().unwrap_or_default().to_owned();
+    if !names_service(&host, service, target.namespace) {
+        return Err(RouteProblem::DestinationRuleHost {
+            rule: name.to_owned(),
+            host,
+            service: service.to_owned(),
+        });
+    }
+    let Some(spec) = rule["spec"].as_object_mut() else {
+        return Ok(());
+    };
+    let subsets = spec.entry("subsets").or_insert_with(|| json!([]));
+    let Some(subsets) = subsets.as_array_mut() else {
+        return Ok(());
+    };
+    for (key, revision) in [(STABLE_SUBSET, stable), (CANARY_SUBSET, canary)] {
+        let labels = json!({REVISION_LABEL: revision});
+        match subsets.iter_mut().find(|subset| subset["name"] == key) {
+            Some(subset) => subset["labels"] = labels,
+            None => subsets.push(json!({"name": key, "labels": labels})),
+        }
+    }
+    Ok(())
 }
+
+/// How destinations name the two revisions: by host (`<name>-stable`,
+/// `<name>-canary`), or as subsets `stable` and `canary` of the host `<name>`,
+/// which a DestinationRule defines.
+#[derive(Clone, Copy)]
+struct Arms<'a> {
+    target: Target<'a>,
+}
+
+impl<'a> Arms<'a> {
+    fn of(target: Target<'a>) -> Self {
+        Self { target }
+    }
+
+    /// The names [`set_pair`] tells the two arms apart by.
+    fn keys(self) -> (&'a str, &'a str) {
+        match self.target.subsets_of {
+            Some(_) => (STABLE_SUBSET, CANARY_SUBSET),
+            None => (self.target.stable, self.target.canary),
+        }
+    }
+
+    /// Whether `destination` (host, subset, port) sends to the arm `key` names.
+    fn names(self, destination: &Value, key: &str) -> bool {
+        let host = destination["host"].as_str().unwrap_or_default();
+        match self.target.subsets_of {
+            Some(service) => {
+                names_service(host, service, self.target.namespace) && destination["subset"] == key
+            }
+            None => names_service(host, key, self.target.namespace),
+        }
+    }
+
+    /// Turns a destination of the arm `from` into one of the arm `to`, keeping the
+    /// host's form and the port.
+    fn rename(self, destination: &mut Value, from: &str, to: &str) {
+        match self.target.subsets_of {
+            Some(_) => destination["subset"] = json!(to),
+            None => {
+                let host = destination["host"].as_str().unwrap_or_default();
+                destination["host"] = json!(host.replacen(from, to, 1));
+            }
+        }
+    }
+}
+
+/// The subsets of the host `<name>` a DestinationRule defines for the two revisions.
+pub const STABLE_SUBSET: &str = "stable";
+/// See [`STABLE_SUBSET`].
+pub const CANARY_SUBSET: &str = "canary";
 
 /// Mirrors `percent` of the route's requests to the canary, or stops Serin's
 /// mirror. Istio takes one `mirror` per route: one to another host is the
@@ -139,19 +221,22 @@ fn host_of(destination: &Value) -> String {
 fn set_mirror(
     route: &mut Value,
     name: &str,
-    target: Target<'_>,
+    arms: Arms<'_>,
     canary: &Value,
     percent: Option<u32>,
 ) -> Result<(), RouteProblem> {
     let Some(fields) = route.as_object_mut() else {
         return Ok(());
     };
+    let ours = fields
+        .get("mirror")
+        .map(|mirror| arms.names(mirror, arms.keys().1));
     let current = fields
         .get("mirror")
         .and_then(|mirror| mirror["host"].as_str())
         .map(str::to_owned);
     match current {
-        Some(host) if !names_service(&host, target.canary, target.namespace) => {
+        Some(host) if ours == Some(false) => {
             if percent.is_some() {
                 return Err(RouteProblem::MirrorTaken {
                     route: name.to_owned(),
@@ -243,6 +328,7 @@ mod tests {
         stable: "web-stable",
         canary: "web-canary",
         namespace: "shop",
+        subsets_of: None,
     };
 
     fn virtual_service(host: &str) -> Value {
@@ -357,6 +443,7 @@ mod tests {
             weight: Weight::ZERO,
             mirror,
             experiment,
+            ..Shares::default()
         };
         let route = (RouteKind::IstioVirtualService, "web");
         crate::route::set_weights(value, route, &[], TARGET, shares)
@@ -419,5 +506,88 @@ mod tests {
         assert_eq!(set_staged(&mut value, None, &experiment), Ok(false));
         assert_eq!(set_staged(&mut value, None, &[]), Ok(true));
         assert_eq!(value, weighted);
+    }
+
+    const SUBSETS: Target<'static> = Target {
+        subsets_of: Some("web"),
+        ..TARGET
+    };
+
+    #[test]
+    fn the_destination_rules_two_subsets_select_the_revisions_and_nothing_else_changes() {
+        let mut rule = json!({
+            "metadata": {"name": "web"},
+            "spec": {"host": "web.shop.svc.cluster.local",
+                     "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
+                     "subsets": [{"name": "legacy", "labels": {"track": "old"}},
+                                 {"name": "stable", "labels": {"version": "v1"}}]}
+        });
+        let before = rule.clone();
+        assert_eq!(
+            set_subsets(&mut rule, "web", SUBSETS, ("aaaa", "bbbb")),
+            Ok(())
+        );
+        assert_eq!(
+            rule["spec"]["subsets"],
+            json!([{"name": "legacy", "labels": {"track": "old"}},
+                   {"name": "stable", "labels": {"serin.dev/revision": "aaaa"}},
+                   {"name": "canary", "labels": {"serin.dev/revision": "bbbb"}}])
+        );
+        assert_eq!(
+            rule["spec"]["trafficPolicy"],
+            before["spec"]["trafficPolicy"]
+        );
+        let mut other = json!({"spec": {"host": "api"}});
+        assert!(matches!(
+            set_subsets(&mut other, "api-rule", SUBSETS, ("aaaa", "bbbb")),
+            Err(RouteProblem::DestinationRuleHost { .. })
+        ));
+    }
+
+    #[test]
+    fn with_subsets_the_weights_mirror_and_experiment_name_the_subsets_of_one_host() {
+        let mut value = virtual_service("web.shop.svc.cluster.local");
+        value["spec"]["http"][1]["route"][0]["destination"]["subset"] = json!("stable");
+        value["spec"]["http"][1]["route"]
+            .as_array_mut()
+            .unwrap_or_else(|| unreachable!())
+            .push(json!({"destination": {"host": "web", "subset": "legacy"}, "weight": 0}));
+        let route = (RouteKind::IstioVirtualService, "web");
+        let weighted = Shares {
+            weight: Weight::from_percent(10),
+            ..Shares::default()
+        };
+        assert_eq!(
+            crate::route::set_weights(&mut value, route, &[], SUBSETS, weighted),
+            Ok(true)
+        );
+        let destination = |subset: &str| json!({"host": "web.shop.svc.cluster.local", "subset": subset, "port": {"number": 80}});
+        assert_eq!(
+            value["spec"]["http"][1]["route"],
+            json!([
+                {"destination": destination("stable"), "weight": 90},
+                {"destination": {"host": "web", "subset": "legacy"}, "weight": 0},
+                {"destination": destination("canary"), "weight": 10}
+            ])
+        );
+        let mirrored = Shares {
+            mirror: Some(20),
+            ..Shares::default()
+        };
+        crate::route::set_weights(&mut value, route, &[], SUBSETS, mirrored).ok();
+        assert_eq!(value["spec"]["http"][1]["mirror"], destination("canary"));
+        let experiment: Vec<RequestMatch> =
+            serde_norway::from_str("[{headers: [{name: x-canary, value: 'yes'}]}]")
+                .unwrap_or_else(|e| panic!("{e}"));
+        let experimenting = Shares {
+            experiment: &experiment,
+            ..Shares::default()
+        };
+        crate::route::set_weights(&mut value, route, &[], SUBSETS, experimenting).ok();
+        assert_eq!(
+            value["spec"]["http"][1]["route"],
+            json!([{"destination": destination("canary"), "weight": 100}])
+        );
+        assert_eq!(value["spec"]["http"][2]["mirror"], Value::Null);
     }
 }

@@ -154,6 +154,7 @@ impl WeightRouter for Router<'_> {
                     stable: &stable,
                     canary: &canary,
                     namespace: workload.namespace,
+                    subsets_of: routes.subsets().then_some(workload.name),
                 };
                 route::check(client, *seen, routes, target).await?;
                 Ok(())
@@ -180,11 +181,13 @@ impl WeightRouter for Router<'_> {
                     stable: &stable,
                     canary: &canary,
                     namespace: workload.namespace,
+                    subsets_of: routes.subsets().then_some(workload.name),
                 };
                 let shares = route::Shares {
                     weight: weights.weight,
                     mirror: weights.mirror,
                     experiment: weights.experiment,
+                    revisions: (weights.stable, weights.canary.unwrap_or(weights.stable)),
                 };
                 route::apply(client, *seen, routes, target, shares).await?;
                 Ok(())

@@ -85,6 +85,18 @@ pub enum RouteProblem {
         /// The Gateway API feature it lacks.
         feature: &'static str,
     },
+    /// The DestinationRule is for another host than the Canary's Service.
+    #[error(
+        "DestinationRule {rule} is for host {host}, not the Service {service}: set its spec.host to {service}, or fix spec.traffic.istio.destinationRule"
+    )]
+    DestinationRuleHost {
+        /// DestinationRule name.
+        rule: String,
+        /// Its host.
+        host: String,
+        /// `<name>`.
+        service: String,
+    },
     /// `spec.traffic.istio.routes` names an HTTP route the VirtualService lacks.
     #[error(
         "VirtualService {route} has no HTTP route named {name} (its named routes: {known}): fix spec.traffic.istio.routes"
@@ -164,6 +176,16 @@ pub struct Routes<'a> {
     pub mirror: Option<u32>,
 }
 
+impl Routes<'_> {
+    /// Whether the VirtualService's destinations are subsets of one host, which
+    /// a DestinationRule defines.
+    pub fn subsets(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|(kind, _)| *kind == RouteKind::IstioDestinationRule)
+    }
+}
+
 /// Where the weights go in one route resource.
 #[derive(Clone, Copy, Debug)]
 pub struct Target<'a> {
@@ -173,6 +195,9 @@ pub struct Target<'a> {
     pub canary: &'a str,
     /// The Canary's namespace (Istio hosts may name it).
     pub namespace: &'a str,
+    /// Istio with a DestinationRule: the Service `<name>` whose subsets `stable`
+    /// and `canary` the destinations name instead of the two Services.
+    pub subsets_of: Option<&'a str>,
 }
 
 /// What the routes carry to the canary: its weight, and beside it copies of
@@ -185,6 +210,9 @@ pub struct Shares<'a> {
     pub mirror: Option<u32>,
     /// Requests matching any of these go to the canary; empty: no experiment.
     pub experiment: &'a [RequestMatch],
+    /// The revisions the stable and canary arms run (a DestinationRule's subsets
+    /// select them by label).
+    pub revisions: (&'a str, &'a str),
 }
 
 /// A regular expression that matches a `Cookie` header carrying `cookie` with
@@ -264,6 +292,10 @@ pub fn set_weights(
         }
         RouteKind::IstioVirtualService => {
             istio::set_weights(value, name, istio_routes, target, shares)?
+        }
+        RouteKind::IstioDestinationRule => {
+            istio::set_subsets(value, name, target, shares.revisions)?;
+            Vec::new()
         }
     };
     // An added item the route already held stays as stored (defaults and all) and

@@ -6,19 +6,25 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use serin_api::{Exposure, Phase};
+use serin_api::{Exposure, Phase, Weight};
 use serin_e2e::cluster::istio_crds;
 
 use crate::cluster;
 use crate::gateway::{
     ROUTE_WATCH_BOUND, exposure, install_upstream_crds, invalid_and_nothing_made,
 };
-use crate::rollout::{Rollout, is_true, phase, revisions};
+use crate::rollout::{Rollout, is_true, phase, revisions, weight};
 
 fn install_istio() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        install_upstream_crds(istio_crds(), &["crd/virtualservices.networking.istio.io"]);
+        install_upstream_crds(
+            istio_crds(),
+            &[
+                "crd/virtualservices.networking.istio.io",
+                "crd/destinationrules.networking.istio.io",
+            ],
+        );
     });
 }
 
@@ -220,5 +226,85 @@ fn mirroring_and_an_experiment_are_istio_routes_the_schema_takes_and_leave_with_
         Duration::from_secs(10),
         |_| read(&rollout).is_ok_and(|vs| vs["spec"] == resting["spec"]),
     )?;
+    Ok(())
+}
+
+#[test]
+fn destination_rule_subsets_follow_the_revisions_while_the_virtual_service_weights_them()
+-> Result<()> {
+    install_istio();
+    let rollout = Rollout::prepare(cluster(), "istio-subsets", "web")?;
+    rollout.apply_yaml(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 100}}}
+  subsets:
+  - {name: legacy, labels: {track: old}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: [web.example]
+  http:
+  - name: primary
+    route: [{destination: {host: web, subset: stable, port: {number: 80}}}]
+",
+    )?;
+    let subsets = "  steps: [50]\n  stepDuration: 3s\n  scaleDownDelay: 3s\n  traffic: {istio: {virtualService: web, destinationRule: web}}\n";
+    rollout.apply("web:1", subsets)?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    let (first, _) = revisions(&rollout.canary()?);
+    let rule = || {
+        rollout
+            .kubectl
+            .get_json(&["destinationrule", "web", "-n", &rollout.namespace])
+    };
+    let labels = |rule: &Value, subset: &str| {
+        rule["spec"]["subsets"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == subset))
+            .map(|s| s["labels"].clone())
+            .unwrap_or_default()
+    };
+    let selects = |revision: &str| json!({"serin.dev/revision": revision});
+    let resting = rule()?;
+    assert_eq!(labels(&resting, "stable"), selects(&first));
+    assert_eq!(
+        labels(&resting, "canary"),
+        selects(&first),
+        "no canary: the stable revision"
+    );
+    assert_eq!(labels(&resting, "legacy"), json!({"track": "old"}));
+    assert_eq!(
+        resting["spec"]["trafficPolicy"],
+        json!({"connectionPool": {"tcp": {"maxConnections": 100}}})
+    );
+
+    rollout.set_image("web:2")?;
+    let at_half = rollout.wait("step 1 at 50%", Duration::from_secs(60), |canary| {
+        weight(canary) == Weight::from_percent(50)
+    })?;
+    let (_, second) = revisions(&at_half);
+    rollout.wait("the subsets and weights at 50%", Duration::from_secs(10), |_| {
+        let (Ok(rule), Ok(service)) = (rule(), read(&rollout)) else {
+            return false;
+        };
+        let route = &service["spec"]["http"][0]["route"];
+        labels(&rule, "stable") == selects(&first)
+            && labels(&rule, "canary") == selects(&second)
+            && *route
+                == json!([
+                    {"destination": {"host": "web", "subset": "stable", "port": {"number": 80}}, "weight": 50},
+                    {"destination": {"host": "web", "subset": "canary", "port": {"number": 80}}, "weight": 50}
+                ])
+    })?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    let after = rule()?;
+    assert_eq!(labels(&after, "stable"), selects(&second));
+    assert_eq!(labels(&after, "legacy"), json!({"track": "old"}));
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! millionths), and an abort takes it out as soon as the route is written.
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -18,13 +18,16 @@ use serin_e2e::rollout::{Rollout, is_true, message, phase, revisions, weight};
 use crate::cluster;
 use crate::traffic::{RATE, Timeline, release, seconds_after, workload};
 
-/// One test's turn at the Gateway. Every test's route matches every request on its
-/// one listener, so tests take turns, and a turn ends by deleting the test's route
-/// (even when the test fails) so the next test's route is the only one.
+/// One test's turn at the Gateway: a Traefik of its own (fixed ports, so one at a
+/// time), stopped when the turn ends, after the test's route is deleted, so the next
+/// test's Traefik sees only its own route. (One Traefik 3.6.12 for the whole run
+/// stopped taking route events after a test's route was deleted while other tests
+/// waited, and served nothing more.)
 struct Turn {
-    _held: MutexGuard<'static, ()>,
+    _traefik: Traefik,
     kubectl: Kubectl,
     namespace: String,
+    _held: MutexGuard<'static, ()>,
 }
 
 impl Drop for Turn {
@@ -44,19 +47,16 @@ impl Drop for Turn {
     }
 }
 
-/// Starts Traefik once, and waits for `rollout`'s turn at it.
+/// Waits for `rollout`'s turn at the Gateway and starts its Traefik.
 fn gateway(rollout: &Rollout) -> Result<Turn> {
-    static TRAEFIK: OnceLock<Result<Traefik, String>> = OnceLock::new();
     static TURNS: Mutex<()> = Mutex::new(());
-    if let Err(error) =
-        TRAEFIK.get_or_init(|| Traefik::start(&cluster().kubectl).map_err(|e| format!("{e:#}")))
-    {
-        bail!("the Gateway: {error}");
-    }
+    let held = TURNS.lock().unwrap_or_else(PoisonError::into_inner);
+    let traefik = Traefik::start(&cluster().kubectl).context("the Gateway")?;
     Ok(Turn {
-        _held: TURNS.lock().unwrap_or_else(PoisonError::into_inner),
+        _traefik: traefik,
         kubectl: rollout.kubectl.clone(),
         namespace: rollout.namespace.clone(),
+        _held: held,
     })
 }
 
