@@ -520,13 +520,7 @@ async fn reconcile_one(
         routed: canary.spec.traffic.is_some(),
         owner,
     };
-    let router = Router::new(
-        &context.client,
-        workload,
-        &context.cache,
-        canary.spec.traffic.as_ref(),
-        canary.spec.mirror.as_ref().map(|mirror| mirror.percent),
-    );
+    let router = Router::new(&context.client, workload, &context.cache, &canary.spec);
     context.cache.ready().await?;
     let revision = revision_of(&canary.spec.template);
     let replica_sets: Vec<ObservedReplicaSet> = context

@@ -54,7 +54,8 @@ pub fn set_weights(
     let mut owned = false;
     let mut experiment_rules = Vec::new();
     let mut written = Vec::with_capacity(rules.len());
-    for mut rule in std::mem::take(rules) {
+    // The rules are copied, not taken: a problem leaves the route whole.
+    for mut rule in rules.iter().cloned() {
         let Some(backends) = rule.get_mut("backendRefs").and_then(Value::as_array_mut) else {
             written.push(rule);
             continue;
@@ -71,7 +72,13 @@ pub fn set_weights(
             .unwrap_or_else(|| json!({"name": canary}));
         set_mirror(&mut rule, canary, &canary_ref, shares.mirror);
         if !shares.experiment.is_empty() {
-            let experiment = experiment_rule(&rule, &canary_ref, shares.experiment);
+            let experiment =
+                experiment_rule(&rule, &canary_ref, shares.experiment).ok_or_else(|| {
+                    RouteProblem::ExperimentTooLarge {
+                        kind,
+                        route: name.to_owned(),
+                    }
+                })?;
             experiment_rules.push(experiment.clone());
             written.push(experiment);
         }
@@ -131,8 +138,10 @@ fn set_mirror(rule: &mut Value, canary: &str, canary_ref: &Value, percent: Optio
 /// The experiment's copy of `rule`: each of its matches (the implicit match-all
 /// when it has none) combined with each of the experiment's, and only the canary
 /// as backend. A header the rule already matches on takes the experiment's value.
-/// No name: rule names are unique within a route.
-fn experiment_rule(rule: &Value, canary_ref: &Value, experiment: &[RequestMatch]) -> Value {
+/// No name: rule names are unique within a route. None when the copy would break
+/// Gateway API's limits (64 matches a rule, 16 headers a match), which the API
+/// server would refuse.
+fn experiment_rule(rule: &Value, canary_ref: &Value, experiment: &[RequestMatch]) -> Option<Value> {
     let mut copy = rule.clone();
     let matches = match rule.get("matches").and_then(Value::as_array) {
         Some(matches) if !matches.is_empty() => matches.clone(),
@@ -157,18 +166,29 @@ fn experiment_rule(rule: &Value, canary_ref: &Value, experiment: &[RequestMatch]
             if let Some(cookie) = &wanted.cookie {
                 add("Cookie", "RegularExpression", cookie_pattern(cookie));
             }
+            if headers.len() > MAX_HEADERS {
+                return None;
+            }
             let mut matched = original.clone();
             matched["headers"] = Value::Array(headers);
             combined.push(matched);
         }
+    }
+    if combined.len() > MAX_MATCHES {
+        return None;
     }
     copy["matches"] = Value::Array(combined);
     copy["backendRefs"] = json!([canary_ref]);
     if let Some(copy) = copy.as_object_mut() {
         copy.remove("name");
     }
-    copy
+    Some(copy)
 }
+
+/// Gateway API's most header matches in one match.
+const MAX_HEADERS: usize = 16;
+/// Gateway API's most matches in one rule.
+const MAX_MATCHES: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -587,5 +607,26 @@ mod tests {
         ] {
             assert!(!pattern.is_match(header), "{header}");
         }
+    }
+
+    #[test]
+    fn an_experiment_gateway_api_cannot_hold_is_a_problem_and_changes_nothing() {
+        let mut value = route(json!([{"name": "web-stable", "port": 80}]));
+        let headers: Vec<Value> = (0..12)
+            .map(|i| json!({"name": format!("x-{i}"), "value": "1"}))
+            .collect();
+        value["spec"]["rules"][1]["matches"] = json!([{"headers": headers}]);
+        let before = value.clone();
+        let experiment = matches(
+            "[{headers: [{name: a, value: '1'}, {name: b, value: '1'}, {name: c, value: '1'}, {name: d, value: '1'}, {name: e, value: '1'}]}]",
+        );
+        let problem = set_staged(&mut value, staged(Weight::ZERO, None, &experiment));
+        assert!(
+            problem
+                .as_ref()
+                .is_err_and(|p| p.to_string().contains("more than Gateway API allows")),
+            "{problem:?}"
+        );
+        assert_eq!(value["spec"], before["spec"]);
     }
 }

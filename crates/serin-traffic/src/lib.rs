@@ -107,16 +107,15 @@ pub enum Router<'a> {
 }
 
 impl<'a> Router<'a> {
-    /// The router for `workload`, from the Canary's `spec.traffic` and the share
-    /// `spec.mirror` copies to the canary.
+    /// The router for `workload`, from the Canary's `spec.traffic`, and what
+    /// `spec.mirror` and `spec.experiment` will ask of its routes.
     pub fn new(
         client: &'a Client,
         workload: Workload<'a>,
         seen: &'a dyn Seen,
-        traffic: Option<&'a serin_api::Traffic>,
-        mirror: Option<u32>,
+        spec: &'a serin_api::CanarySpec,
     ) -> Self {
-        match traffic {
+        match &spec.traffic {
             Some(traffic) => Self::Routes {
                 client,
                 workload,
@@ -127,7 +126,11 @@ impl<'a> Router<'a> {
                         .istio
                         .as_ref()
                         .map_or(&[], |istio| istio.routes.as_slice()),
-                    mirror,
+                    mirror: spec.mirror.as_ref().map(|mirror| mirror.percent),
+                    experiment: spec
+                        .experiment
+                        .as_ref()
+                        .map_or(&[], |experiment| experiment.r#match.as_slice()),
                 },
             },
             None => Self::PodCount {

@@ -71,6 +71,17 @@ pub enum RouteProblem {
         /// Where it mirrors.
         host: String,
     },
+    /// The experiment's copy of a rule would hold more matches or header matches
+    /// than Gateway API allows.
+    #[error(
+        "{} {route}: the experiment's copy of a rule would hold more than Gateway API allows (64 matches a rule, 16 headers a match): match on fewer headers in spec.experiment.match, or on fewer in the rule", kind.kind()
+    )]
+    ExperimentTooLarge {
+        /// Route kind.
+        kind: RouteKind,
+        /// Route name.
+        route: String,
+    },
     /// The GatewayClass of a Gateway the route attaches to says it cannot mirror.
     #[error(
         "HTTPRoute {route} attaches to Gateway {gateway} of GatewayClass {class}, whose status.supportedFeatures lack {feature}: it would not mirror (some gateways answer 500 for the whole rule instead); remove spec.mirror, or route through a Gateway that supports it"
@@ -174,6 +185,8 @@ pub struct Routes<'a> {
     pub istio_routes: &'a [String],
     /// `spec.mirror.percent`: the routes must be able to mirror that share.
     pub mirror: Option<u32>,
+    /// `spec.experiment.match`: the routes must be able to hold its rules.
+    pub experiment: &'a [RequestMatch],
 }
 
 impl Routes<'_> {
@@ -354,7 +367,8 @@ fn holds(stored: &Value, written: &Value) -> bool {
     }
 }
 
-/// Checks that each route exists and has a rule Serin can set weights on.
+/// Checks that each route exists, has a rule Serin can set weights on, can hold
+/// the experiment's rules, and (for a mirror) attaches to Gateways that can mirror.
 pub async fn check(
     client: &Client,
     seen: &dyn Seen,
@@ -367,13 +381,13 @@ pub async fn check(
         if let (RouteKind::Http, Some(percent)) = (route.0, routes.mirror) {
             can_mirror(client, &value, (target.namespace, route.1), percent).await?;
         }
-        set_weights(
-            &mut value,
-            route,
-            routes.istio_routes,
-            target,
-            Shares::default(),
-        )?;
+        // The experiment's rules too, so a spec they cannot be written for is
+        // refused before its rollout starts.
+        let checked = Shares {
+            experiment: routes.experiment,
+            ..Shares::default()
+        };
+        set_weights(&mut value, route, routes.istio_routes, target, checked)?;
     }
     Ok(())
 }

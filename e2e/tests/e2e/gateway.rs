@@ -725,3 +725,43 @@ fn a_grpc_route_mirrors_and_matches_metadata_under_the_upstream_schema() -> Resu
     })?;
     Ok(())
 }
+
+#[test]
+fn an_experiment_the_route_cannot_hold_is_an_invalid_spec_before_anything_is_made() -> Result<()> {
+    install_gateway_api();
+    let rollout = Rollout::prepare(cluster(), "experiment-large", "web")?;
+    let headers: Vec<String> = (0..12)
+        .map(|i| format!("{{name: x-{i}, value: '1'}}"))
+        .collect();
+    rollout.apply_yaml(&format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+  - matches: [{{headers: [{}]}}]
+    backendRefs: [{{name: web-stable, port: 80}}]
+",
+        headers.join(", ")
+    ))?;
+    let written = route(&rollout)?;
+    let experiment = format!(
+        "{ROUTED}  experiment:\n    match: [{{headers: [{{name: a, value: '1'}}, {{name: b, value: '1'}}, {{name: c, value: '1'}}, {{name: d, value: '1'}}, {{name: e, value: '1'}}]}}]\n"
+    );
+    rollout.apply("web:1", &experiment)?;
+    invalid_and_nothing_made(
+        &rollout,
+        &[
+            "HTTPRoute web",
+            "more than Gateway API allows",
+            "spec.experiment.match",
+        ],
+    )?;
+    assert_eq!(
+        route(&rollout)?["spec"],
+        written["spec"],
+        "the route is untouched"
+    );
+    Ok(())
+}
