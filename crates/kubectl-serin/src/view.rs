@@ -50,7 +50,7 @@ pub fn render(canary: &Canary, replica_sets: &[ReplicaSet], events: &[EventLine]
         .phase
         .map(|p| format!("{p:?}"))
         .unwrap_or_else(|| "Pending".into());
-    let steps = canary.spec.stages().len();
+    let steps = canary.spec.stages().count();
     let mut out = String::new();
     let _ = writeln!(out, "Canary {namespace}/{name}   {phase}");
     let step = if status.step > 0 {

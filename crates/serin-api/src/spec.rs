@@ -447,15 +447,13 @@ pub enum Stage<'a> {
 }
 
 impl CanarySpec {
-    /// The rollout's steps in order, counted from 1 in `status.step`.
-    pub fn stages(&self) -> Vec<Stage<'_>> {
+    /// The rollout's steps in order, counted from 1 in `status.step` (no
+    /// allocation: the state machine walks them at every reconcile).
+    pub fn stages(&self) -> impl Iterator<Item = Stage<'_>> {
         let mirror = self.mirror.as_ref().map(Stage::Mirror);
         let experiment = self.experiment.as_ref().map(Stage::Experiment);
-        mirror
-            .into_iter()
-            .chain(experiment)
-            .chain(self.steps.iter().copied().map(Stage::Weight))
-            .collect()
+        let weights = self.steps.iter().copied().map(Stage::Weight);
+        mirror.into_iter().chain(experiment).chain(weights)
     }
 }
 

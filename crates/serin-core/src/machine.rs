@@ -1041,12 +1041,12 @@ impl<'s, 'a> Planner<'s, 'a> {
 fn stage(spec: &CanarySpec, step: i32) -> Stage<'_> {
     usize::try_from(step - 1)
         .ok()
-        .and_then(|index| spec.stages().get(index).copied())
+        .and_then(|index| spec.stages().nth(index))
         .unwrap_or(Stage::Weight(Weight::ZERO))
 }
 
 fn steps(spec: &CanarySpec) -> i32 {
-    i32::try_from(spec.stages().len()).unwrap_or(i32::MAX)
+    i32::try_from(spec.stages().count()).unwrap_or(i32::MAX)
 }
 
 /// What the canary receives at a step, beside its weight.

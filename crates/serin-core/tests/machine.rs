@@ -1266,7 +1266,7 @@ mod random_walks {
             for (index, happened) in happenings.into_iter().enumerate() {
                 let before = (world.status.step, world.status.phase, world.status.canary_revision.clone());
                 let untimed_experiment = matches!(
-                    world.spec.stages().get(usize::try_from(before.0 - 1).unwrap_or(usize::MAX)),
+                    world.spec.stages().nth(usize::try_from(before.0 - 1).unwrap_or(usize::MAX)),
                     Some(Stage::Experiment(experiment)) if experiment.duration.is_none()
                 );
                 let reported_before = world.reason(conditions::PROGRESSING) == "CanaryPodsFailing";
@@ -1355,7 +1355,7 @@ mod random_walks {
                 // The step being judged has its own traffic in effect: its weight and
                 // nothing else, the mirror while mirroring, the experiment's rule
                 // during the experiment. Nothing but stable's weight outside a rollout.
-                let stage_now = world.spec.stages().get(usize::try_from(status.step - 1).unwrap_or(usize::MAX)).copied();
+                let stage_now = world.spec.stages().nth(usize::try_from(status.step - 1).unwrap_or(usize::MAX));
                 if world.reason(conditions::PROGRESSING) == "StepInProgress" && world.invalid.is_none()
                     && let Some(stage) = stage_now
                 {
