@@ -122,7 +122,11 @@ pub fn run(args: &SimulateArgs) -> Result<()> {
             .collect()
     } else {
         let path = args.manifest.as_deref().unwrap_or(Path::new("-"));
-        vec![scenario_from_manifest(path, args)?]
+        let (scenario, unmodelled) = scenario_from_manifest(path, args)?;
+        if let Some(unmodelled) = unmodelled {
+            println!("{unmodelled}");
+        }
+        vec![scenario]
     };
     let reports: Vec<Report> = std::thread::scope(|scope| {
         let handles: Vec<_> = scenarios
@@ -268,8 +272,9 @@ fn grid_scenario(
     }
 }
 
-/// The manifest's rollout: its steps, times and first metric of the kind simulated.
-fn scenario_from_manifest(path: &Path, args: &SimulateArgs) -> Result<Scenario> {
+/// The manifest's rollout: its steps, times and first metric of the kind simulated,
+/// and what of the rollout the simulation leaves out, when anything.
+fn scenario_from_manifest(path: &Path, args: &SimulateArgs) -> Result<(Scenario, Option<String>)> {
     let text = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin()).context("reading the manifest from stdin")?
     } else {
@@ -322,7 +327,22 @@ fn scenario_from_manifest(path: &Path, args: &SimulateArgs) -> Result<Scenario> 
     let interval = seconds(analysis.interval).max(1);
     let scrape = analysis.scrape_interval.map_or(interval, seconds).max(1);
     let step = seconds(spec.step_duration).max(interval);
-    Ok(Scenario {
+    let before = match (&spec.mirror, &spec.experiment) {
+        (Some(mirror), Some(_)) => Some(format!(
+            "mirroring ({}%) and the experiment",
+            mirror.percent
+        )),
+        (Some(mirror), None) => Some(format!("mirroring ({}%)", mirror.percent)),
+        (None, Some(_)) => Some("the experiment".to_owned()),
+        (None, None) => None,
+    };
+    let unmodelled = before.map(|before| {
+        format!(
+            "{}: the simulation starts at the first weighted step; before it the canary is judged during {before} as well, so a regression may be rolled back before the steps simulated here",
+            path.display()
+        )
+    });
+    let scenario = Scenario {
         total_rps: args.rps,
         swing: 0.0,
         requests: requests(args, args.error_rate, threshold),
@@ -332,7 +352,8 @@ fn scenario_from_manifest(path: &Path, args: &SimulateArgs) -> Result<Scenario> 
         scrape_seconds: scrape,
         tolerance,
         alpha: alpha_for(analysis, simulated),
-    })
+    };
+    Ok((scenario, unmodelled))
 }
 
 fn table(scenario: &Scenario, report: &Report, runs: usize) -> String {
@@ -562,7 +583,7 @@ spec:
       errorRate: {requests: "a", errors: "b", maxRatio: 1.5, maxRate: 0.1}
 "#,
         );
-        let scenario = scenario_from_manifest(&path, &args(Kind::Errors)).unwrap();
+        let (scenario, _) = scenario_from_manifest(&path, &args(Kind::Errors)).unwrap();
         assert_eq!(scenario.shares, vec![0.05, 0.5]);
         assert_eq!(scenario.step_seconds, 120);
         assert_eq!(scenario.interval_seconds, 10);
@@ -597,7 +618,7 @@ spec:
       latency: {buckets: "b", threshold: 0.3, maxSlowShare: 0.1}
 "#,
         );
-        let scenario = scenario_from_manifest(&path, &args(Kind::Latency)).unwrap();
+        let (scenario, _) = scenario_from_manifest(&path, &args(Kind::Latency)).unwrap();
         let Requests::Latency(model) = &scenario.requests else {
             panic!("not latency: {scenario:?}");
         };

@@ -34,6 +34,12 @@ fn simulate_reads_a_manifest_and_writes_tables_and_json() {
         stdout.contains("200 req/s") && stdout.contains("1 (healthy)"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains(
+            "the simulation starts at the first weighted step; before it the canary is judged during mirroring (20%) and the experiment as well"
+        ),
+        "the example mirrors and runs an experiment first, which the simulation leaves out: {stdout}"
+    );
     let cells: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let cells = cells.as_array().unwrap();
