@@ -22,9 +22,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serin_api::{
-    CANARY_LABEL, COMMAND_ANNOTATION, Canary, DecodeError, Exposure, FIELD_MANAGER,
-    REPORTING_CONTROLLER, REVISION_LABEL, RouteKind, SCALE_DOWN_AT_ANNOTATION, reason,
-    replica_set_name,
+    CANARY_LABEL, COMMAND_ANNOTATION, Canary, DecodeError, FIELD_MANAGER, REPORTING_CONTROLLER,
+    REVISION_LABEL, RouteKind, SCALE_DOWN_AT_ANNOTATION, reason, replica_set_name,
 };
 use serin_traffic::route::route_resource;
 use serin_traffic::{Router, WeightRouter, Weights, Workload};
@@ -758,17 +757,11 @@ async fn apply(
                 }
             }
             Action::Route(routing) => {
-                let spec = &canary.spec;
-                let mirror = spec.mirror.as_ref().map(|mirror| mirror.percent);
-                let experiment = spec.experiment.as_ref().map(|e| e.r#match.as_slice());
                 let weights = Weights {
                     stable: &routing.stable,
                     canary: routing.canary.as_deref(),
                     weight: routing.weight,
-                    mirror: mirror.filter(|_| routing.exposure == Some(Exposure::Mirror)),
-                    experiment: experiment
-                        .filter(|_| routing.exposure == Some(Exposure::Experiment))
-                        .unwrap_or_default(),
+                    exposure: routing.exposure,
                 };
                 router
                     .apply(weights)

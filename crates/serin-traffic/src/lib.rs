@@ -20,8 +20,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serin_api::{
-    CANARY_LABEL, FIELD_MANAGER, REVISION_LABEL, RouteKind, ServicePorts, Weight, canary_service,
-    stable_service,
+    CANARY_LABEL, Exposure, FIELD_MANAGER, REVISION_LABEL, RouteKind, ServicePorts, Weight,
+    canary_service, stable_service,
 };
 
 /// Errors while applying traffic.
@@ -188,8 +188,13 @@ impl WeightRouter for Router<'_> {
                 };
                 let shares = route::Shares {
                     weight: weights.weight,
-                    mirror: weights.mirror,
-                    experiment: weights.experiment,
+                    mirror: routes
+                        .mirror
+                        .filter(|_| weights.exposure == Some(Exposure::Mirror)),
+                    experiment: match weights.exposure {
+                        Some(Exposure::Experiment) => routes.experiment,
+                        _ => &[],
+                    },
                     revisions: (weights.stable, weights.canary.unwrap_or(weights.stable)),
                 };
                 route::apply(client, *seen, routes, target, shares).await?;
@@ -223,7 +228,7 @@ pub struct Workload<'a> {
 
 /// Where traffic goes: which revision is stable, which is the canary, the
 /// canary's percent of requests and what it receives beside them.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Weights<'a> {
     /// The stable revision.
     pub stable: &'a str,
@@ -231,10 +236,9 @@ pub struct Weights<'a> {
     pub canary: Option<&'a str>,
     /// Share of requests to the canary.
     pub weight: Weight,
-    /// Percent of stable's requests mirrored to the canary; None: no mirror.
-    pub mirror: Option<u32>,
-    /// Requests matching any of these go to the canary; empty: no experiment.
-    pub experiment: &'a [serin_api::RequestMatch],
+    /// What the canary receives beside its weight: copies of stable's requests
+    /// (`spec.mirror`) or the requests matching `spec.experiment`.
+    pub exposure: Option<Exposure>,
 }
 
 /// The Services for `weights`, as Serin wants them.
@@ -411,8 +415,7 @@ mod tests {
                 stable: "a",
                 canary: None,
                 weight: Weight::from_percent(0),
-                mirror: None,
-                experiment: &[],
+                exposure: None,
             },
         );
         assert_eq!(
@@ -425,8 +428,7 @@ mod tests {
                 stable: "a",
                 canary: Some("b"),
                 weight: Weight::from_percent(25),
-                mirror: None,
-                experiment: &[],
+                exposure: None,
             },
         );
         assert_eq!(selector(&rolling[0]), labels);
@@ -463,8 +465,7 @@ mod tests {
             stable: "a",
             canary: Some("b"),
             weight: Weight::from_percent(25),
-            mirror: None,
-            experiment: &[],
+            exposure: None,
         };
         let wanted = services(&workload, weights).remove(0);
         // What the API server stores: defaults filled in, a person's annotation.
@@ -520,8 +521,7 @@ mod tests {
                 stable: "a",
                 canary: None,
                 weight: Weight::from_percent(0),
-                mirror: None,
-                experiment: &[],
+                exposure: None,
             },
         );
         let port = made[0]
@@ -551,8 +551,7 @@ mod tests {
                     stable: "a",
                     canary: None,
                     weight: Weight::from_percent(0),
-                    mirror: None,
-                    experiment: &[],
+                    exposure: None,
                 }
             )
             .is_empty()
