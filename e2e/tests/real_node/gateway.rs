@@ -69,6 +69,17 @@ spec:
   - backendRefs: [{name: web-stable, port: 80}]
 ";
 
+/// Applies the route and the workload's v1 with `steps`, and returns the Gateway's
+/// address once v1 is promoted and answers through it.
+fn promoted_behind_the_gateway(rollout: &Rollout, steps: &str) -> Result<SocketAddr> {
+    rollout.apply_yaml(ROUTE)?;
+    rollout.apply_manifest(&workload("v1", steps))?;
+    rollout.wait_promoted(Duration::from_secs(90))?;
+    let address: SocketAddr = format!("{NODE_IP}:{GATEWAY_PORT}").parse()?;
+    Load::wait_answering(address, Duration::from_secs(60))?;
+    Ok(address)
+}
+
 /// The canary's weight on the route as stored.
 fn route_canary_weight(rollout: &Rollout) -> Result<i64> {
     let route = rollout
@@ -90,12 +101,8 @@ fn requests_through_the_gateway_follow_the_route_weights_and_an_abort_takes_the_
 -> Result<()> {
     let rollout = Rollout::prepare_in_cluster(cluster(), "real-gateway", "web")?;
     let _turn = gateway(&rollout)?;
-    rollout.apply_yaml(ROUTE)?;
     let steps = "  steps: [12.5, 50]\n  stepDuration: 20s\n  scaleDownDelay: 5s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
-    rollout.apply_manifest(&workload("v1", steps))?;
-    rollout.wait_promoted(Duration::from_secs(90))?;
-    let address: SocketAddr = format!("{NODE_IP}:{GATEWAY_PORT}").parse()?;
-    Load::wait_answering(address, Duration::from_secs(60))?;
+    let address = promoted_behind_the_gateway(&rollout, steps)?;
 
     // A healthy release, step by step through the Gateway.
     let load = Load::start(address, RATE, Duration::from_secs(300))?;
@@ -173,7 +180,6 @@ fn an_experiment_sends_exactly_the_matching_requests_through_the_gateway_to_the_
 -> Result<()> {
     let rollout = Rollout::prepare_in_cluster(cluster(), "real-experiment", "web")?;
     let _turn = gateway(&rollout)?;
-    rollout.apply_yaml(ROUTE)?;
     let steps = "  steps: [50]
   stepDuration: 10s
   scaleDownDelay: 5s
@@ -183,10 +189,7 @@ fn an_experiment_sends_exactly_the_matching_requests_through_the_gateway_to_the_
     - headers: [{name: x-canary, value: 'yes'}]
     - cookie: {name: canary, value: always}
 ";
-    rollout.apply_manifest(&workload("v1", steps))?;
-    rollout.wait_promoted(Duration::from_secs(90))?;
-    let address: SocketAddr = format!("{NODE_IP}:{GATEWAY_PORT}").parse()?;
-    Load::wait_answering(address, Duration::from_secs(60))?;
+    let address = promoted_behind_the_gateway(&rollout, steps)?;
 
     release(&rollout, "v2")?;
     rollout.wait("the experiment", Duration::from_secs(90), |c| {
@@ -250,12 +253,8 @@ fn an_experiment_sends_exactly_the_matching_requests_through_the_gateway_to_the_
 fn a_mirror_the_gateway_cannot_carry_is_refused_and_requests_keep_flowing() -> Result<()> {
     let rollout = Rollout::prepare_in_cluster(cluster(), "real-mirror", "web")?;
     let _turn = gateway(&rollout)?;
-    rollout.apply_yaml(ROUTE)?;
     let steps = "  steps: [50]\n  stepDuration: 10s\n  scaleDownDelay: 5s\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
-    rollout.apply_manifest(&workload("v1", steps))?;
-    rollout.wait_promoted(Duration::from_secs(90))?;
-    let address: SocketAddr = format!("{NODE_IP}:{GATEWAY_PORT}").parse()?;
-    Load::wait_answering(address, Duration::from_secs(60))?;
+    let address = promoted_behind_the_gateway(&rollout, steps)?;
     let read_route = || {
         rollout
             .kubectl
