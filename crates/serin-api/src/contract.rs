@@ -119,6 +119,32 @@ pub mod reason {
     pub const COMMAND_ACKNOWLEDGED: &str = "CommandAcknowledged";
     /// The command annotation could not be read.
     pub const INVALID_COMMAND: &str = "InvalidCommand";
+    /// A notification could not be delivered (the sink answered an error or
+    /// nothing), or was dropped because the sink had too many in a minute.
+    pub const NOTIFICATION_FAILED: &str = "NotificationFailed";
+
+    /// Every reason of a transition the state machine reports as an Event, which a
+    /// notification sink may ask for (`spec.notifications[].reasons`).
+    pub const TRANSITIONS: [&str; 18] = [
+        INVALID_SPEC,
+        INITIALIZING,
+        HEALTHY,
+        CANARY_PODS_FAILING,
+        ROLLOUT_STARTED,
+        ROLLOUT_RESTARTED,
+        STABLE_RESTORED,
+        STEP_ADVANCED,
+        PAUSED,
+        RESUMED,
+        PROMOTING,
+        PROMOTED,
+        ABORTED_BY_USER,
+        ANALYSIS_FAILED,
+        PROGRESS_DEADLINE_EXCEEDED,
+        RETRIED,
+        COMMAND_ACKNOWLEDGED,
+        INVALID_COMMAND,
+    ];
 }
 
 /// The one-shot commands of [`COMMAND_ANNOTATION`].

@@ -28,8 +28,8 @@ pub use kube::core::Duration;
 pub use spec::{
     Analysis, Canary, CanarySpec, CookieMatch, Counting, ErrorCounters, ErrorRateMetric,
     Experiment, GatewayApiRouter, HeaderMatch, IstioRouter, LatencyMetric, Metric, Mirror,
-    PodTemplate, PrometheusSource, RequestMatch, RouteKind, SecretReference, ServicePorts, Stage,
-    Traffic, WorkloadSelector,
+    NotificationFormat, NotificationSink, PodTemplate, PrometheusSource, RequestMatch, RouteKind,
+    SecretKeyReference, SecretReference, ServicePorts, Stage, Traffic, UrlSource, WorkloadSelector,
 };
 pub use status::{
     AcknowledgedCommand, CanaryStatus, ErrorCounts, Exposure, MetricStatus, Phase, RatioInterval,

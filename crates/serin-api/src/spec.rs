@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::Duration;
 use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::schema;
@@ -165,6 +166,15 @@ pub struct CanarySpec {
     /// `stepDuration` alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<Analysis>,
+
+    /// Where Serin tells people of this Canary's transitions (rollout started, step
+    /// advanced, analysis failed, promoted, rolled back, ...), each as it happens:
+    /// a generic webhook (CloudEvents), Slack or Microsoft Teams. A sink that is
+    /// down or slow never holds a rollout: its notifications are dropped, counted in
+    /// `serin_notifications_total` and reported as a Warning Event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub notifications: Vec<NotificationSink>,
 }
 
 /// The pod template of the workload (`spec.template` of a Deployment).
@@ -794,4 +804,82 @@ fn default_max_ratio() -> f64 {
 
 fn default_latency_max_ratio() -> f64 {
     1.5
+}
+
+/// The Event reasons a notification sink may ask for in `reasons`: every
+/// transition the state machine reports. Kept equal to [`crate::reason::TRANSITIONS`]
+/// by a test; written out because a CEL rule is a string.
+pub(crate) const TRANSITION_REASONS: &str = "self.all(r, r in ['InvalidSpec', 'Initializing', 'Healthy', 'CanaryPodsFailing', 'RolloutStarted', 'RolloutRestarted', 'StableRestored', 'StepAdvanced', 'Paused', 'Resumed', 'Promoting', 'Promoted', 'AbortedByUser', 'AnalysisFailed', 'ProgressDeadlineExceeded', 'Retried', 'CommandAcknowledged', 'InvalidCommand'])";
+
+/// One place notifications go.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.url) != has(self.urlFrom)")
+        .message("a sink needs exactly one of url (written in the Canary) and urlFrom (read from a Secret, for URLs that carry a credential, as Slack's and Teams' do)"),
+)]
+pub struct NotificationSink {
+    /// The sink's name, unique in the Canary: Events and logs name the sink by it,
+    /// never by its URL.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// The body's shape: `CloudEvents` (a CloudEvents 1.0 JSON event, for any
+    /// webhook), `Slack` (an incoming webhook's message) or `Teams` (an Adaptive
+    /// Card, as a Teams Workflows webhook takes it).
+    pub format: NotificationFormat,
+
+    /// The URL to POST to, `http://` or `https://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')")
+        .message("must be an http:// or https:// URL"))]
+    #[schemars(length(min = 8, max = 2048))]
+    pub url: Option<String>,
+
+    /// The URL, from a key of a Secret in the Canary's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_from: Option<UrlSource>,
+
+    /// Only the transitions with these Event reasons, for example
+    /// `[AnalysisFailed, ProgressDeadlineExceeded, AbortedByUser, Promoted]`.
+    /// Absent: every transition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new(TRANSITION_REASONS)
+        .message("each reason must be a transition Serin reports: InvalidSpec, Initializing, Healthy, CanaryPodsFailing, RolloutStarted, RolloutRestarted, StableRestored, StepAdvanced, Paused, Resumed, Promoting, Promoted, AbortedByUser, AnalysisFailed, ProgressDeadlineExceeded, Retried, CommandAcknowledged or InvalidCommand"))]
+    #[schemars(length(min = 1, max = 18), inner(length(max = 32)), extend("x-kubernetes-list-type" = "set"))]
+    pub reasons: Vec<String>,
+}
+
+/// How a notification's body is shaped.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum NotificationFormat {
+    /// A CloudEvents 1.0 event in structured JSON mode
+    /// (`application/cloudevents+json`), for any webhook.
+    CloudEvents,
+    /// A Slack incoming webhook's message: `text` and `blocks`.
+    Slack,
+    /// A Microsoft Teams Workflows webhook's message: an Adaptive Card attachment.
+    Teams,
+}
+
+/// Where a value that is a credential is read from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UrlSource {
+    /// A key of a Secret in the Canary's namespace.
+    pub secret_key_ref: SecretKeyReference,
+}
+
+/// One key of a Secret in the Canary's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SecretKeyReference {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key whose value is used.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }

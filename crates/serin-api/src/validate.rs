@@ -97,6 +97,46 @@ impl CanarySpec {
                 .then(|| "spec.progressDeadline: must be longer than spec.stepDuration".into())
             })
             .or_else(|| self.analysis_problem())
+            .or_else(|| self.notifications_problem())
+    }
+
+    fn notifications_problem(&self) -> Option<String> {
+        self.notifications
+            .iter()
+            .enumerate()
+            .find_map(|(index, sink)| {
+                let field = format!("spec.notifications[{index}]");
+                let web = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+                match (&sink.url, &sink.url_from) {
+                    (Some(url), None) if !web(url) => {
+                        return Some(format!("{field}.url: must be an http:// or https:// URL"));
+                    }
+                    (Some(_), None) | (None, Some(_)) => {}
+                    _ => {
+                        return Some(format!(
+                            "{field}: set exactly one of url and urlFrom (a Secret's key)"
+                        ));
+                    }
+                }
+                if self.notifications[..index]
+                    .iter()
+                    .any(|s| s.name == sink.name)
+                {
+                    return Some(format!(
+                        "{field}.name: {} names two sinks; each needs a name of its own",
+                        sink.name
+                    ));
+                }
+                sink.reasons
+                    .iter()
+                    .find(|r| !crate::reason::TRANSITIONS.contains(&r.as_str()))
+                    .map(|r| {
+                        format!(
+                            "{field}.reasons: {r} is not a transition Serin reports; pick from {}",
+                            crate::reason::TRANSITIONS.join(", ")
+                        )
+                    })
+            })
     }
 
     fn analysis_problem(&self) -> Option<String> {
@@ -192,6 +232,17 @@ spec:
         assert_eq!(spec(routed_fractions).problem(), None);
         let staged = "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [web], grpcRoutes: [web-grpc]}}\n  mirror: {percent: 20, duration: 2m}\n  experiment: {match: [{headers: [{name: x-canary, value: 'yes'}]}]}\n";
         assert_eq!(spec(staged).problem(), None);
+        let notified = "  notifications:\n  - {name: hook, format: CloudEvents, url: 'https://hooks.example/serin'}\n  - {name: chat, format: Slack, urlFrom: {secretKeyRef: {name: hooks, key: slack}}, reasons: [AnalysisFailed, Promoted]}\n";
+        assert_eq!(spec(notified).problem(), None);
+    }
+
+    /// The schema's CEL rule lists the reasons as a string; it must list exactly
+    /// the transitions the controller reports.
+    #[test]
+    fn the_schema_accepts_exactly_the_transition_reasons() {
+        let rule = crate::spec::TRANSITION_REASONS;
+        let listed: Vec<&str> = rule.split('\'').skip(1).step_by(2).collect();
+        assert_eq!(listed, crate::reason::TRANSITIONS);
     }
 
     #[test]
@@ -289,6 +340,22 @@ spec:
             (
                 "  analysis: {metrics: [{name: x, query: up, max: 1, latency: {buckets: b, threshold: 0.25}}]}\n",
                 "spec.analysis.metrics[0]: set exactly one of query, errorRate or latency",
+            ),
+            (
+                "  notifications: [{name: hook, format: CloudEvents, url: 'ftp://x'}]\n",
+                "spec.notifications[0].url: must be an http",
+            ),
+            (
+                "  notifications: [{name: hook, format: Slack}]\n",
+                "spec.notifications[0]: set exactly one of url and urlFrom",
+            ),
+            (
+                "  notifications: [{name: a, format: Slack, url: 'http://a'}, {name: a, format: Teams, url: 'http://b'}]\n",
+                "spec.notifications[1].name",
+            ),
+            (
+                "  notifications: [{name: a, format: Slack, url: 'http://a', reasons: [Promoted, Exploded]}]\n",
+                "spec.notifications[0].reasons: Exploded",
             ),
         ] {
             let problem = spec(extra).problem().unwrap_or_default();

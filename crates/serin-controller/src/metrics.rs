@@ -84,6 +84,15 @@ pub struct TransitionLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the notification count: the sink's format and what became of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    /// CloudEvents, Slack or Teams.
+    pub format: &'static str,
+    /// sent, failed, rate_limited or queue_full.
+    pub result: &'static str,
+}
+
 /// Labels of the API request count: what the controller asked the API server.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiRequestLabels {
@@ -229,6 +238,7 @@ pub struct Metrics {
     verdict: Family<VerdictLabels, Gauge<i64, AtomicI64>>,
     transitions: Family<TransitionLabels, Counter>,
     api_requests: Family<ApiRequestLabels, Counter>,
+    notifications: Family<NotificationLabels, Counter>,
     analysed: Mutex<BTreeMap<(String, String), BTreeSet<String>>>,
     leader: Gauge<i64, AtomicI64>,
     undecodable: Gauge<i64, AtomicI64>,
@@ -259,6 +269,7 @@ impl Default for Metrics {
                 .inc_by(0);
         }
         let api_requests = Family::<ApiRequestLabels, Counter>::default();
+        let notifications = Family::<NotificationLabels, Counter>::default();
         let leader = Gauge::default();
         let undecodable = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
@@ -328,6 +339,11 @@ impl Default for Metrics {
             api_requests.clone(),
         );
         registry.register(
+            "notifications",
+            "Notifications of transitions, by the sink's format and result: sent, or dropped as failed, rate_limited or queue_full",
+            notifications.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica holds the leader Lease",
             leader.clone(),
@@ -353,6 +369,7 @@ impl Default for Metrics {
             verdict,
             transitions,
             api_requests,
+            notifications,
             analysed: Mutex::default(),
             leader,
             undecodable,
@@ -380,6 +397,13 @@ impl Metrics {
     /// were taken.
     pub fn start_deferred(&self) {
         self.starts_deferred.inc();
+    }
+
+    /// Counts one notification by what became of it.
+    pub fn notification(&self, format: &'static str, result: &'static str) {
+        self.notifications
+            .get_or_create(&NotificationLabels { format, result })
+            .inc();
     }
 
     /// Counts a reconcile put off because it read the Canary from before its own

@@ -34,6 +34,7 @@ use crate::analysis::Analyst;
 use crate::cache::{self, Cache, CacheGone, Compact};
 use crate::health::WatchHealth;
 use crate::metrics::Metrics;
+use crate::notify::{self, Notifier, Sink, SinkError};
 use crate::own_writes::OwnWrites;
 use crate::pods;
 use crate::watched::{Read, WatchedCanary};
@@ -95,6 +96,15 @@ pub enum ReconcileError {
         #[source]
         source: serin_traffic::TrafficError,
     },
+    /// Reading the Secrets of the notification sinks failed.
+    #[error("{source}")]
+    Notify {
+        /// Where.
+        layer: Layer,
+        /// Why.
+        #[source]
+        source: notify::SinkError,
+    },
 }
 
 impl ReconcileError {
@@ -102,7 +112,9 @@ impl ReconcileError {
     pub fn layer(&self) -> Layer {
         match self {
             Self::NoNamespace | Self::Cache(_) => Layer::Observe,
-            Self::Kube { layer, .. } | Self::Traffic { layer, .. } => *layer,
+            Self::Kube { layer, .. } | Self::Traffic { layer, .. } | Self::Notify { layer, .. } => {
+                *layer
+            }
         }
     }
 
@@ -112,7 +124,7 @@ impl ReconcileError {
         match self {
             Self::Kube { source, .. } => is_conflict(source),
             Self::Traffic { source, .. } => source.kube_error().is_some_and(is_conflict),
-            Self::NoNamespace | Self::Cache(_) => false,
+            Self::NoNamespace | Self::Cache(_) | Self::Notify { .. } => false,
         }
     }
 
@@ -166,19 +178,23 @@ pub struct Context {
     starts: Arc<Semaphore>,
     /// Status writes the watch has not shown yet.
     own_writes: OwnWrites,
+    /// Tells the Canaries' sinks of their transitions.
+    notifier: Notifier,
 }
 
 impl Context {
     /// What reconciles share: the client, the analyst with its default Prometheus,
     /// the metrics and the cache. Events are recorded as `$POD_NAME` (or `serin-<pid>`).
     pub fn new(client: Client, settings: &Settings, metrics: Arc<Metrics>, cache: Cache) -> Self {
+        let instance =
+            std::env::var("POD_NAME").unwrap_or_else(|_| format!("serin-{}", std::process::id()));
         Self {
             cache,
             starts: Arc::new(Semaphore::new(usize::from(
                 (settings.concurrency / 2).max(1),
             ))),
-            instance: std::env::var("POD_NAME")
-                .unwrap_or_else(|_| format!("serin-{}", std::process::id())),
+            notifier: Notifier::new(client.clone(), instance.clone(), Arc::clone(&metrics)),
+            instance,
             client,
             analyst: Analyst::new(
                 settings.prometheus_address.clone(),
@@ -554,9 +570,10 @@ async fn reconcile_one(
         context,
     )
     .await?;
+    let sinks = observed.sinks.clone();
     let plan = decide(canary, observed.clone());
     apply(canary, namespace, name, &router, &observed, &plan, context).await?;
-    report(canary, namespace, name, &plan, context).await
+    report(canary, namespace, name, &plan, &sinks, context).await
 }
 
 /// A rollout of `revision` that has not put weight on it yet: its canary pods are
@@ -581,6 +598,9 @@ struct Observed {
     next_look: Option<std::time::Duration>,
     /// The stored status, with the analysis just run written into it.
     status: CanaryStatus,
+    /// The sinks of `spec.notifications`, their URLs read; none while a Secret
+    /// they name is missing (an invalid spec).
+    sinks: Vec<Sink>,
     now: Timestamp,
 }
 
@@ -623,6 +643,17 @@ async fn observe(
         },
     }
     .or_else(|| context.analyst.spec_problem(canary.spec.analysis.as_ref()));
+    let (sinks, invalid) =
+        match notify::sinks(&context.client, namespace, &canary.spec.notifications).await {
+            Ok(sinks) => (sinks, invalid),
+            Err(SinkError::Spec(problem)) => (Vec::new(), invalid.or(Some(problem))),
+            Err(error) => {
+                return Err(ReconcileError::Notify {
+                    layer: Layer::Observe,
+                    source: error,
+                });
+            }
+        };
     let invalid = match invalid {
         None if !observed.iter().any(|rs| rs.revision == revision) => {
             let owner = canary.controller_owner_ref(&()).unwrap_or_default();
@@ -660,6 +691,7 @@ async fn observe(
         analysis,
         next_look,
         status,
+        sinks,
         now,
     })
 }
@@ -829,6 +861,7 @@ async fn report(
     namespace: &str,
     name: &str,
     plan: &Plan,
+    sinks: &[Sink],
     context: &Context,
 ) -> Result<Requeue, ReconcileError> {
     if canary.status.as_ref() != Some(&plan.status) {
@@ -868,14 +901,16 @@ async fn report(
     context
         .metrics
         .transitions(plan.events.iter().map(|event| event.reason));
-    record_events(
-        context,
+    let regarding = canary.object_ref(&());
+    context.notifier.notify(
+        sinks,
         namespace,
         name,
-        canary.object_ref(&()),
         &plan.events,
-    )
-    .await;
+        &plan.status,
+        &regarding,
+    );
+    record_events(context, namespace, name, regarding, &plan.events).await;
     Ok(Requeue::requeue(plan.requeue_after))
 }
 
@@ -933,7 +968,7 @@ async fn record_events(
 /// One Event per transition. Each is its own object: the client-side series of
 /// kube's Recorder would fold two transitions with one reason into one Event that
 /// keeps the first message, which hides what happened the second time.
-fn transition_event(
+pub(crate) fn transition_event(
     name: &str,
     namespace: &str,
     regarding: ObjectReference,

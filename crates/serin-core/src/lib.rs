@@ -9,5 +9,6 @@
 pub mod command;
 pub mod conditions;
 pub mod machine;
+pub mod notification;
 pub mod replicas;
 pub mod revision;

@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serin_api::{
-    Canary, CanarySpec, CanaryStatus, Exposure, MetricStatus, Phase, Stage, Verdict, Weight,
+    Canary, CanarySpec, CanaryStatus, Exposure, MetricStatus, NotificationFormat, Phase, Stage,
+    Verdict, Weight,
 };
 use serin_core::conditions;
 use serin_core::machine::{
-    Action, EventType, ObservedReplicaSet, Plan, Routing, Snapshot, StepVerdict, plan,
+    Action, Event, EventType, ObservedReplicaSet, Plan, Routing, Snapshot, StepVerdict, plan,
 };
+use serin_core::notification::{self, Notice};
 
 const STABLE: &str = "aaaaaaaaaa";
 const CANARY: &str = "bbbbbbbbbb";
@@ -64,6 +66,8 @@ struct World {
     routes: Vec<Routing>,
     /// Events of the last `reconcile`.
     events: Vec<&'static str>,
+    /// The same Events whole, as the shell notifies them.
+    last_events: Vec<Event>,
     /// What the last plan asked to wait for.
     last_wait: Duration,
     /// When each revision last stopped serving (neither stable nor an active canary).
@@ -87,6 +91,7 @@ impl World {
             pods_failing: None,
             routes: Vec::new(),
             events: Vec::new(),
+            last_events: Vec::new(),
             last_wait: Duration::ZERO,
             left_use: std::collections::HashMap::new(),
         }
@@ -105,12 +110,14 @@ impl World {
     /// Returns the first plan, the answer to what the test changed.
     fn reconcile(&mut self) -> Plan {
         self.events.clear();
+        self.last_events.clear();
         let mut first = None;
         for _ in 0..5 {
             let before = self.replica_sets.clone();
             let plan = self.reconcile_once();
             self.events
                 .extend(plan.events.iter().map(|event| event.reason));
+            self.last_events.extend(plan.events.iter().cloned());
             first.get_or_insert(plan);
             if self.replica_sets == before {
                 break;
@@ -1271,6 +1278,7 @@ mod random_walks {
                 );
                 let reported_before = world.reason(conditions::PROGRESSING) == "CanaryPodsFailing";
                 let acknowledged = world.status.last_command.clone();
+                let stable_before = world.status.stable_revision.clone();
                 let mut started_at_once = None;
                 match happened {
                     Happening::Wait(seconds) => world.advance(Duration::from_secs(seconds)),
@@ -1337,6 +1345,37 @@ mod random_walks {
                     );
                 }
                 let status = &world.status;
+                // Every transition is reported as an Event (and so notified): a new
+                // canary, a step moved on, a rollback, a promotion, a pause. Each
+                // reason is one a notification sink may ask for, and each sink's
+                // body names it.
+                let said = world.events();
+                let stable_before = stable_before.as_deref();
+                if status.canary_revision.is_some() && status.canary_revision != before.2 {
+                    prop_assert!(said.iter().any(|e| matches!(*e, "RolloutStarted" | "RolloutRestarted")), "new canary without an Event: {said:?}");
+                }
+                if status.canary_revision == before.2 && status.canary_revision.is_some() && status.step > before.0 {
+                    prop_assert!(said.contains(&"StepAdvanced"), "step {} -> {} without StepAdvanced: {said:?}", before.0, status.step);
+                }
+                if status.phase == Some(Phase::Aborted) && before.1 != Some(Phase::Aborted) {
+                    prop_assert!(said.iter().any(|e| matches!(*e, "AnalysisFailed" | "ProgressDeadlineExceeded" | "AbortedByUser")), "rolled back without an Event: {said:?}");
+                }
+                if status.stable_revision.as_deref() != stable_before {
+                    prop_assert!(said.contains(&"Promoted"), "new stable without Promoted: {said:?}");
+                }
+                if status.phase == Some(Phase::Paused) && before.1 != Some(Phase::Paused) {
+                    prop_assert!(said.contains(&"Paused"), "paused without an Event: {said:?}");
+                }
+                for reason in &said {
+                    prop_assert!(serin_api::reason::TRANSITIONS.contains(reason), "{reason} is not a transition a sink can ask for");
+                }
+                for event in &world.last_events {
+                    let notice = Notice::new("shop", "web", event, status, world.now);
+                    for format in [NotificationFormat::CloudEvents, NotificationFormat::Slack, NotificationFormat::Teams] {
+                        let shown = notification::body(format, &notice).to_string();
+                        prop_assert!(shown.contains(event.reason) && shown.contains("shop/web"), "{format:?}: {shown}");
+                    }
+                }
                 // A promote runs when it is acknowledged, which may be later than it was
                 // set (behind an InvalidSpec, say).
                 let promoted_by_hand = status.last_command != acknowledged
