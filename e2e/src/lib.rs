@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod node;
 pub mod process;
 pub mod prometheus;
+pub mod receiver;
 pub mod rollout;
 pub mod slow_proxy;
 pub mod traffic;

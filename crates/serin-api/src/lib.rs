@@ -35,6 +35,7 @@ pub use status::{
     AcknowledgedCommand, CanaryStatus, ErrorCounts, Exposure, MetricStatus, Phase, RatioInterval,
     Verdict,
 };
+pub use validate::notification_sinks_problem;
 pub use weight::{MILLION, Weight};
 
 /// API group of every Serin resource.

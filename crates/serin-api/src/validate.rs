@@ -4,7 +4,7 @@
 //! list to walk, a positive deadline). A broken one is an `InvalidSpec` naming the
 //! field, never a panic or a guess.
 
-use crate::{CanarySpec, Duration, Weight};
+use crate::{CanarySpec, Duration, NotificationSink, Weight};
 
 impl CanarySpec {
     /// The first broken promise, as `<field>: <what it must be>`.
@@ -101,42 +101,7 @@ impl CanarySpec {
     }
 
     fn notifications_problem(&self) -> Option<String> {
-        self.notifications
-            .iter()
-            .enumerate()
-            .find_map(|(index, sink)| {
-                let field = format!("spec.notifications[{index}]");
-                let web = |url: &str| url.starts_with("http://") || url.starts_with("https://");
-                match (&sink.url, &sink.url_from) {
-                    (Some(url), None) if !web(url) => {
-                        return Some(format!("{field}.url: must be an http:// or https:// URL"));
-                    }
-                    (Some(_), None) | (None, Some(_)) => {}
-                    _ => {
-                        return Some(format!(
-                            "{field}: set exactly one of url and urlFrom (a Secret's key)"
-                        ));
-                    }
-                }
-                if self.notifications[..index]
-                    .iter()
-                    .any(|s| s.name == sink.name)
-                {
-                    return Some(format!(
-                        "{field}.name: {} names two sinks; each needs a name of its own",
-                        sink.name
-                    ));
-                }
-                sink.reasons
-                    .iter()
-                    .find(|r| !crate::reason::TRANSITIONS.contains(&r.as_str()))
-                    .map(|r| {
-                        format!(
-                            "{field}.reasons: {r} is not a transition Serin reports; pick from {}",
-                            crate::reason::TRANSITIONS.join(", ")
-                        )
-                    })
-            })
+        notification_sinks_problem(&self.notifications, "spec.notifications")
     }
 
     fn analysis_problem(&self) -> Option<String> {
@@ -198,6 +163,42 @@ impl CanarySpec {
                 }
             })
     }
+}
+
+/// What is wrong with a list of notification sinks, naming the field under
+/// `list` (`spec.notifications`, or the key of the cluster's ConfigMap): what the
+/// schema refuses in a Canary, for a list no schema checks.
+pub fn notification_sinks_problem(sinks: &[NotificationSink], list: &str) -> Option<String> {
+    sinks.iter().enumerate().find_map(|(index, sink)| {
+        let field = format!("{list}[{index}]");
+        let web = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        match (&sink.url, &sink.url_from) {
+            (Some(url), None) if !web(url) => {
+                return Some(format!("{field}.url: must be an http:// or https:// URL"));
+            }
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => {
+                return Some(format!(
+                    "{field}: set exactly one of url and urlFrom (a Secret's key)"
+                ));
+            }
+        }
+        if sinks[..index].iter().any(|s| s.name == sink.name) {
+            return Some(format!(
+                "{field}.name: {} names two sinks; each needs a name of its own",
+                sink.name
+            ));
+        }
+        sink.reasons
+            .iter()
+            .find(|r| !crate::reason::TRANSITIONS.contains(&r.as_str()))
+            .map(|r| {
+                format!(
+                    "{field}.reasons: {r} is not a transition Serin reports; pick from {}",
+                    crate::reason::TRANSITIONS.join(", ")
+                )
+            })
+    })
 }
 
 /// Above zero: not negative (`-5s` parses) and not zero.

@@ -1,5 +1,6 @@
-//! Delivers notifications of transitions to the sinks of `spec.notifications`,
-//! never in the way of a rollout.
+//! Delivers notifications of transitions to the sinks of `spec.notifications`
+//! and to the cluster's sinks (a ConfigMap the controller is pointed at), never in
+//! the way of a rollout.
 //!
 //! A reconcile hands its transitions over and goes on: each sink has a worker
 //! that posts them in order, within a rate (a token bucket), with a timeout and a
@@ -15,7 +16,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
@@ -100,6 +101,17 @@ pub async fn sinks(
     namespace: &str,
     spec: &[NotificationSink],
 ) -> Result<Vec<Sink>, SinkError> {
+    read_sinks(client, namespace, spec, "spec.notifications").await
+}
+
+/// As [`sinks`], the fields named under `field` (`spec.notifications`, or the
+/// cluster ConfigMap's key).
+async fn read_sinks(
+    client: &Client,
+    namespace: &str,
+    spec: &[NotificationSink],
+    list: &str,
+) -> Result<Vec<Sink>, SinkError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut read: HashMap<&str, Secret> = HashMap::new();
     let mut resolved = Vec::with_capacity(spec.len());
@@ -108,7 +120,7 @@ pub async fn sinks(
             (Some(url), _) => url.clone(),
             (None, Some(from)) => {
                 let reference = &from.secret_key_ref;
-                let field = format!("spec.notifications[{index}].urlFrom.secretKeyRef");
+                let field = format!("{list}[{index}].urlFrom.secretKeyRef");
                 let secret = match read.get(reference.name.as_str()) {
                     Some(secret) => secret,
                     None => {
@@ -122,7 +134,7 @@ pub async fn sinks(
             }
             (None, None) => {
                 return Err(SinkError::Spec(format!(
-                    "spec.notifications[{index}]: set exactly one of url and urlFrom"
+                    "{list}[{index}]: set exactly one of url and urlFrom"
                 )));
             }
         };
@@ -229,16 +241,73 @@ struct Delivery {
     sink: Sink,
     notice: Notice,
     regarding: ObjectReference,
+    /// The worker it goes through: one per sink of each Canary, and one per
+    /// cluster sink (whose rate is the whole cluster's), so one slow sink delays
+    /// only itself.
+    worker: String,
 }
 
-impl Delivery {
-    /// The worker a delivery goes through: one per sink of each Canary, so one
-    /// slow sink delays only itself.
-    fn key(&self) -> String {
-        format!(
-            "{}/{}/{}",
-            self.notice.namespace, self.notice.name, self.sink.spec.name
-        )
+/// One reconcile's transitions, with the Canary's sinks.
+struct Batch {
+    notices: Vec<Notice>,
+    sinks: Vec<Sink>,
+    regarding: ObjectReference,
+}
+
+/// The ConfigMap whose key [`CLUSTER_SINKS_KEY`] lists sinks told of every
+/// Canary's transitions, in the form of `spec.notifications`; the Secrets its
+/// sinks name are in its namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSinks {
+    /// The ConfigMap's namespace (the controller's, as the chart installs it).
+    pub namespace: String,
+    /// The ConfigMap's name.
+    pub name: String,
+}
+
+/// The key of the cluster's ConfigMap that holds its sinks, as YAML.
+pub const CLUSTER_SINKS_KEY: &str = "sinks.yaml";
+
+/// How long the cluster's sinks are used as read before they are read again: an
+/// edit of the ConfigMap or its Secrets takes effect within this.
+const CLUSTER_SINKS_FOR: Duration = Duration::from_secs(10);
+
+impl ClusterSinks {
+    /// Reads `namespace/name` from the flag's value.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value.split_once('/') {
+            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => Ok(Self {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }),
+            _ => Err(format!(
+                "{value:?} is not <namespace>/<name> of a ConfigMap"
+            )),
+        }
+    }
+
+    /// The sinks, their URLs read; a problem names the ConfigMap and the field.
+    async fn read(&self, client: &Client) -> Result<Vec<Sink>, String> {
+        let where_ = format!("ConfigMap {}/{}", self.namespace, self.name);
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &self.namespace);
+        let config_map = config_maps
+            .get(&self.name)
+            .await
+            .map_err(|e| format!("reading {where_}: {e}"))?;
+        let text = config_map
+            .data
+            .as_ref()
+            .and_then(|data| data.get(CLUSTER_SINKS_KEY))
+            .ok_or_else(|| format!("{where_} has no key {CLUSTER_SINKS_KEY}"))?;
+        let list: Vec<NotificationSink> = serde_norway::from_str(text)
+            .map_err(|e| format!("{where_}, {CLUSTER_SINKS_KEY}: {e}"))?;
+        let field = CLUSTER_SINKS_KEY;
+        if let Some(problem) = serin_api::notification_sinks_problem(&list, field) {
+            return Err(format!("{where_}: {problem}"));
+        }
+        read_sinks(client, &self.namespace, &list, field)
+            .await
+            .map_err(|e| format!("{where_}: {e}"))
     }
 }
 
@@ -249,40 +318,52 @@ struct Shared {
     instance: String,
     metrics: Arc<Metrics>,
     in_flight: Semaphore,
+    cluster: Option<ClusterSinks>,
 }
 
 /// Hands transitions to the sinks' workers; cheap to call from a reconcile.
 pub struct Notifier {
-    queue: mpsc::Sender<Delivery>,
+    queue: mpsc::Sender<Batch>,
     /// The dispatcher's end, until the first notification starts it (inside the
     /// runtime, wherever the context was made).
-    start: Mutex<Option<(mpsc::Receiver<Delivery>, Arc<Shared>)>>,
+    start: Mutex<Option<(mpsc::Receiver<Batch>, Arc<Shared>)>>,
     metrics: Arc<Metrics>,
+    /// Whether there are cluster sinks, which hear of every Canary.
+    cluster: bool,
 }
 
 impl Notifier {
-    /// A notifier whose failures are Events recorded as `instance`.
-    pub fn new(client: Client, instance: String, metrics: Arc<Metrics>) -> Self {
+    /// A notifier whose failures are Events recorded as `instance`, telling the
+    /// sinks of `cluster` (if any) of every Canary's transitions.
+    pub fn new(
+        client: Client,
+        instance: String,
+        metrics: Arc<Metrics>,
+        cluster: Option<ClusterSinks>,
+    ) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let http = reqwest::Client::builder()
             .timeout(POST_TIMEOUT)
             .build()
             .unwrap_or_default();
+        let has_cluster = cluster.is_some();
         let shared = Arc::new(Shared {
             client,
             http,
             instance,
             metrics: Arc::clone(&metrics),
             in_flight: Semaphore::new(IN_FLIGHT),
+            cluster,
         });
         Self {
             queue,
             start: Mutex::new(Some((receiver, shared))),
             metrics,
+            cluster: has_cluster,
         }
     }
 
-    /// Queues each of `events` for each sink that wants it; never waits.
+    /// Queues `events` for the Canary's sinks and the cluster's; never waits.
     pub fn notify(
         &self,
         sinks: &[Sink],
@@ -292,60 +373,115 @@ impl Notifier {
         status: &CanaryStatus,
         regarding: &ObjectReference,
     ) {
-        if sinks.is_empty() || events.is_empty() {
+        if (sinks.is_empty() && !self.cluster) || events.is_empty() {
             return;
         }
         if let Some((receiver, shared)) = self.start.lock().ok().and_then(|mut s| s.take()) {
             tokio::spawn(dispatch(receiver, shared));
         }
         let at = Timestamp::now();
-        for event in events {
-            let notice = Notice::new(namespace, name, event, status, at);
-            for sink in sinks
+        let batch = Batch {
+            notices: events
                 .iter()
-                .filter(|s| notification::wanted(&s.spec, event.reason))
-            {
-                let delivery = Delivery {
-                    sink: sink.clone(),
-                    notice: notice.clone(),
-                    regarding: regarding.clone(),
-                };
-                if self.queue.try_send(delivery).is_err() {
-                    self.metrics
-                        .notification(format_name(sink.spec.format), "queue_full");
-                }
+                .map(|event| Notice::new(namespace, name, event, status, at))
+                .collect(),
+            sinks: sinks.to_vec(),
+            regarding: regarding.clone(),
+        };
+        if let Err(mpsc::error::TrySendError::Full(batch)) = self.queue.try_send(batch) {
+            for _ in &batch.notices {
+                self.metrics.notification("any", "queue_full");
             }
         }
     }
 }
 
-/// Passes each delivery to its sink's worker, starting one when there is none.
-async fn dispatch(mut queue: mpsc::Receiver<Delivery>, shared: Arc<Shared>) {
+/// Turns each batch into deliveries (reading the cluster's sinks when they are
+/// due) and passes each to its sink's worker, starting one when there is none.
+async fn dispatch(mut queue: mpsc::Receiver<Batch>, shared: Arc<Shared>) {
     let mut workers: HashMap<String, mpsc::Sender<Delivery>> = HashMap::new();
-    while let Some(mut delivery) = queue.recv().await {
-        let key = delivery.key();
-        loop {
-            let worker = workers.entry(key.clone()).or_insert_with(|| {
-                let (sender, receiver) = mpsc::channel(SINK_QUEUE);
-                tokio::spawn(work(receiver, Arc::clone(&shared)));
-                sender
+    let mut cluster: Option<(Instant, Result<Vec<Sink>, String>)> = None;
+    while let Some(batch) = queue.recv().await {
+        let cluster_sinks = match &shared.cluster {
+            None => Ok(Vec::new()),
+            Some(config) => {
+                let stale = cluster
+                    .as_ref()
+                    .is_none_or(|(read, _)| read.elapsed() >= CLUSTER_SINKS_FOR);
+                if stale {
+                    cluster = Some((Instant::now(), config.read(&shared.client).await));
+                }
+                cluster
+                    .as_ref()
+                    .map_or_else(|| Ok(Vec::new()), |(_, sinks)| sinks.clone())
+            }
+        };
+        let cluster_sinks = match cluster_sinks {
+            Ok(sinks) => sinks,
+            Err(problem) => {
+                shared.metrics.notification("any", "failed");
+                let event = machine::Event {
+                    kind: EventType::Warning,
+                    reason: reason::NOTIFICATION_FAILED,
+                    note: format!("the cluster's notification sinks cannot be used: {problem}"),
+                };
+                if let Some(notice) = batch.notices.first() {
+                    record(&shared, notice, &batch.regarding, &event).await;
+                }
+                Vec::new()
+            }
+        };
+        for notice in &batch.notices {
+            let own = batch.sinks.iter().map(|sink| {
+                let worker = format!("{}/{}/{}", notice.namespace, notice.name, sink.spec.name);
+                (sink, worker)
             });
-            match worker.try_send(delivery) {
-                Ok(()) => break,
-                Err(mpsc::error::TrySendError::Full(dropped)) => {
-                    let format = format_name(dropped.sink.spec.format);
-                    shared.metrics.notification(format, "queue_full");
-                    break;
+            let cluster = cluster_sinks
+                .iter()
+                .map(|sink| (sink, format!("cluster/{}", sink.spec.name)));
+            for (sink, worker) in own.chain(cluster) {
+                if !notification::wanted(&sink.spec, notice.reason) {
+                    continue;
                 }
-                // The worker ended, idle: start another for this one.
-                Err(mpsc::error::TrySendError::Closed(returned)) => {
-                    workers.remove(&key);
-                    delivery = returned;
-                }
+                let delivery = Delivery {
+                    sink: sink.clone(),
+                    notice: notice.clone(),
+                    regarding: batch.regarding.clone(),
+                    worker,
+                };
+                hand_over(&mut workers, delivery, &shared);
             }
         }
         if workers.len() > 1024 {
             workers.retain(|_, worker| !worker.is_closed());
+        }
+    }
+}
+
+/// Passes `delivery` to its worker, starting one when there is none (or the
+/// one there was ended, idle); dropped when the worker's queue is full.
+fn hand_over(
+    workers: &mut HashMap<String, mpsc::Sender<Delivery>>,
+    mut delivery: Delivery,
+    shared: &Arc<Shared>,
+) {
+    loop {
+        let worker = workers.entry(delivery.worker.clone()).or_insert_with(|| {
+            let (sender, receiver) = mpsc::channel(SINK_QUEUE);
+            tokio::spawn(work(receiver, Arc::clone(shared)));
+            sender
+        });
+        match worker.try_send(delivery) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(dropped)) => {
+                let format = format_name(dropped.sink.spec.format);
+                shared.metrics.notification(format, "queue_full");
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(returned)) => {
+                workers.remove(&returned.worker);
+                delivery = returned;
+            }
         }
     }
 }
@@ -442,17 +578,27 @@ async fn warn_dropped(delivery: &Delivery, why: &str, shared: &Shared) {
         "notification of {} to sink {} ({:?}) dropped: {why}; the rollout goes on",
         notice.reason, delivery.sink.spec.name, delivery.sink.spec.format
     );
-    warn!(canary = %format!("{}/{}", notice.namespace, notice.name), %note, "notification dropped");
     let event = machine::Event {
         kind: EventType::Warning,
         reason: reason::NOTIFICATION_FAILED,
         note,
     };
+    record(shared, notice, &delivery.regarding, &event).await;
+}
+
+/// Records `event` on the Canary of `notice`; a failure to record is logged.
+async fn record(
+    shared: &Shared,
+    notice: &Notice,
+    regarding: &ObjectReference,
+    event: &machine::Event,
+) {
+    warn!(canary = %format!("{}/{}", notice.namespace, notice.name), note = %event.note, "notification dropped");
     let record = transition_event(
         &notice.name,
         &notice.namespace,
-        delivery.regarding.clone(),
-        &event,
+        regarding.clone(),
+        event,
         &shared.instance,
     );
     let events: Api<Event> = Api::namespaced(shared.client.clone(), &notice.namespace);
@@ -501,6 +647,21 @@ mod tests {
             usize::try_from(BURST).unwrap_or_default(),
             "never more than the burst"
         );
+    }
+
+    #[test]
+    fn the_cluster_config_is_a_namespace_and_a_name() {
+        let config = ClusterSinks::parse("serin-system/serin-notifications");
+        assert_eq!(
+            config,
+            Ok(ClusterSinks {
+                namespace: "serin-system".into(),
+                name: "serin-notifications".into()
+            })
+        );
+        for wrong in ["serin-notifications", "/x", "x/", ""] {
+            assert!(ClusterSinks::parse(wrong).is_err(), "{wrong:?}");
+        }
     }
 
     fn secret(data: &[(&str, &str)]) -> Secret {

@@ -34,7 +34,7 @@ use crate::analysis::Analyst;
 use crate::cache::{self, Cache, CacheGone, Compact};
 use crate::health::WatchHealth;
 use crate::metrics::Metrics;
-use crate::notify::{self, Notifier, Sink, SinkError};
+use crate::notify::{self, ClusterSinks, Notifier, Sink, SinkError};
 use crate::own_writes::OwnWrites;
 use crate::pods;
 use crate::watched::{Read, WatchedCanary};
@@ -193,7 +193,12 @@ impl Context {
             starts: Arc::new(Semaphore::new(usize::from(
                 (settings.concurrency / 2).max(1),
             ))),
-            notifier: Notifier::new(client.clone(), instance.clone(), Arc::clone(&metrics)),
+            notifier: Notifier::new(
+                client.clone(),
+                instance.clone(),
+                Arc::clone(&metrics),
+                settings.cluster_sinks.clone(),
+            ),
             instance,
             client,
             analyst: Analyst::new(
@@ -231,6 +236,9 @@ pub struct Settings {
     pub prometheus_address: Option<String>,
     /// Queries in flight to one Prometheus address, at most.
     pub prometheus_queries: usize,
+    /// The ConfigMap of the sinks told of every Canary's transitions; None: only
+    /// each Canary's own.
+    pub cluster_sinks: Option<ClusterSinks>,
 }
 
 /// Reconciles every Canary in scope until `stop` resolves.

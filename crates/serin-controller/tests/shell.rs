@@ -130,6 +130,7 @@ fn context(
         concurrency,
         prometheus_address: None,
         prometheus_queries: 1,
+        cluster_sinks: None,
     };
     Context::new(
         Client::new(service, "default"),

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use serin_controller::notify::ClusterSinks;
 use serin_controller::reconciler::Settings;
 use serin_controller::run::{self, Options};
 
@@ -19,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller with the credentials of the current kubeconfig or ServiceAccount.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Print the CustomResourceDefinition YAML (`serin crds | kubectl apply -f -`).
     Crds,
 }
@@ -61,12 +62,17 @@ struct ControllerArgs {
     /// turn instead of flooding it.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     prometheus_queries: u16,
+    /// `<namespace>/<name>` of a ConfigMap whose key `sinks.yaml` lists
+    /// notification sinks (as in a Canary's spec.notifications, Secrets in the
+    /// ConfigMap's namespace) told of every Canary's transitions.
+    #[arg(long, env = "SERIN_NOTIFICATIONS_CONFIG", value_parser = ClusterSinks::parse)]
+    notifications_config: Option<ClusterSinks>,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds => print!("{}", crds_yaml()?),
-        Command::Controller(args) => controller(args)?,
+        Command::Controller(args) => controller(*args)?,
     }
     Ok(())
 }
@@ -94,6 +100,7 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             concurrency: args.concurrency,
             prometheus_address: args.prometheus_address,
             prometheus_queries: usize::from(args.prometheus_queries),
+            cluster_sinks: args.notifications_config,
         },
         metrics_address: args.metrics_address,
         health_address: args.health_address,

@@ -351,6 +351,7 @@ fn a_reconcile_from_a_canary_older_than_its_own_write_changes_nothing() -> Resul
         concurrency: 1,
         prometheus_address: None,
         prometheus_queries: 1,
+        cluster_sinks: None,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

@@ -13,6 +13,7 @@ mod hardening;
 mod idle;
 mod istio;
 mod monitoring;
+mod notifications;
 mod plugin;
 mod rollout;
 mod sharding;
