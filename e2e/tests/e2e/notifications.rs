@@ -262,7 +262,7 @@ fn a_sink_that_is_down_never_holds_a_rollout() -> Result<()> {
         .event_objects()?
         .into_iter()
         .find(|e| e["reason"] == "NotificationFailed")
-        .and_then(|e| e["note"].as_str().map(str::to_owned))
+        .and_then(|e| e["message"].as_str().map(str::to_owned))
         .unwrap_or_default();
     ensure!(
         note.contains("to sink gone (CloudEvents) dropped: the sink could not be reached")
@@ -338,7 +338,7 @@ fn the_clusters_sinks_hear_of_every_canary_and_a_broken_config_holds_nothing() -
                 .event_objects()?
                 .into_iter()
                 .find(|e| e["reason"] == "NotificationFailed")
-                .and_then(|e| e["note"].as_str().map(str::to_owned)))
+                .and_then(|e| e["message"].as_str().map(str::to_owned)))
         },
     )?;
     ensure!(
