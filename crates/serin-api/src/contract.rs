@@ -119,13 +119,25 @@ pub mod reason {
     pub const COMMAND_ACKNOWLEDGED: &str = "CommandAcknowledged";
     /// The command annotation could not be read.
     pub const INVALID_COMMAND: &str = "InvalidCommand";
+    /// A check gate holds the rollout until it passes (an answer 2xx, or a
+    /// person's approval).
+    pub const GATE_WAITING: &str = "GateWaiting";
+    /// A check gate passed; the rollout goes on.
+    pub const GATE_PASSED: &str = "GatePassed";
+    /// A check gate with `onFailure: Abort` refused: the canary was rolled back.
+    pub const GATE_FAILED: &str = "GateFailed";
+    /// A hook gate was called and answered 2xx.
+    pub const HOOK_CALLED: &str = "HookCalled";
+    /// A hook gate answered otherwise or not at all, or its call was under way when
+    /// the controller restarted (not called again); the rollout goes on.
+    pub const HOOK_FAILED: &str = "HookFailed";
     /// A notification could not be delivered (the sink answered an error or
     /// nothing), or was dropped because the sink had too many in a minute.
     pub const NOTIFICATION_FAILED: &str = "NotificationFailed";
 
     /// Every reason of a transition the state machine reports as an Event, which a
     /// notification sink may ask for (`spec.notifications[].reasons`).
-    pub const TRANSITIONS: [&str; 18] = [
+    pub const TRANSITIONS: [&str; 23] = [
         INVALID_SPEC,
         INITIALIZING,
         HEALTHY,
@@ -144,6 +156,11 @@ pub mod reason {
         RETRIED,
         COMMAND_ACKNOWLEDGED,
         INVALID_COMMAND,
+        GATE_WAITING,
+        GATE_PASSED,
+        GATE_FAILED,
+        HOOK_CALLED,
+        HOOK_FAILED,
     ];
 }
 
@@ -158,11 +175,19 @@ pub enum CommandKind {
     Abort,
     /// Run an aborted rollout again from its first step.
     Retry,
+    /// Pass the check gate without a URL that the rollout waits at.
+    Approve,
 }
 
 impl CommandKind {
     /// Every command, in the order the docs list them.
-    pub const ALL: [Self; 4] = [Self::Promote, Self::PromoteFull, Self::Abort, Self::Retry];
+    pub const ALL: [Self; 5] = [
+        Self::Promote,
+        Self::PromoteFull,
+        Self::Abort,
+        Self::Retry,
+        Self::Approve,
+    ];
 
     /// The command's name in the annotation.
     pub fn as_str(self) -> &'static str {
@@ -171,6 +196,7 @@ impl CommandKind {
             Self::PromoteFull => "promote-full",
             Self::Abort => "abort",
             Self::Retry => "retry",
+            Self::Approve => "approve",
         }
     }
 

@@ -27,13 +27,14 @@ pub use decode::{DecodeError, decode};
 pub use kube::core::Duration;
 pub use spec::{
     Analysis, Canary, CanarySpec, CookieMatch, Counting, ErrorCounters, ErrorRateMetric,
-    Experiment, GatewayApiRouter, HeaderMatch, IstioRouter, LatencyMetric, Metric, Mirror,
-    NotificationFormat, NotificationSink, PodTemplate, PrometheusSource, RequestMatch, RouteKind,
-    SecretKeyReference, SecretReference, ServicePorts, Stage, Traffic, UrlSource, WorkloadSelector,
+    Experiment, Gate, GateFailure, GateType, GatewayApiRouter, HeaderMatch, IstioRouter,
+    LatencyMetric, Metric, Mirror, NotificationFormat, NotificationSink, PodTemplate,
+    PrometheusSource, RequestMatch, RouteKind, SecretKeyReference, SecretReference, ServicePorts,
+    Stage, Traffic, UrlSource, WorkloadSelector,
 };
 pub use status::{
-    AcknowledgedCommand, CanaryStatus, ErrorCounts, Exposure, MetricStatus, Phase, RatioInterval,
-    Verdict,
+    AcknowledgedCommand, CanaryStatus, ErrorCounts, Exposure, GateState, GateStatus, MetricStatus,
+    Phase, RatioInterval, Verdict,
 };
 pub use validate::notification_sinks_problem;
 pub use weight::{MILLION, Weight};

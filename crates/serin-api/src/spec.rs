@@ -175,6 +175,14 @@ pub struct CanarySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub notifications: Vec<NotificationSink>,
+
+    /// Checks that hold the rollout until they pass (`PreRollout`, `BeforeStep`,
+    /// `ConfirmPromotion`: an HTTP call that answers 2xx, or a person's
+    /// `kubectl serin approve`), and hooks called once at a point of it
+    /// (`PostRollout`, `OnRollback`, `LoadTest`). Absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub gates: Vec<Gate>,
 }
 
 /// The pod template of the workload (`spec.template` of a Deployment).
@@ -809,7 +817,7 @@ fn default_latency_max_ratio() -> f64 {
 /// The Event reasons a notification sink may ask for in `reasons`: every
 /// transition the state machine reports. Kept equal to [`crate::reason::TRANSITIONS`]
 /// by a test; written out because a CEL rule is a string.
-pub(crate) const TRANSITION_REASONS: &str = "self.all(r, r in ['InvalidSpec', 'Initializing', 'Healthy', 'CanaryPodsFailing', 'RolloutStarted', 'RolloutRestarted', 'StableRestored', 'StepAdvanced', 'Paused', 'Resumed', 'Promoting', 'Promoted', 'AbortedByUser', 'AnalysisFailed', 'ProgressDeadlineExceeded', 'Retried', 'CommandAcknowledged', 'InvalidCommand'])";
+pub(crate) const TRANSITION_REASONS: &str = "self.all(r, r in ['InvalidSpec', 'Initializing', 'Healthy', 'CanaryPodsFailing', 'RolloutStarted', 'RolloutRestarted', 'StableRestored', 'StepAdvanced', 'Paused', 'Resumed', 'Promoting', 'Promoted', 'AbortedByUser', 'AnalysisFailed', 'ProgressDeadlineExceeded', 'Retried', 'CommandAcknowledged', 'InvalidCommand', 'GateWaiting', 'GatePassed', 'GateFailed', 'HookCalled', 'HookFailed'])";
 
 /// One place notifications go.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -848,8 +856,8 @@ pub struct NotificationSink {
     /// Absent: every transition.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(validation = Rule::new(TRANSITION_REASONS)
-        .message("each reason must be a transition Serin reports: InvalidSpec, Initializing, Healthy, CanaryPodsFailing, RolloutStarted, RolloutRestarted, StableRestored, StepAdvanced, Paused, Resumed, Promoting, Promoted, AbortedByUser, AnalysisFailed, ProgressDeadlineExceeded, Retried, CommandAcknowledged or InvalidCommand"))]
-    #[schemars(length(min = 1, max = 18), inner(length(max = 32)), extend("x-kubernetes-list-type" = "set"))]
+        .message("each reason must be a transition Serin reports: InvalidSpec, Initializing, Healthy, CanaryPodsFailing, RolloutStarted, RolloutRestarted, StableRestored, StepAdvanced, Paused, Resumed, Promoting, Promoted, AbortedByUser, AnalysisFailed, ProgressDeadlineExceeded, Retried, CommandAcknowledged, InvalidCommand, GateWaiting, GatePassed, GateFailed, HookCalled or HookFailed"))]
+    #[schemars(length(min = 1, max = 23), inner(length(max = 32)), extend("x-kubernetes-list-type" = "set"))]
     pub reasons: Vec<String>,
 }
 
@@ -882,4 +890,120 @@ pub struct SecretKeyReference {
     /// The key whose value is used.
     #[schemars(length(min = 1, max = 253))]
     pub key: String,
+}
+
+/// A check the rollout waits for, or a hook it calls, at one point of it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.url) || self.type in ['PreRollout', 'BeforeStep', 'ConfirmPromotion']")
+        .message("a gate without url waits for a person (kubectl serin approve), which only a check can: PreRollout, BeforeStep or ConfirmPromotion; give PostRollout, OnRollback and LoadTest hooks a url"),
+    validation = Rule::new("!has(self.steps) || self.type in ['BeforeStep', 'LoadTest']")
+        .message("steps selects the steps of a BeforeStep check or a LoadTest hook; the other gates run once per rollout"),
+    validation = Rule::new("!has(self.onFailure) || self.type in ['PreRollout', 'BeforeStep', 'ConfirmPromotion']")
+        .message("onFailure says what a check's refusal does; a hook never holds a rollout"),
+)]
+pub struct Gate {
+    /// The gate's name, unique in the Canary; status and Events name it.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// Where it runs: `PreRollout` (before the canary's first traffic, its pods
+    /// ready), `BeforeStep` (before each step's traffic, or those in `steps`),
+    /// `ConfirmPromotion` (after the last step passed, before promotion): checks
+    /// that hold until they pass. `PostRollout` (once the canary is promoted),
+    /// `OnRollback` (once it is rolled back), `LoadTest` (as each step, or those in
+    /// `steps`, begins, to start a load generator): hooks called once.
+    pub r#type: GateType,
+
+    /// The steps (from 1) a `BeforeStep` check or a `LoadTest` hook runs before.
+    /// Absent: every step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = 32), inner(range(min = 1, max = 64)), extend("x-kubernetes-list-type" = "set"))]
+    pub steps: Vec<i32>,
+
+    /// The URL POSTed with the rollout's state as JSON, `http://` or `https://`.
+    /// Absent (checks only): the gate waits for `kubectl serin approve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')")
+        .message("must be an http:// or https:// URL"))]
+    #[schemars(length(min = 8, max = 2048))]
+    pub url: Option<String>,
+
+    /// Longest one call may take. Default `10s`.
+    #[serde(default = "default_gate_timeout")]
+    #[x_kube(validation = Rule::new(POSITIVE_DURATION).message(POSITIVE_DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub timeout: Duration,
+
+    /// Calls more after one that could not connect, or (checks only) got no
+    /// answer in time or a 429, 502, 503 or 504, 1 s, 2 s, 4 s ... apart. Default 2.
+    #[serde(default = "default_gate_retries")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: u32,
+
+    /// What a check's refusal (any answer but 2xx, or none) does: `Hold` (ask again
+    /// every 10 s; the progress deadline rolls the rollout back) or `Abort` (roll
+    /// back at once). Default `Hold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<GateFailure>,
+}
+
+impl Gate {
+    /// Whether it runs at `step` (for the gates that run at steps).
+    pub fn at_step(&self, step: i32) -> bool {
+        self.steps.is_empty() || self.steps.contains(&step)
+    }
+
+    /// A check that waits for a person rather than an answer.
+    pub fn is_manual(&self) -> bool {
+        self.url.is_none()
+    }
+}
+
+/// Where a gate runs, and whether it holds the rollout.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum GateType {
+    /// Before the canary's first traffic (its pods ready); holds until it passes.
+    PreRollout,
+    /// Before a step's traffic; holds until it passes.
+    BeforeStep,
+    /// After the last step passed, before promotion; holds until it passes.
+    ConfirmPromotion,
+    /// Called once when the canary is promoted.
+    PostRollout,
+    /// Called once when the canary is rolled back.
+    OnRollback,
+    /// Called once as a step begins, before its traffic: starts a load generator.
+    LoadTest,
+}
+
+impl GateType {
+    /// A check holds the rollout until it passes; a hook is called once and never holds.
+    pub fn is_check(self) -> bool {
+        matches!(
+            self,
+            Self::PreRollout | Self::BeforeStep | Self::ConfirmPromotion
+        )
+    }
+}
+
+/// What a check's refusal does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum GateFailure {
+    /// Ask again every 10 s, until the progress deadline.
+    Hold,
+    /// Roll the canary back at once.
+    Abort,
+}
+
+fn default_gate_timeout() -> Duration {
+    Duration::from(std::time::Duration::from_secs(10))
+}
+
+fn default_gate_retries() -> u32 {
+    2
 }

@@ -61,6 +61,12 @@ pub struct CanaryStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub analysis: Vec<MetricStatus>,
 
+    /// The gates of the current rollout (and hooks still being called): each
+    /// check's verdict at its step, each hook's call. A check passed is not asked
+    /// again, and a hook is called at most once, across controller restarts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateStatus>,
+
     /// The last one-shot command run from the `serin.dev/command` annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command: Option<AcknowledgedCommand>,
@@ -204,4 +210,46 @@ pub struct AcknowledgedCommand {
     /// When it was acknowledged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<Time>,
+}
+
+/// A gate of the rollout: where it stands at one step of one revision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateStatus {
+    /// The gate's name in spec.
+    pub name: String,
+    /// The revision it is about (the canary).
+    pub revision: String,
+    /// The step it runs at (0: the rollout as a whole).
+    pub step: i32,
+    /// Where it stands.
+    pub state: GateState,
+    /// The last answer, or why there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When it became due; with the rest, what a receiver can tell calls apart by
+    /// (the `Idempotency-Key` header).
+    pub since: Time,
+    /// When it was last asked or called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Time>,
+}
+
+/// Where a gate stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum GateState {
+    /// A check not passed yet: the rollout holds.
+    Waiting,
+    /// A check that answered 2xx, or that a person approved.
+    Passed,
+    /// A hook being called: written before the call, so a controller that restarts
+    /// mid-call does not call it again.
+    Calling,
+    /// A hook that answered 2xx.
+    Called,
+    /// A hook that answered otherwise, or not at all.
+    Failed,
+    /// A hook whose call was under way when the controller restarted: not called
+    /// again, its answer unknown.
+    Unconfirmed,
 }

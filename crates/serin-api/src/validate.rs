@@ -4,7 +4,7 @@
 //! list to walk, a positive deadline). A broken one is an `InvalidSpec` naming the
 //! field, never a panic or a guess.
 
-use crate::{CanarySpec, Duration, NotificationSink, Weight};
+use crate::{CanarySpec, Duration, GateType, NotificationSink, Weight};
 
 impl CanarySpec {
     /// The first broken promise, as `<field>: <what it must be>`.
@@ -98,10 +98,57 @@ impl CanarySpec {
             })
             .or_else(|| self.analysis_problem())
             .or_else(|| self.notifications_problem())
+            .or_else(|| self.gates_problem())
     }
 
     fn notifications_problem(&self) -> Option<String> {
         notification_sinks_problem(&self.notifications, "spec.notifications")
+    }
+
+    fn gates_problem(&self) -> Option<String> {
+        let stages = i32::try_from(self.stages().count()).unwrap_or(i32::MAX);
+        self.gates.iter().enumerate().find_map(|(index, gate)| {
+            let field = format!("spec.gates[{index}]");
+            let check = gate.r#type.is_check();
+            if self.gates[..index].iter().any(|g| g.name == gate.name) {
+                return Some(format!(
+                    "{field}.name: {} names two gates; each needs a name of its own",
+                    gate.name
+                ));
+            }
+            match &gate.url {
+                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    return Some(format!("{field}.url: must be an http:// or https:// URL"));
+                }
+                None if !check => {
+                    return Some(format!(
+                        "{field}.url: a {:?} hook is called, so it needs a url; only a check waits for kubectl serin approve",
+                        gate.r#type
+                    ));
+                }
+                _ => {}
+            }
+            if !is_positive(gate.timeout) {
+                return Some(format!("{field}.timeout: must be a positive duration such as 10s"));
+            }
+            let stepped = matches!(gate.r#type, GateType::BeforeStep | GateType::LoadTest);
+            if !gate.steps.is_empty() && !stepped {
+                return Some(format!(
+                    "{field}.steps: only a BeforeStep check or a LoadTest hook runs at steps"
+                ));
+            }
+            if gate.on_failure.is_some() && !check {
+                return Some(format!(
+                    "{field}.onFailure: only a check holds or rolls back; a hook never does"
+                ));
+            }
+            gate.steps
+                .iter()
+                .find(|step| !(1..=stages).contains(*step))
+                .map(|step| {
+                    format!("{field}.steps: step {step} is not a step of this Canary, which has steps 1 to {stages}")
+                })
+        })
     }
 
     fn analysis_problem(&self) -> Option<String> {
@@ -235,6 +282,8 @@ spec:
         assert_eq!(spec(staged).problem(), None);
         let notified = "  notifications:\n  - {name: hook, format: CloudEvents, url: 'https://hooks.example/serin'}\n  - {name: chat, format: Slack, urlFrom: {secretKeyRef: {name: hooks, key: slack}}, reasons: [AnalysisFailed, Promoted]}\n";
         assert_eq!(spec(notified).problem(), None);
+        let gated = "  gates:\n  - {name: approval, type: ConfirmPromotion}\n  - {name: smoke, type: BeforeStep, url: 'http://tests/smoke', steps: [2, 3], onFailure: Abort}\n  - {name: load, type: LoadTest, url: 'http://loadtester/start'}\n  - {name: deployed, type: PostRollout, url: 'https://chatops/deployed', timeout: 3s, retries: 0}\n";
+        assert_eq!(spec(gated).problem(), None);
     }
 
     /// The schema's CEL rule lists the reasons as a string; it must list exactly
@@ -341,6 +390,30 @@ spec:
             (
                 "  analysis: {metrics: [{name: x, query: up, max: 1, latency: {buckets: b, threshold: 0.25}}]}\n",
                 "spec.analysis.metrics[0]: set exactly one of query, errorRate or latency",
+            ),
+            (
+                "  gates: [{name: g, type: PostRollout}]\n",
+                "spec.gates[0].url: a PostRollout hook",
+            ),
+            (
+                "  gates: [{name: g, type: BeforeStep, steps: [4]}]\n",
+                "spec.gates[0].steps: step 4 is not a step of this Canary, which has steps 1 to 3",
+            ),
+            (
+                "  gates: [{name: g, type: ConfirmPromotion, steps: [1]}]\n",
+                "spec.gates[0].steps: only a BeforeStep",
+            ),
+            (
+                "  gates: [{name: g, type: OnRollback, url: 'http://a', onFailure: Abort}]\n",
+                "spec.gates[0].onFailure",
+            ),
+            (
+                "  gates: [{name: g, type: BeforeStep, url: 'file:///x'}]\n",
+                "spec.gates[0].url: must be an http",
+            ),
+            (
+                "  gates: [{name: g, type: BeforeStep}, {name: g, type: PreRollout}]\n",
+                "spec.gates[1].name",
             ),
             (
                 "  notifications: [{name: hook, format: CloudEvents, url: 'ftp://x'}]\n",

@@ -17,7 +17,7 @@ pub fn parse(annotation: &str) -> Result<Command, String> {
     let (name, nonce) = annotation.split_once('/').unwrap_or((annotation, ""));
     let Some(kind) = CommandKind::from_name(name) else {
         return Err(format!(
-            "unknown command {name:?}: use promote, promote-full, abort or retry, as <command>/<nonce>"
+            "unknown command {name:?}: use promote, promote-full, abort, retry or approve, as <command>/<nonce>"
         ));
     };
     if nonce.is_empty() {

@@ -8,6 +8,7 @@
 
 pub mod command;
 pub mod conditions;
+pub mod gate;
 pub mod machine;
 pub mod notification;
 pub mod replicas;

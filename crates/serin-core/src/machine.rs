@@ -12,12 +12,13 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serin_api::{
-    AcknowledgedCommand, CanarySpec, CanaryStatus, Duration as SpecDuration, Exposure, Phase,
-    Stage, Weight, reason,
+    AcknowledgedCommand, CanarySpec, CanaryStatus, Duration as SpecDuration, Exposure, GateFailure,
+    GateState, GateStatus, GateType, Phase, Stage, Weight, reason,
 };
 
 use crate::command::{self, Command, CommandKind};
 use crate::conditions::{self, AVAILABLE, ConditionStatus, INVALID_SPEC, PROGRESSING, PROMOTED};
+use crate::gate::{self, GateAnswer, GateOutcome};
 use crate::replicas::{self, Split};
 
 /// How long to wait before looking again when nothing else sets a time: the
@@ -83,6 +84,8 @@ pub struct Snapshot<'a> {
     /// How soon the analysis looks again: sooner than `analysis.interval` while a
     /// metric leans against the canary. None: every interval.
     pub next_look: Option<Duration>,
+    /// What the shell learned of the gates status lists as waiting or calling.
+    pub gate_answers: Vec<GateAnswer>,
     /// The current time.
     pub now: Timestamp,
 }
@@ -216,6 +219,7 @@ enum AbortReason {
     AnalysisFailed,
     ProgressDeadlineExceeded,
     AbortedByUser,
+    GateFailed,
 }
 
 impl AbortReason {
@@ -224,8 +228,20 @@ impl AbortReason {
             Self::AnalysisFailed => reason::ANALYSIS_FAILED,
             Self::ProgressDeadlineExceeded => reason::PROGRESS_DEADLINE_EXCEEDED,
             Self::AbortedByUser => reason::ABORTED_BY_USER,
+            Self::GateFailed => reason::GATE_FAILED,
         }
     }
+}
+
+/// Whether a rollout may pass the checks at a point of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Passage {
+    /// Every check passed.
+    Open,
+    /// A check has not passed; the rollout holds.
+    Held,
+    /// A check with `onFailure: Abort` refused; why.
+    Refused(String),
 }
 
 /// Decides what to do about one Canary.
@@ -314,6 +330,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             String::new(),
         );
         self.take_command();
+        self.hooks_answered();
 
         let target = self.snap.revision.clone();
         let Some(stable) = self.status.stable_revision.clone() else {
@@ -328,6 +345,14 @@ impl<'s, 'a> Planner<'s, 'a> {
         // A promotion in this plan changed which revision is stable.
         let stable = self.status.stable_revision.clone().unwrap_or(stable);
         self.retire_unused(&stable);
+        if self
+            .status
+            .gates
+            .iter()
+            .any(|record| record.state == GateState::Calling)
+        {
+            self.wake_in(Duration::from_secs(1));
+        }
     }
 
     /// The first revision ever: one ReplicaSet at full size, all traffic to it.
@@ -361,6 +386,9 @@ impl<'s, 'a> Planner<'s, 'a> {
         self.status.step_started_at = None;
         self.status.analysis_started_at = None;
         self.status.analysis.clear();
+        self.status
+            .gates
+            .retain(|record| record.state != GateState::Waiting);
 
         let available = self.available(stable);
         let ready = available >= replicas;
@@ -419,6 +447,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         {
             self.acknowledge(&command, "rollout starts again from step 1");
             self.status.analysis.clear();
+            self.clear_gates();
             self.begin_step(1);
             self.status.phase = Some(Phase::Progressing);
             self.event(
@@ -460,6 +489,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         }
         self.status.phase = Some(Phase::Progressing);
         self.status.analysis.clear();
+        self.clear_gates();
         self.condition(
             PROMOTED,
             ConditionStatus::False,
@@ -528,6 +558,20 @@ impl<'s, 'a> Planner<'s, 'a> {
         };
         if self.available(target) < split.canary {
             return self.wait_for_canary_pods(stable, target, step, split, clock);
+        }
+        if self.status.analysis_started_at.is_none() {
+            let mut kinds = vec![GateType::BeforeStep];
+            if step == 1 {
+                kinds.insert(0, GateType::PreRollout);
+            }
+            match self.checks(&kinds, step, target, clock) {
+                Passage::Open => {}
+                Passage::Held => return self.keep_current_weight(stable, target),
+                Passage::Refused(why) => {
+                    return self.abort(stable, target, AbortReason::GateFailed, why);
+                }
+            }
+            self.call_hooks(GateType::LoadTest, step, target);
         }
         if self.status.analysis_started_at.is_none() {
             self.status.analysis_started_at = Some(self.now.clone());
@@ -639,6 +683,11 @@ impl<'s, 'a> Planner<'s, 'a> {
             StepVerdict::Fail(evidence) => {
                 self.abort(stable, target, AbortReason::AnalysisFailed, evidence)
             }
+            // The last step already finished (its time, or a person's promote) and
+            // waits at a ConfirmPromotion check, still judged.
+            _ if self.confirming(target, step) => {
+                self.advance(stable, target, step, format!("step {step} passed"));
+            }
             StepVerdict::Inconclusive(why) if clock.expired() => self.abort(
                 stable,
                 target,
@@ -679,6 +728,13 @@ impl<'s, 'a> Planner<'s, 'a> {
 
     fn advance(&mut self, stable: &str, target: &str, step: i32, why: String) {
         if step >= steps(self.snap.spec) {
+            match self.checks(&[GateType::ConfirmPromotion], step, target, self.step_clock()) {
+                Passage::Open => {}
+                Passage::Held => return,
+                Passage::Refused(why) => {
+                    return self.abort(stable, target, AbortReason::GateFailed, why);
+                }
+            }
             self.event(
                 EventType::Normal,
                 reason::STEP_ADVANCED,
@@ -734,6 +790,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         self.status.stable_revision = Some(target.to_owned());
         self.status.canary_revision = None;
         self.status.phase = Some(Phase::Healthy);
+        self.call_hooks(GateType::PostRollout, 0, target);
         self.event(
             EventType::Normal,
             reason::PROMOTED,
@@ -757,6 +814,8 @@ impl<'s, 'a> Planner<'s, 'a> {
             message.clone(),
         );
         self.condition(PROMOTED, ConditionStatus::False, reason.as_str(), message);
+        let step = self.status.step;
+        self.call_hooks(GateType::OnRollback, step, target);
         self.aborted(stable, target);
     }
 
@@ -769,6 +828,213 @@ impl<'s, 'a> Planner<'s, 'a> {
         self.route(stable, None, Weight::ZERO, None);
         self.status.analysis_started_at = None;
         self.availability(stable);
+    }
+
+    /// The checks of `kinds` at `step` of `target`, in spec order: a passed one is
+    /// not asked again; the first not passed holds the rollout (a manual one until
+    /// `approve`, one with a URL until it answers 2xx or, past the progress
+    /// deadline, rolls the rollout back), unless it refused with `onFailure: Abort`.
+    fn checks(&mut self, kinds: &[GateType], step: i32, target: &str, clock: StepClock) -> Passage {
+        let spec = self.snap.spec;
+        let due = spec.gates.iter().filter(|gate| {
+            kinds.contains(&gate.r#type)
+                && (gate.r#type != GateType::BeforeStep || gate.at_step(step))
+        });
+        for gate in due {
+            let found = self.status.gates.iter().position(|record| {
+                record.name == gate.name && record.step == step && record.revision == target
+            });
+            let index = found.unwrap_or_else(|| {
+                let waiting_for = if gate.is_manual() {
+                    "kubectl serin approve".to_owned()
+                } else {
+                    "an answer 2xx".to_owned()
+                };
+                self.event(
+                    EventType::Normal,
+                    reason::GATE_WAITING,
+                    format!(
+                        "gate {} ({:?}) holds revision {target} at step {step} until {waiting_for}",
+                        gate.name, gate.r#type
+                    ),
+                );
+                self.status.gates.push(GateStatus {
+                    name: gate.name.clone(),
+                    revision: target.to_owned(),
+                    step,
+                    state: GateState::Waiting,
+                    message: None,
+                    since: self.now.clone(),
+                    at: None,
+                });
+                self.status.gates.len() - 1
+            });
+            if self.status.gates[index].state == GateState::Passed {
+                continue;
+            }
+            let answer = if gate.is_manual() {
+                self.take(CommandKind::Approve).map(|command| {
+                    self.acknowledge(&command, &format!("gate {} approved", gate.name));
+                    GateOutcome::Passed("approved by a person".to_owned())
+                })
+            } else {
+                let record = &self.status.gates[index];
+                self.snap
+                    .gate_answers
+                    .iter()
+                    .find(|answer| answer.answers(record))
+                    .map(|answer| answer.outcome.clone())
+            };
+            let record = &mut self.status.gates[index];
+            match answer {
+                Some(GateOutcome::Passed(said)) => {
+                    record.state = GateState::Passed;
+                    record.message = Some(said.clone());
+                    record.at = Some(self.now.clone());
+                    self.event(
+                        EventType::Normal,
+                        reason::GATE_PASSED,
+                        format!("gate {} ({:?}) at step {step}: {said}", gate.name, gate.r#type),
+                    );
+                    continue;
+                }
+                Some(GateOutcome::Refused(said)) => {
+                    record.message = Some(said.clone());
+                    record.at = Some(self.now.clone());
+                    if gate.on_failure == Some(GateFailure::Abort) {
+                        return Passage::Refused(format!(
+                            "gate {} ({:?}) refused: {said}",
+                            gate.name, gate.r#type
+                        ));
+                    }
+                }
+                Some(GateOutcome::Lost) | None => {}
+            }
+            return self.hold_at_gate(gate.is_manual(), index, step, clock);
+        }
+        Passage::Open
+    }
+
+    /// The step finished and waits at a ConfirmPromotion check of `target`.
+    fn confirming(&self, target: &str, step: i32) -> bool {
+        self.status.gates.iter().any(|record| {
+            record.revision == target
+                && record.step == step
+                && record.state == GateState::Waiting
+                && gate::gate_of(self.snap.spec, record)
+                    .is_some_and(|gate| gate.r#type == GateType::ConfirmPromotion)
+        })
+    }
+
+    /// A check holds the rollout: said in Progressing; one with a URL is asked
+    /// again soon, and rolls the rollout back past the progress deadline (a person
+    /// is waited for however long).
+    fn hold_at_gate(&mut self, manual: bool, index: usize, step: i32, clock: StepClock) -> Passage {
+        let record = &self.status.gates[index];
+        let waiting = match (&record.message, manual) {
+            (_, true) => "waiting for kubectl serin approve".to_owned(),
+            (Some(said), false) => format!("waiting: {said}"),
+            (None, false) => "asking".to_owned(),
+        };
+        let message = format!("step {step}: gate {} {waiting}", record.name);
+        if !manual && clock.expired() {
+            return Passage::Refused(format!("{message}, until the progress deadline"));
+        }
+        let asked = record.at.is_some();
+        self.condition(PROGRESSING, ConditionStatus::True, reason::GATE_WAITING, message);
+        if !manual {
+            let again = if asked { gate::RECHECK } else { Duration::ZERO };
+            self.wake_in(again.min(clock.left()));
+        }
+        Passage::Held
+    }
+
+    /// Records a call of each hook of `kind` (at `step`, for `LoadTest`) for
+    /// `revision` that has none yet: the shell calls it once that is stored.
+    fn call_hooks(&mut self, kind: GateType, step: i32, revision: &str) {
+        let spec = self.snap.spec;
+        for gate in spec.gates.iter().filter(|gate| {
+            gate.r#type == kind && (kind != GateType::LoadTest || gate.at_step(step))
+        }) {
+            let called = self.status.gates.iter().any(|record| {
+                record.name == gate.name && record.step == step && record.revision == revision
+            });
+            if !called {
+                self.status.gates.push(GateStatus {
+                    name: gate.name.clone(),
+                    revision: revision.to_owned(),
+                    step,
+                    state: GateState::Calling,
+                    message: None,
+                    since: self.now.clone(),
+                    at: Some(self.now.clone()),
+                });
+            }
+        }
+    }
+
+    /// The answers of the hooks being called, recorded with an Event each.
+    fn hooks_answered(&mut self) {
+        let snap = self.snap;
+        for index in 0..self.status.gates.len() {
+            let record = &self.status.gates[index];
+            if record.state != GateState::Calling {
+                continue;
+            }
+            let Some(answer) = snap.gate_answers.iter().find(|a| a.answers(record)) else {
+                continue;
+            };
+            let kind = gate::gate_of(snap.spec, record)
+                .map_or_else(|| "no longer in spec".to_owned(), |gate| format!("{:?}", gate.r#type));
+            let what = format!("hook {} ({kind}) for revision {}", record.name, record.revision);
+            let (state, event, note) = match &answer.outcome {
+                GateOutcome::Passed(said) => (
+                    GateState::Called,
+                    EventType::Normal,
+                    format!("{what}: {said}"),
+                ),
+                GateOutcome::Refused(said) => (
+                    GateState::Failed,
+                    EventType::Warning,
+                    format!("{what}: {said}; the rollout goes on"),
+                ),
+                GateOutcome::Lost => (
+                    GateState::Unconfirmed,
+                    EventType::Warning,
+                    format!("{what} was being called when the controller restarted; not called again, its answer unknown"),
+                ),
+            };
+            let reason = match event {
+                EventType::Normal => reason::HOOK_CALLED,
+                EventType::Warning => reason::HOOK_FAILED,
+            };
+            let record = &mut self.status.gates[index];
+            record.state = state;
+            record.message = Some(note.clone());
+            record.at = Some(self.now.clone());
+            self.event(event, reason, note);
+        }
+    }
+
+    /// A new rollout (or a retry) asks every check again; a hook being called stays
+    /// until its answer is recorded.
+    fn clear_gates(&mut self) {
+        self.status
+            .gates
+            .retain(|record| record.state == GateState::Calling);
+    }
+
+    /// Where the current step stands against its deadline.
+    fn step_clock(&self) -> StepClock {
+        let started = self
+            .status
+            .step_started_at
+            .clone()
+            .unwrap_or_else(|| self.now.clone());
+        StepClock {
+            since_step: self.since(&started),
+            deadline: duration(self.snap.spec.progress_deadline),
+        }
     }
 
     /// Revisions that no longer receive traffic are scaled down after the delay,

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serin_api::{
-    Canary, CanarySpec, CanaryStatus, Exposure, MetricStatus, NotificationFormat, Phase, Stage,
-    Verdict, Weight,
+    Canary, CanarySpec, CanaryStatus, Exposure, GateState, GateStatus, GateType, MetricStatus,
+    NotificationFormat, Phase, Stage, Verdict, Weight,
 };
 use serin_core::conditions;
 use serin_core::machine::{
     Action, Event, EventType, ObservedReplicaSet, Plan, Routing, Snapshot, StepVerdict, plan,
 };
+use serin_core::gate::{self, GateAnswer, GateOutcome};
 use serin_core::notification::{self, Notice};
 
 const STABLE: &str = "aaaaaaaaaa";
@@ -72,6 +73,19 @@ struct World {
     last_wait: Duration,
     /// When each revision last stopped serving (neither stable nor an active canary).
     left_use: std::collections::HashMap<String, Timestamp>,
+    /// What a check with a URL answers: 2xx (true), a refusal (false), nothing (None).
+    check_reply: Option<bool>,
+    /// Whether a hook answers 2xx.
+    hook_reply: bool,
+    /// Hook calls this controller process has under way, by call key.
+    in_flight: std::collections::BTreeSet<String>,
+    /// Every hook call ever made, by call key and rollout, across restarts (a
+    /// rollout of the same revision again in the same second has the same key).
+    hooks_called: Vec<String>,
+    /// Rollouts started so far (started, restarted, retried).
+    rollouts: usize,
+    /// The shell tells nothing new (a plan made again at the same moment).
+    quiet: bool,
 }
 
 impl World {
@@ -94,6 +108,12 @@ impl World {
             last_events: Vec::new(),
             last_wait: Duration::ZERO,
             left_use: std::collections::HashMap::new(),
+            check_reply: Some(true),
+            hook_reply: true,
+            in_flight: std::collections::BTreeSet::new(),
+            hooks_called: Vec::new(),
+            rollouts: 0,
+            quiet: false,
         }
     }
 
@@ -138,6 +158,7 @@ impl World {
                 ..rs.clone()
             })
             .collect();
+        let gate_answers = self.gate_answers();
         let snapshot = Snapshot {
             spec: &self.spec,
             generation: self.generation,
@@ -148,9 +169,21 @@ impl World {
             invalid: self.invalid.clone(),
             analysis: self.analysis.clone(),
             next_look: self.next_look,
+            gate_answers,
             now: self.now,
         };
         let plan = plan(&snapshot);
+        self.rollouts += plan
+            .events
+            .iter()
+            .filter(|e| matches!(e.reason, "RolloutStarted" | "RolloutRestarted" | "Retried"))
+            .count();
+        // The shell calls the hooks the plan set calling once its status is stored.
+        for record in gate::hooks_to_call(&self.status, &plan.status) {
+            let key = gate::call_key("shop", "web", record);
+            self.hooks_called.push(format!("{key}#{}", self.rollouts));
+            self.in_flight.insert(key);
+        }
         let serving_before = serving(&self.status);
         let serving_after = serving(&plan.status);
         for revision in serving_before.difference(&serving_after) {
@@ -170,6 +203,47 @@ impl World {
         self.status = plan.status.clone();
         self.last_wait = plan.requeue_after;
         plan
+    }
+
+    /// What the shell learns of the gates this reconcile: the checks due asked, the
+    /// hooks under way for a second answered, and a hook found calling that this
+    /// process did not call (it restarted) lost.
+    fn gate_answers(&mut self) -> Vec<GateAnswer> {
+        if self.quiet {
+            return Vec::new();
+        }
+        let answer = |record: &GateStatus, outcome| GateAnswer {
+            name: record.name.clone(),
+            revision: record.revision.clone(),
+            step: record.step,
+            outcome,
+        };
+        let mut answers: Vec<GateAnswer> = gate::checks_due(&self.spec, &self.status, self.now)
+            .into_iter()
+            .map(|record| {
+                let outcome = match self.check_reply {
+                    Some(true) => GateOutcome::Passed("answered 200 OK".into()),
+                    Some(false) => GateOutcome::Refused("answered 503".into()),
+                    None => GateOutcome::Refused("no answer within 10s".into()),
+                };
+                answer(record, outcome)
+            })
+            .collect();
+        for record in self.status.gates.iter().filter(|r| r.state == GateState::Calling) {
+            let key = gate::call_key("shop", "web", record);
+            if !self.in_flight.contains(&key) {
+                answers.push(answer(record, GateOutcome::Lost));
+            } else if self.now > record.since.0 {
+                self.in_flight.remove(&key);
+                let outcome = if self.hook_reply {
+                    GateOutcome::Passed("answered 200 OK".into())
+                } else {
+                    GateOutcome::Refused("answered 500".into())
+                };
+                answers.push(answer(record, outcome));
+            }
+        }
+        answers
     }
 
     /// Reconciles until the plan asks to wait, as the controller's requeues would.
@@ -429,6 +503,130 @@ fn a_new_revision_walks_every_step_then_is_promoted_and_the_old_one_retires() {
     world.advance(Duration::from_secs(30));
     world.reconcile();
     assert_eq!(world.replicas(STABLE), 0);
+}
+
+fn gate(world: &World, name: &str) -> Option<(i32, GateState, String)> {
+    world
+        .status
+        .gates
+        .iter()
+        .rev()
+        .find(|r| r.name == name)
+        .map(|r| (r.step, r.state, r.message.clone().unwrap_or_default()))
+}
+
+#[test]
+fn checks_hold_each_step_until_they_pass_and_a_person_approves_the_promotion() {
+    let mut world = World::healthy(spec(
+        "  gates:
+  - {name: pre, type: PreRollout, url: 'http://gates/pre'}
+  - {name: smoke, type: BeforeStep, url: 'http://gates/smoke', steps: [2]}
+  - {name: approval, type: ConfirmPromotion}
+  - {name: load, type: LoadTest, url: 'http://load/start'}
+  - {name: deployed, type: PostRollout, url: 'http://chat/deployed'}
+",
+    ));
+    world.check_reply = Some(false);
+    world.new_template(CANARY);
+    world.reconcile();
+    // The canary's pods run, but no traffic before the PreRollout check passes.
+    assert_eq!((world.status.step, world.weight()), (1, Weight::ZERO));
+    assert_eq!(world.reason(conditions::PROGRESSING), "GateWaiting");
+    assert!(world.events().contains(&"GateWaiting"));
+    world.advance(Duration::from_secs(1));
+    world.reconcile();
+    assert_eq!(gate(&world, "pre"), Some((1, GateState::Waiting, "answered 503".into())));
+    assert_eq!(world.message(conditions::PROGRESSING), "step 1: gate pre waiting: answered 503");
+    assert_eq!(world.weight(), Weight::ZERO);
+    assert_eq!(world.last_wait, Duration::from_secs(10), "asked again in 10 s");
+
+    world.check_reply = Some(true);
+    world.advance(Duration::from_secs(10));
+    world.reconcile();
+    assert_eq!(gate(&world, "pre").map(|g| g.1), Some(GateState::Passed));
+    assert_eq!(world.weight(), pct(25), "the step's weight once the check passed");
+    assert!(world.events().contains(&"GatePassed"));
+    // The load generator is called as the step's traffic begins, once.
+    assert_eq!(gate(&world, "load").map(|g| g.1), Some(GateState::Calling));
+    assert_eq!(world.hooks_called.len(), 1);
+
+    // Step 2 waits for its smoke check, at step 1's weight.
+    world.check_reply = None;
+    world.advance(Duration::from_secs(60));
+    world.settle();
+    assert_eq!((world.status.step, world.weight()), (2, pct(25)));
+    assert_eq!(gate(&world, "load").map(|g| g.1), Some(GateState::Called));
+    world.advance(Duration::from_secs(1));
+    world.reconcile();
+    assert_eq!(gate(&world, "smoke").map(|g| g.2), Some("no answer within 10s".into()));
+    world.check_reply = Some(true);
+    world.advance(Duration::from_secs(10));
+    world.settle();
+    assert_eq!(world.weight(), pct(50));
+
+    // After the last step, a person confirms: it waits however long.
+    world.advance(Duration::from_secs(3600));
+    world.settle();
+    assert_eq!(world.phase(), Phase::Progressing);
+    assert_eq!(world.message(conditions::PROGRESSING), "step 2: gate approval waiting for kubectl serin approve");
+    world.command = Some("approve/1".into());
+    world.settle();
+    assert!(world.promoted());
+    assert_eq!(gate(&world, "approval").map(|g| g.2), Some("approved by a person".into()));
+    // Promoted: the PostRollout hook is called, once.
+    assert_eq!(gate(&world, "deployed").map(|g| g.1), Some(GateState::Calling));
+    world.advance(Duration::from_secs(1));
+    world.settle();
+    assert_eq!(gate(&world, "deployed").map(|g| g.1), Some(GateState::Called));
+    assert!(world.events().contains(&"HookCalled"));
+    assert_eq!(world.hooks_called.len(), 3, "load at steps 1 and 2, deployed once: {:?}", world.hooks_called);
+}
+
+#[test]
+fn a_check_that_refuses_with_on_failure_abort_rolls_back_and_calls_the_rollback_hook_once() {
+    let mut world = World::healthy(spec(
+        "  gates:
+  - {name: smoke, type: BeforeStep, url: 'http://gates/smoke', onFailure: Abort}
+  - {name: rolled-back, type: OnRollback, url: 'http://chat/rollback'}
+",
+    ));
+    world.check_reply = Some(false);
+    world.new_template(CANARY);
+    world.reconcile();
+    world.advance(Duration::from_secs(1));
+    world.reconcile();
+    assert_eq!(world.phase(), Phase::Aborted);
+    assert_eq!(world.reason(conditions::PROGRESSING), "GateFailed");
+    assert!(world.message(conditions::PROGRESSING).contains("gate smoke (BeforeStep) refused: answered 503"));
+    assert_eq!(gate(&world, "rolled-back").map(|g| g.1), Some(GateState::Calling));
+    // The controller restarts while the hook is being called: it is not called
+    // again, and said so.
+    world.in_flight.clear();
+    world.advance(Duration::from_secs(1));
+    world.reconcile();
+    assert_eq!(gate(&world, "rolled-back").map(|g| g.1), Some(GateState::Unconfirmed));
+    assert!(world.events().contains(&"HookFailed"));
+    world.advance(Duration::from_secs(60));
+    world.settle();
+    assert_eq!(world.hooks_called.len(), 1);
+}
+
+#[test]
+fn a_check_that_never_passes_rolls_back_at_the_progress_deadline() {
+    let mut world = World::healthy(spec(
+        "  gates: [{name: pre, type: PreRollout, url: 'http://gates/pre'}]\n",
+    ));
+    world.check_reply = None;
+    world.new_template(CANARY);
+    world.reconcile();
+    for _ in 0..31 {
+        world.advance(Duration::from_secs(10));
+        world.reconcile();
+    }
+    assert_eq!(world.phase(), Phase::Aborted);
+    assert_eq!(world.reason(conditions::PROGRESSING), "GateFailed");
+    assert!(world.message(conditions::PROGRESSING).contains("gate pre waiting: no answer within 10s, until the progress deadline"));
+    assert_eq!(world.weight(), Weight::ZERO);
 }
 
 #[test]
@@ -1217,6 +1415,12 @@ mod random_walks {
         /// its interval).
         NextLook(Option<u64>),
         Invalid(bool),
+        /// What a check with a URL answers from now on.
+        CheckReply(Option<bool>),
+        /// Whether hooks answer 2xx from now on.
+        HookReply(bool),
+        /// The controller restarts: the hook calls under way are forgotten.
+        Restart,
     }
 
     fn happening() -> impl Strategy<Value = Happening> {
@@ -1234,6 +1438,7 @@ mod random_walks {
                 Just("promote-full"),
                 Just("abort"),
                 Just("retry"),
+                Just("approve"),
                 Just("bogus")
             ]
             .prop_map(Happening::Command),
@@ -1247,15 +1452,94 @@ mod random_walks {
             .prop_map(Happening::Analysis),
             prop::option::of(1..20u64).prop_map(Happening::NextLook),
             any::<bool>().prop_map(Happening::Invalid),
+            prop::option::of(any::<bool>()).prop_map(Happening::CheckReply),
+            any::<bool>().prop_map(Happening::HookReply),
+            Just(Happening::Restart),
         ]
     }
 
+    /// Every kind of gate: checks by URL (one that rolls back when refused) and by
+    /// hand, and each hook.
+    const GATES: &str = "  gates:
+  - {name: pre, type: PreRollout, url: 'http://gates/pre'}
+  - {name: smoke, type: BeforeStep, url: 'http://gates/smoke', steps: [2], onFailure: Abort}
+  - {name: approval, type: ConfirmPromotion}
+  - {name: load, type: LoadTest, url: 'http://load/start'}
+  - {name: deployed, type: PostRollout, url: 'http://chat/deployed'}
+  - {name: rolled-back, type: OnRollback, url: 'http://chat/rollback'}
+";
+
+    fn passed(world: &World, name: &str, step: i32, revision: &str) -> bool {
+        world.status.gates.iter().any(|r| {
+            r.name == name && r.step == step && r.revision == revision && r.state == GateState::Passed
+        })
+    }
+
+    /// The gates' invariants after one reconcile.
+    fn check_gates(
+        world: &World,
+        before: &(i32, Option<Phase>, Option<String>),
+        gates_before: &[GateStatus],
+        stable_before: Option<&str>,
+        acknowledged: Option<&serin_api::AcknowledgedCommand>,
+    ) -> Result<(), TestCaseError> {
+        let status = &world.status;
+        // A hook is called at most once, whatever restarts.
+        let mut called = world.hooks_called.clone();
+        called.sort();
+        called.dedup();
+        prop_assert_eq!(called.len(), world.hooks_called.len(), "a hook called twice: {:?}", world.hooks_called);
+        let command = status.last_command.as_ref().filter(|c| Some(*c) != acknowledged).map(|c| c.command.as_str());
+        // A step's own traffic goes to the canary only once its checks passed.
+        if let (Some(canary), Some(_), Some(Phase::Progressing | Phase::Paused)) =
+            (&status.canary_revision, &status.analysis_started_at, status.phase)
+            && world.invalid.is_none()
+        {
+            let step = status.step;
+            for gate in world.spec.gates.iter().filter(|g| {
+                (g.r#type == GateType::BeforeStep && g.at_step(step)) || (g.r#type == GateType::PreRollout && step == 1)
+            }) {
+                prop_assert!(passed(world, &gate.name, step, canary), "step {step} traffic before gate {} passed: {:?}", gate.name, status.gates);
+            }
+        }
+        // Promotion only once the ConfirmPromotion checks passed, unless a person
+        // skipped to it (promote-full).
+        let promoting = (status.phase == Some(Phase::Promoting) && before.1 != Some(Phase::Promoting))
+            || (status.stable_revision.as_deref() != stable_before && before.1 != Some(Phase::Promoting));
+        if promoting && command != Some("promote-full") {
+            let target = before.2.clone().unwrap_or_default();
+            let last = i32::try_from(world.spec.stages().count()).unwrap_or_default();
+            for gate in world.spec.gates.iter().filter(|g| g.r#type == GateType::ConfirmPromotion) {
+                prop_assert!(passed(world, &gate.name, last, &target), "promoted before {} passed: {:?}", gate.name, status.gates);
+            }
+        }
+        // A manual check passes only when a person approves it.
+        let manual_passed = |gates: &[GateStatus]| {
+            gates.iter().filter(|r| r.state == GateState::Passed && world.spec.gates.iter().any(|g| g.name == r.name && g.is_manual())).count()
+        };
+        if manual_passed(&status.gates) > manual_passed(gates_before) {
+            prop_assert_eq!(command, Some("approve"), "a manual gate passed without approve");
+        }
+        // A rollback calls the OnRollback hooks.
+        if status.phase == Some(Phase::Aborted) && before.1 != Some(Phase::Aborted) && world.invalid.is_none() {
+            let canary = status.canary_revision.clone().unwrap_or_default();
+            for gate in world.spec.gates.iter().filter(|g| g.r#type == GateType::OnRollback) {
+                prop_assert!(status.gates.iter().any(|r| r.name == gate.name && r.revision == canary), "rolled back without calling {}", gate.name);
+            }
+        }
+        // A hook being called is looked at again within a second.
+        if status.gates.iter().any(|r| r.state == GateState::Calling) && world.invalid.is_none() {
+            prop_assert!(world.last_wait <= Duration::from_secs(1), "a hook's answer slept on for {:?}", world.last_wait);
+        }
+        Ok(())
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
         #[test]
-        fn invariants_hold_whatever_happens(routed in any::<bool>(), staged in prop::option::of(any::<bool>()), happenings in prop::collection::vec(happening(), 1..40)) {
-            let extra = match (routed, staged) {
+        fn invariants_hold_whatever_happens(routed in any::<bool>(), staged in prop::option::of(any::<bool>()), gated in any::<bool>(), happenings in prop::collection::vec(happening(), 1..40)) {
+            let mut extra = match (routed, staged) {
                 (false, _) => String::new(),
                 (true, None) => "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n".to_owned(),
                 // Mirroring, then an experiment for a time or until promoted.
@@ -1264,6 +1548,9 @@ mod random_walks {
                     if timed { ", duration: 90s" } else { "" }
                 ),
             };
+            if gated {
+                extra.push_str(GATES);
+            }
             let mut world = World::healthy(spec(&extra));
             if routed {
                 // A router carries fractions of a percent: a careful first step.
@@ -1279,6 +1566,7 @@ mod random_walks {
                 let reported_before = world.reason(conditions::PROGRESSING) == "CanaryPodsFailing";
                 let acknowledged = world.status.last_command.clone();
                 let stable_before = world.status.stable_revision.clone();
+                let gates_before = world.status.gates.clone();
                 let mut started_at_once = None;
                 match happened {
                     Happening::Wait(seconds) => world.advance(Duration::from_secs(seconds)),
@@ -1310,6 +1598,9 @@ mod random_walks {
                     Happening::Analysis(verdict) => world.analysis = verdict,
                     Happening::NextLook(seconds) => world.next_look = seconds.map(Duration::from_secs),
                     Happening::Invalid(invalid) => world.invalid = invalid.then(|| "route missing".to_owned()),
+                    Happening::CheckReply(reply) => world.check_reply = reply,
+                    Happening::HookReply(reply) => world.hook_reply = reply,
+                    Happening::Restart => world.in_flight.clear(),
                 }
                 // World::apply asserts that no weight lands on a canary without an
                 // available pod, and that only the spec's revision is ever created.
@@ -1327,7 +1618,9 @@ mod random_walks {
                 // writing an unchanged status.
                 if world.last_wait > Duration::ZERO {
                     let settled = world.status.clone();
+                    world.quiet = true;
                     let again = world.reconcile_once();
+                    world.quiet = false;
                     prop_assert_eq!(&again.status, &settled, "status changed with nothing new");
                     prop_assert!(again.events.is_empty(), "events with nothing new: {:?}", again.events);
                 }
@@ -1345,6 +1638,7 @@ mod random_walks {
                     );
                 }
                 let status = &world.status;
+                check_gates(&world, &before, &gates_before, stable_before.as_deref(), acknowledged.as_ref())?;
                 // Every transition is reported as an Event (and so notified): a new
                 // canary, a step moved on, a rollback, a promotion, a pause. Each
                 // reason is one a notification sink may ask for, and each sink's
@@ -1358,7 +1652,7 @@ mod random_walks {
                     prop_assert!(said.contains(&"StepAdvanced"), "step {} -> {} without StepAdvanced: {said:?}", before.0, status.step);
                 }
                 if status.phase == Some(Phase::Aborted) && before.1 != Some(Phase::Aborted) {
-                    prop_assert!(said.iter().any(|e| matches!(*e, "AnalysisFailed" | "ProgressDeadlineExceeded" | "AbortedByUser")), "rolled back without an Event: {said:?}");
+                    prop_assert!(said.iter().any(|e| matches!(*e, "AnalysisFailed" | "ProgressDeadlineExceeded" | "AbortedByUser" | "GateFailed")), "rolled back without an Event: {said:?}");
                 }
                 if status.stable_revision.as_deref() != stable_before {
                     prop_assert!(said.contains(&"Promoted"), "new stable without Promoted: {said:?}");
