@@ -1,7 +1,10 @@
 //! A webhook receiver on loopback: what a Slack, Teams or CloudEvents endpoint is
-//! to Serin's notifications. It answers each POST with 200 and keeps what it was
-//! sent, so a test can check every body as received. It stops when dropped.
+//! to Serin's notifications, and a gate's endpoint to its checks and hooks. It
+//! answers each POST (200 unless told otherwise for its path, after a delay if
+//! told) and keeps what it was sent, so a test can check every body as received.
+//! It stops when dropped.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +22,8 @@ pub struct Received {
     pub path: String,
     /// Its `Content-Type` header.
     pub content_type: String,
+    /// Its `Idempotency-Key` header, if any.
+    pub key: Option<String>,
     /// Its body, as JSON (Null when it is not JSON).
     pub body: Value,
 }
@@ -27,6 +32,7 @@ pub struct Received {
 pub struct Receiver {
     port: u16,
     received: Arc<Mutex<Vec<Received>>>,
+    answers: Arc<Mutex<HashMap<String, (u16, Duration)>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -40,9 +46,11 @@ impl Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the receiver")?;
         let port = listener.local_addr()?.port();
         let received = Arc::new(Mutex::new(Vec::new()));
+        let answers = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let received = Arc::clone(&received);
+            let answers = Arc::clone(&answers);
             let stop = Arc::clone(&stop);
             thread::spawn(move || {
                 for stream in listener.incoming() {
@@ -50,18 +58,17 @@ impl Receiver {
                         return;
                     }
                     let Ok(stream) = stream else { continue };
-                    if let Some(request) = answer(stream)
-                        && let Ok(mut all) = received.lock()
-                        && all.len() < MOST
-                    {
-                        all.push(request);
-                    }
+                    let received = Arc::clone(&received);
+                    let answers = Arc::clone(&answers);
+                    // A thread per request, so one held back delays no other.
+                    thread::spawn(move || answer(stream, &received, &answers));
                 }
             })
         };
         Ok(Self {
             port,
             received,
+            answers,
             stop,
             thread: Some(thread),
         })
@@ -70,6 +77,13 @@ impl Receiver {
     /// `http://127.0.0.1:<port><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// From now on, answers requests to `path` with `status` after `delay`.
+    pub fn answer(&self, path: &str, status: u16, delay: Duration) {
+        if let Ok(mut answers) = self.answers.lock() {
+            answers.insert(path.to_owned(), (status, delay));
+        }
     }
 
     /// Everything received at `path` so far, in order.
@@ -92,14 +106,41 @@ impl Drop for Receiver {
     }
 }
 
-/// Reads one request (one per connection: the answer closes it) and answers 200.
-fn answer(stream: TcpStream) -> Option<Received> {
+/// Reads one request (one per connection: the answer closes it), keeps it, and
+/// answers as told for its path.
+fn answer(
+    stream: TcpStream,
+    received: &Mutex<Vec<Received>>,
+    answers: &Mutex<HashMap<String, (u16, Duration)>>,
+) -> Option<()> {
+    let request = read(&stream)?;
+    let (status, delay) = answers
+        .lock()
+        .ok()
+        .and_then(|answers| answers.get(&request.path).copied())
+        .unwrap_or((200, Duration::ZERO));
+    if let Ok(mut all) = received.lock()
+        && all.len() < MOST
+    {
+        all.push(request);
+    }
+    thread::sleep(delay);
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 {status} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        if status < 300 { "OK" } else { "Refused" }
+    )
+    .ok()
+}
+
+fn read(stream: &TcpStream) -> Option<Received> {
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
     let path = line.split_whitespace().nth(1)?.to_owned();
-    let (mut length, mut content_type) = (0usize, String::new());
+    let (mut length, mut content_type, mut key) = (0usize, String::new(), None);
     loop {
         line.clear();
         reader.read_line(&mut line).ok()?;
@@ -111,18 +152,16 @@ fn answer(stream: TcpStream) -> Option<Received> {
         match name.to_ascii_lowercase().as_str() {
             "content-length" => length = value.trim().parse().ok()?,
             "content-type" => value.trim().clone_into(&mut content_type),
+            "idempotency-key" => key = Some(value.trim().to_owned()),
             _ => {}
         }
     }
     let mut body = vec![0; length.min(1 << 20)];
     reader.read_exact(&mut body).ok()?;
-    let mut stream = stream;
-    stream
-        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .ok()?;
     Some(Received {
         path,
         content_type,
+        key,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
     })
 }

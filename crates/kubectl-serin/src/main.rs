@@ -76,6 +76,12 @@ enum ClusterCommand {
         /// The Canary.
         name: String,
     },
+    /// Pass the check gate without a URL (a person's approval) that the rollout
+    /// waits at.
+    Approve {
+        /// The Canary.
+        name: String,
+    },
     /// Hold the rollout at its current step.
     Pause {
         /// The Canary.
@@ -156,6 +162,7 @@ async fn run(
         }
         ClusterCommand::Abort { name } => send(&canaries, &name, CommandKind::Abort).await,
         ClusterCommand::Retry { name } => send(&canaries, &name, CommandKind::Retry).await,
+        ClusterCommand::Approve { name } => send(&canaries, &name, CommandKind::Approve).await,
         ClusterCommand::Pause { name } => set_paused(&canaries, &name, true).await,
         ClusterCommand::Resume { name } => set_paused(&canaries, &name, false).await,
         ClusterCommand::Wait { name, timeout } => {

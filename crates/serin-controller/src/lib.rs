@@ -2,10 +2,11 @@
 //! Canary and what it owns, asks the machine for a plan, applies it and reports;
 //! the analysis shell reads Prometheus for the judges; `run` wires the process
 //! (leader election, endpoints, shutdown); `notify` tells the Canary's sinks of
-//! its transitions.
+//! its transitions; `gates` calls the checks and hooks of `spec.gates`.
 
 pub mod analysis;
 pub mod cache;
+pub mod gates;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -141,7 +141,7 @@ pub fn api_request(method: &str, path: &str, query: &str) -> Option<ApiRequestLa
 /// The transitions the fleet view counts: rollouts started, promotions, rollbacks.
 /// Counted by reason without the Canary's name, so the series stay few whatever
 /// the fleet's size.
-pub const COUNTED_TRANSITIONS: [&str; 7] = [
+pub const COUNTED_TRANSITIONS: [&str; 8] = [
     reason::ROLLOUT_STARTED,
     reason::ROLLOUT_RESTARTED,
     reason::RETRIED,
@@ -149,6 +149,7 @@ pub const COUNTED_TRANSITIONS: [&str; 7] = [
     reason::ANALYSIS_FAILED,
     reason::PROGRESS_DEADLINE_EXCEEDED,
     reason::ABORTED_BY_USER,
+    reason::GATE_FAILED,
 ];
 
 const VERDICTS: [Verdict; 3] = [Verdict::Pass, Verdict::Fail, Verdict::Inconclusive];

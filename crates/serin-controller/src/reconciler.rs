@@ -32,6 +32,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::analysis::Analyst;
 use crate::cache::{self, Cache, CacheGone, Compact};
+use crate::gates::GateCaller;
 use crate::health::WatchHealth;
 use crate::metrics::Metrics;
 use crate::notify::{self, ClusterSinks, Notifier, Sink, SinkError};
@@ -40,6 +41,7 @@ use crate::pods;
 use crate::watched::{Read, WatchedCanary};
 use serin_api::{CanaryStatus, Phase};
 use serin_core::conditions::{self, ConditionStatus};
+use serin_core::gate::GateAnswer;
 use serin_core::machine::{
     self, Action, EventType, ObservedReplicaSet, Plan, Snapshot, StepVerdict,
 };
@@ -180,6 +182,8 @@ pub struct Context {
     own_writes: OwnWrites,
     /// Tells the Canaries' sinks of their transitions.
     notifier: Notifier,
+    /// Asks the Canaries' checks and calls their hooks.
+    gates: Arc<GateCaller>,
 }
 
 impl Context {
@@ -199,6 +203,7 @@ impl Context {
                 Arc::clone(&metrics),
                 settings.cluster_sinks.clone(),
             ),
+            gates: Arc::new(GateCaller::default()),
             instance,
             client,
             analyst: Analyst::new(
@@ -604,6 +609,8 @@ struct Observed {
     analysis: Option<StepVerdict>,
     /// How soon the analysis looks again.
     next_look: Option<std::time::Duration>,
+    /// What came of the checks asked and the hooks being called.
+    gate_answers: Vec<GateAnswer>,
     /// The stored status, with the analysis just run written into it.
     status: CanaryStatus,
     /// The sinks of `spec.notifications`, their URLs read; none while a Secret
@@ -692,12 +699,22 @@ async fn observe(
         Some(step) => (Some(step.verdict), step.next_look),
         None => (None, None),
     };
+    let gate_answers = match invalid {
+        None => {
+            context
+                .gates
+                .answers(canary, namespace, name, &status, now)
+                .await
+        }
+        Some(_) => Vec::new(),
+    };
     Ok(Observed {
         revision,
         replica_sets: observed,
         invalid,
         analysis,
         next_look,
+        gate_answers,
         status,
         sinks,
         now,
@@ -744,6 +761,7 @@ fn decide(canary: &Canary, observed: Observed) -> Plan {
         invalid: observed.invalid,
         analysis: observed.analysis,
         next_look: observed.next_look,
+        gate_answers: observed.gate_answers,
         now: observed.now,
     })
 }
@@ -897,6 +915,12 @@ async fn report(
             read.as_deref(),
             stored.resource_version().as_deref(),
         );
+        // Only now that the status saying so is stored: each hook at most once.
+        let before = canary.status.clone().unwrap_or_default();
+        context
+            .gates
+            .call_hooks(canary, namespace, name, &before, &plan.status);
+        context.gates.recorded(namespace, name, &plan.status);
     }
     let evidence_limit = canary
         .spec

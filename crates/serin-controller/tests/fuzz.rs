@@ -210,6 +210,7 @@ proptest! {
                 invalid: None,
                 analysis: verdict,
                 next_look: None,
+                gate_answers: Vec::new(),
                 now,
             };
             let planned = plan(&snapshot);

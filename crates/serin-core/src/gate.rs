@@ -176,7 +176,11 @@ mod tests {
                 .map(|r| r.name.clone())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(names(&status, at(1)), ["smoke"], "a manual check is never called");
+        assert_eq!(
+            names(&status, at(1)),
+            ["smoke"],
+            "a manual check is never called"
+        );
         status.gates[0].at = Some(Time(at(1)));
         assert!(names(&status, at(10)).is_empty());
         assert_eq!(names(&status, at(11)), ["smoke"]);
@@ -204,7 +208,13 @@ mod tests {
             stable_revision: Some("aaaa".into()),
             ..CanaryStatus::default()
         };
-        let body = body("shop", "web", gate, &record("smoke", GateState::Waiting, None), &status);
+        let body = body(
+            "shop",
+            "web",
+            gate,
+            &record("smoke", GateState::Waiting, None),
+            &status,
+        );
         assert_eq!(
             body,
             json!({"gate": "smoke", "type": "BeforeStep", "namespace": "shop", "name": "web",

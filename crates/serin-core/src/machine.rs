@@ -728,7 +728,12 @@ impl<'s, 'a> Planner<'s, 'a> {
 
     fn advance(&mut self, stable: &str, target: &str, step: i32, why: String) {
         if step >= steps(self.snap.spec) {
-            match self.checks(&[GateType::ConfirmPromotion], step, target, self.step_clock()) {
+            match self.checks(
+                &[GateType::ConfirmPromotion],
+                step,
+                target,
+                self.step_clock(),
+            ) {
                 Passage::Open => {}
                 Passage::Held => return,
                 Passage::Refused(why) => {
@@ -894,7 +899,10 @@ impl<'s, 'a> Planner<'s, 'a> {
                     self.event(
                         EventType::Normal,
                         reason::GATE_PASSED,
-                        format!("gate {} ({:?}) at step {step}: {said}", gate.name, gate.r#type),
+                        format!(
+                            "gate {} ({:?}) at step {step}: {said}",
+                            gate.name, gate.r#type
+                        ),
                     );
                     continue;
                 }
@@ -941,7 +949,12 @@ impl<'s, 'a> Planner<'s, 'a> {
             return Passage::Refused(format!("{message}, until the progress deadline"));
         }
         let asked = record.at.is_some();
-        self.condition(PROGRESSING, ConditionStatus::True, reason::GATE_WAITING, message);
+        self.condition(
+            PROGRESSING,
+            ConditionStatus::True,
+            reason::GATE_WAITING,
+            message,
+        );
         if !manual {
             let again = if asked { gate::RECHECK } else { Duration::ZERO };
             self.wake_in(again.min(clock.left()));
@@ -984,9 +997,14 @@ impl<'s, 'a> Planner<'s, 'a> {
             let Some(answer) = snap.gate_answers.iter().find(|a| a.answers(record)) else {
                 continue;
             };
-            let kind = gate::gate_of(snap.spec, record)
-                .map_or_else(|| "no longer in spec".to_owned(), |gate| format!("{:?}", gate.r#type));
-            let what = format!("hook {} ({kind}) for revision {}", record.name, record.revision);
+            let kind = gate::gate_of(snap.spec, record).map_or_else(
+                || "no longer in spec".to_owned(),
+                |gate| format!("{:?}", gate.r#type),
+            );
+            let what = format!(
+                "hook {} ({kind}) for revision {}",
+                record.name, record.revision
+            );
             let (state, event, note) = match &answer.outcome {
                 GateOutcome::Passed(said) => (
                     GateState::Called,
@@ -1001,7 +1019,9 @@ impl<'s, 'a> Planner<'s, 'a> {
                 GateOutcome::Lost => (
                     GateState::Unconfirmed,
                     EventType::Warning,
-                    format!("{what} was being called when the controller restarted; not called again, its answer unknown"),
+                    format!(
+                        "{what} was being called when the controller restarted; not called again, its answer unknown"
+                    ),
                 ),
             };
             let reason = match event {

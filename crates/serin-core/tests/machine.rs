@@ -10,10 +10,10 @@ use serin_api::{
     NotificationFormat, Phase, Stage, Verdict, Weight,
 };
 use serin_core::conditions;
+use serin_core::gate::{self, GateAnswer, GateOutcome};
 use serin_core::machine::{
     Action, Event, EventType, ObservedReplicaSet, Plan, Routing, Snapshot, StepVerdict, plan,
 };
-use serin_core::gate::{self, GateAnswer, GateOutcome};
 use serin_core::notification::{self, Notice};
 
 const STABLE: &str = "aaaaaaaaaa";
@@ -229,7 +229,12 @@ impl World {
                 answer(record, outcome)
             })
             .collect();
-        for record in self.status.gates.iter().filter(|r| r.state == GateState::Calling) {
+        for record in self
+            .status
+            .gates
+            .iter()
+            .filter(|r| r.state == GateState::Calling)
+        {
             let key = gate::call_key("shop", "web", record);
             if !self.in_flight.contains(&key) {
                 answers.push(answer(record, GateOutcome::Lost));
@@ -535,16 +540,30 @@ fn checks_hold_each_step_until_they_pass_and_a_person_approves_the_promotion() {
     assert!(world.events().contains(&"GateWaiting"));
     world.advance(Duration::from_secs(1));
     world.reconcile();
-    assert_eq!(gate(&world, "pre"), Some((1, GateState::Waiting, "answered 503".into())));
-    assert_eq!(world.message(conditions::PROGRESSING), "step 1: gate pre waiting: answered 503");
+    assert_eq!(
+        gate(&world, "pre"),
+        Some((1, GateState::Waiting, "answered 503".into()))
+    );
+    assert_eq!(
+        world.message(conditions::PROGRESSING),
+        "step 1: gate pre waiting: answered 503"
+    );
     assert_eq!(world.weight(), Weight::ZERO);
-    assert_eq!(world.last_wait, Duration::from_secs(10), "asked again in 10 s");
+    assert_eq!(
+        world.last_wait,
+        Duration::from_secs(10),
+        "asked again in 10 s"
+    );
 
     world.check_reply = Some(true);
     world.advance(Duration::from_secs(10));
     world.reconcile();
     assert_eq!(gate(&world, "pre").map(|g| g.1), Some(GateState::Passed));
-    assert_eq!(world.weight(), pct(25), "the step's weight once the check passed");
+    assert_eq!(
+        world.weight(),
+        pct(25),
+        "the step's weight once the check passed"
+    );
     assert!(world.events().contains(&"GatePassed"));
     // The load generator is called as the step's traffic begins, once.
     assert_eq!(gate(&world, "load").map(|g| g.1), Some(GateState::Calling));
@@ -558,7 +577,10 @@ fn checks_hold_each_step_until_they_pass_and_a_person_approves_the_promotion() {
     assert_eq!(gate(&world, "load").map(|g| g.1), Some(GateState::Called));
     world.advance(Duration::from_secs(1));
     world.reconcile();
-    assert_eq!(gate(&world, "smoke").map(|g| g.2), Some("no answer within 10s".into()));
+    assert_eq!(
+        gate(&world, "smoke").map(|g| g.2),
+        Some("no answer within 10s".into())
+    );
     world.check_reply = Some(true);
     world.advance(Duration::from_secs(10));
     world.settle();
@@ -568,18 +590,35 @@ fn checks_hold_each_step_until_they_pass_and_a_person_approves_the_promotion() {
     world.advance(Duration::from_secs(3600));
     world.settle();
     assert_eq!(world.phase(), Phase::Progressing);
-    assert_eq!(world.message(conditions::PROGRESSING), "step 2: gate approval waiting for kubectl serin approve");
+    assert_eq!(
+        world.message(conditions::PROGRESSING),
+        "step 2: gate approval waiting for kubectl serin approve"
+    );
     world.command = Some("approve/1".into());
     world.settle();
     assert!(world.promoted());
-    assert_eq!(gate(&world, "approval").map(|g| g.2), Some("approved by a person".into()));
+    assert_eq!(
+        gate(&world, "approval").map(|g| g.2),
+        Some("approved by a person".into())
+    );
     // Promoted: the PostRollout hook is called, once.
-    assert_eq!(gate(&world, "deployed").map(|g| g.1), Some(GateState::Calling));
+    assert_eq!(
+        gate(&world, "deployed").map(|g| g.1),
+        Some(GateState::Calling)
+    );
     world.advance(Duration::from_secs(1));
     world.settle();
-    assert_eq!(gate(&world, "deployed").map(|g| g.1), Some(GateState::Called));
+    assert_eq!(
+        gate(&world, "deployed").map(|g| g.1),
+        Some(GateState::Called)
+    );
     assert!(world.events().contains(&"HookCalled"));
-    assert_eq!(world.hooks_called.len(), 3, "load at steps 1 and 2, deployed once: {:?}", world.hooks_called);
+    assert_eq!(
+        world.hooks_called.len(),
+        3,
+        "load at steps 1 and 2, deployed once: {:?}",
+        world.hooks_called
+    );
 }
 
 #[test]
@@ -597,14 +636,24 @@ fn a_check_that_refuses_with_on_failure_abort_rolls_back_and_calls_the_rollback_
     world.reconcile();
     assert_eq!(world.phase(), Phase::Aborted);
     assert_eq!(world.reason(conditions::PROGRESSING), "GateFailed");
-    assert!(world.message(conditions::PROGRESSING).contains("gate smoke (BeforeStep) refused: answered 503"));
-    assert_eq!(gate(&world, "rolled-back").map(|g| g.1), Some(GateState::Calling));
+    assert!(
+        world
+            .message(conditions::PROGRESSING)
+            .contains("gate smoke (BeforeStep) refused: answered 503")
+    );
+    assert_eq!(
+        gate(&world, "rolled-back").map(|g| g.1),
+        Some(GateState::Calling)
+    );
     // The controller restarts while the hook is being called: it is not called
     // again, and said so.
     world.in_flight.clear();
     world.advance(Duration::from_secs(1));
     world.reconcile();
-    assert_eq!(gate(&world, "rolled-back").map(|g| g.1), Some(GateState::Unconfirmed));
+    assert_eq!(
+        gate(&world, "rolled-back").map(|g| g.1),
+        Some(GateState::Unconfirmed)
+    );
     assert!(world.events().contains(&"HookFailed"));
     world.advance(Duration::from_secs(60));
     world.settle();
@@ -625,7 +674,11 @@ fn a_check_that_never_passes_rolls_back_at_the_progress_deadline() {
     }
     assert_eq!(world.phase(), Phase::Aborted);
     assert_eq!(world.reason(conditions::PROGRESSING), "GateFailed");
-    assert!(world.message(conditions::PROGRESSING).contains("gate pre waiting: no answer within 10s, until the progress deadline"));
+    assert!(
+        world
+            .message(conditions::PROGRESSING)
+            .contains("gate pre waiting: no answer within 10s, until the progress deadline")
+    );
     assert_eq!(world.weight(), Weight::ZERO);
 }
 
@@ -1471,7 +1524,10 @@ mod random_walks {
 
     fn passed(world: &World, name: &str, step: i32, revision: &str) -> bool {
         world.status.gates.iter().any(|r| {
-            r.name == name && r.step == step && r.revision == revision && r.state == GateState::Passed
+            r.name == name
+                && r.step == step
+                && r.revision == revision
+                && r.state == GateState::Passed
         })
     }
 
@@ -1488,48 +1544,110 @@ mod random_walks {
         let mut called = world.hooks_called.clone();
         called.sort();
         called.dedup();
-        prop_assert_eq!(called.len(), world.hooks_called.len(), "a hook called twice: {:?}", world.hooks_called);
-        let command = status.last_command.as_ref().filter(|c| Some(*c) != acknowledged).map(|c| c.command.as_str());
+        prop_assert_eq!(
+            called.len(),
+            world.hooks_called.len(),
+            "a hook called twice: {:?}",
+            world.hooks_called
+        );
+        let command = status
+            .last_command
+            .as_ref()
+            .filter(|c| Some(*c) != acknowledged)
+            .map(|c| c.command.as_str());
         // A step's own traffic goes to the canary only once its checks passed.
-        if let (Some(canary), Some(_), Some(Phase::Progressing | Phase::Paused)) =
-            (&status.canary_revision, &status.analysis_started_at, status.phase)
-            && world.invalid.is_none()
+        if let (Some(canary), Some(_), Some(Phase::Progressing | Phase::Paused)) = (
+            &status.canary_revision,
+            &status.analysis_started_at,
+            status.phase,
+        ) && world.invalid.is_none()
         {
             let step = status.step;
             for gate in world.spec.gates.iter().filter(|g| {
-                (g.r#type == GateType::BeforeStep && g.at_step(step)) || (g.r#type == GateType::PreRollout && step == 1)
+                (g.r#type == GateType::BeforeStep && g.at_step(step))
+                    || (g.r#type == GateType::PreRollout && step == 1)
             }) {
-                prop_assert!(passed(world, &gate.name, step, canary), "step {step} traffic before gate {} passed: {:?}", gate.name, status.gates);
+                prop_assert!(
+                    passed(world, &gate.name, step, canary),
+                    "step {step} traffic before gate {} passed: {:?}",
+                    gate.name,
+                    status.gates
+                );
             }
         }
         // Promotion only once the ConfirmPromotion checks passed, unless a person
         // skipped to it (promote-full).
-        let promoting = (status.phase == Some(Phase::Promoting) && before.1 != Some(Phase::Promoting))
-            || (status.stable_revision.as_deref() != stable_before && before.1 != Some(Phase::Promoting));
+        let promoting = (status.phase == Some(Phase::Promoting)
+            && before.1 != Some(Phase::Promoting))
+            || (status.stable_revision.as_deref() != stable_before
+                && before.1 != Some(Phase::Promoting));
         if promoting && command != Some("promote-full") {
             let target = before.2.clone().unwrap_or_default();
             let last = i32::try_from(world.spec.stages().count()).unwrap_or_default();
-            for gate in world.spec.gates.iter().filter(|g| g.r#type == GateType::ConfirmPromotion) {
-                prop_assert!(passed(world, &gate.name, last, &target), "promoted before {} passed: {:?}", gate.name, status.gates);
+            for gate in world
+                .spec
+                .gates
+                .iter()
+                .filter(|g| g.r#type == GateType::ConfirmPromotion)
+            {
+                prop_assert!(
+                    passed(world, &gate.name, last, &target),
+                    "promoted before {} passed: {:?}",
+                    gate.name,
+                    status.gates
+                );
             }
         }
         // A manual check passes only when a person approves it.
         let manual_passed = |gates: &[GateStatus]| {
-            gates.iter().filter(|r| r.state == GateState::Passed && world.spec.gates.iter().any(|g| g.name == r.name && g.is_manual())).count()
+            gates
+                .iter()
+                .filter(|r| {
+                    r.state == GateState::Passed
+                        && world
+                            .spec
+                            .gates
+                            .iter()
+                            .any(|g| g.name == r.name && g.is_manual())
+                })
+                .count()
         };
         if manual_passed(&status.gates) > manual_passed(gates_before) {
-            prop_assert_eq!(command, Some("approve"), "a manual gate passed without approve");
+            prop_assert_eq!(
+                command,
+                Some("approve"),
+                "a manual gate passed without approve"
+            );
         }
         // A rollback calls the OnRollback hooks.
-        if status.phase == Some(Phase::Aborted) && before.1 != Some(Phase::Aborted) && world.invalid.is_none() {
+        if status.phase == Some(Phase::Aborted)
+            && before.1 != Some(Phase::Aborted)
+            && world.invalid.is_none()
+        {
             let canary = status.canary_revision.clone().unwrap_or_default();
-            for gate in world.spec.gates.iter().filter(|g| g.r#type == GateType::OnRollback) {
-                prop_assert!(status.gates.iter().any(|r| r.name == gate.name && r.revision == canary), "rolled back without calling {}", gate.name);
+            for gate in world
+                .spec
+                .gates
+                .iter()
+                .filter(|g| g.r#type == GateType::OnRollback)
+            {
+                prop_assert!(
+                    status
+                        .gates
+                        .iter()
+                        .any(|r| r.name == gate.name && r.revision == canary),
+                    "rolled back without calling {}",
+                    gate.name
+                );
             }
         }
         // A hook being called is looked at again within a second.
         if status.gates.iter().any(|r| r.state == GateState::Calling) && world.invalid.is_none() {
-            prop_assert!(world.last_wait <= Duration::from_secs(1), "a hook's answer slept on for {:?}", world.last_wait);
+            prop_assert!(
+                world.last_wait <= Duration::from_secs(1),
+                "a hook's answer slept on for {:?}",
+                world.last_wait
+            );
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ mod canary_api;
 mod chaos;
 mod control_plane;
 mod dashboard;
+mod gates;
 mod gateway;
 mod gitops;
 mod hardening;
