@@ -214,6 +214,36 @@ pub fn render(canary: &Canary, replica_sets: &[ReplicaSet], events: &[EventLine]
         let _ = writeln!(out, "{analysis}");
     }
 
+    if !status.gates.is_empty() {
+        let mut gates = Table::new();
+        gates.load_style(UTF8_BORDERS_ONLY).set_header([
+            "GATE",
+            "TYPE",
+            "STEP",
+            "STATE",
+            "LAST ANSWER",
+        ]);
+        for record in &status.gates {
+            let gate = canary.spec.gates.iter().find(|g| g.name == record.name);
+            let kind = gate.map_or("-".to_owned(), |g| format!("{:?}", g.r#type));
+            let said = match (&record.message, gate) {
+                (Some(said), _) => said.clone(),
+                (None, Some(gate)) if gate.is_manual() => {
+                    "waiting for kubectl serin approve".to_owned()
+                }
+                (None, _) => "-".to_owned(),
+            };
+            gates.add_row([
+                record.name.clone(),
+                kind,
+                record.step.to_string(),
+                format!("{:?}", record.state),
+                said,
+            ]);
+        }
+        let _ = writeln!(out, "{gates}");
+    }
+
     if !events.is_empty() {
         let mut table = Table::new();
         table
@@ -302,6 +332,43 @@ mod tests {
         assert!(text.contains("2.10% (12/571 errors)"), "{text}");
         assert!(text.contains("1.20–∞"), "{text}");
         assert!(text.contains("3.500"), "{text}");
+    }
+
+    #[test]
+    fn gates_show_where_each_stands_and_what_a_manual_one_waits_for() {
+        let canary = canary(
+            serde_json::json!({"gates": [
+                {"name": "pre", "type": "PreRollout", "url": "http://gates/pre"},
+                {"name": "approval", "type": "ConfirmPromotion"}
+            ]}),
+            serde_json::json!({"phase": "Progressing", "step": 2, "weight": 50,
+            "gates": [
+                {"name": "pre", "revision": "bbbb", "step": 1, "state": "Passed",
+                 "message": "answered 200 OK", "since": "2026-12-04T09:00:00Z"},
+                {"name": "approval", "revision": "bbbb", "step": 2, "state": "Waiting",
+                 "since": "2026-12-04T09:01:00Z"}
+            ]}),
+        );
+        let text = render(&canary, &[], &[]);
+        let row = |gate: &str| {
+            text.lines()
+                .find(|line| line.contains(gate))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter(|word| *word != "│")
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(
+            row("PreRollout"),
+            "pre PreRollout 1 Passed answered 200 OK",
+            "{text}"
+        );
+        assert_eq!(
+            row("ConfirmPromotion"),
+            "approval ConfirmPromotion 2 Waiting waiting for kubectl serin approve",
+            "{text}"
+        );
     }
 
     #[test]

@@ -100,6 +100,14 @@ fn checks_hold_steps_a_person_approves_and_hooks_are_called_once() -> Result<()>
         "a passed check asked again after a restart"
     );
 
+    let shown = serin(&rollout, &["get", "web"])?;
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    ensure!(
+        shown.lines().any(|line| line.contains("approval")
+            && line.contains("Waiting")
+            && line.contains("waiting for kubectl serin approve")),
+        "{shown}"
+    );
     let approved = serin(&rollout, &["approve", "web"])?;
     ensure!(approved.status.success(), "{approved:?}");
     let said = String::from_utf8_lossy(&approved.stdout).into_owned();
