@@ -488,6 +488,9 @@ impl<'s, 'a> Planner<'s, 'a> {
             );
         }
         self.status.phase = Some(Phase::Progressing);
+        // The new canary has had no traffic: the old one's weight is not its own.
+        self.status.weight = Weight::ZERO;
+        self.status.exposure = None;
         self.status.analysis.clear();
         self.clear_gates();
         self.condition(
@@ -547,28 +550,21 @@ impl<'s, 'a> Planner<'s, 'a> {
             self.begin_step(step);
         }
         self.status.phase = Some(Phase::Progressing);
-        let step_started = self
-            .status
-            .step_started_at
-            .clone()
-            .unwrap_or_else(|| self.now.clone());
-        let clock = StepClock {
-            since_step: self.since(&step_started),
-            deadline: duration(self.snap.spec.progress_deadline),
-        };
+        let clock = self.step_clock();
         if self.available(target) < split.canary {
             return self.wait_for_canary_pods(stable, target, step, split, clock);
         }
         if self.status.analysis_started_at.is_none() {
-            let mut kinds = vec![GateType::BeforeStep];
+            // The first step's checks hold before any canary traffic; a later
+            // step's were asked as the step before it finished, still judged.
             if step == 1 {
-                kinds.insert(0, GateType::PreRollout);
-            }
-            match self.checks(&kinds, step, target, clock) {
-                Passage::Open => {}
-                Passage::Held => return self.keep_current_weight(stable, target),
-                Passage::Refused(why) => {
-                    return self.abort(stable, target, AbortReason::GateFailed, why);
+                let kinds = [GateType::PreRollout, GateType::BeforeStep];
+                match self.checks(&kinds, step, target, clock) {
+                    Passage::Open => {}
+                    Passage::Held => return self.keep_current_weight(stable, target),
+                    Passage::Refused(why) => {
+                        return self.abort(stable, target, AbortReason::GateFailed, why);
+                    }
                 }
             }
             self.call_hooks(GateType::LoadTest, step, target);
@@ -577,10 +573,6 @@ impl<'s, 'a> Planner<'s, 'a> {
             self.status.analysis_started_at = Some(self.now.clone());
         }
         self.route(stable, Some(target), split.weight, exposure(stage));
-        if let Some(command) = self.take(CommandKind::Promote) {
-            self.acknowledge(&command, &format!("step {step} finished early"));
-            return self.advance(stable, target, step, "promoted by a person".into());
-        }
         self.judge_step(stable, target, step, stage, clock);
     }
 
@@ -679,13 +671,23 @@ impl<'s, 'a> Planner<'s, 'a> {
         let at_weight = self.since(&analysis_started);
         let step_duration = self.stage_duration(stage);
         let doing = describe(stage);
-        match self.snap.analysis.clone().unwrap_or(StepVerdict::Pass) {
+        let verdict = self.snap.analysis.clone().unwrap_or(StepVerdict::Pass);
+        // A person finishes a step early, but not a failing one.
+        let promote = match verdict {
+            StepVerdict::Fail(_) => None,
+            _ => self.take(CommandKind::Promote),
+        };
+        match verdict {
             StepVerdict::Fail(evidence) => {
                 self.abort(stable, target, AbortReason::AnalysisFailed, evidence)
             }
-            // The last step already finished (its time, or a person's promote) and
-            // waits at a ConfirmPromotion check, still judged.
-            _ if self.confirming(target, step) => {
+            _ if let Some(command) = promote => {
+                self.acknowledge(&command, &format!("step {step} finished early"));
+                self.advance(stable, target, step, "promoted by a person".into());
+            }
+            // The step already finished (its time, or a person's promote) and waits
+            // at the next step's checks or a ConfirmPromotion check, still judged.
+            _ if self.finished(target, step) => {
                 self.advance(stable, target, step, format!("step {step} passed"));
             }
             StepVerdict::Inconclusive(why) if clock.expired() => self.abort(
@@ -726,20 +728,23 @@ impl<'s, 'a> Planner<'s, 'a> {
         }
     }
 
+    /// The step finished: on to the next one, or to promotion, once the checks
+    /// before it pass. While they hold, the step stays in effect and judged.
     fn advance(&mut self, stable: &str, target: &str, step: i32, why: String) {
-        if step >= steps(self.snap.spec) {
-            match self.checks(
-                &[GateType::ConfirmPromotion],
-                step,
-                target,
-                self.step_clock(),
-            ) {
-                Passage::Open => {}
-                Passage::Held => return,
-                Passage::Refused(why) => {
-                    return self.abort(stable, target, AbortReason::GateFailed, why);
-                }
+        let last = step >= steps(self.snap.spec);
+        let (kind, at) = if last {
+            (GateType::ConfirmPromotion, step)
+        } else {
+            (GateType::BeforeStep, step + 1)
+        };
+        match self.checks(&[kind], at, target, self.step_clock()) {
+            Passage::Open => {}
+            Passage::Held => return self.wake_in(self.next_look()),
+            Passage::Refused(why) => {
+                return self.abort(stable, target, AbortReason::GateFailed, why);
             }
+        }
+        if last {
             self.event(
                 EventType::Normal,
                 reason::STEP_ADVANCED,
@@ -911,7 +916,7 @@ impl<'s, 'a> Planner<'s, 'a> {
                     record.at = Some(self.now.clone());
                     if gate.on_failure == Some(GateFailure::Abort) {
                         return Passage::Refused(format!(
-                            "gate {} ({:?}) refused: {said}",
+                            "gate {} ({:?}, step {step}) refused: {said}",
                             gate.name, gate.r#type
                         ));
                     }
@@ -923,14 +928,16 @@ impl<'s, 'a> Planner<'s, 'a> {
         Passage::Open
     }
 
-    /// The step finished and waits at a ConfirmPromotion check of `target`.
-    fn confirming(&self, target: &str, step: i32) -> bool {
+    /// Step `step` of `target` finished and waits at a check before what comes
+    /// next: the next step's BeforeStep, or ConfirmPromotion after the last.
+    fn finished(&self, target: &str, step: i32) -> bool {
         self.status.gates.iter().any(|record| {
             record.revision == target
-                && record.step == step
                 && record.state == GateState::Waiting
-                && gate::gate_of(self.snap.spec, record)
-                    .is_some_and(|gate| gate.r#type == GateType::ConfirmPromotion)
+                && gate::gate_of(self.snap.spec, record).is_some_and(|gate| {
+                    (gate.r#type == GateType::ConfirmPromotion && record.step == step)
+                        || (gate.r#type == GateType::BeforeStep && record.step == step + 1)
+                })
         })
     }
 

@@ -569,11 +569,21 @@ fn checks_hold_each_step_until_they_pass_and_a_person_approves_the_promotion() {
     assert_eq!(gate(&world, "load").map(|g| g.1), Some(GateState::Calling));
     assert_eq!(world.hooks_called.len(), 1);
 
-    // Step 2 waits for its smoke check, at step 1's weight.
+    // Step 2 waits for its smoke check at step 1, whose weight is still judged.
     world.check_reply = None;
     world.advance(Duration::from_secs(60));
     world.settle();
-    assert_eq!((world.status.step, world.weight()), (2, pct(25)));
+    assert_eq!((world.status.step, world.weight()), (1, pct(25)));
+    assert!(world.status.analysis_started_at.is_some());
+    world.analysis = Some(StepVerdict::Fail("errors 3x stable".into()));
+    let mut failing = world.clone();
+    failing.reconcile();
+    assert_eq!(
+        failing.phase(),
+        Phase::Aborted,
+        "a bad canary held at a gate is rolled back"
+    );
+    world.analysis = None;
     assert_eq!(gate(&world, "load").map(|g| g.1), Some(GateState::Called));
     world.advance(Duration::from_secs(1));
     world.reconcile();
@@ -639,7 +649,7 @@ fn a_check_that_refuses_with_on_failure_abort_rolls_back_and_calls_the_rollback_
     assert!(
         world
             .message(conditions::PROGRESSING)
-            .contains("gate smoke (BeforeStep) refused: answered 503")
+            .contains("aborted at step 1: gate smoke (BeforeStep, step 1) refused: answered 503")
     );
     assert_eq!(
         gate(&world, "rolled-back").map(|g| g.1),
@@ -1160,6 +1170,51 @@ fn commands_run_once_per_nonce_and_are_acknowledged() {
     world.settle();
     assert_eq!(world.phase(), Phase::Healthy);
     assert_eq!(world.status.stable_revision.as_deref(), Some(CANARY));
+}
+
+#[test]
+fn a_promote_does_not_finish_a_step_whose_analysis_fails() {
+    let mut world = World::healthy(spec(""));
+    world.new_template(CANARY);
+    world.reconcile();
+    world.analysis = Some(StepVerdict::Fail("errors 4x stable".into()));
+    world.command = Some("promote/1".into());
+    world.reconcile();
+    assert_eq!(world.phase(), Phase::Aborted);
+    assert_eq!(world.reason(conditions::PROGRESSING), "AnalysisFailed");
+    assert_eq!(
+        world.status.last_command.and_then(|c| c.outcome),
+        Some("not applicable while Aborted".into())
+    );
+}
+
+#[test]
+fn a_new_revision_mid_rollout_does_not_inherit_the_old_canarys_weight() {
+    let mut world = World::healthy(spec(
+        "  gates: [{name: pre, type: PreRollout, url: 'http://gates/pre'}]\n",
+    ));
+    world.check_reply = Some(true);
+    world.new_template(CANARY);
+    world.settle();
+    world.advance(Duration::from_secs(1));
+    world.settle();
+    assert_eq!(world.weight(), pct(25));
+    world.new_template(THIRD);
+    world.settle();
+    world.advance(Duration::from_secs(1));
+    world.settle();
+    assert_eq!(world.weight(), pct(25));
+    // Back to a revision whose pods still run: its PreRollout check holds, and the
+    // canary before it had 25%.
+    world.check_reply = None;
+    world.new_template(CANARY);
+    world.reconcile();
+    assert_eq!(world.reason(conditions::PROGRESSING), "GateWaiting");
+    assert_eq!(
+        world.weight(),
+        Weight::ZERO,
+        "no traffic before its check passed"
+    );
 }
 
 #[test]
@@ -1722,7 +1777,7 @@ mod random_walks {
                 }
                 // World::apply asserts that no weight lands on a canary without an
                 // available pod, and that only the spec's revision is ever created.
-                world.reconcile();
+                let first = world.reconcile();
                 // A new revision put off starts, when it is reconciled, as it would
                 // have at once: the same canary, step, phase and weight.
                 if let Some(at_once) = started_at_once {
@@ -1744,11 +1799,19 @@ mod random_walks {
                 }
                 // A step being judged wakes no later than the analysis' next look, so a
                 // quicker look (evidence building against the canary) is not slept through.
-                let judging = matches!(
-                    world.reason(conditions::PROGRESSING).as_str(),
-                    "StepInProgress" | "Inconclusive"
-                ) && world.status.phase == Some(Phase::Progressing)
-                    && world.invalid.is_none();
+                let progressing = world.status.phase == Some(Phase::Progressing) && world.invalid.is_none();
+                let held_at_gate = progressing && world.reason(conditions::PROGRESSING) == "GateWaiting";
+                // Canary traffic held at a gate is still judged: a step that finished
+                // waits for the next one's checks at its own weight, in its window.
+                if held_at_gate && (world.status.weight > Weight::ZERO || world.status.exposure.is_some()) {
+                    prop_assert!(
+                        world.status.analysis_started_at.is_some(),
+                        "step {} holds {} on the canary at a gate, unjudged", world.status.step, world.status.weight
+                    );
+                }
+                let judging = progressing
+                    && (matches!(world.reason(conditions::PROGRESSING).as_str(), "StepInProgress" | "Inconclusive")
+                        || (held_at_gate && world.status.analysis_started_at.is_some()));
                 if let (true, Some(look)) = (judging, world.next_look) {
                     prop_assert!(
                         world.last_wait <= look,
@@ -1765,6 +1828,12 @@ mod random_walks {
                 let stable_before = stable_before.as_deref();
                 if status.canary_revision.is_some() && status.canary_revision != before.2 {
                     prop_assert!(said.iter().any(|e| matches!(*e, "RolloutStarted" | "RolloutRestarted")), "new canary without an Event: {said:?}");
+                    // A new canary gets no traffic but its first step's, judged: the old
+                    // canary's weight is not its own.
+                    let untouched = first.status.weight.is_zero() && first.status.exposure.is_none();
+                    if world.invalid.is_none() && first.status.canary_revision == status.canary_revision && !untouched {
+                        prop_assert!(first.status.analysis_started_at.is_some() && first.status.step == 1, "a new canary took the old one's traffic: {}", first.status.weight);
+                    }
                 }
                 if status.canary_revision == before.2 && status.canary_revision.is_some() && status.step > before.0 {
                     prop_assert!(said.contains(&"StepAdvanced"), "step {} -> {} without StepAdvanced: {said:?}", before.0, status.step);
@@ -1795,7 +1864,18 @@ mod random_walks {
                 let moved_on = status.canary_revision == before.2
                     && before.1 == Some(Phase::Progressing)
                     && (status.step > before.0 || status.phase == Some(Phase::Promoting) || status.phase == Some(Phase::Healthy));
-                if moved_on && !promoted_by_hand {
+                // A step that finished and waited at the next one's checks moves on when
+                // they pass, whatever the verdict since (a failing one rolls back first).
+                let finished_before = gates_before.iter().any(|r| {
+                    r.state == GateState::Waiting
+                        && before.2.as_deref() == Some(r.revision.as_str())
+                        && world.spec.gates.iter().any(|g| g.name == r.name && match g.r#type {
+                            GateType::BeforeStep => r.step == before.0 + 1,
+                            GateType::ConfirmPromotion => r.step == before.0,
+                            _ => false,
+                        })
+                });
+                if moved_on && !promoted_by_hand && !finished_before {
                     prop_assert!(
                         matches!(world.analysis, None | Some(StepVerdict::Pass)),
                         "a step moved on with the verdict {:?}", world.analysis

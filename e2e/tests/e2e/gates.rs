@@ -167,7 +167,7 @@ fn a_refusal_rolls_back_and_a_hook_cut_by_a_restart_is_not_called_again() -> Res
     )?;
     let why = message(&aborted, "Progressing");
     ensure!(
-        why.contains("aborted at step 2: gate smoke (BeforeStep) refused: answered 500"),
+        why.contains("aborted at step 1: gate smoke (BeforeStep, step 2) refused: answered 500"),
         "{why}"
     );
     ensure!(weight(&aborted) == Weight::ZERO);
