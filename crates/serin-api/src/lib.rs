@@ -30,7 +30,7 @@ pub use spec::{
     Experiment, Gate, GateFailure, GateType, GatewayApiRouter, HeaderMatch, IstioRouter,
     LatencyMetric, Metric, Mirror, NotificationFormat, NotificationSink, PodTemplate,
     PrometheusSource, RequestMatch, RouteKind, SecretKeyReference, SecretReference, ServicePorts,
-    Stage, Traffic, UrlSource, WorkloadSelector,
+    StableScale, Stage, Traffic, UrlSource, WorkloadSelector,
 };
 pub use status::{
     AcknowledgedCommand, CanaryStatus, ErrorCounts, Exposure, GateState, GateStatus, MetricStatus,

@@ -145,6 +145,15 @@ pub struct CanarySpec {
     #[schemars(length(max = 32))]
     pub progress_deadline: Duration,
 
+    /// How a router's rollout sizes stable. `Full` (default): stable keeps all
+    /// `replicas` pods and the canary's are extra, so a rollback never lacks
+    /// capacity. `Weighted`: `replicas` is the total (what an HPA targeting the
+    /// Canary decides), split by the weight, each side with enough pods for its
+    /// share, so stable is not kept full for traffic it no longer gets. Without a
+    /// router the pods always carry the weight, so the total is always split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_scale: Option<StableScale>,
+
     /// Scale a ReplicaSet that no longer receives traffic down only after this long, so
     /// in-flight requests drain and a quick return is cheap. Default `30s`.
     #[serde(default = "default_scale_down_delay")]
@@ -989,6 +998,15 @@ impl GateType {
             Self::PreRollout | Self::BeforeStep | Self::ConfirmPromotion
         )
     }
+}
+
+/// How a router's rollout sizes stable against `spec.replicas`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum StableScale {
+    /// Stable keeps every pod; the canary's pods come on top.
+    Full,
+    /// The replicas are the total, split between stable and canary by the weight.
+    Weighted,
 }
 
 /// What a check's refusal does.

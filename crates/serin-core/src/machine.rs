@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serin_api::{
     AcknowledgedCommand, CanarySpec, CanaryStatus, Duration as SpecDuration, Exposure, GateFailure,
-    GateState, GateStatus, GateType, Phase, Stage, Weight, reason,
+    GateState, GateStatus, GateType, Phase, StableScale, Stage, Weight, reason,
 };
 
 use crate::command::{self, Command, CommandKind};
@@ -531,7 +531,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         let split = self.split_for(stage);
         self.actions.push(Action::Scale {
             revision: stable.to_owned(),
-            replicas: split.stable,
+            replicas: split.stable.max(self.stable_for_current_weight()),
         });
         self.actions.push(Action::Scale {
             revision: target.to_owned(),
@@ -573,6 +573,13 @@ impl<'s, 'a> Planner<'s, 'a> {
             self.status.analysis_started_at = Some(self.now.clone());
         }
         self.route(stable, Some(target), split.weight, exposure(stage));
+        if self.weighted() {
+            // The weight moved off stable: its pods follow, after the route.
+            self.actions.push(Action::Scale {
+                revision: stable.to_owned(),
+                replicas: split.stable,
+            });
+        }
         self.judge_step(stable, target, step, stage, clock);
     }
 
@@ -781,6 +788,12 @@ impl<'s, 'a> Planner<'s, 'a> {
     /// The canary passed: scale it to full size, then make it stable.
     fn promoting(&mut self, stable: &str, target: &str) {
         let replicas = self.snap.spec.replicas;
+        if self.snap.spec.traffic.is_some() {
+            self.actions.push(Action::Scale {
+                revision: stable.to_owned(),
+                replicas: self.stable_for_current_weight(),
+            });
+        }
         self.actions.push(Action::Scale {
             revision: target.to_owned(),
             replicas,
@@ -1122,8 +1135,10 @@ impl<'s, 'a> Planner<'s, 'a> {
     /// weighted step, which then finds its pods ready. The weight is zero unless the
     /// step is weighted.
     fn split_for(&self, stage: Stage<'_>) -> Split {
+        // No weight moves off stable: it keeps the pods for all of the traffic.
         let unweighted = |split: Split| Split {
             weight: Weight::ZERO,
+            stable: self.split(Weight::ZERO).stable,
             ..split
         };
         match stage {
@@ -1152,12 +1167,33 @@ impl<'s, 'a> Planner<'s, 'a> {
         }
     }
 
-    /// Replicas for a step's weight, by the router or by pod counts.
-    fn split(&self, weight: Weight) -> Split {
+    /// The router's total is split by weight (`stableScale: Weighted`).
+    fn weighted(&self) -> bool {
+        self.snap.spec.traffic.is_some()
+            && self.snap.spec.stable_scale == Some(StableScale::Weighted)
+    }
+
+    /// Stable's pods for the share of traffic it has now, with a router (a split
+    /// by weight shrinks stable only once the step's weight has moved off it).
+    /// Without one the pods are the weight: nothing beyond the step's split.
+    fn stable_for_current_weight(&self) -> i32 {
         if self.snap.spec.traffic.is_some() {
-            replicas::routed(self.snap.spec.replicas, weight)
+            self.split(self.status.weight).stable
         } else {
-            replicas::by_pod_count(self.snap.spec.replicas, weight)
+            0
+        }
+    }
+
+    /// Replicas for a step's weight: by the router, with stable full or the total
+    /// split by weight, or by pod counts.
+    fn split(&self, weight: Weight) -> Split {
+        let spec = self.snap.spec;
+        if self.weighted() {
+            replicas::weighted(spec.replicas, weight)
+        } else if spec.traffic.is_some() {
+            replicas::routed(spec.replicas, weight)
+        } else {
+            replicas::by_pod_count(spec.replicas, weight)
         }
     }
 

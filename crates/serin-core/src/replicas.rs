@@ -28,6 +28,20 @@ pub fn routed(replicas: i32, weight: Weight) -> Split {
     }
 }
 
+/// With a router and `stableScale: Weighted`, `replicas` is the total (an HPA's,
+/// say) split by the weight: each side runs enough pods for its share, rounded up,
+/// at least one, so neither is short and stable is not kept full for traffic it
+/// no longer gets.
+pub fn weighted(replicas: i32, weight: Weight) -> Split {
+    let canary = routed(replicas, weight).canary;
+    let stable = routed(replicas, weight.rest()).canary;
+    Split {
+        stable,
+        canary,
+        weight,
+    }
+}
+
 /// Without a router the pods carry the weight: `replicas` pods are split between
 /// the two revisions as close to `weight` as whole pods allow, each side keeping at
 /// least one pod (so a one-replica workload runs one of each, half and half). The
@@ -91,6 +105,19 @@ mod tests {
     }
 
     #[test]
+    fn weighted_examples() {
+        let sides = |replicas, percent| {
+            let split = weighted(replicas, pct(percent));
+            (split.stable, split.canary)
+        };
+        assert_eq!(sides(10, 10), (9, 1));
+        assert_eq!(sides(10, 25), (8, 3));
+        assert_eq!(sides(10, 50), (5, 5));
+        assert_eq!(sides(4, 1), (4, 1));
+        assert_eq!(sides(20, 50), (10, 10));
+    }
+
+    #[test]
     fn pod_count_examples() {
         assert_eq!(
             by_pod_count(4, pct(25)),
@@ -144,6 +171,17 @@ mod tests {
             prop_assert!(split.canary >= 1);
             prop_assert!(canary >= wanted);
             prop_assert!(canary - 1_000_000 < wanted || split.canary == 1);
+        }
+
+        #[test]
+        fn weighted_sides_each_have_their_share_and_the_total_at_most_one_more(replicas in 1..500i32, millionths in 1..1_000_000u32) {
+            let weight = Weight::from_millionths(millionths);
+            let split = weighted(replicas, weight);
+            let wanted = |share: f64| share * f64::from(replicas);
+            prop_assert!(split.canary >= 1 && f64::from(split.canary) >= wanted(weight.share()) - 1e-9);
+            prop_assert!(split.stable >= 1 && f64::from(split.stable) >= wanted(weight.rest().share()) - 1e-9);
+            prop_assert!(split.stable + split.canary <= replicas.max(1) + 1);
+            prop_assert!(split.stable <= replicas.max(1), "stable above the total");
         }
 
         #[test]

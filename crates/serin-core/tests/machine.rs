@@ -707,6 +707,41 @@ fn with_a_router_stable_stays_full_and_the_canary_runs_its_share() {
     assert_eq!(world.weight(), pct(50));
 }
 
+#[test]
+fn a_split_by_weight_follows_the_replicas_an_hpa_sets_and_stable_shrinks_after_the_weight() {
+    let mut world = World::healthy(spec(
+        "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n  stableScale: Weighted\n",
+    ));
+    world.spec.replicas = 10;
+    world.settle();
+    world.new_template(CANARY);
+    let first = world.reconcile();
+    // Stable keeps its pods while the canary's start: no weight has moved yet.
+    assert!(
+        first
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Scale { revision, replicas: 10 } if revision == STABLE))
+    );
+    world.settle();
+    assert_eq!(world.weight(), pct(25));
+    assert_eq!((world.replicas(STABLE), world.replicas(CANARY)), (8, 3));
+    // An HPA doubles the total: both sides grow with their share.
+    world.spec.replicas = 20;
+    world.generation += 1;
+    world.settle();
+    assert_eq!((world.replicas(STABLE), world.replicas(CANARY)), (15, 5));
+    world.advance(Duration::from_secs(60));
+    world.settle();
+    assert_eq!(world.weight(), pct(50));
+    assert_eq!((world.replicas(STABLE), world.replicas(CANARY)), (10, 10));
+    // A rollback takes the traffic back at once and stable grows back to the total.
+    world.command = Some("abort/1".into());
+    world.reconcile();
+    assert_eq!(world.weight(), Weight::ZERO);
+    assert_eq!(world.replicas(STABLE), 20);
+}
+
 /// The exposure and weight of the last Route action.
 fn traffic(world: &World) -> (Option<Exposure>, Weight) {
     world
@@ -1529,6 +1564,8 @@ mod random_walks {
         HookReply(bool),
         /// The controller restarts: the hook calls under way are forgotten.
         Restart,
+        /// An HPA sets the Canary's replicas (the scale subresource).
+        Resize(i32),
     }
 
     fn happening() -> impl Strategy<Value = Happening> {
@@ -1563,6 +1600,7 @@ mod random_walks {
             prop::option::of(any::<bool>()).prop_map(Happening::CheckReply),
             any::<bool>().prop_map(Happening::HookReply),
             Just(Happening::Restart),
+            (1..12i32).prop_map(Happening::Resize),
         ]
     }
 
@@ -1711,7 +1749,7 @@ mod random_walks {
         #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
         #[test]
-        fn invariants_hold_whatever_happens(routed in any::<bool>(), staged in prop::option::of(any::<bool>()), gated in any::<bool>(), happenings in prop::collection::vec(happening(), 1..40)) {
+        fn invariants_hold_whatever_happens(routed in any::<bool>(), staged in prop::option::of(any::<bool>()), gated in any::<bool>(), weighted in any::<bool>(), happenings in prop::collection::vec(happening(), 1..40)) {
             let mut extra = match (routed, staged) {
                 (false, _) => String::new(),
                 (true, None) => "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n".to_owned(),
@@ -1723,6 +1761,9 @@ mod random_walks {
             };
             if gated {
                 extra.push_str(GATES);
+            }
+            if weighted {
+                extra.push_str("  stableScale: Weighted\n");
             }
             let mut world = World::healthy(spec(&extra));
             if routed {
@@ -1774,6 +1815,7 @@ mod random_walks {
                     Happening::CheckReply(reply) => world.check_reply = reply,
                     Happening::HookReply(reply) => world.hook_reply = reply,
                     Happening::Restart => world.in_flight.clear(),
+                    Happening::Resize(replicas) => world.spec.replicas = replicas,
                 }
                 // World::apply asserts that no weight lands on a canary without an
                 // available pod, and that only the spec's revision is ever created.
@@ -1891,6 +1933,8 @@ mod random_walks {
                     && let Some(stage) = stage_now
                 {
                     let (weight, exposure) = match stage {
+                        // Without a router, the pods' share of the replicas.
+                        Stage::Weight(weight) if !routed => (serin_core::replicas::by_pod_count(world.spec.replicas, weight).weight, None),
                         Stage::Weight(weight) => (weight, None),
                         Stage::Mirror(_) => (Weight::ZERO, Some(Exposure::Mirror)),
                         Stage::Experiment(_) => (Weight::ZERO, Some(Exposure::Experiment)),
@@ -1941,6 +1985,23 @@ mod random_walks {
                 }
                 if status.phase == Some(Phase::Aborted) {
                     prop_assert_eq!(world.weight(), Weight::ZERO);
+                }
+                // With a router the canary runs enough pods for its share of the
+                // replicas, whatever an HPA sets them to; with the total split by
+                // weight, stable has enough for its share and never more than the total.
+                let rolling = matches!(status.phase, Some(Phase::Progressing | Phase::Paused | Phase::Promoting));
+                if routed && rolling && world.invalid.is_none() {
+                    let replicas = world.spec.replicas;
+                    let share = |weight: Weight| (u64::from(weight.millionths()) * u64::from(replicas.unsigned_abs())).div_ceil(1_000_000);
+                    let canary = status.canary_revision.clone().unwrap_or_default();
+                    let stable = status.stable_revision.clone().unwrap_or_default();
+                    prop_assert!(u64::from(world.replicas(&canary).unsigned_abs()) >= share(status.weight), "canary {} pods for {} of {replicas}", world.replicas(&canary), status.weight);
+                    if weighted {
+                        prop_assert!(u64::from(world.replicas(&stable).unsigned_abs()) >= share(status.weight.rest()), "stable {} pods for {} of {replicas}", world.replicas(&stable), status.weight.rest());
+                        prop_assert!(world.replicas(&stable) <= replicas.max(1), "stable inflated to {} of {replicas}", world.replicas(&stable));
+                    } else {
+                        prop_assert_eq!(world.replicas(&stable), replicas, "stable kept full");
+                    }
                 }
                 let live = world.replica_sets.iter().filter(|rs| rs.replicas > 0).count();
                 prop_assert!(live <= 3, "at most stable, canary and one retiring: {:?}", world.replica_sets);
