@@ -55,10 +55,11 @@ system-packages:
 ## The Kubernetes binaries, built once from the Go modules pinned under e2e/, with
 ## CoreDNS (the real node's cluster DNS), Traefik (the Gateway API data plane) and
 ## Prometheus with its Kubernetes discovery (Debian's package has none), and Helm
-## (to lint, render and install charts/serin), and serin-kstatus (kstatus, as Flux
-## reads a Canary's health).
+## (to lint, render and install charts/serin), serin-kstatus (kstatus, as Flux
+## reads a Canary's health), and serin-metrics-adapter (the external metrics API a
+## test's HorizontalPodAutoscaler reads).
 controlplane: $(K8S_BINS) $(BIN)/kwok $(BIN)/prometheus $(BIN)/coredns $(BIN)/traefik $(BIN)/helm \
-              $(BIN)/serin-kstatus
+              $(BIN)/serin-kstatus $(BIN)/serin-metrics-adapter
 
 $(K8S_BINS) &: e2e/controlplane/go.mod e2e/controlplane/go.sum
 	cd e2e/controlplane && $(GO_BUILD_K8S) k8s.io/kubernetes/cmd/kube-apiserver \
@@ -100,6 +101,9 @@ $(BIN)/helm: e2e/helm/go.mod e2e/helm/go.sum
 
 $(BIN)/serin-kstatus: e2e/kstatus/go.mod e2e/kstatus/go.sum e2e/kstatus/main.go
 	cd e2e/kstatus && $(GO_BUILD)serin-kstatus .
+
+$(BIN)/serin-metrics-adapter: e2e/metrics-adapter/go.mod e2e/metrics-adapter/main.go
+	cd e2e/metrics-adapter && $(GO_BUILD)serin-metrics-adapter .
 	touch $@
 
 $(BIN)/prometheus: e2e/prometheus/go.mod e2e/prometheus/go.sum

@@ -309,6 +309,10 @@ impl ControlPlane {
             "--allow-privileged=true".into(),
             // The real node's name resolves nowhere; its address does.
             "--kubelet-preferred-address-types=InternalIP".into(),
+            // An aggregated API (the external metrics an HPA test reads) is reached
+            // at its Service's endpoint, on the node's bridge: there is no
+            // kube-proxy for the API server's own connections on a kwok cluster.
+            "--enable-aggregator-routing=true".into(),
             "--profiling=false".into(),
         ];
         let apiserver = Supervised::spawn(
@@ -350,6 +354,9 @@ impl ControlPlane {
                     dir.join("sa.key").display()
                 ),
                 format!("--root-ca-file={}", ca.display()),
+                // The HPA controller looks every 5 s rather than 15 s, so a test
+                // sees an HPA act within a step.
+                "--horizontal-pod-autoscaler-sync-period=5s".into(),
                 "--profiling=false".into(),
             ]
             .into_iter()

@@ -11,6 +11,7 @@ pub mod judgement;
 pub mod kubectl;
 pub mod load;
 pub mod manifest;
+pub mod metrics;
 pub mod node;
 pub mod process;
 pub mod prometheus;

@@ -45,7 +45,9 @@ pub struct CanaryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis_started_at: Option<Time>,
 
-    /// Pods of the workload, both revisions, for the scale subresource.
+    /// The pods that make up `spec.replicas`, for the scale subresource: an HPA
+    /// compares them with its target, so a retiring revision's pods, or a canary's
+    /// on top of a full stable, are not counted.
     #[serde(default)]
     pub replicas: i32,
 

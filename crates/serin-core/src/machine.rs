@@ -266,7 +266,6 @@ impl<'s, 'a> Planner<'s, 'a> {
         let mut status = snap.status.clone();
         status.observed_generation = Some(snap.generation);
         status.selector = Some(selector_string(snap.spec));
-        status.replicas = snap.replica_sets.iter().map(|rs| rs.replicas).sum();
         Self {
             snap,
             now: Time(snap.now),
@@ -279,6 +278,7 @@ impl<'s, 'a> Planner<'s, 'a> {
     }
 
     fn finish(mut self) -> Plan {
+        self.status.replicas = self.counted_replicas();
         conditions::summarize(
             &mut self.status.conditions,
             self.status.phase,
@@ -1164,6 +1164,36 @@ impl<'s, 'a> Planner<'s, 'a> {
             Stage::Weight(_) => Some(step_duration),
             Stage::Mirror(mirror) => Some(mirror.duration.map_or(step_duration, duration)),
             Stage::Experiment(experiment) => experiment.duration.map(duration),
+        }
+    }
+
+    /// The pods the scale subresource reports against `spec.replicas`, which an
+    /// HPA compares with its target: those of the revisions that make up the
+    /// total. Never a retiring ReplicaSet's, nor a canary's on top of a full
+    /// stable, so an HPA is not led to keep a count inflated by them.
+    fn counted_replicas(&self) -> i32 {
+        let replicas = |revision: Option<&String>| {
+            revision.map_or(0, |revision| {
+                self.snap
+                    .replica_sets
+                    .iter()
+                    .find(|rs| &rs.revision == revision)
+                    .map_or(0, |rs| rs.replicas)
+            })
+        };
+        let (stable, canary) = (
+            self.status.stable_revision.as_ref(),
+            self.status.canary_revision.as_ref(),
+        );
+        // A mirrored or experimenting canary serves no share of the total.
+        let shared =
+            (self.weighted() || self.snap.spec.traffic.is_none()) && self.status.exposure.is_none();
+        match self.status.phase {
+            Some(Phase::Progressing | Phase::Paused) if shared => {
+                replicas(stable) + replicas(canary)
+            }
+            Some(Phase::Promoting) => replicas(canary),
+            _ => replicas(stable),
         }
     }
 

@@ -1873,7 +1873,10 @@ mod random_walks {
                     // A new canary gets no traffic but its first step's, judged: the old
                     // canary's weight is not its own.
                     let untouched = first.status.weight.is_zero() && first.status.exposure.is_none();
-                    if world.invalid.is_none() && first.status.canary_revision == status.canary_revision && !untouched {
+                    // (A promote in the same plan may move its first step on at once.)
+                    let promoted = first.status.last_command != acknowledged
+                        && first.status.last_command.as_ref().is_some_and(|c| c.command == "promote");
+                    if world.invalid.is_none() && first.status.canary_revision == status.canary_revision && !untouched && !promoted {
                         prop_assert!(first.status.analysis_started_at.is_some() && first.status.step == 1, "a new canary took the old one's traffic: {}", first.status.weight);
                     }
                 }
@@ -2001,6 +2004,26 @@ mod random_walks {
                         prop_assert!(world.replicas(&stable) <= replicas.max(1), "stable inflated to {} of {replicas}", world.replicas(&stable));
                     } else {
                         prop_assert_eq!(world.replicas(&stable), replicas, "stable kept full");
+                    }
+                }
+                // The scale subresource reports the pods that make up the total, as an
+                // HPA compares them with its target: never a retiring ReplicaSet's, nor
+                // the canary's on top of a full stable.
+                if world.invalid.is_none() {
+                    let replicas = world.spec.replicas;
+                    let shared = (weighted && routed || !routed) && status.exposure.is_none();
+                    let of = |revision: &Option<String>| revision.as_ref().map_or(0, |r| world.replicas(r));
+                    let (stable, canary) = (of(&status.stable_revision), of(&status.canary_revision));
+                    prop_assert!(status.replicas <= stable + canary, "status.replicas {} counts a retiring ReplicaSet", status.replicas);
+                    let bound = match (status.phase, world.reason(conditions::PROGRESSING).as_str()) {
+                        (Some(Phase::Healthy | Phase::Aborted), _) => Some(stable),
+                        (Some(Phase::Progressing | Phase::Paused), _) if !shared => Some(stable),
+                        // A step in effect runs its split of the total, each side rounded up.
+                        (Some(Phase::Progressing), "StepInProgress") => Some(replicas.max(2) + 1),
+                        _ => None,
+                    };
+                    if let Some(bound) = bound {
+                        prop_assert!(status.replicas <= bound, "status.replicas {} for {replicas} ({:?})", status.replicas, status.phase);
                     }
                 }
                 let live = world.replica_sets.iter().filter(|rs| rs.replicas > 0).count();

@@ -23,7 +23,7 @@ use crate::traffic::{RATE, Timeline, release, seconds_after, workload};
 /// test's Traefik sees only its own route. (One Traefik 3.6.12 for the whole run
 /// stopped taking route events after a test's route was deleted while other tests
 /// waited, and served nothing more.)
-struct Turn {
+pub(crate) struct Turn {
     _traefik: Traefik,
     kubectl: Kubectl,
     namespace: String,
@@ -48,7 +48,7 @@ impl Drop for Turn {
 }
 
 /// Waits for `rollout`'s turn at the Gateway and starts its Traefik.
-fn gateway(rollout: &Rollout) -> Result<Turn> {
+pub(crate) fn gateway(rollout: &Rollout) -> Result<Turn> {
     static TURNS: Mutex<()> = Mutex::new(());
     let held = TURNS.lock().unwrap_or_else(PoisonError::into_inner);
     let traefik = Traefik::start(&cluster().kubectl).context("the Gateway")?;
@@ -71,7 +71,7 @@ spec:
 
 /// Applies the route and the workload's v1 with `steps`, and returns the Gateway's
 /// address once v1 is promoted and answers through it.
-fn promoted_behind_the_gateway(rollout: &Rollout, steps: &str) -> Result<SocketAddr> {
+pub(crate) fn promoted_behind_the_gateway(rollout: &Rollout, steps: &str) -> Result<SocketAddr> {
     rollout.apply_yaml(ROUTE)?;
     rollout.apply_manifest(&workload("v1", steps))?;
     rollout.wait_promoted(Duration::from_secs(90))?;

@@ -4,6 +4,7 @@
 //! namespace of its own.
 
 mod analysis;
+mod autoscaling;
 mod failures;
 mod gateway;
 mod install;
