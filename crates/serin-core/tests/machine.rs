@@ -2011,7 +2011,7 @@ mod random_walks {
                 // the canary's on top of a full stable.
                 if world.invalid.is_none() {
                     let replicas = world.spec.replicas;
-                    let shared = (weighted && routed || !routed) && status.exposure.is_none();
+                    let shared = (weighted || !routed) && status.exposure.is_none();
                     let of = |revision: &Option<String>| revision.as_ref().map_or(0, |r| world.replicas(r));
                     let (stable, canary) = (of(&status.stable_revision), of(&status.canary_revision));
                     prop_assert!(status.replicas <= stable + canary, "status.replicas {} counts a retiring ReplicaSet", status.replicas);
