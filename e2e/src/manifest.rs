@@ -184,10 +184,11 @@ mod tests {
             canary.spec.steps,
             [10, 50].map(serin_api::Weight::from_percent)
         );
-        let pod = canary.spec.template.spec.unwrap_or_default();
+        let template = canary.spec.template.unwrap_or_default();
+        let pod = template.spec.unwrap_or_default();
         assert_eq!(pod.containers.len(), 2);
         assert_eq!(pod.containers[0].image.as_deref(), Some("web:2"));
-        let annotations = canary.spec.template.metadata.and_then(|m| m.annotations);
+        let annotations = template.metadata.and_then(|m| m.annotations);
         let annotations = annotations.unwrap_or_default();
         assert_eq!(annotations["prometheus.io/port"], "8080");
         let ports = pod.containers[0].ports.clone().unwrap_or_default();
@@ -205,7 +206,12 @@ mod tests {
         let yaml = CanaryManifest::new("web").on_real_node().yaml();
         let canary: serin_api::Canary =
             serde_norway::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-        let pod = canary.spec.template.spec.unwrap_or_default();
+        let pod = canary
+            .spec
+            .template
+            .unwrap_or_default()
+            .spec
+            .unwrap_or_default();
         assert_eq!(pod.node_selector, None);
         assert_eq!(pod.tolerations, None);
     }

@@ -26,6 +26,10 @@ pub const EXPERIMENT_ANNOTATION: &str = "serin.dev/experiment-rules";
 /// Field manager of every server-side apply Serin makes, so its fields are its own.
 pub const FIELD_MANAGER: &str = "serin";
 
+/// The finalizer of a Canary that adopted a Deployment: the Canary goes only once
+/// the Deployment is back at full size.
+pub const ADOPTION_FINALIZER: &str = "serin.dev/adoption";
+
 /// `reportingController` of Serin's Events.
 pub const REPORTING_CONTROLLER: &str = "serin.dev/controller";
 
@@ -134,6 +138,10 @@ pub mod reason {
     /// A notification could not be delivered (the sink answered an error or
     /// nothing), or was dropped because the sink had too many in a minute.
     pub const NOTIFICATION_FAILED: &str = "NotificationFailed";
+    /// The Canary was deleted and the Deployment it adopted is back at full size
+    /// (Normal), or was given back though its pods did not all become available
+    /// within the progress deadline (Warning).
+    pub const DEPLOYMENT_RELEASED: &str = "DeploymentReleased";
 
     /// Every reason of a transition the state machine reports as an Event, which a
     /// notification sink may ask for (`spec.notifications[].reasons`).

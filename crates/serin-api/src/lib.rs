@@ -18,9 +18,9 @@ mod validate;
 mod weight;
 
 pub use contract::{
-    CANARY_LABEL, COMMAND_ANNOTATION, CommandKind, EXPERIMENT_ANNOTATION, FIELD_MANAGER,
-    REPORTING_CONTROLLER, REVISION_LABEL, SCALE_DOWN_AT_ANNOTATION, canary_service, condition,
-    reason, replica_set_name, stable_service,
+    ADOPTION_FINALIZER, CANARY_LABEL, COMMAND_ANNOTATION, CommandKind, EXPERIMENT_ANNOTATION,
+    FIELD_MANAGER, REPORTING_CONTROLLER, REVISION_LABEL, SCALE_DOWN_AT_ANNOTATION, canary_service,
+    condition, reason, replica_set_name, stable_service,
 };
 pub use decode::{DecodeError, decode};
 /// A Go-style duration as written in the spec (`30s`, `2m`).
@@ -29,14 +29,15 @@ pub use spec::{
     Analysis, Canary, CanarySpec, CookieMatch, Counting, ErrorCounters, ErrorRateMetric,
     Experiment, Gate, GateFailure, GateType, GatewayApiRouter, HeaderMatch, IstioRouter,
     LatencyMetric, Metric, Mirror, NotificationFormat, NotificationSink, PodTemplate,
-    PrometheusSource, RequestMatch, RouteKind, SecretKeyReference, SecretReference, ServicePorts,
-    StableScale, Stage, Traffic, UrlSource, WorkloadSelector,
+    PrometheusSource, RequestMatch, RouteKind, ScaleDown, SecretKeyReference, SecretReference,
+    ServicePorts, StableScale, Stage, Traffic, UrlSource, WorkloadKind, WorkloadRef,
+    WorkloadSelector,
 };
 pub use status::{
     AcknowledgedCommand, CanaryStatus, ErrorCounts, Exposure, GateState, GateStatus, MetricStatus,
     Phase, RatioInterval, Verdict,
 };
-pub use validate::notification_sinks_problem;
+pub use validate::{EXACTLY_ONE_TEMPLATE, notification_sinks_problem};
 pub use weight::{MILLION, Weight};
 
 /// API group of every Serin resource.

@@ -55,7 +55,9 @@ const KNOWN_VARIABLES_MESSAGE: &str = "has an unknown template variable, or one 
         .message("metadata.name must be a DNS label of at most 52 characters that starts with a letter: Serin names Services <name>-stable and <name>-canary and ReplicaSets <name>-<revision>"),
 )]
 #[x_kube(
-    validation = Rule::new("self.selector.matchLabels.all(k, has(self.template.metadata.labels) && k in self.template.metadata.labels && self.template.metadata.labels[k] == self.selector.matchLabels[k])")
+    validation = Rule::new("has(self.template) != has(self.workloadRef)")
+        .message("set exactly one of spec.template (Serin runs this pod template) and spec.workloadRef (Serin adopts a Deployment and rolls out its template)"),
+    validation = Rule::new("!has(self.template) || self.selector.matchLabels.all(k, has(self.template.metadata.labels) && k in self.template.metadata.labels && self.template.metadata.labels[k] == self.selector.matchLabels[k])")
         .message("spec.selector.matchLabels must all appear, with the same values, in spec.template.metadata.labels")
         .field_path(".selector"),
     validation = Rule::new("has(self.traffic) || self.steps.all(w, w == double(int(w)))")
@@ -91,9 +93,17 @@ pub struct CanarySpec {
     pub selector: WorkloadSelector,
 
     /// The pod template to run. Editing it starts a rollout of a new revision; the
-    /// revision is a hash of this template.
+    /// revision is a hash of this template. Absent with `workloadRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::pod_template")]
-    pub template: PodTemplate,
+    pub template: Option<PodTemplate>,
+
+    /// A Deployment to adopt instead of `template`: Serin rolls out the
+    /// Deployment's pod template (an edit of it starts a rollout) in ReplicaSets of
+    /// its own and scales the Deployment down as its own pods take over; deleting
+    /// the Canary gives the Deployment back at full size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_ref: Option<WorkloadRef>,
 
     /// The Services Serin owns: `<name>` selects both revisions, `<name>-stable` and
     /// `<name>-canary` one each. Absent: Serin creates no Services (for workloads that
@@ -998,6 +1008,43 @@ impl GateType {
             Self::PreRollout | Self::BeforeStep | Self::ConfirmPromotion
         )
     }
+}
+
+/// The Deployment a Canary adopts.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    /// The kind of workload: `Deployment` (apps/v1).
+    pub kind: WorkloadKind,
+    /// The Deployment's name, in the Canary's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// When the Deployment's own pods go. `Progressively` (default): the Deployment
+    /// is scaled down pod for pod as Serin's stable pods become available, so the
+    /// two together never serve with fewer pods than `replicas`. `OnSuccess`: to
+    /// zero at once when Serin's stable is fully available. `Never`: left as it is
+    /// (both run; scale it yourself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<ScaleDown>,
+}
+
+/// Workload kinds a Canary adopts.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum WorkloadKind {
+    /// An apps/v1 Deployment.
+    Deployment,
+}
+
+/// When an adopted Deployment's own pods go.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum ScaleDown {
+    /// Pod for pod, as Serin's stable pods become available.
+    #[default]
+    Progressively,
+    /// To zero once Serin's stable pods are all available.
+    OnSuccess,
+    /// Never: the Deployment keeps its pods.
+    Never,
 }
 
 /// How a router's rollout sizes stable against `spec.replicas`.

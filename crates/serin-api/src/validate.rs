@@ -6,6 +6,10 @@
 
 use crate::{CanarySpec, Duration, GateType, NotificationSink, Weight};
 
+/// Both `template` and `workloadRef`, or neither: the reconciler refuses both
+/// before it fills an adopting Canary's template from its Deployment.
+pub const EXACTLY_ONE_TEMPLATE: &str = "spec.template: set exactly one of spec.template (Serin runs this pod template) and spec.workloadRef (Serin adopts a Deployment and rolls out its template)";
+
 impl CanarySpec {
     /// The first broken promise, as `<field>: <what it must be>`.
     pub fn problem(&self) -> Option<String> {
@@ -15,6 +19,9 @@ impl CanarySpec {
         };
         if self.replicas < 0 {
             return Some("spec.replicas: must be 0 or more".into());
+        }
+        if self.template.is_none() && self.workload_ref.is_none() {
+            return Some(EXACTLY_ONE_TEMPLATE.into());
         }
         if self.steps.is_empty()
             || self

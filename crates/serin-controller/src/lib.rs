@@ -4,6 +4,7 @@
 //! (leader election, endpoints, shutdown); `notify` tells the Canary's sinks of
 //! its transitions; `gates` calls the checks and hooks of `spec.gates`.
 
+pub mod adoption;
 pub mod analysis;
 pub mod cache;
 pub mod gates;

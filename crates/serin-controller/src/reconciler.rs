@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -17,19 +17,22 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action as Requeue, Config, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serin_api::{
-    CANARY_LABEL, COMMAND_ANNOTATION, Canary, DecodeError, FIELD_MANAGER, REPORTING_CONTROLLER,
-    REVISION_LABEL, RouteKind, SCALE_DOWN_AT_ANNOTATION, reason, replica_set_name,
+    ADOPTION_FINALIZER, CANARY_LABEL, COMMAND_ANNOTATION, Canary, DecodeError,
+    EXACTLY_ONE_TEMPLATE, FIELD_MANAGER, REPORTING_CONTROLLER, REVISION_LABEL, RouteKind,
+    SCALE_DOWN_AT_ANNOTATION, reason, replica_set_name,
 };
 use serin_traffic::route::route_resource;
 use serin_traffic::{Router, WeightRouter, Weights, Workload};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::adoption::{self, GiveBack};
 use crate::analysis::Analyst;
 use crate::cache::{self, Cache, CacheGone, Compact};
 use crate::gates::GateCaller;
@@ -43,7 +46,7 @@ use serin_api::{CanaryStatus, Phase};
 use serin_core::conditions::{self, ConditionStatus};
 use serin_core::gate::GateAnswer;
 use serin_core::machine::{
-    self, Action, EventType, ObservedReplicaSet, Plan, Snapshot, StepVerdict,
+    self, Action, AdoptedWorkload, EventType, ObservedReplicaSet, Plan, Snapshot, StepVerdict,
 };
 use serin_core::revision::revision_of;
 
@@ -300,10 +303,24 @@ pub async fn run(
     let service_events = tracked("services", watcher(services, owned), &health)
         .reflect(service_writer)
         .touched_objects();
+    // Adopted Deployments (labelled with their Canary) wake it when their template
+    // changes or their pods come and go; only their metadata is kept.
+    let deployments: Api<PartialObjectMeta<Deployment>> = in_scope(&client, &settings);
+    let deployment_events = tracked(
+        "deployments",
+        watcher(deployments, watcher::Config::default().labels(CANARY_LABEL)),
+        &health,
+    )
+    .touched_objects();
     let context = Arc::new(Context::new(client.clone(), &settings, metrics, cache));
     let mut controller = Controller::for_stream(canary_events, store.clone())
         .owns_stream(replica_set_events)
-        .owns_stream(service_events);
+        .owns_stream(service_events)
+        .watches_stream(deployment_events, |deployment| {
+            let namespace = deployment.namespace()?;
+            let canary = deployment.labels().get(CANARY_LABEL)?;
+            Some(ObjectRef::<WatchedCanary>::new(canary).within(&namespace))
+        });
     for kind in RouteKind::ALL {
         if !route_writers.iter().any(|(served, _)| *served == kind) {
             info!(
@@ -429,6 +446,10 @@ async fn reconcile(
     let result = async {
         if watched.meta().deletion_timestamp.is_some() {
             context.metrics.forget(&namespace, &name);
+            let adopting = watched.finalizers().iter().any(|f| f == ADOPTION_FINALIZER);
+            if let (true, Read::Canary(canary)) = (adopting, watched.read()) {
+                return give_back(&canary, &namespace, &context).await;
+            }
             return Ok(Requeue::await_change());
         }
         match watched.read() {
@@ -449,6 +470,84 @@ async fn reconcile(
         result.as_ref().err().map(|error| error.layer().as_str()),
     );
     result
+}
+
+/// How often a deleted Canary looks at the Deployment it gives back, beside the
+/// watch of adopted Deployments that wakes it as their pods become available.
+const GIVE_BACK_RECHECK: Duration = Duration::from_secs(2);
+
+/// A deleted Canary that adopted a Deployment: the Deployment goes back to the
+/// Canary's replicas, and only once its pods are available (or the progress
+/// deadline passed) do its label and the finalizer go, so the Canary's own pods,
+/// which the garbage collector then deletes, never leave the workload short.
+async fn give_back(
+    canary: &Canary,
+    namespace: &str,
+    context: &Context,
+) -> Result<Requeue, ReconcileError> {
+    let name = canary.name_any();
+    let span = info_span!("give back", canary = %format!("{namespace}/{name}"));
+    async {
+        let deployment_name = canary.spec.workload_ref.as_ref().map(|r| r.name.clone());
+        let deployments: Api<Deployment> = Api::namespaced(context.client.clone(), namespace);
+        let deployment = match &deployment_name {
+            Some(deployment) => deployments.get_opt(deployment).await.map_err(kube_error(
+                Layer::Observe,
+                format!("reading Deployment {deployment}"),
+            ))?,
+            None => None,
+        };
+        let deleted = canary
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .map_or(Timestamp::now(), |at| at.0);
+        let waited = Duration::try_from(Timestamp::now() - deleted).unwrap_or_default();
+        let deadline = Duration::from(canary.spec.progress_deadline);
+        let replicas = canary.spec.replicas;
+        let event = match adoption::give_back(deployment.as_ref(), replicas, waited, deadline) {
+            GiveBack::Scale(replicas) => {
+                if let Some(deployment) = &deployment_name {
+                    adoption::scale(&context.client, namespace, deployment, replicas)
+                        .await
+                        .map_err(kube_error(
+                            Layer::Apply,
+                            format!("scaling Deployment {deployment} back"),
+                        ))?;
+                }
+                return Ok(Requeue::requeue(GIVE_BACK_RECHECK));
+            }
+            GiveBack::Wait => return Ok(Requeue::requeue(GIVE_BACK_RECHECK)),
+            GiveBack::Done => machine::Event {
+                kind: EventType::Normal,
+                reason: reason::DEPLOYMENT_RELEASED,
+                note: format!(
+                    "Deployment {} is back at {replicas} available pods; the Canary's pods go",
+                    deployment_name.as_deref().unwrap_or_default()
+                ),
+            },
+            GiveBack::GiveUp => machine::Event {
+                kind: EventType::Warning,
+                reason: reason::DEPLOYMENT_RELEASED,
+                note: format!(
+                    "Deployment {} is back at {replicas} pods, but they were not all available within spec.progressDeadline; the Canary's pods go anyway",
+                    deployment_name.as_deref().unwrap_or_default()
+                ),
+            },
+        };
+        adoption::release(
+            &context.client,
+            canary,
+            namespace,
+            deployment.as_ref().and(deployment_name.as_deref()),
+        )
+        .await
+        .map_err(kube_error(Layer::Apply, "releasing the adopted Deployment"))?;
+        record_events(context, namespace, &name, canary.object_ref(&()), &[event]).await;
+        Ok(Requeue::await_change())
+    }
+    .instrument(span)
+    .await
 }
 
 /// A Canary that does not decode gets `InvalidSpec` (and `Promoted` False, `Stalled`
@@ -539,6 +638,31 @@ async fn reconcile_one(
         context.metrics.stale_read();
         return Ok(Requeue::requeue(STALE_READ_RETRY));
     }
+    // An adopting Canary rolls out its Deployment's template: the rest of the
+    // reconcile sees a Canary with that template, as if it were written in it.
+    let adopting;
+    let (canary, adoption, adoption_problem) = match &canary.spec.workload_ref {
+        None => (canary, None, None),
+        Some(_) if canary.spec.template.is_some() => {
+            (canary, None, Some(EXACTLY_ONE_TEMPLATE.to_owned()))
+        }
+        Some(reference) => {
+            match adoption::read(&context.client, namespace, name, &canary.spec, reference)
+                .await
+                .map_err(kube_error(
+                    Layer::Observe,
+                    format!("reading Deployment {}", reference.name),
+                ))? {
+                Ok(adoption) => {
+                    let mut with_template = canary.clone();
+                    with_template.spec.template = Some(adoption.template.clone());
+                    adopting = with_template;
+                    (&adopting, Some(adoption), None)
+                }
+                Err(problem) => (canary, None, Some(problem)),
+            }
+        }
+    };
     let owner = canary.controller_owner_ref(&()).unwrap_or_default();
     let workload = Workload {
         namespace,
@@ -550,7 +674,16 @@ async fn reconcile_one(
     };
     let router = Router::new(&context.client, workload, &context.cache, &canary.spec);
     context.cache.ready().await?;
-    let revision = revision_of(&canary.spec.template);
+    // Without a template (its Deployment is missing), nothing is rolled out: the
+    // spec is invalid, and the revision is the stable one's.
+    let revision = match &canary.spec.template {
+        Some(template) => revision_of(template),
+        None => canary
+            .status
+            .as_ref()
+            .and_then(|status| status.stable_revision.clone())
+            .unwrap_or_default(),
+    };
     let replica_sets: Vec<ObservedReplicaSet> = context
         .cache
         .replica_sets(namespace, name)
@@ -573,9 +706,10 @@ async fn reconcile_one(
             }
         }
     };
-    let observed = observe(
+    let mut observed = observe(
         canary,
         revision,
+        adoption_problem,
         replica_sets,
         namespace,
         name,
@@ -583,8 +717,25 @@ async fn reconcile_one(
         context,
     )
     .await?;
+    observed.adopted = adoption.as_ref().map(|adoption| adoption.workload);
     let sinks = observed.sinks.clone();
     let plan = decide(canary, observed.clone());
+    if let (Some(adoption), Some(reference), None) =
+        (&adoption, &canary.spec.workload_ref, &observed.invalid)
+    {
+        adoption::claim(
+            &context.client,
+            canary,
+            namespace,
+            adoption,
+            &reference.name,
+        )
+        .await
+        .map_err(kube_error(
+            Layer::Apply,
+            format!("adopting Deployment {}", reference.name),
+        ))?;
+    }
     apply(canary, namespace, name, &router, &observed, &plan, context).await?;
     report(canary, namespace, name, &plan, &sinks, context).await
 }
@@ -616,14 +767,21 @@ struct Observed {
     /// The sinks of `spec.notifications`, their URLs read; none while a Secret
     /// they name is missing (an invalid spec).
     sinks: Vec<Sink>,
+    /// The adopted Deployment's pods.
+    adopted: Option<AdoptedWorkload>,
     now: Timestamp,
 }
 
 /// Reads the ReplicaSets, checks the spec (its promises, the router, the analysis,
 /// a dry run of a new revision's ReplicaSet) and runs the analysis when due.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "what one reconcile observes from"
+)]
 async fn observe(
     canary: &Canary,
     revision: String,
+    known_problem: Option<String>,
     mut observed: Vec<ObservedReplicaSet>,
     namespace: &str,
     name: &str,
@@ -642,7 +800,7 @@ async fn observe(
     }) {
         rs.pods_failing = pods_failing(context, canary, namespace, &revision, now).await;
     }
-    let invalid = match canary.spec.problem() {
+    let invalid = match known_problem.or_else(|| canary.spec.problem()) {
         Some(problem) => Some(problem),
         None => match router.check().await {
             Ok(()) => None,
@@ -717,6 +875,7 @@ async fn observe(
         gate_answers,
         status,
         sinks,
+        adopted: None,
         now,
     })
 }
@@ -762,6 +921,7 @@ fn decide(canary: &Canary, observed: Observed) -> Plan {
         analysis: observed.analysis,
         next_look: observed.next_look,
         gate_answers: observed.gate_answers,
+        adopted: observed.adopted,
         now: observed.now,
     })
 }
@@ -828,6 +988,18 @@ async fn apply(
                         layer: Layer::Apply,
                         source,
                     })?;
+            }
+            Action::ScaleAdopted { replicas } => {
+                let Some(reference) = &canary.spec.workload_ref else {
+                    continue;
+                };
+                adoption::scale(&context.client, namespace, &reference.name, *replicas)
+                    .await
+                    .map_err(kube_error(
+                        Layer::Apply,
+                        format!("scaling Deployment {}", reference.name),
+                    ))?;
+                info!(deployment = %reference.name, replicas, "scaled the adopted Deployment");
             }
             Action::Delete { revision } => {
                 let rs_name = replica_set_name(name, revision);
@@ -1034,7 +1206,7 @@ fn replica_set_patch(action: &Action) -> Option<serde_json::Value> {
         Action::ScaleDownAt { at, .. } => Some(serde_json::json!({"metadata": {"annotations": {
             SCALE_DOWN_AT_ANNOTATION: at.map(|at| at.to_string()),
         }}})),
-        Action::Route(_) | Action::Delete { .. } => None,
+        Action::Route(_) | Action::Delete { .. } | Action::ScaleAdopted { .. } => None,
     }
 }
 
@@ -1080,7 +1252,8 @@ fn replica_set(
 ) -> ReplicaSet {
     let mut labels: BTreeMap<String, String> = canary.spec.selector.match_labels.clone();
     labels.insert(REVISION_LABEL.to_owned(), revision.to_owned());
-    let mut template: PodTemplateSpec = canary.spec.template.clone();
+    // An adopting Canary's template is the Deployment's, filled in before this.
+    let mut template: PodTemplateSpec = canary.spec.template.clone().unwrap_or_default();
     let metadata = template.metadata.get_or_insert_with(ObjectMeta::default);
     metadata
         .labels

@@ -184,7 +184,14 @@ proptest! {
                 canary
             }
         };
-        let revision = revision_of(&canary.spec.template);
+        // Without a template (and no Deployment to adopt) the spec is refused
+        // before anything is planned.
+        let Some(template) = canary.spec.template.as_ref() else {
+            let problem = canary.spec.problem().unwrap_or_default();
+            prop_assert!(problem.starts_with("spec.template: set exactly one of"), "{}", problem);
+            return Ok(());
+        };
+        let revision = revision_of(template);
         prop_assert_eq!(revision.len(), 10);
         if let Some(problem) = canary.spec.problem() {
             prop_assert!(problem.starts_with("spec."), "{}", problem);
@@ -211,6 +218,7 @@ proptest! {
                 analysis: verdict,
                 next_look: None,
                 gate_answers: Vec::new(),
+                adopted: None,
                 now,
             };
             let planned = plan(&snapshot);

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serin_api::{
     AcknowledgedCommand, CanarySpec, CanaryStatus, Duration as SpecDuration, Exposure, GateFailure,
-    GateState, GateStatus, GateType, Phase, StableScale, Stage, Weight, reason,
+    GateState, GateStatus, GateType, Phase, ScaleDown, StableScale, Stage, Weight, reason,
 };
 
 use crate::command::{self, Command, CommandKind};
@@ -86,8 +86,21 @@ pub struct Snapshot<'a> {
     pub next_look: Option<Duration>,
     /// What the shell learned of the gates status lists as waiting or calling.
     pub gate_answers: Vec<GateAnswer>,
+    /// The Deployment of `spec.workloadRef`, when the Canary adopts one.
+    pub adopted: Option<AdoptedWorkload>,
     /// The current time.
     pub now: Timestamp,
+}
+
+/// An adopted Deployment as observed: its own pods, which go as Serin's take over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdoptedWorkload {
+    /// Pods it is asked to run.
+    pub replicas: i32,
+    /// Its pods available.
+    pub available: i32,
+    /// When its pods go.
+    pub scale_down: ScaleDown,
 }
 
 /// Where traffic goes.
@@ -129,6 +142,12 @@ pub enum Action {
     Delete {
         /// Revision of the ReplicaSet.
         revision: String,
+    },
+    /// Resize the adopted Deployment: only ever down, as Serin's stable pods cover
+    /// its own.
+    ScaleAdopted {
+        /// Pods it should run.
+        replicas: i32,
     },
 }
 
@@ -345,6 +364,7 @@ impl<'s, 'a> Planner<'s, 'a> {
         // A promotion in this plan changed which revision is stable.
         let stable = self.status.stable_revision.clone().unwrap_or(stable);
         self.retire_unused(&stable);
+        self.take_over_adopted(&stable);
         if self
             .status
             .gates
@@ -365,6 +385,29 @@ impl<'s, 'a> Planner<'s, 'a> {
             format!("first revision {target}"),
         );
         self.steady(target);
+        self.take_over_adopted(target);
+    }
+
+    /// An adopted Deployment's pods go as Serin's stable pods cover them: pod for
+    /// pod (`Progressively`), all at once when stable has every pod (`OnSuccess`),
+    /// or never. It is only ever scaled down, so a stable short of pods later (a
+    /// rollout splitting pods, a node lost) never brings it back: the Canary owns
+    /// the workload from then on.
+    fn take_over_adopted(&mut self, stable: &str) {
+        let Some(adopted) = self.snap.adopted else {
+            return;
+        };
+        let replicas = self.snap.spec.replicas;
+        let covered = self.available(stable);
+        let wanted = match adopted.scale_down {
+            ScaleDown::Never => return,
+            ScaleDown::Progressively => (replicas - covered).max(0),
+            ScaleDown::OnSuccess if covered >= replicas => 0,
+            ScaleDown::OnSuccess => return,
+        };
+        if wanted < adopted.replicas {
+            self.actions.push(Action::ScaleAdopted { replicas: wanted });
+        }
     }
 
     /// No rollout: the stable revision serves everything at the spec's size.

@@ -7,12 +7,13 @@ use std::time::Duration;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serin_api::{
     Canary, CanarySpec, CanaryStatus, Exposure, GateState, GateStatus, GateType, MetricStatus,
-    NotificationFormat, Phase, Stage, Verdict, Weight,
+    NotificationFormat, Phase, ScaleDown, Stage, Verdict, Weight,
 };
 use serin_core::conditions;
 use serin_core::gate::{self, GateAnswer, GateOutcome};
 use serin_core::machine::{
-    Action, Event, EventType, ObservedReplicaSet, Plan, Routing, Snapshot, StepVerdict, plan,
+    Action, AdoptedWorkload, Event, EventType, ObservedReplicaSet, Plan, Routing, Snapshot,
+    StepVerdict, plan,
 };
 use serin_core::notification::{self, Notice};
 
@@ -86,6 +87,8 @@ struct World {
     rollouts: usize,
     /// The shell tells nothing new (a plan made again at the same moment).
     quiet: bool,
+    /// The Deployment the Canary adopted, if it adopts one.
+    adopted: Option<AdoptedWorkload>,
 }
 
 impl World {
@@ -114,6 +117,7 @@ impl World {
             hooks_called: Vec::new(),
             rollouts: 0,
             quiet: false,
+            adopted: None,
         }
     }
 
@@ -170,9 +174,18 @@ impl World {
             analysis: self.analysis.clone(),
             next_look: self.next_look,
             gate_answers,
+            adopted: self.adopted,
             now: self.now,
         };
         let plan = plan(&snapshot);
+        // Stable's pods as the plan saw them: an adopted Deployment goes down only as
+        // far as they cover.
+        let covered = plan
+            .status
+            .stable_revision
+            .as_ref()
+            .map_or(0, |stable| self.available(stable));
+        let invalid = self.invalid.is_some();
         self.rollouts += plan
             .events
             .iter()
@@ -197,6 +210,9 @@ impl World {
                 && self.replicas(revision) > 0
             {
                 self.assert_drained_after_delay(revision, &serving_after);
+            }
+            if let Action::ScaleAdopted { replicas } = action {
+                self.assert_adopted_scaled_down(*replicas, covered, invalid);
             }
             self.apply(action);
         }
@@ -354,6 +370,12 @@ impl World {
                 .iter_mut()
                 .for_each(|rs| action.apply_to(rs)),
             Action::Delete { revision } => self.replica_sets.retain(|rs| &rs.revision != revision),
+            Action::ScaleAdopted { replicas } => {
+                if let Some(adopted) = &mut self.adopted {
+                    adopted.replicas = *replicas;
+                    adopted.available = adopted.available.min(*replicas);
+                }
+            }
         }
     }
 
@@ -379,6 +401,33 @@ impl World {
             "{revision} scaled to zero at {} though it stopped serving at {left}, within scaleDownDelay",
             self.now
         );
+    }
+
+    /// An adopted Deployment is only ever scaled down, never below what Serin's
+    /// stable pods cover (`Progressively`), to zero only once they cover the
+    /// replicas (`OnSuccess`), never at all (`Never`), and not behind an invalid spec.
+    fn assert_adopted_scaled_down(&self, replicas: i32, covered: i32, invalid: bool) {
+        let adopted = self
+            .adopted
+            .unwrap_or_else(|| panic!("scaled a Deployment the Canary did not adopt"));
+        assert!(!invalid, "scaled the Deployment behind an invalid spec");
+        assert!(
+            replicas < adopted.replicas,
+            "scaled the Deployment from {} up to {replicas}",
+            adopted.replicas
+        );
+        let wanted = self.spec.replicas;
+        match adopted.scale_down {
+            ScaleDown::Never => panic!("scaled a Deployment with scaleDown: Never"),
+            ScaleDown::Progressively => assert!(
+                replicas >= wanted - covered,
+                "the Deployment down to {replicas} with {covered} of {wanted} stable pods available"
+            ),
+            ScaleDown::OnSuccess => assert!(
+                replicas == 0 && covered >= wanted,
+                "the Deployment down to {replicas} with {covered} of {wanted} stable pods available"
+            ),
+        }
     }
 
     fn available(&self, revision: &str) -> i32 {
@@ -1207,6 +1256,72 @@ fn commands_run_once_per_nonce_and_are_acknowledged() {
     assert_eq!(world.status.stable_revision.as_deref(), Some(CANARY));
 }
 
+/// Makes `count` more of the stable revision's pods available.
+fn start_stable_pods(world: &mut World, count: i32) {
+    let stable = world.status.stable_revision.clone().unwrap_or_default();
+    if let Some(rs) = world
+        .replica_sets
+        .iter_mut()
+        .find(|rs| rs.revision == stable)
+    {
+        rs.available = (rs.available + count).min(rs.replicas);
+    }
+}
+
+#[test]
+fn an_adopted_deployment_goes_pod_for_pod_as_stable_takes_over_and_never_comes_back() {
+    let mut world = World::new(spec(""));
+    world.adopted = Some(AdoptedWorkload {
+        replicas: 4,
+        available: 4,
+        scale_down: ScaleDown::Progressively,
+    });
+    world.instant_pods = false;
+    world.reconcile();
+    assert_eq!(world.replicas(STABLE), 4);
+    let deployment = |world: &World| world.adopted.map(|a| a.replicas);
+    assert_eq!(
+        deployment(&world),
+        Some(4),
+        "nothing of it goes before a pod of stable"
+    );
+    for (started, left) in [(1, 3), (2, 1), (1, 0)] {
+        start_stable_pods(&mut world, started);
+        world.reconcile();
+        assert_eq!(deployment(&world), Some(left));
+    }
+    assert_eq!(world.phase(), Phase::Healthy);
+    // A rollout splits stable's pods: the Deployment stays at zero.
+    world.new_template(CANARY);
+    world.instant_pods = true;
+    world.settle();
+    assert_eq!(deployment(&world), Some(0));
+}
+
+#[test]
+fn an_adopted_deployment_on_success_goes_at_once_when_stable_is_whole_and_never_is_left_alone() {
+    for (scale_down, after) in [
+        (ScaleDown::OnSuccess, [4, 4, 0]),
+        (ScaleDown::Never, [4, 4, 4]),
+    ] {
+        let mut world = World::new(spec(""));
+        world.adopted = Some(AdoptedWorkload {
+            replicas: 4,
+            available: 4,
+            scale_down,
+        });
+        world.instant_pods = false;
+        world.reconcile();
+        let mut seen = Vec::new();
+        for started in [1, 2, 1] {
+            start_stable_pods(&mut world, started);
+            world.reconcile();
+            seen.push(world.adopted.map_or(-1, |a| a.replicas));
+        }
+        assert_eq!(seen, after, "{scale_down:?}");
+    }
+}
+
 #[test]
 fn a_promote_does_not_finish_a_step_whose_analysis_fails() {
     let mut world = World::healthy(spec(""));
@@ -1672,7 +1787,8 @@ mod random_walks {
         // skipped to it (promote-full).
         let promoting = (status.phase == Some(Phase::Promoting)
             && before.1 != Some(Phase::Promoting))
-            || (status.stable_revision.as_deref() != stable_before
+            || (stable_before.is_some()
+                && status.stable_revision.as_deref() != stable_before
                 && before.1 != Some(Phase::Promoting));
         if promoting && command != Some("promote-full") {
             let target = before.2.clone().unwrap_or_default();
@@ -1749,7 +1865,7 @@ mod random_walks {
         #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
         #[test]
-        fn invariants_hold_whatever_happens(routed in any::<bool>(), staged in prop::option::of(any::<bool>()), gated in any::<bool>(), weighted in any::<bool>(), happenings in prop::collection::vec(happening(), 1..40)) {
+        fn invariants_hold_whatever_happens(routed in any::<bool>(), staged in prop::option::of(any::<bool>()), gated in any::<bool>(), weighted in any::<bool>(), adopting in prop::option::of(prop_oneof![Just(ScaleDown::Progressively), Just(ScaleDown::OnSuccess), Just(ScaleDown::Never)]), happenings in prop::collection::vec(happening(), 1..40)) {
             let mut extra = match (routed, staged) {
                 (false, _) => String::new(),
                 (true, None) => "  service: {port: 80}\n  traffic: {gatewayAPI: {httpRoutes: [web]}}\n".to_owned(),
@@ -1765,7 +1881,18 @@ mod random_walks {
             if weighted {
                 extra.push_str("  stableScale: Weighted\n");
             }
-            let mut world = World::healthy(spec(&extra));
+            // An adopting Canary starts beside its Deployment's 4 running pods, and
+            // takes them over as the happenings let its own pods come.
+            let mut world = match adopting {
+                None => World::healthy(spec(&extra)),
+                Some(scale_down) => {
+                    let mut world = World::new(spec(&extra));
+                    world.adopted = Some(AdoptedWorkload { replicas: 4, available: 4, scale_down });
+                    world.instant_pods = false;
+                    world.reconcile();
+                    world
+                }
+            };
             if routed {
                 // A router carries fractions of a percent: a careful first step.
                 world.spec.steps = vec![Weight::from_millionths(1_000), Weight::from_millionths(125_000), pct(50)];
@@ -1886,7 +2013,8 @@ mod random_walks {
                 if status.phase == Some(Phase::Aborted) && before.1 != Some(Phase::Aborted) {
                     prop_assert!(said.iter().any(|e| matches!(*e, "AnalysisFailed" | "ProgressDeadlineExceeded" | "AbortedByUser" | "GateFailed")), "rolled back without an Event: {said:?}");
                 }
-                if status.stable_revision.as_deref() != stable_before {
+                // (The first revision, of an adopting Canary, is Initializing.)
+                if stable_before.is_some() && status.stable_revision.as_deref() != stable_before {
                     prop_assert!(said.contains(&"Promoted"), "new stable without Promoted: {said:?}");
                 }
                 if status.phase == Some(Phase::Paused) && before.1 != Some(Phase::Paused) {

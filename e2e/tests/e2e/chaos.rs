@@ -148,7 +148,12 @@ fn look(judged: &Judged) -> Result<Look> {
 
 /// The revision of the template the Canary's spec holds now.
 fn spec_revision(canary: &Canary) -> String {
-    revision_of(&canary.spec.template)
+    canary
+        .spec
+        .template
+        .as_ref()
+        .map(revision_of)
+        .unwrap_or_default()
 }
 
 #[test]

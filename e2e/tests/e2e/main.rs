@@ -2,6 +2,7 @@
 //! kubectl apply, kubectl wait, kubectl get -o json. One control plane serves every
 //! test in this binary; each test works in a namespace of its own.
 
+mod adoption;
 mod analysis;
 mod canary_api;
 mod chaos;

@@ -3,6 +3,7 @@
 //! serves every test in this binary (see `serin_e2e::node`); each test works in a
 //! namespace of its own.
 
+mod adoption;
 mod analysis;
 mod autoscaling;
 mod failures;
