@@ -706,7 +706,7 @@ async fn reconcile_one(
             }
         }
     };
-    let mut observed = observe(
+    let observed = observe(
         canary,
         revision,
         adoption_problem,
@@ -717,9 +717,9 @@ async fn reconcile_one(
         context,
     )
     .await?;
-    observed.adopted = adoption.as_ref().map(|adoption| adoption.workload);
     let sinks = observed.sinks.clone();
-    let plan = decide(canary, observed.clone());
+    let adopted = adoption.as_ref().map(|adoption| adoption.workload);
+    let plan = decide(canary, observed.clone(), adopted);
     if let (Some(adoption), Some(reference), None) =
         (&adoption, &canary.spec.workload_ref, &observed.invalid)
     {
@@ -767,8 +767,6 @@ struct Observed {
     /// The sinks of `spec.notifications`, their URLs read; none while a Secret
     /// they name is missing (an invalid spec).
     sinks: Vec<Sink>,
-    /// The adopted Deployment's pods.
-    adopted: Option<AdoptedWorkload>,
     now: Timestamp,
 }
 
@@ -875,7 +873,6 @@ async fn observe(
         gate_answers,
         status,
         sinks,
-        adopted: None,
         now,
     })
 }
@@ -908,8 +905,9 @@ async fn pods_failing(
     }
 }
 
-/// Asks the state machine what to do about what was observed.
-fn decide(canary: &Canary, observed: Observed) -> Plan {
+/// Asks the state machine what to do about what was observed, and the adopted
+/// Deployment's pods.
+fn decide(canary: &Canary, observed: Observed, adopted: Option<AdoptedWorkload>) -> Plan {
     machine::plan(&Snapshot {
         spec: &canary.spec,
         generation: canary.metadata.generation.unwrap_or_default(),
@@ -921,7 +919,7 @@ fn decide(canary: &Canary, observed: Observed) -> Plan {
         analysis: observed.analysis,
         next_look: observed.next_look,
         gate_answers: observed.gate_answers,
-        adopted: observed.adopted,
+        adopted,
         now: observed.now,
     })
 }
