@@ -53,6 +53,14 @@ pub fn render(canary: &Canary, replica_sets: &[ReplicaSet], events: &[EventLine]
     let steps = canary.spec.stages().count();
     let mut out = String::new();
     let _ = writeln!(out, "Canary {namespace}/{name}   {phase}");
+    if let Some(reference) = &canary.spec.workload_ref {
+        let _ = writeln!(
+            out,
+            "Adopts Deployment {} (scaleDown {:?}; deleting the Canary gives it back)",
+            reference.name,
+            reference.scale_down.unwrap_or_default()
+        );
+    }
     let step = if status.step > 0 {
         format!("{}/{steps}", status.step)
     } else {
@@ -297,6 +305,22 @@ mod tests {
             base.extend(extra.clone());
         }
         serde_json::from_value(object).unwrap()
+    }
+
+    #[test]
+    fn an_adopting_canary_names_its_deployment() {
+        let mut canary = canary(serde_json::json!({}), serde_json::json!({}));
+        canary.spec.template = None;
+        canary.spec.workload_ref = Some(serin_api::WorkloadRef {
+            kind: serin_api::WorkloadKind::Deployment,
+            name: "web".into(),
+            scale_down: None,
+        });
+        let text = render(&canary, &[], &[]);
+        assert!(
+            text.contains("Adopts Deployment web (scaleDown Progressively;"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serin_e2e::cluster::KWOK_PLACEMENT;
 use serin_e2e::process::eventually;
 
 use crate::cluster;
+use crate::plugin::serin;
 use crate::rollout::{Rollout, is_true, message, phase, revisions};
 
 /// A Deployment `name` of `replicas` kwok pods running `image`.
@@ -89,6 +90,12 @@ fn a_deployment_is_taken_over_rolled_out_through_and_given_back() -> Result<()> 
     ensure!(rollout.replica_set(&v1)? == (4, 4));
     // The user's own labels stay as they were.
     ensure!(deployment_state(&rollout, "web")?.2["team"] == "shop");
+    let shown = serin(&rollout, &["get", "web"])?;
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    ensure!(
+        shown.contains("Adopts Deployment web (scaleDown Progressively;"),
+        "{shown}"
+    );
 
     // A release is an edit of the Deployment, as before adoption.
     rollout.kubectl.run(&[
