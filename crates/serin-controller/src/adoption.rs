@@ -102,16 +102,17 @@ pub fn adoptable(
 
 /// Marks the Canary with the finalizer and the Deployment with the Canary's
 /// label, in that order and before anything scales the Deployment: a Canary
-/// deleted from then on gives it back.
+/// deleted from then on gives it back. True when it wrote either.
 pub async fn claim(
     client: &Client,
     canary: &Canary,
     namespace: &str,
     adoption: &Adoption,
     deployment: &str,
-) -> Result<(), kube::Error> {
+) -> Result<bool, kube::Error> {
     let name = canary.name_any();
-    if !canary.finalizers().iter().any(|f| f == ADOPTION_FINALIZER) {
+    let held = canary.finalizers().iter().any(|f| f == ADOPTION_FINALIZER);
+    if !held {
         let mut finalizers = canary.finalizers().to_vec();
         finalizers.push(ADOPTION_FINALIZER.to_owned());
         // The resourceVersion makes a concurrent edit of the list a conflict.
@@ -131,7 +132,7 @@ pub async fn claim(
             .patch(deployment, &params(), &Patch::Merge(patch))
             .await?;
     }
-    Ok(())
+    Ok(!held || !adoption.labelled)
 }
 
 /// Sets the Deployment's replicas through its scale subresource.

@@ -717,13 +717,10 @@ async fn reconcile_one(
         context,
     )
     .await?;
-    let sinks = observed.sinks.clone();
-    let adopted = adoption.as_ref().map(|adoption| adoption.workload);
-    let plan = decide(canary, observed.clone(), adopted);
     if let (Some(adoption), Some(reference), None) =
         (&adoption, &canary.spec.workload_ref, &observed.invalid)
     {
-        adoption::claim(
+        let claimed = adoption::claim(
             &context.client,
             canary,
             namespace,
@@ -735,7 +732,15 @@ async fn reconcile_one(
             Layer::Apply,
             format!("adopting Deployment {}", reference.name),
         ))?;
+        // The finalizer changed the Canary: a plan made from the Canary as it was
+        // would be refused at its status write; plan from the new one instead.
+        if claimed {
+            return Ok(Requeue::requeue(STALE_READ_RETRY));
+        }
     }
+    let sinks = observed.sinks.clone();
+    let adopted = adoption.as_ref().map(|adoption| adoption.workload);
+    let plan = decide(canary, observed.clone(), adopted);
     apply(canary, namespace, name, &router, &observed, &plan, context).await?;
     report(canary, namespace, name, &plan, &sinks, context).await
 }
