@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serin_api::{ADOPTION_FINALIZER, CANARY_LABEL, Canary, CanarySpec, FIELD_MANAGER, WorkloadRef};
 use serin_core::machine::AdoptedWorkload;
@@ -195,12 +195,14 @@ pub fn give_back(
     }
 }
 
-/// Takes the Canary's label off the Deployment and the finalizer off the Canary.
+/// Takes the Canary's label off the Deployment and, when `finalized`, the
+/// finalizer off the Canary.
 pub async fn release(
     client: &Client,
     canary: &Canary,
     namespace: &str,
     deployment: Option<&str>,
+    finalized: bool,
 ) -> Result<(), kube::Error> {
     if let Some(deployment) = deployment {
         let patch = serde_json::json!({"metadata": {"labels": {CANARY_LABEL: null}}});
@@ -214,6 +216,9 @@ pub async fn release(
                 result?;
             }
         }
+    }
+    if !finalized {
+        return Ok(());
     }
     let finalizers: Vec<String> = canary
         .finalizers()
@@ -230,6 +235,27 @@ pub async fn release(
         .patch(&canary.name_any(), &params(), &Patch::Merge(patch))
         .await
         .map(drop)
+}
+
+/// Ends the adoption of a Canary whose spec no longer names a Deployment (its
+/// template moved into `spec.template`): the label comes off every Deployment it
+/// adopted, left at the replicas it has, and the finalizer off the Canary. Giving
+/// a Deployment back here would run its pods beside the Canary's.
+pub async fn end(client: &Client, canary: &Canary, namespace: &str) -> Result<(), kube::Error> {
+    let name = canary.name_any();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let labelled = ListParams::default().labels(&format!("{CANARY_LABEL}={name}"));
+    for deployment in deployments.list_metadata(&labelled).await? {
+        release(
+            client,
+            canary,
+            namespace,
+            Some(&deployment.name_any()),
+            false,
+        )
+        .await?;
+    }
+    release(client, canary, namespace, None, true).await
 }
 
 fn params() -> PatchParams {

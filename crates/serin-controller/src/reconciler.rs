@@ -540,6 +540,7 @@ async fn give_back(
             canary,
             namespace,
             deployment.as_ref().and(deployment_name.as_deref()),
+            true,
         )
         .await
         .map_err(kube_error(Layer::Apply, "releasing the adopted Deployment"))?;
@@ -642,6 +643,13 @@ async fn reconcile_one(
     // reconcile sees a Canary with that template, as if it were written in it.
     let adopting;
     let (canary, adoption, adoption_problem) = match &canary.spec.workload_ref {
+        None if canary.finalizers().iter().any(|f| f == ADOPTION_FINALIZER) => {
+            adoption::end(&context.client, canary, namespace)
+                .await
+                .map_err(kube_error(Layer::Apply, "ending the adoption"))?;
+            info!("spec.workloadRef removed: the adoption ended");
+            return Ok(Requeue::requeue(STALE_READ_RETRY));
+        }
         None => (canary, None, None),
         Some(_) if canary.spec.template.is_some() => {
             (canary, None, Some(EXACTLY_ONE_TEMPLATE.to_owned()))

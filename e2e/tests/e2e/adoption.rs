@@ -2,13 +2,14 @@
 //! Canary's stable pods take over, an edit of its template is rolled out by the
 //! Canary, and deleting the Canary gives it back at full size before the Canary's
 //! pods go; a Deployment that is missing or adopted already is refused, naming the
-//! field, with nothing made. (Under real load: `e2e/tests/real_node/adoption.rs`.)
+//! field, with nothing made; moving the template into the Canary ends the adoption. (Under real load: `e2e/tests/real_node/adoption.rs`.)
 
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use serin_api::{ADOPTION_FINALIZER, CANARY_LABEL, Phase};
 use serin_e2e::cluster::KWOK_PLACEMENT;
+use serin_e2e::manifest::CanaryManifest;
 use serin_e2e::process::eventually;
 
 use crate::cluster;
@@ -198,5 +199,46 @@ fn a_missing_deployment_or_one_adopted_already_is_refused_and_nothing_is_made() 
         finalizers.is_empty(),
         "the refused Canary holds {finalizers:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn moving_the_template_into_the_canary_ends_the_adoption() -> Result<()> {
+    let rollout = Rollout::prepare(cluster(), "adopt-end", "web")?;
+    rollout.apply_yaml(&deployment("web", 2, "web:1", "team: shop"))?;
+    rollout.apply_yaml(&adopting("web", "web", "web"))?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    eventually(
+        "the Deployment's pods gone",
+        Duration::from_secs(30),
+        || Ok((deployment_state(&rollout, "web")?.0 == 0).then_some(())),
+    )?;
+    // The same Canary, now with its own template (as kubectl apply replaces it).
+    rollout.apply_manifest(
+        &CanaryManifest::new("web")
+            .image("web:1")
+            .replicas(4)
+            .service(None)
+            .spec("  steps: [25, 50]\n  stepDuration: 3s\n  scaleDownDelay: 3s\n"),
+    )?;
+    eventually("the adoption ended", Duration::from_secs(30), || {
+        let finalizers = rollout.canary()?.metadata.finalizers.unwrap_or_default();
+        let (asked, _, labels) = deployment_state(&rollout, "web")?;
+        Ok(
+            (finalizers.is_empty() && labels.get(CANARY_LABEL).is_none() && asked == 0)
+                .then_some(()),
+        )
+    })?;
+    rollout.wait_promoted(Duration::from_secs(60))?;
+    // Nothing holds the Canary any more, and the Deployment stays at zero.
+    rollout.kubectl.run(&[
+        "delete",
+        "canary",
+        "web",
+        "-n",
+        &rollout.namespace,
+        "--timeout=30s",
+    ])?;
+    ensure!(deployment_state(&rollout, "web")?.0 == 0);
     Ok(())
 }
