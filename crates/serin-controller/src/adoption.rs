@@ -195,30 +195,15 @@ pub fn give_back(
     }
 }
 
-/// Takes the Canary's label off the Deployment and, when `finalized`, the
-/// finalizer off the Canary.
+/// Takes the Canary's label off the Deployment, then the finalizer off the Canary.
 pub async fn release(
     client: &Client,
     canary: &Canary,
     namespace: &str,
     deployment: Option<&str>,
-    finalized: bool,
 ) -> Result<(), kube::Error> {
     if let Some(deployment) = deployment {
-        let patch = serde_json::json!({"metadata": {"labels": {CANARY_LABEL: null}}});
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-        match deployments
-            .patch(deployment, &params(), &Patch::Merge(patch))
-            .await
-        {
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            result => {
-                result?;
-            }
-        }
-    }
-    if !finalized {
-        return Ok(());
+        unlabel(client, namespace, deployment).await?;
     }
     let finalizers: Vec<String> = canary
         .finalizers()
@@ -242,20 +227,25 @@ pub async fn release(
 /// adopted, left at the replicas it has, and the finalizer off the Canary. Giving
 /// a Deployment back here would run its pods beside the Canary's.
 pub async fn end(client: &Client, canary: &Canary, namespace: &str) -> Result<(), kube::Error> {
-    let name = canary.name_any();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let labelled = ListParams::default().labels(&format!("{CANARY_LABEL}={name}"));
+    let labelled = ListParams::default().labels(&format!("{CANARY_LABEL}={}", canary.name_any()));
     for deployment in deployments.list_metadata(&labelled).await? {
-        release(
-            client,
-            canary,
-            namespace,
-            Some(&deployment.name_any()),
-            false,
-        )
-        .await?;
+        unlabel(client, namespace, &deployment.name_any()).await?;
     }
-    release(client, canary, namespace, None, true).await
+    release(client, canary, namespace, None).await
+}
+
+/// Takes the Canary's label off a Deployment (gone already is fine).
+async fn unlabel(client: &Client, namespace: &str, deployment: &str) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({"metadata": {"labels": {CANARY_LABEL: null}}});
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    match deployments
+        .patch(deployment, &params(), &Patch::Merge(patch))
+        .await
+    {
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        result => result.map(drop),
+    }
 }
 
 fn params() -> PatchParams {

@@ -540,7 +540,6 @@ async fn give_back(
             canary,
             namespace,
             deployment.as_ref().and(deployment_name.as_deref()),
-            true,
         )
         .await
         .map_err(kube_error(Layer::Apply, "releasing the adopted Deployment"))?;
