@@ -169,6 +169,20 @@ impl Rollout {
         Ok(())
     }
 
+    /// `kubectl delete` of the Canary, which returns once it is gone (its
+    /// finalizers done) or after `limit`.
+    pub fn delete(&self, limit: Duration) -> Result<()> {
+        self.kubectl.run(&[
+            "delete",
+            "canary",
+            &self.name,
+            "-n",
+            &self.namespace,
+            &format!("--timeout={}s", limit.as_secs()),
+        ])?;
+        Ok(())
+    }
+
     /// The Canary as `kubectl get -o json` shows it.
     pub fn canary(&self) -> Result<Canary> {
         Ok(serin_api::decode(&self.object()?)?)

@@ -117,6 +117,17 @@ async fn reconcile(canary: &Canary, cluster: Cluster) -> (Result<(), ReconcileEr
     (result, seen)
 }
 
+/// The revision of the template the Canary's spec holds.
+fn spec_revision(canary: &Canary) -> String {
+    revision_of(
+        canary
+            .spec
+            .template
+            .as_ref()
+            .unwrap_or_else(|| panic!("a Canary with a template")),
+    )
+}
+
 /// A controller's context over the scripted API server `service`, reconciling
 /// `concurrency` Canaries at once.
 fn context(
@@ -220,13 +231,7 @@ fn requests(seen: &[Seen]) -> Vec<String> {
 #[tokio::test]
 async fn first_apply_checks_the_template_then_creates_routes_and_reports_in_order() {
     let canary = canary("", None);
-    let revision = revision_of(
-        canary
-            .spec
-            .template
-            .as_ref()
-            .unwrap_or_else(|| panic!("a template")),
-    );
+    let revision = spec_revision(&canary);
     let (result, seen) = reconcile(&canary, cluster(&canary)).await;
     assert!(result.is_ok(), "{result:?}");
     let rs = format!("/apis/apps/v1/namespaces/shop/replicasets/web-{revision}");
@@ -278,13 +283,7 @@ async fn an_older_revision_that_is_gone_is_never_recreated() {
             ..CanaryStatus::default()
         }),
     );
-    let revision = revision_of(
-        canary
-            .spec
-            .template
-            .as_ref()
-            .unwrap_or_else(|| panic!("a template")),
-    );
+    let revision = spec_revision(&canary);
     let (result, seen) = reconcile(&canary, cluster(&canary)).await;
     assert!(result.is_ok(), "{result:?}");
     assert!(
@@ -308,13 +307,7 @@ async fn an_older_revision_that_is_gone_is_never_recreated() {
 #[tokio::test]
 async fn a_conflict_on_the_route_stops_before_the_status_and_is_retried_at_once() {
     let routed = "  traffic: {gatewayAPI: {httpRoutes: [web]}}\n";
-    let revision = revision_of(
-        canary(routed, None)
-            .spec
-            .template
-            .as_ref()
-            .unwrap_or_else(|| panic!("a template")),
-    );
+    let revision = spec_revision(&canary(routed, None));
     let since = Timestamp::now() - SignedDuration::from_secs(10);
     let canary = canary(routed, Some(mid_rollout(&revision, since)));
     let mut cluster = mid_rollout_cluster(&canary, &revision);
@@ -387,13 +380,7 @@ async fn prometheus_unreachable_holds_the_step_as_inconclusive() {
     interval: 5s
     prometheus: {address: 'http://127.0.0.1:1'}
     metrics: [{name: errors, errorRate: {requests: 'sum(r{pod=~\"{{pods}}\"})', errors: 'sum(e{pod=~\"{{pods}}\"})'}}]\n";
-    let revision = revision_of(
-        canary(analysis, None)
-            .spec
-            .template
-            .as_ref()
-            .unwrap_or_else(|| panic!("a template")),
-    );
+    let revision = spec_revision(&canary(analysis, None));
     let since = Timestamp::now() - SignedDuration::from_secs(30);
     let canary = canary(analysis, Some(mid_rollout(&revision, since)));
     let cluster = mid_rollout_cluster(&canary, &revision);
@@ -427,13 +414,7 @@ async fn an_idle_canary_sends_no_request_at_all() {
     // ReplicaSet exists with its pods available, each applied Service is stored and
     // seen by the cache, until a reconcile changes nothing.
     let mut canary = canary("", None);
-    let revision = revision_of(
-        canary
-            .spec
-            .template
-            .as_ref()
-            .unwrap_or_else(|| panic!("a template")),
-    );
+    let revision = spec_revision(&canary);
     let mut replica_sets = Vec::new();
     let mut services: Vec<Value> = Vec::new();
     let mut last = Vec::new();
@@ -491,13 +472,7 @@ async fn a_new_revision_waits_for_a_start_slot_and_a_running_one_never_does() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // "web" runs step 1 of its revision at 25%; "api" and "db" each start a new one.
     let mut running = canary("", None);
-    let revision = revision_of(
-        running
-            .spec
-            .template
-            .as_ref()
-            .unwrap_or_else(|| panic!("a template")),
-    );
+    let revision = spec_revision(&running);
     running.status = Some(mid_rollout(&revision, Timestamp::now()));
     let starting = |name: &str| {
         let mut canary = canary("", None);
@@ -670,13 +645,7 @@ async fn every_analysis_of_a_window_counts_from_exactly_its_start() {
     prometheus: {address: 'ADDRESS'}
     metrics: [{name: errors, errorRate: {requests: 'sum(increase(r{pod=~\"{{pods}}\"}[{{elapsed}}]))', errors: 'sum(increase(e{pod=~\"{{pods}}\"}[{{elapsed}}]))'}}]\n"
         .replace("ADDRESS", &address);
-    let revision = revision_of(
-        canary(&analysis, None)
-            .spec
-            .template
-            .as_ref()
-            .unwrap_or_else(|| panic!("a template")),
-    );
+    let revision = spec_revision(&canary(&analysis, None));
     // A step's start as the status stores it: whole seconds.
     let since =
         Timestamp::from_second(Timestamp::now().as_second() - 30).unwrap_or_else(|e| panic!("{e}"));
@@ -724,13 +693,7 @@ async fn a_metric_leaning_against_the_canary_is_looked_at_quickly_a_healthy_one_
     prometheus: {address: 'ADDRESS'}
     metrics: [{name: errors, errorRate: {requests: 'sum(r{pod=~\"{{pods}}\"})', errors: 'sum(e{pod=~\"{{pods}}\"})'}}]\n"
         .replace("ADDRESS", &address);
-    let revision = revision_of(
-        canary(&analysis, None)
-            .spec
-            .template
-            .as_ref()
-            .unwrap_or_else(|| panic!("a template")),
-    );
+    let revision = spec_revision(&canary(&analysis, None));
     let now = Timestamp::now().as_second();
     let at = |seconds_ago: i64| {
         Timestamp::from_second(now - seconds_ago).unwrap_or_else(|e| panic!("{e}"))

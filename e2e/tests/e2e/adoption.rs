@@ -121,14 +121,7 @@ fn a_deployment_is_taken_over_rolled_out_through_and_given_back() -> Result<()> 
 
     // Deleting the Canary gives the Deployment back at full size, then the
     // Canary's own pods go.
-    rollout.kubectl.run(&[
-        "delete",
-        "canary",
-        "web",
-        "-n",
-        &rollout.namespace,
-        "--timeout=60s",
-    ])?;
+    rollout.delete(Duration::from_secs(60))?;
     let (asked, available, labels) = deployment_state(&rollout, "web")?;
     ensure!(
         (asked, available) == (4, 4),
@@ -157,20 +150,24 @@ fn a_deployment_is_taken_over_rolled_out_through_and_given_back() -> Result<()> 
     Ok(())
 }
 
+/// Waits for `rollout`'s Canary to be an `InvalidSpec` whose message starts with `why`.
+fn refused(rollout: &Rollout, why: &str) -> Result<()> {
+    let refused = rollout.wait("the adoption refused", Duration::from_secs(30), |c| {
+        is_true(c, "InvalidSpec")
+    })?;
+    let said = message(&refused, "InvalidSpec");
+    ensure!(said.starts_with(why), "{said}");
+    Ok(())
+}
+
 #[test]
 fn a_missing_deployment_or_one_adopted_already_is_refused_and_nothing_is_made() -> Result<()> {
     let rollout = Rollout::prepare(cluster(), "adopt-refused", "web")?;
     rollout.apply_yaml(&adopting("web", "nothere", "web"))?;
-    let refused = rollout.wait(
-        "the missing Deployment refused",
-        Duration::from_secs(30),
-        |c| is_true(c, "InvalidSpec"),
+    refused(
+        &rollout,
+        "spec.workloadRef.name: Deployment nothere is not found in namespace",
     )?;
-    let why = message(&refused, "InvalidSpec");
-    ensure!(
-        why.starts_with("spec.workloadRef.name: Deployment nothere is not found in namespace"),
-        "{why}"
-    );
     // Created later, it is adopted: the refusal was only for as long as it was missing.
     rollout.apply_yaml(&deployment("nothere", 2, "web:1", "team: shop"))?;
     rollout.apply_yaml(&adopting("web", "nothere", "nothere"))?;
@@ -179,16 +176,10 @@ fn a_missing_deployment_or_one_adopted_already_is_refused_and_nothing_is_made() 
     // Another Canary naming the same Deployment is refused, and changes nothing.
     let other = rollout.sibling("other");
     other.apply_yaml(&adopting("other", "nothere", "nothere"))?;
-    let refused = other.wait(
-        "the second adoption refused",
-        Duration::from_secs(30),
-        |c| is_true(c, "InvalidSpec"),
+    refused(
+        &other,
+        "spec.workloadRef.name: Deployment nothere is adopted by Canary web;",
     )?;
-    let why = message(&refused, "InvalidSpec");
-    ensure!(
-        why.starts_with("spec.workloadRef.name: Deployment nothere is adopted by Canary web;"),
-        "{why}"
-    );
     ensure!(
         other.replica_set_count()? == 0,
         "the refused Canary made a ReplicaSet"
@@ -231,14 +222,7 @@ fn moving_the_template_into_the_canary_ends_the_adoption() -> Result<()> {
     })?;
     rollout.wait_promoted(Duration::from_secs(60))?;
     // Nothing holds the Canary any more, and the Deployment stays at zero.
-    rollout.kubectl.run(&[
-        "delete",
-        "canary",
-        "web",
-        "-n",
-        &rollout.namespace,
-        "--timeout=30s",
-    ])?;
+    rollout.delete(Duration::from_secs(30))?;
     ensure!(deployment_state(&rollout, "web")?.0 == 0);
     Ok(())
 }

@@ -3,10 +3,9 @@
 //! edit of the Deployment, and, deleted, gives the Deployment back; no request
 //! may fail at any moment of it.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serin_api::Phase;
 use serin_e2e::load::{Answer, Load};
 use serin_e2e::node::image;
@@ -14,7 +13,7 @@ use serin_e2e::process::eventually;
 use serin_e2e::rollout::{Rollout, is_true, phase, revisions};
 
 use crate::cluster;
-use crate::traffic::RATE;
+use crate::traffic::{RATE, service_address};
 
 /// The user's Deployment and Service, as they ran before Serin: four real pods.
 fn deployment_and_service() -> String {
@@ -80,14 +79,7 @@ fn a_running_deployment_is_adopted_rolled_out_and_given_back_under_load_losing_n
     eventually("the Deployment at 4 pods", Duration::from_secs(90), || {
         Ok((deployment(&rollout)? == (4, 4)).then_some(()))
     })?;
-    let service = rollout
-        .kubectl
-        .get_json(&["service", "web", "-n", &rollout.namespace])?;
-    let ip = service["spec"]["clusterIP"]
-        .as_str()
-        .context("the Service web has no ClusterIP")?;
-    let address: SocketAddr = format!("{ip}:80").parse()?;
-    Load::wait_answering(address, Duration::from_secs(30))?;
+    let address = service_address(&rollout)?;
     let load = Load::start(address, RATE, Duration::from_secs(300))?;
     std::thread::sleep(Duration::from_secs(3));
 
@@ -120,14 +112,7 @@ fn a_running_deployment_is_adopted_rolled_out_and_given_back_under_load_losing_n
     std::thread::sleep(Duration::from_secs(8));
 
     // Deleted, the Canary gives the Deployment back at full size first.
-    rollout.kubectl.run(&[
-        "delete",
-        "canary",
-        "web",
-        "-n",
-        &rollout.namespace,
-        "--timeout=120s",
-    ])?;
+    rollout.delete(Duration::from_secs(120))?;
     let given_back = deployment(&rollout)?;
     assert_eq!(
         given_back,
