@@ -673,12 +673,24 @@ impl<'s, 'a> Planner<'s, 'a> {
                 waiting,
             );
         }
+        let reported = self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == PROGRESSING && c.reason == reason::CANARY_PODS_FAILING);
+        let asked = self
+            .snap
+            .replica_sets
+            .iter()
+            .find(|rs| rs.revision == target)
+            .map_or(0, |rs| rs.replicas);
+        if failing.is_none() && reported && asked < split.canary {
+            // The pods asked for only now have not been looked at (the ReplicaSet had
+            // all it was asked for): what its failing pods said stands until then.
+            self.wake_in(clock.left().min(PODS_RECHECK));
+            return;
+        }
         if failing.is_some() {
-            let reported = self
-                .status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == PROGRESSING && c.reason == reason::CANARY_PODS_FAILING);
             if !reported {
                 self.event(
                     EventType::Warning,
