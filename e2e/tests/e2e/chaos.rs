@@ -77,11 +77,20 @@ impl Watchdog {
             phase(&look.canary),
             Some(Phase::Progressing | Phase::Paused | Phase::Promoting)
         );
+        // Serving: named by the status and behind the main Service, which carries
+        // the requests. A controller killed between a promotion's writes and its
+        // status leaves the status naming the old stable after the Service moved
+        // on; the old stable's delay runs from when its requests stopped.
+        let behind_main = |revision: &str| {
+            look.main_selects
+                .as_deref()
+                .is_none_or(|selected| selected == revision)
+        };
         for serving in [Some(&stable), active.then_some(&canary)]
             .into_iter()
             .flatten()
         {
-            if !serving.is_empty() {
+            if !serving.is_empty() && behind_main(serving) {
                 self.last_serving.insert(serving.clone(), look.asked);
                 self.drained.remove(serving);
             }
