@@ -678,13 +678,7 @@ impl<'s, 'a> Planner<'s, 'a> {
             .conditions
             .iter()
             .any(|c| c.type_ == PROGRESSING && c.reason == reason::CANARY_PODS_FAILING);
-        let asked = self
-            .snap
-            .replica_sets
-            .iter()
-            .find(|rs| rs.revision == target)
-            .map_or(0, |rs| rs.replicas);
-        if failing.is_none() && reported && asked < split.canary {
+        if failing.is_none() && reported && self.asked(target) < split.canary {
             // The pods asked for only now have not been looked at (the ReplicaSet had
             // all it was asked for): what its failing pods said stands until then.
             self.wake_in(clock.left().min(PODS_RECHECK));
@@ -1227,15 +1221,7 @@ impl<'s, 'a> Planner<'s, 'a> {
     /// total. Never a retiring ReplicaSet's, nor a canary's on top of a full
     /// stable, so an HPA is not led to keep a count inflated by them.
     fn counted_replicas(&self) -> i32 {
-        let replicas = |revision: Option<&String>| {
-            revision.map_or(0, |revision| {
-                self.snap
-                    .replica_sets
-                    .iter()
-                    .find(|rs| &rs.revision == revision)
-                    .map_or(0, |rs| rs.replicas)
-            })
-        };
+        let replicas = |revision: Option<&String>| revision.map_or(0, |r| self.asked(r));
         let (stable, canary) = (
             self.status.stable_revision.as_ref(),
             self.status.canary_revision.as_ref(),
@@ -1333,6 +1319,15 @@ impl<'s, 'a> Planner<'s, 'a> {
             reason,
             format!("revision {stable}: {available} of {wanted} pods available"),
         );
+    }
+
+    /// Pods the ReplicaSet of `revision` was asked to run, as observed.
+    fn asked(&self, revision: &str) -> i32 {
+        self.snap
+            .replica_sets
+            .iter()
+            .find(|rs| rs.revision == revision)
+            .map_or(0, |rs| rs.replicas)
     }
 
     fn available(&self, revision: &str) -> i32 {
